@@ -1,0 +1,412 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Content-freeze detection, free of GStreamer types.
+//!
+//! A freeze is frames that keep coming while the picture does not change. As FFmpeg's
+//! `freezedetect` does, each frame is compared with the last frame that was *not* frozen (the
+//! reference), by mean absolute luma difference (MAFD). A run of unchanged frames lasting at
+//! least the minimum duration is a freeze; it starts at the reference frame and ends at the
+//! first frame that differs.
+//!
+//! The comparison runs on a cheap luma thumbnail: every `step_y`-th row is read, and each
+//! thumbnail cell is the sum of `step_x` neighbouring pixels of that row. On 1080p that reads
+//! 90 of 1080 rows, about a tenth of a decoded frame's luma, in contiguous runs.
+
+use crate::stall::Nanos;
+
+/// The thumbnail is at most this many cells wide and high.
+pub const THUMB_MAX_WIDTH: usize = 160;
+pub const THUMB_MAX_HEIGHT: usize = 90;
+
+/// Where a picture's luma comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LumaLayout {
+    /// 8-bit luma at byte `offset` of every `pixel_stride`-byte pixel: a planar Y plane
+    /// (1, 0), YUY2 (2, 0), UYVY (2, 1), AYUV (4, 1).
+    Luma8 { pixel_stride: usize, offset: usize },
+    /// 16-bit little-endian luma at byte `offset` of every `pixel_stride`-byte pixel, with
+    /// `depth` significant bits starting at bit `shift` (I420_10LE: 10, 0; P010_10LE: 10, 6).
+    Luma16Le { pixel_stride: usize, offset: usize, shift: u32, depth: u32 },
+    /// 8-bit RGB: luma is computed from the components at byte offsets `r`, `g`, `b`.
+    Rgb8 { pixel_stride: usize, r: usize, g: usize, b: usize },
+}
+
+/// A borrowed picture plane that holds luma.
+#[derive(Clone, Copy, Debug)]
+pub struct LumaPlane<'a> {
+    pub data: &'a [u8],
+    pub width: usize,
+    pub height: usize,
+    /// Bytes from one row to the next.
+    pub stride: usize,
+    pub layout: LumaLayout,
+}
+
+/// Subsampled luma: each cell is the sum of `cell_pixels` 8-bit luma values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Thumbnail {
+    pub width: usize,
+    pub height: usize,
+    pub cell_pixels: u32,
+    pub cells: Vec<u32>,
+}
+
+/// Why a plane cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlaneError(pub String);
+
+impl std::fmt::Display for PlaneError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl LumaLayout {
+    fn bytes_per_pixel(&self) -> usize {
+        match *self {
+            LumaLayout::Luma8 { pixel_stride, offset } => pixel_stride.max(offset + 1),
+            LumaLayout::Luma16Le { pixel_stride, offset, .. } => pixel_stride.max(offset + 2),
+            LumaLayout::Rgb8 { pixel_stride, r, g, b } => pixel_stride.max(r.max(g).max(b) + 1),
+        }
+    }
+}
+
+impl Thumbnail {
+    /// Fills the thumbnail from `plane`, reusing its allocation.
+    pub fn fill(&mut self, plane: &LumaPlane) -> Result<(), PlaneError> {
+        let LumaPlane { data, width, height, stride, layout } = *plane;
+        if width == 0 || height == 0 {
+            return Err(PlaneError(format!("empty picture {width}x{height}")));
+        }
+        let row_bytes = width * layout.bytes_per_pixel();
+        if stride < row_bytes || data.len() < (height - 1) * stride + row_bytes {
+            return Err(PlaneError(format!(
+                "plane of {} bytes is too small for {width}x{height} with stride {stride}",
+                data.len()
+            )));
+        }
+        let step_x = width.div_ceil(THUMB_MAX_WIDTH);
+        let step_y = height.div_ceil(THUMB_MAX_HEIGHT);
+        self.width = width / step_x;
+        self.height = height / step_y;
+        self.cell_pixels = step_x as u32;
+        self.cells.clear();
+        self.cells.reserve(self.width * self.height);
+        for ty in 0..self.height {
+            let row = &data[ty * step_y * stride..][..row_bytes];
+            match layout {
+                LumaLayout::Luma8 { pixel_stride: 1, offset: 0 } => {
+                    // The common planar case: a plain sum the compiler vectorises.
+                    self.cells.extend(
+                        row.chunks_exact(step_x).take(self.width).map(|c| c.iter().map(|&v| v as u32).sum::<u32>()),
+                    );
+                }
+                LumaLayout::Luma8 { pixel_stride, offset } => {
+                    self.cells.extend(row.chunks_exact(step_x * pixel_stride).take(self.width).map(|c| {
+                        c.iter().skip(offset).step_by(pixel_stride).map(|&v| v as u32).sum::<u32>()
+                    }));
+                }
+                LumaLayout::Luma16Le { pixel_stride, offset, shift, depth } => {
+                    let mask = (1u32 << depth.min(16)) - 1;
+                    let down = depth.saturating_sub(8);
+                    self.cells.extend(row.chunks_exact(step_x * pixel_stride).take(self.width).map(|c| {
+                        c.chunks_exact(pixel_stride)
+                            .map(|p| {
+                                let v = u16::from_le_bytes([p[offset], p[offset + 1]]) as u32;
+                                ((v >> shift) & mask) >> down
+                            })
+                            .sum::<u32>()
+                    }));
+                }
+                LumaLayout::Rgb8 { pixel_stride, r, g, b } => {
+                    self.cells.extend(row.chunks_exact(step_x * pixel_stride).take(self.width).map(|c| {
+                        c.chunks_exact(pixel_stride)
+                            // BT.601 luma in fixed point; weights sum to 256.
+                            .map(|p| (77 * p[r] as u32 + 150 * p[g] as u32 + 29 * p[b] as u32) >> 8)
+                            .sum::<u32>()
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Mean absolute difference per pixel, as a fraction of full scale (0..=1); `None` if the
+    /// thumbnails are not comparable.
+    pub fn mafd(&self, other: &Thumbnail) -> Option<f64> {
+        if self.width != other.width
+            || self.height != other.height
+            || self.cell_pixels != other.cell_pixels
+            || self.cells.is_empty()
+        {
+            return None;
+        }
+        let sum: u64 = self.cells.iter().zip(&other.cells).map(|(&a, &b)| a.abs_diff(b) as u64).sum();
+        Some(sum as f64 / (self.cells.len() as f64 * self.cell_pixels as f64 * 255.0))
+    }
+}
+
+/// A completed freeze.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Freeze {
+    pub start: Nanos,
+    pub duration: Nanos,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreezeEvent {
+    Started { start: Nanos },
+    Ended(Freeze),
+}
+
+#[derive(Debug)]
+pub struct FreezeDetector {
+    threshold: f64,
+    min_duration: Nanos,
+    reference: Thumbnail,
+    scratch: Thumbnail,
+    reference_time: Option<Nanos>,
+    frozen: bool,
+    /// End of the latest frame seen (its time plus duration).
+    latest_end: Option<Nanos>,
+    count: u64,
+    total: Nanos,
+}
+
+impl FreezeDetector {
+    /// `threshold`: largest MAFD (fraction of full scale) for a frame to count as unchanged.
+    pub fn new(threshold: f64, min_duration: Nanos) -> Self {
+        FreezeDetector {
+            threshold,
+            min_duration,
+            reference: Thumbnail::default(),
+            scratch: Thumbnail::default(),
+            reference_time: None,
+            frozen: false,
+            latest_end: None,
+            count: 0,
+            total: 0,
+        }
+    }
+
+    pub fn set_threshold(&mut self, threshold: f64) {
+        self.threshold = threshold;
+    }
+
+    pub fn set_min_duration(&mut self, min_duration: Nanos) {
+        self.min_duration = min_duration;
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// A frame shown at `time` for `duration`. Returns the event it causes, if any.
+    pub fn observe(&mut self, time: Nanos, duration: Nanos, plane: &LumaPlane) -> Result<Option<FreezeEvent>, PlaneError> {
+        self.scratch.fill(plane)?;
+        self.latest_end = Some(self.latest_end.map_or(time + duration, |e| e.max(time + duration)));
+        let unchanged = match (self.reference_time, self.scratch.mafd(&self.reference)) {
+            // A frame earlier than the reference (a jump back) starts afresh.
+            (Some(reference_time), Some(mafd)) if time >= reference_time => mafd <= self.threshold,
+            _ => false,
+        };
+        if unchanged {
+            let start = self.reference_time.expect("checked above");
+            if !self.frozen && time - start >= self.min_duration {
+                self.frozen = true;
+                self.count += 1;
+                return Ok(Some(FreezeEvent::Started { start }));
+            }
+            return Ok(None);
+        }
+        let ended = self.end_at(time);
+        std::mem::swap(&mut self.reference, &mut self.scratch);
+        self.reference_time = Some(time);
+        Ok(ended)
+    }
+
+    fn end_at(&mut self, end: Nanos) -> Option<FreezeEvent> {
+        if !std::mem::take(&mut self.frozen) {
+            return None;
+        }
+        let start = self.reference_time.expect("a freeze has a reference");
+        let freeze = Freeze { start, duration: end.saturating_sub(start) };
+        self.total += freeze.duration;
+        Some(FreezeEvent::Ended(freeze))
+    }
+
+    /// The picture changed shape (caps change) or the stream jumped (flush): the next frame
+    /// becomes the reference. An open freeze ends where the last frame ended.
+    pub fn reset(&mut self) -> Option<FreezeEvent> {
+        let ended = self.latest_end.and_then(|end| self.end_at(end));
+        self.frozen = false;
+        self.reference_time = None;
+        self.reference.cells.clear();
+        ended
+    }
+
+    /// End of stream: an open freeze ends where the last frame ended.
+    pub fn finish(&mut self) -> Option<FreezeEvent> {
+        self.reset()
+    }
+
+    /// Freezes so far, the open one included.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Total frozen time, the open freeze's time so far included.
+    pub fn total(&self) -> Nanos {
+        let open = match (self.frozen, self.reference_time, self.latest_end) {
+            (true, Some(start), Some(end)) => end.saturating_sub(start),
+            _ => 0,
+        };
+        self.total + open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Nanos = 1_000_000;
+    const FRAME: Nanos = 40 * MS;
+
+    fn gray(width: usize, height: usize, seed: u8) -> Vec<u8> {
+        (0..width * height).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
+    }
+
+    fn plane(data: &[u8], width: usize, height: usize) -> LumaPlane<'_> {
+        LumaPlane { data, width, height, stride: width, layout: LumaLayout::Luma8 { pixel_stride: 1, offset: 0 } }
+    }
+
+    #[test]
+    fn thumbnail_of_1080p_is_small_and_exact_for_flat_pictures() {
+        let data = vec![100u8; 1920 * 1080];
+        let mut t = Thumbnail::default();
+        t.fill(&plane(&data, 1920, 1080)).unwrap();
+        assert_eq!((t.width, t.height, t.cell_pixels), (160, 90, 12));
+        assert!(t.cells.iter().all(|&c| c == 1200));
+    }
+
+    #[test]
+    fn layouts_agree_on_the_same_luma() {
+        let (w, h) = (64, 36);
+        let y = gray(w, h, 3);
+        let mut planar = Thumbnail::default();
+        planar.fill(&plane(&y, w, h)).unwrap();
+
+        // UYVY: luma at odd bytes.
+        let uyvy: Vec<u8> = y.iter().flat_map(|&v| [128, v]).collect();
+        let mut packed = Thumbnail::default();
+        packed
+            .fill(&LumaPlane { data: &uyvy, width: w, height: h, stride: 2 * w, layout: LumaLayout::Luma8 { pixel_stride: 2, offset: 1 } })
+            .unwrap();
+        assert_eq!(planar, packed);
+
+        // P010: 10 bits in the top of 16.
+        let p010: Vec<u8> = y.iter().flat_map(|&v| (((v as u16) << 2) << 6).to_le_bytes()).collect();
+        let mut deep = Thumbnail::default();
+        deep.fill(&LumaPlane {
+            data: &p010,
+            width: w,
+            height: h,
+            stride: 2 * w,
+            layout: LumaLayout::Luma16Le { pixel_stride: 2, offset: 0, shift: 6, depth: 10 },
+        })
+        .unwrap();
+        assert_eq!(planar, deep);
+
+        // Gray RGBx: luma equals the component (the weights sum to 256).
+        let rgbx: Vec<u8> = y.iter().flat_map(|&v| [v, v, v, 0]).collect();
+        let mut rgb = Thumbnail::default();
+        rgb.fill(&LumaPlane { data: &rgbx, width: w, height: h, stride: 4 * w, layout: LumaLayout::Rgb8 { pixel_stride: 4, r: 0, g: 1, b: 2 } })
+            .unwrap();
+        assert_eq!(planar, rgb);
+    }
+
+    #[test]
+    fn short_plane_is_an_error_not_a_panic() {
+        let data = vec![0u8; 100];
+        let err = Thumbnail::default().fill(&plane(&data, 64, 36)).unwrap_err();
+        assert!(err.0.contains("too small"), "{err}");
+    }
+
+    #[test]
+    fn mafd_is_a_fraction_of_full_scale() {
+        let (a, b) = (vec![10u8; 320 * 180], vec![61u8; 320 * 180]);
+        let (mut ta, mut tb) = (Thumbnail::default(), Thumbnail::default());
+        ta.fill(&plane(&a, 320, 180)).unwrap();
+        tb.fill(&plane(&b, 320, 180)).unwrap();
+        assert!((ta.mafd(&tb).unwrap() - 51.0 / 255.0).abs() < 1e-12);
+        assert_eq!(ta.mafd(&ta), Some(0.0));
+    }
+
+    #[test]
+    fn freeze_starts_at_the_reference_and_ends_at_the_first_change() {
+        let (w, h) = (64, 36);
+        let mut d = FreezeDetector::new(0.001, 1000 * MS);
+        let mut events = Vec::new();
+        // Frames 0..10 move, 10..50 are a copy of frame 10, 50.. move again.
+        for i in 0..70u64 {
+            let seed = if (10..50).contains(&i) { 10 } else { i as u8 };
+            let data = gray(w, h, seed);
+            if let Some(ev) = d.observe(i * FRAME, FRAME, &plane(&data, w, h)).unwrap() {
+                events.push((i, ev));
+            }
+        }
+        assert_eq!(
+            events,
+            vec![
+                // Reported once a second of unchanged frames has passed.
+                (35, FreezeEvent::Started { start: 10 * FRAME }),
+                (50, FreezeEvent::Ended(Freeze { start: 10 * FRAME, duration: 40 * FRAME })),
+            ]
+        );
+        assert_eq!(d.count(), 1);
+        assert_eq!(d.total(), 40 * FRAME);
+    }
+
+    #[test]
+    fn short_still_is_not_a_freeze() {
+        let (w, h) = (64, 36);
+        let mut d = FreezeDetector::new(0.001, 1000 * MS);
+        for i in 0..60u64 {
+            let seed = if (10..30).contains(&i) { 10 } else { i as u8 };
+            let data = gray(w, h, seed);
+            assert_eq!(d.observe(i * FRAME, FRAME, &plane(&data, w, h)).unwrap(), None);
+        }
+        assert_eq!(d.count(), 0);
+    }
+
+    #[test]
+    fn noise_below_threshold_still_freezes() {
+        let (w, h) = (64, 36);
+        let mut d = FreezeDetector::new(0.01, 500 * MS);
+        let base = gray(w, h, 0);
+        let mut started = false;
+        for i in 0..30u64 {
+            // ±1 level of noise on every pixel: 0.4% of full scale.
+            let noisy: Vec<u8> = base.iter().enumerate().map(|(k, &v)| if (k + i as usize) % 2 == 0 { v.saturating_add(1) } else { v }).collect();
+            started |= matches!(d.observe(i * FRAME, FRAME, &plane(&noisy, w, h)).unwrap(), Some(FreezeEvent::Started { .. }));
+        }
+        assert!(started);
+    }
+
+    #[test]
+    fn reset_closes_an_open_freeze_and_drops_the_reference() {
+        let (w, h) = (64, 36);
+        let mut d = FreezeDetector::new(0.001, 200 * MS);
+        let data = gray(w, h, 1);
+        for i in 0..10u64 {
+            d.observe(i * FRAME, FRAME, &plane(&data, w, h)).unwrap();
+        }
+        assert!(d.is_frozen());
+        assert_eq!(d.total(), 10 * FRAME);
+        assert_eq!(d.reset(), Some(FreezeEvent::Ended(Freeze { start: 0, duration: 10 * FRAME })));
+        // A new size after the reset: the first frame is a reference, not a change.
+        let small = gray(32, 18, 1);
+        assert_eq!(d.observe(10 * FRAME, FRAME, &plane(&small, 32, 18)).unwrap(), None);
+        assert!(!d.is_frozen());
+        assert_eq!(d.count(), 1);
+    }
+}

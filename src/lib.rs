@@ -1,0 +1,29 @@
+// SPDX-License-Identifier: MPL-2.0
+#![allow(clippy::non_send_fields_in_send_ty, unused_doc_comments)]
+
+//! gst-qoe: live video quality-of-experience monitoring for GStreamer.
+//!
+//! The plugin provides one element, `qoemonitor`, which watches decoded video, lets every
+//! frame pass untouched, and reports stalls, content freezes and running statistics.
+
+use gst::glib;
+
+pub mod freeze;
+pub mod qoemonitor;
+pub mod stall;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    qoemonitor::register(plugin)
+}
+
+gst::plugin_define!(
+    qoe,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MPL-2.0",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

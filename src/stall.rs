@@ -1,0 +1,649 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Stall (rebuffering) tracking, free of GStreamer types.
+//!
+//! All times are nanoseconds of *running time*: the timeline a viewer experiences, which
+//! stays monotonic across segment updates and rate changes. The element converts to stream
+//! time only when it reports.
+//!
+//! A stall is playback that stops while it should go on:
+//! - a **timestamp gap**: a frame's timestamp is later than the expected one (previous
+//!   timestamp + frame period) by more than the threshold;
+//! - a **GAP event**: upstream says there is no data for a while;
+//! - a **late arrival** (live pipelines only): no frame arrives for longer than the
+//!   threshold, measured against the pipeline clock, while PLAYING.
+//!
+//! One outage is one stall, whichever of these signals sees it first: a live source that
+//! stops sending frames usually also opens a timestamp gap and may send GAP events, and all
+//! of that is the same stall.
+
+use std::collections::VecDeque;
+
+/// Nanoseconds of running time.
+pub type Nanos = u64;
+
+/// How many completed stalls are kept in detail; counts and totals cover every stall.
+pub const STALL_HISTORY: usize = 256;
+/// How many playback slots the per-frame 0/1 sequence keeps (10 minutes at 60 fps).
+pub const SLOT_HISTORY: usize = 36_000;
+
+/// What revealed a stall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StallCause {
+    TimestampGap,
+    GapEvent,
+    LateArrival,
+}
+
+impl StallCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StallCause::TimestampGap => "timestamp-gap",
+            StallCause::GapEvent => "gap-event",
+            StallCause::LateArrival => "late-arrival",
+        }
+    }
+}
+
+/// A completed stall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stall {
+    pub start: Nanos,
+    pub duration: Nanos,
+    pub cause: StallCause,
+}
+
+impl Stall {
+    pub fn end(&self) -> Nanos {
+        self.start + self.duration
+    }
+}
+
+/// What the caller should report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StallEvent {
+    Started { start: Nanos, cause: StallCause },
+    Ended(Stall),
+}
+
+/// One frame as the tracker sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameTiming {
+    /// The frame's timestamp in running time, `None` if the buffer has none.
+    pub pts: Option<Nanos>,
+    /// Buffer duration, if set.
+    pub duration: Option<Nanos>,
+    /// Running time at which the frame reached the element, `None` when no clock runs
+    /// (not PLAYING). Used for live stalls, initial buffering and frames without PTS.
+    pub arrival: Option<Nanos>,
+}
+
+/// The figures the VQA² streaming scorer and the `qoe-stats` message use.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StallSummary {
+    /// Stalls so far, the open one included.
+    pub count: u64,
+    /// Durations of the most recent stalls (at most [`STALL_HISTORY`]), oldest first; an open
+    /// stall is included with its duration so far.
+    pub durations: Vec<Nanos>,
+    /// Total stall time, the open stall's time so far included.
+    pub total: Nanos,
+    /// Total stall time over watched time (playback plus stalls since the first frame).
+    pub ratio: f64,
+    /// Time from the PLAYING transition to the first frame; live pipelines only.
+    pub initial_buffering: Option<Nanos>,
+    /// Time since the last stall ended; `None` before the first stall ends.
+    pub since_last_stall: Option<Nanos>,
+    /// Whether a stall is going on now.
+    pub stalled: bool,
+    /// Frames observed.
+    pub frames: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OpenStall {
+    start: Nanos,
+    cause: StallCause,
+}
+
+#[derive(Debug)]
+pub struct StallTracker {
+    threshold: Nanos,
+    /// Frame period from the caps (1/framerate), `None` for variable or unknown rates.
+    nominal_period: Option<Nanos>,
+    live: bool,
+
+    /// The frame period used for the last frame (for counting stalled playback slots).
+    last_period: Option<Nanos>,
+    /// Running time at which the next frame's timestamp is due.
+    expected_pts: Option<Nanos>,
+    /// Running time at which the next frame should arrive (live).
+    expected_arrival: Option<Nanos>,
+    open: Option<OpenStall>,
+
+    playing_since: Option<Nanos>,
+    first_frame: Option<Nanos>,
+    initial_buffering: Option<Nanos>,
+    /// Latest running time the tracker knows to have passed.
+    latest: Option<Nanos>,
+
+    frames: u64,
+    count: u64,
+    total: Nanos,
+    recent: VecDeque<Stall>,
+    last_end: Option<Nanos>,
+    /// One entry per playback slot: 0 for a frame shown, 1 for a frame period spent stalled.
+    slots: VecDeque<u8>,
+}
+
+impl StallTracker {
+    pub fn new(threshold: Nanos) -> Self {
+        StallTracker {
+            threshold,
+            nominal_period: None,
+            live: false,
+            last_period: None,
+            expected_pts: None,
+            expected_arrival: None,
+            open: None,
+            playing_since: None,
+            first_frame: None,
+            initial_buffering: None,
+            latest: None,
+            frames: 0,
+            count: 0,
+            total: 0,
+            recent: VecDeque::new(),
+            last_end: None,
+            slots: VecDeque::new(),
+        }
+    }
+
+    pub fn set_threshold(&mut self, threshold: Nanos) {
+        self.threshold = threshold;
+    }
+
+    /// Frame period from the caps; `None` (or a zero framerate) means variable rate.
+    pub fn set_nominal_period(&mut self, period: Option<Nanos>) {
+        self.nominal_period = period.filter(|p| *p > 0);
+    }
+
+    /// Whether arrival times count (live pipelines).
+    pub fn set_live(&mut self, live: bool) {
+        self.live = live;
+        if !live {
+            self.expected_arrival = None;
+        }
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    pub fn is_stalled(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The pipeline went to PLAYING at running time `now`. Initial buffering is measured from
+    /// the first such transition to the first frame, in live pipelines.
+    pub fn on_playing(&mut self, now: Nanos) {
+        if self.live && self.playing_since.is_none() && self.first_frame.is_none() {
+            self.playing_since = Some(now);
+        }
+        // Arrival expectations from before a pause are meaningless now.
+        self.expected_arrival = None;
+        self.bump_latest(now);
+    }
+
+    /// The pipeline left PLAYING: time does not run for late arrivals any more.
+    pub fn on_paused(&mut self) {
+        self.expected_arrival = None;
+    }
+
+    /// The period after which the next frame would be late (frame period, else buffer
+    /// duration).
+    fn period(&self, duration: Option<Nanos>) -> Option<Nanos> {
+        match (self.nominal_period, duration) {
+            // A buffer that claims to last longer than the frame period of a fixed-rate
+            // stream hides a hole (MP4 stretches the frame before a gap): trust the period.
+            (Some(p), Some(d)) => Some(p.min(d)),
+            (Some(p), None) => Some(p),
+            (None, d) => d,
+        }
+    }
+
+    fn bump_latest(&mut self, t: Nanos) {
+        self.latest = Some(self.latest.map_or(t, |l| l.max(t)));
+    }
+
+    /// A frame passed. Returns the stall events it reveals (at most a start and an end).
+    pub fn on_frame(&mut self, frame: FrameTiming) -> Vec<StallEvent> {
+        let mut events = Vec::new();
+        let period = self.period(frame.duration);
+        self.last_period = period.or(self.last_period);
+        // Without a timestamp, the arrival time is the frame's time.
+        let at = frame.pts.or(frame.arrival);
+
+        if self.first_frame.is_none() {
+            self.first_frame = at;
+            if let (Some(since), Some(arrival)) = (self.playing_since, frame.arrival) {
+                self.initial_buffering = Some(arrival.saturating_sub(since));
+            }
+        }
+
+        if let Some(open) = self.open.take() {
+            // The stall ends when playback resumes, measured on the timeline it began on.
+            let end = match open.cause {
+                StallCause::LateArrival => frame.arrival.or(at),
+                _ => at.or(frame.arrival),
+            }
+            .unwrap_or(open.start)
+            .max(open.start);
+            events.push(StallEvent::Ended(self.close(open, end)));
+        } else if let (Some(pts), Some(expected)) = (frame.pts, self.expected_pts) {
+            if pts > expected && pts - expected > self.threshold {
+                let stall = Stall { start: expected, duration: pts - expected, cause: StallCause::TimestampGap };
+                events.push(StallEvent::Started { start: stall.start, cause: stall.cause });
+                self.count += 1;
+                events.push(StallEvent::Ended(self.record(stall)));
+            }
+            // A timestamp before the expected one (backwards jump, overlap) is a
+            // discontinuity, never a negative stall: expectations restart from this frame.
+        }
+
+        if let Some(at) = at {
+            self.expected_pts = period.map(|p| at + p).or(Some(at));
+            self.bump_latest(at);
+        }
+        if self.live {
+            if let Some(arrival) = frame.arrival {
+                self.expected_arrival = Some(arrival + period.unwrap_or(0));
+                self.bump_latest(arrival);
+            }
+        }
+        self.frames += 1;
+        self.push_slot(0);
+        events
+    }
+
+    /// A GAP event: no data from `start` for `duration` (unknown when `None`).
+    ///
+    /// The hole counts from where the next frame was due. A short GAP (below the threshold)
+    /// starts nothing: the next frame's timestamp check still sees the whole hole, so a run of
+    /// short GAP events that adds up to a stall is caught too.
+    pub fn on_gap(&mut self, start: Nanos, duration: Option<Nanos>) -> Option<StallEvent> {
+        self.bump_latest(start);
+        if self.open.is_some() {
+            return None; // extends the stall already open
+        }
+        let hole_start = self.expected_pts.filter(|e| *e <= start).unwrap_or(start);
+        let long_enough = match duration {
+            Some(d) => (start + d).saturating_sub(hole_start) > self.threshold,
+            None => true,
+        };
+        if !long_enough {
+            return None;
+        }
+        Some(self.open_stall(hole_start, StallCause::GapEvent))
+    }
+
+    /// When a live stall would be declared if no frame comes: the running time to wait for.
+    pub fn arrival_deadline(&self) -> Option<Nanos> {
+        if !self.live || self.open.is_some() {
+            return None;
+        }
+        self.expected_arrival.map(|e| e + self.threshold)
+    }
+
+    /// The clock says it is `now` (running time). Opens a late-arrival stall if the next frame
+    /// is overdue by more than the threshold.
+    pub fn on_clock(&mut self, now: Nanos) -> Option<StallEvent> {
+        self.bump_latest(now);
+        let deadline = self.arrival_deadline()?;
+        if now < deadline {
+            return None;
+        }
+        let start = self.expected_arrival.expect("deadline implies an expected arrival");
+        Some(self.open_stall(start, StallCause::LateArrival))
+    }
+
+    fn open_stall(&mut self, start: Nanos, cause: StallCause) -> StallEvent {
+        self.open = Some(OpenStall { start, cause });
+        self.count += 1;
+        StallEvent::Started { start, cause }
+    }
+
+    fn close(&mut self, open: OpenStall, end: Nanos) -> Stall {
+        self.record(Stall { start: open.start, duration: end - open.start, cause: open.cause })
+    }
+
+    fn record(&mut self, stall: Stall) -> Stall {
+        self.total += stall.duration;
+        if self.recent.len() == STALL_HISTORY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(stall);
+        self.last_end = Some(stall.end());
+        self.bump_latest(stall.end());
+        let stalled_slots = match self.last_period {
+            // Nearest whole number of frame periods, at least one.
+            Some(p) => ((stall.duration + p / 2) / p).max(1),
+            None => 1,
+        };
+        for _ in 0..stalled_slots.min(SLOT_HISTORY as u64) {
+            self.push_slot(1);
+        }
+        stall
+    }
+
+    fn push_slot(&mut self, value: u8) {
+        if self.slots.len() == SLOT_HISTORY {
+            self.slots.pop_front();
+        }
+        self.slots.push_back(value);
+    }
+
+    /// A flush (seek) or a new stream: expectations restart and an open stall ends at the
+    /// latest time known, without a stall being reported for the jump.
+    pub fn on_discontinuity(&mut self) -> Option<StallEvent> {
+        self.expected_pts = None;
+        self.expected_arrival = None;
+        let open = self.open.take()?;
+        let end = self.latest.unwrap_or(open.start).max(open.start);
+        Some(StallEvent::Ended(self.close(open, end)))
+    }
+
+    /// End of stream: an open stall ends at the latest time known.
+    pub fn finish(&mut self) -> Option<StallEvent> {
+        self.on_discontinuity()
+    }
+
+    /// The figures so far; `now` (running time) measures an open stall and the time since
+    /// the last stall.
+    pub fn summary(&self, now: Option<Nanos>) -> StallSummary {
+        let now = match (now, self.latest) {
+            (Some(n), Some(l)) => Some(n.max(l)),
+            (n, l) => n.or(l),
+        };
+        let mut durations: Vec<Nanos> = self.recent.iter().map(|s| s.duration).collect();
+        let mut total = self.total;
+        if let Some(open) = self.open {
+            let so_far = now.unwrap_or(open.start).saturating_sub(open.start);
+            durations.push(so_far);
+            total += so_far;
+        }
+        if durations.len() > STALL_HISTORY {
+            durations.remove(0);
+        }
+        let watched = match (self.first_frame, now) {
+            (Some(first), Some(now)) => now.saturating_sub(first),
+            _ => 0,
+        };
+        let ratio = if watched > 0 { (total as f64 / watched as f64).min(1.0) } else { 0.0 };
+        StallSummary {
+            count: self.count,
+            durations,
+            total,
+            ratio,
+            initial_buffering: self.initial_buffering,
+            since_last_stall: if self.open.is_some() {
+                None
+            } else {
+                self.last_end.zip(now).map(|(end, now)| now.saturating_sub(end))
+            },
+            stalled: self.open.is_some(),
+            frames: self.frames,
+        }
+    }
+
+    /// Completed stalls, oldest first (at most [`STALL_HISTORY`]).
+    pub fn stalls(&self) -> impl Iterator<Item = &Stall> {
+        self.recent.iter()
+    }
+
+    /// The per-slot 0/1 stall sequence, oldest first (at most [`SLOT_HISTORY`] slots).
+    pub fn slots(&self) -> impl Iterator<Item = u8> + '_ {
+        self.slots.iter().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Nanos = 1_000_000;
+    const FRAME: Nanos = 33_333_333;
+
+    fn frame(pts: Nanos) -> FrameTiming {
+        FrameTiming { pts: Some(pts), duration: Some(FRAME), arrival: None }
+    }
+
+    fn tracker() -> StallTracker {
+        let mut t = StallTracker::new(250 * MS);
+        t.set_nominal_period(Some(FRAME));
+        t
+    }
+
+    #[test]
+    fn continuous_frames_never_stall() {
+        let mut t = tracker();
+        for i in 0..300 {
+            assert!(t.on_frame(frame(i * FRAME)).is_empty());
+        }
+        let s = t.summary(None);
+        assert_eq!(s.count, 0);
+        assert_eq!(s.total, 0);
+        assert_eq!(s.frames, 300);
+        assert!(t.slots().all(|v| v == 0));
+    }
+
+    #[test]
+    fn timestamp_gap_above_threshold_is_one_stall_of_the_gap() {
+        let mut t = tracker();
+        for i in 0..30 {
+            t.on_frame(frame(i * FRAME));
+        }
+        let expected = 30 * FRAME;
+        let resume = expected + 1500 * MS;
+        let ev = t.on_frame(frame(resume));
+        assert_eq!(
+            ev,
+            vec![
+                StallEvent::Started { start: expected, cause: StallCause::TimestampGap },
+                StallEvent::Ended(Stall { start: expected, duration: 1500 * MS, cause: StallCause::TimestampGap }),
+            ]
+        );
+        let s = t.summary(Some(resume + FRAME));
+        assert_eq!(s.count, 1);
+        assert_eq!(s.durations, vec![1500 * MS]);
+        assert_eq!(s.since_last_stall, Some(FRAME));
+        // 1.5 s stalled out of 1 s played + 1.5 s stalled + the last frame.
+        let watched = resume + FRAME;
+        assert!((s.ratio - 1500.0 * MS as f64 / watched as f64).abs() < 1e-9);
+        // 1.5 s at 30 fps is 45 stalled slots between frames 30 and 31.
+        let slots: Vec<u8> = t.slots().collect();
+        assert_eq!(slots.len(), 31 + 45);
+        assert_eq!(slots.iter().filter(|v| **v == 1).count(), 45);
+        assert_eq!(slots[30], 1);
+        assert_eq!(*slots.last().unwrap(), 0);
+    }
+
+    #[test]
+    fn gap_below_threshold_is_not_a_stall() {
+        let mut t = tracker();
+        t.on_frame(frame(0));
+        assert!(t.on_frame(frame(FRAME + 200 * MS)).is_empty());
+        assert_eq!(t.summary(None).count, 0);
+    }
+
+    #[test]
+    fn backwards_timestamps_are_a_discontinuity_not_a_negative_stall() {
+        let mut t = tracker();
+        for i in 0..10 {
+            t.on_frame(frame(i * FRAME));
+        }
+        assert!(t.on_frame(frame(2 * FRAME)).is_empty());
+        assert!(t.on_frame(frame(3 * FRAME)).is_empty());
+        assert_eq!(t.summary(None).count, 0);
+    }
+
+    #[test]
+    fn long_buffer_duration_at_fixed_rate_still_reveals_the_hole() {
+        let mut t = tracker();
+        t.on_frame(frame(0));
+        // The frame before the hole claims to last the whole hole.
+        t.on_frame(FrameTiming { pts: Some(FRAME), duration: Some(FRAME + 1000 * MS), arrival: None });
+        let ev = t.on_frame(frame(2 * FRAME + 1000 * MS));
+        assert_eq!(ev.len(), 2);
+        assert_eq!(t.summary(None).total, 1000 * MS);
+    }
+
+    #[test]
+    fn variable_rate_uses_buffer_duration() {
+        let mut t = StallTracker::new(250 * MS);
+        t.on_frame(FrameTiming { pts: Some(0), duration: Some(500 * MS), arrival: None });
+        assert!(t.on_frame(FrameTiming { pts: Some(500 * MS), duration: Some(40 * MS), arrival: None }).is_empty());
+        let ev = t.on_frame(FrameTiming { pts: Some(840 * MS), duration: None, arrival: None });
+        assert_eq!(ev.len(), 2, "300 ms hole after a 40 ms frame");
+    }
+
+    #[test]
+    fn gap_event_starts_the_stall_and_next_frame_ends_it() {
+        let mut t = tracker();
+        for i in 0..10 {
+            t.on_frame(frame(i * FRAME));
+        }
+        let hole = 10 * FRAME;
+        assert_eq!(
+            t.on_gap(hole, Some(1000 * MS)),
+            Some(StallEvent::Started { start: hole, cause: StallCause::GapEvent })
+        );
+        assert!(t.is_stalled());
+        // A second GAP extends the same stall.
+        assert_eq!(t.on_gap(hole + 1000 * MS, Some(500 * MS)), None);
+        let ev = t.on_frame(frame(hole + 1500 * MS));
+        assert_eq!(
+            ev,
+            vec![StallEvent::Ended(Stall { start: hole, duration: 1500 * MS, cause: StallCause::GapEvent })]
+        );
+        assert_eq!(t.summary(None).count, 1);
+    }
+
+    #[test]
+    fn short_gap_events_add_up() {
+        let mut t = tracker();
+        t.on_frame(frame(0));
+        // Per-frame GAP events, each shorter than the threshold.
+        let mut events = Vec::new();
+        for i in 1..=12 {
+            events.extend(t.on_gap(i * FRAME, Some(FRAME)));
+        }
+        // The hole reached the threshold at the 8th missing frame (8 × 33 ms > 250 ms).
+        assert_eq!(events, vec![StallEvent::Started { start: FRAME, cause: StallCause::GapEvent }]);
+        let ev = t.on_frame(frame(13 * FRAME));
+        assert_eq!(ev, vec![StallEvent::Ended(Stall { start: FRAME, duration: 12 * FRAME, cause: StallCause::GapEvent })]);
+    }
+
+    #[test]
+    fn short_gap_event_alone_is_not_a_stall() {
+        let mut t = tracker();
+        t.on_frame(frame(0));
+        assert_eq!(t.on_gap(FRAME, Some(FRAME)), None);
+        assert!(t.on_frame(frame(2 * FRAME)).is_empty());
+        assert_eq!(t.summary(None).count, 0);
+    }
+
+    fn live_frame(pts: Nanos, arrival: Nanos) -> FrameTiming {
+        FrameTiming { pts: Some(pts), duration: Some(FRAME), arrival: Some(arrival) }
+    }
+
+    #[test]
+    fn late_arrival_is_reported_while_it_goes_on_and_counted_once() {
+        let mut t = tracker();
+        t.set_live(true);
+        t.on_playing(0);
+        t.on_frame(live_frame(0, 400 * MS));
+        assert_eq!(t.summary(None).initial_buffering, Some(400 * MS));
+        t.on_frame(live_frame(FRAME, 400 * MS + FRAME));
+        let due = 400 * MS + 2 * FRAME;
+        assert_eq!(t.arrival_deadline(), Some(due + 250 * MS));
+        assert_eq!(t.on_clock(due + 100 * MS), None);
+        assert_eq!(
+            t.on_clock(due + 250 * MS),
+            Some(StallEvent::Started { start: due, cause: StallCause::LateArrival })
+        );
+        // Still going on: the summary measures it so far.
+        let s = t.summary(Some(due + 700 * MS));
+        assert!(s.stalled);
+        assert_eq!(s.total, 700 * MS);
+        assert_eq!(t.arrival_deadline(), None);
+        // The source timestamps by the clock, so the next frame also jumps in PTS: one stall.
+        let ev = t.on_frame(live_frame(2 * FRAME + 1000 * MS, due + 1000 * MS));
+        assert_eq!(
+            ev,
+            vec![StallEvent::Ended(Stall { start: due, duration: 1000 * MS, cause: StallCause::LateArrival })]
+        );
+        assert_eq!(t.summary(None).count, 1);
+    }
+
+    #[test]
+    fn arrival_is_ignored_when_not_live() {
+        let mut t = tracker();
+        t.on_playing(0);
+        t.on_frame(live_frame(0, 0));
+        assert_eq!(t.arrival_deadline(), None);
+        assert_eq!(t.on_clock(10_000 * MS), None);
+        assert_eq!(t.summary(None).initial_buffering, None);
+    }
+
+    #[test]
+    fn frames_without_pts_use_arrival_time() {
+        let mut t = tracker();
+        t.set_live(true);
+        t.on_playing(0);
+        t.on_frame(FrameTiming { pts: None, duration: None, arrival: Some(0) });
+        t.on_frame(FrameTiming { pts: None, duration: None, arrival: Some(FRAME) });
+        t.on_clock(2 * FRAME + 300 * MS);
+        let ev = t.on_frame(FrameTiming { pts: None, duration: None, arrival: Some(2 * FRAME + 600 * MS) });
+        assert_eq!(ev, vec![StallEvent::Ended(Stall { start: 2 * FRAME, duration: 600 * MS, cause: StallCause::LateArrival })]);
+    }
+
+    #[test]
+    fn discontinuity_resets_expectations_without_a_stall() {
+        let mut t = tracker();
+        for i in 0..10 {
+            t.on_frame(frame(i * FRAME));
+        }
+        assert_eq!(t.on_discontinuity(), None);
+        assert!(t.on_frame(frame(60_000 * MS)).is_empty());
+        assert_eq!(t.summary(None).count, 0);
+    }
+
+    #[test]
+    fn finish_closes_an_open_stall_at_the_latest_time() {
+        let mut t = tracker();
+        t.on_frame(frame(0));
+        t.on_gap(FRAME, None);
+        t.on_gap(FRAME + 2000 * MS, None);
+        assert_eq!(
+            t.finish(),
+            Some(StallEvent::Ended(Stall { start: FRAME, duration: 2000 * MS, cause: StallCause::GapEvent }))
+        );
+        assert!(!t.is_stalled());
+        assert_eq!(t.finish(), None);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut t = tracker();
+        let mut pts = 0;
+        for _ in 0..(STALL_HISTORY + 50) {
+            t.on_frame(frame(pts));
+            pts += FRAME + 300 * MS;
+        }
+        let s = t.summary(None);
+        assert_eq!(s.count, (STALL_HISTORY + 49) as u64);
+        assert_eq!(s.durations.len(), STALL_HISTORY);
+        assert_eq!(t.stalls().count(), STALL_HISTORY);
+        assert!(t.slots().count() <= SLOT_HISTORY);
+    }
+}
