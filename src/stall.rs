@@ -179,14 +179,19 @@ impl StallTracker {
         self.live
     }
 
+    /// Latest running time the tracker knows to have passed (frames, GAP events, clock).
+    pub fn latest(&self) -> Option<Nanos> {
+        self.latest
+    }
+
     pub fn is_stalled(&self) -> bool {
         self.open.is_some()
     }
 
     /// The pipeline went to PLAYING at running time `now`. Initial buffering is measured from
-    /// the first such transition to the first frame, in live pipelines.
+    /// the last such transition before the first frame, in live pipelines.
     pub fn on_playing(&mut self, now: Nanos) {
-        if self.live && self.playing_since.is_none() && self.first_frame.is_none() {
+        if self.live && self.first_frame.is_none() {
             self.playing_since = Some(now);
         }
         // Arrival expectations from before a pause are meaningless now.

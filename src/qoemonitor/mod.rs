@@ -1,1 +1,16 @@
-pub fn register(_p: &gst::Plugin) -> Result<(), gst::glib::BoolError> { Ok(()) }
+// SPDX-License-Identifier: MPL-2.0
+//! `qoemonitor`: a passthrough element that watches decoded video and reports stalls,
+//! content freezes and running QoE statistics as element messages.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod imp;
+
+glib::wrapper! {
+    pub struct QoeMonitor(ObjectSubclass<imp::QoeMonitor>) @extends gst_base::BaseTransform, gst::Element, gst::Object;
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(Some(plugin), "qoemonitor", gst::Rank::NONE, QoeMonitor::static_type())
+}

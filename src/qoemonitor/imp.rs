@@ -1,0 +1,609 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The `qoemonitor` element: glue between GStreamer and the pure trackers in
+//! [`crate::stall`] and [`crate::freeze`].
+//!
+//! Frames are never modified: the element runs in passthrough and only reads a subsampled
+//! luma thumbnail of each frame. Messages are built under the state lock and posted after it
+//! is released.
+
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::prelude::*;
+use gst_video::prelude::*;
+
+use crate::freeze::{FreezeDetector, FreezeEvent, LumaLayout, LumaPlane};
+use crate::stall::{FrameTiming, Nanos, StallEvent, StallTracker};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new("qoemonitor", gst::DebugColorFlags::empty(), Some("Video QoE monitor"))
+});
+
+const DEFAULT_STALL_THRESHOLD: gst::ClockTime = gst::ClockTime::from_mseconds(250);
+/// Mean absolute luma difference, as a fraction of full scale, below which a frame counts as
+/// unchanged. FFmpeg freezedetect's default is 0.001 on full frames; our thumbnail averages
+/// a few pixels per cell, and compressed still pictures keep a little coding noise
+/// (`tests/pipeline.rs` measures it on x264), so the default sits a bit higher.
+const DEFAULT_FREEZE_THRESHOLD: f64 = 0.002;
+const DEFAULT_FREEZE_MIN_DURATION: gst::ClockTime = gst::ClockTime::SECOND;
+const DEFAULT_STATS_INTERVAL: gst::ClockTime = gst::ClockTime::SECOND;
+
+/// Raw formats read without conversion. Anything else must be converted upstream.
+const FORMATS: &[gst_video::VideoFormat] = {
+    use gst_video::VideoFormat::*;
+    &[
+        I420, Yv12, Nv12, Nv21, Y41b, Y42b, Y444, Nv16, Nv24, A420, Gray8, Yuy2, Yvyu, Uyvy, Vyuy, Ayuv, Rgb, Bgr,
+        Rgba, Bgra, Argb, Abgr, Rgbx, Bgrx, Xrgb, Xbgr, I42010le, I42210le, Y44410le, I42012le, P01010le, Gray16Le,
+    ]
+};
+
+/// Where luma lives in a frame of `info`'s format: the plane and its layout.
+fn luma_source(info: &gst_video::VideoInfo) -> Option<(u32, LumaLayout)> {
+    use gst_video::VideoFormat::*;
+    let rgb = |pixel_stride, r, g, b| LumaLayout::Rgb8 { pixel_stride, r, g, b };
+    let layout = match info.format() {
+        I420 | Yv12 | Nv12 | Nv21 | Y41b | Y42b | Y444 | Nv16 | Nv24 | A420 | Gray8 => {
+            LumaLayout::Luma8 { pixel_stride: 1, offset: 0 }
+        }
+        Yuy2 | Yvyu => LumaLayout::Luma8 { pixel_stride: 2, offset: 0 },
+        Uyvy | Vyuy => LumaLayout::Luma8 { pixel_stride: 2, offset: 1 },
+        Ayuv => LumaLayout::Luma8 { pixel_stride: 4, offset: 1 },
+        Rgb => rgb(3, 0, 1, 2),
+        Bgr => rgb(3, 2, 1, 0),
+        Rgba | Rgbx => rgb(4, 0, 1, 2),
+        Bgra | Bgrx => rgb(4, 2, 1, 0),
+        Argb | Xrgb => rgb(4, 1, 2, 3),
+        Abgr | Xbgr => rgb(4, 3, 2, 1),
+        I42010le | I42210le | Y44410le | I42012le | P01010le | Gray16Le => {
+            let finfo = info.format_info();
+            LumaLayout::Luma16Le {
+                pixel_stride: finfo.pixel_stride()[0] as usize,
+                offset: finfo.poffset()[0] as usize,
+                shift: finfo.shift()[0],
+                depth: finfo.depth()[0],
+            }
+        }
+        _ => return None,
+    };
+    Some((0, layout))
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    stream_id: Option<String>,
+    stall_threshold: gst::ClockTime,
+    freeze_threshold: f64,
+    freeze_min_duration: gst::ClockTime,
+    stats_interval: gst::ClockTime,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            stream_id: None,
+            stall_threshold: DEFAULT_STALL_THRESHOLD,
+            freeze_threshold: DEFAULT_FREEZE_THRESHOLD,
+            freeze_min_duration: DEFAULT_FREEZE_MIN_DURATION,
+            stats_interval: DEFAULT_STATS_INTERVAL,
+        }
+    }
+}
+
+/// Per-stream state, created on `start()` and dropped on `stop()`.
+struct State {
+    stream_id: String,
+    stats_interval: Option<Nanos>,
+    info: Option<gst_video::VideoInfo>,
+    luma: Option<(u32, LumaLayout)>,
+    /// 1/framerate from the caps, `None` for variable rate.
+    frame_period: Option<Nanos>,
+    segment: gst::FormattedSegment<gst::ClockTime>,
+    stall: StallTracker,
+    freeze: FreezeDetector,
+    playing: bool,
+    /// Running time of the next `qoe-stats` message, on the frame timeline.
+    next_stats: Option<Nanos>,
+    /// The pending late-arrival clock wait and its generation (stale callbacks are ignored).
+    clock_wait: Option<gst::SingleShotClockId>,
+    wait_generation: u64,
+    warned_no_timestamp: bool,
+    warned_unreadable: bool,
+}
+
+impl State {
+    fn new(settings: &Settings, element_name: &str) -> Self {
+        State {
+            stream_id: settings.stream_id.clone().unwrap_or_else(|| element_name.to_owned()),
+            stats_interval: Some(settings.stats_interval.nseconds()).filter(|i| *i > 0),
+            info: None,
+            luma: None,
+            frame_period: None,
+            segment: gst::FormattedSegment::new(),
+            stall: StallTracker::new(settings.stall_threshold.nseconds()),
+            freeze: FreezeDetector::new(settings.freeze_threshold, settings.freeze_min_duration.nseconds()),
+            playing: false,
+            next_stats: None,
+            clock_wait: None,
+            wait_generation: 0,
+            warned_no_timestamp: false,
+            warned_unreadable: false,
+        }
+    }
+
+    fn stream_time(&self, running_time: Nanos) -> Option<gst::ClockTime> {
+        let rt = gst::ClockTime::from_nseconds(running_time);
+        self.segment.position_from_running_time(rt).and_then(|pos| self.segment.to_stream_time(pos))
+    }
+
+    fn stall_message(&self, event: StallEvent) -> gst::Structure {
+        let (name, start, end, duration, cause) = match event {
+            StallEvent::Started { start, cause } => ("start", start, start, None, cause),
+            StallEvent::Ended(s) => ("end", s.start, s.end(), Some(s.duration), s.cause),
+        };
+        gst::Structure::builder("qoe-stall")
+            .field("event", name)
+            .field("cause", cause.as_str())
+            .field("start", self.stream_time(start))
+            .field_if_some("duration", duration.map(gst::ClockTime::from_nseconds))
+            .field("running-time", gst::ClockTime::from_nseconds(end))
+            .field("stream-time", self.stream_time(end))
+            .field("stream-id", &self.stream_id)
+            .build()
+    }
+
+    fn freeze_message(&self, event: FreezeEvent) -> gst::Structure {
+        let (name, start, at, duration) = match event {
+            FreezeEvent::Started { start } => ("start", start, start, None),
+            FreezeEvent::Ended(f) => ("end", f.start, f.start + f.duration, Some(f.duration)),
+        };
+        gst::Structure::builder("qoe-freeze")
+            .field("event", name)
+            .field("start", self.stream_time(start))
+            .field_if_some("duration", duration.map(gst::ClockTime::from_nseconds))
+            .field("running-time", gst::ClockTime::from_nseconds(at))
+            .field("stream-time", self.stream_time(at))
+            .field("stream-id", &self.stream_id)
+            .build()
+    }
+
+    /// The `qoe-stats` structure at running time `now`.
+    fn stats(&self, now: Option<Nanos>) -> gst::Structure {
+        let summary = self.stall.summary(now);
+        let ns = gst::ClockTime::from_nseconds;
+        let durations = gst::Array::new(summary.durations.iter().map(|d| ns(*d).to_send_value()));
+        gst::Structure::builder("qoe-stats")
+            .field("stream-id", &self.stream_id)
+            .field("running-time", now.map(ns))
+            .field("stream-time", now.and_then(|n| self.stream_time(n)))
+            .field("live", self.stall.is_live())
+            .field("frames", summary.frames)
+            .field("stalls", summary.count)
+            .field("stall-time", ns(summary.total))
+            .field("stall-ratio", summary.ratio)
+            .field("stall-durations", durations)
+            .field("stalled", summary.stalled)
+            .field("initial-buffering", summary.initial_buffering.map(ns))
+            .field("time-since-last-stall", summary.since_last_stall.map(ns))
+            .field("freezes", self.freeze.count())
+            .field("frozen-time", ns(self.freeze.total()))
+            .field("frozen", self.freeze.is_frozen())
+            .build()
+    }
+}
+
+#[derive(Default)]
+pub struct QoeMonitor {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+}
+
+impl QoeMonitor {
+    fn lock_state(&self) -> MutexGuard<'_, Option<State>> {
+        self.state.lock().unwrap()
+    }
+
+    fn post(&self, structures: Vec<gst::Structure>) {
+        let obj = self.obj();
+        for s in structures {
+            // No bus (a bare element in a test) is not an error for the stream.
+            let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
+        }
+    }
+
+    /// Arms a clock wait for the late-arrival deadline if none is pending.
+    fn schedule_arrival_check(&self, state: &mut State) {
+        if !state.playing || state.clock_wait.is_some() {
+            return;
+        }
+        let Some(deadline) = state.stall.arrival_deadline() else { return };
+        let obj = self.obj();
+        let (Some(clock), Some(base_time)) = (obj.clock(), obj.base_time()) else { return };
+        let id = clock.new_single_shot_id(base_time + gst::ClockTime::from_nseconds(deadline));
+        state.wait_generation += 1;
+        let generation = state.wait_generation;
+        let weak = obj.downgrade();
+        let scheduled = id.wait_async(move |_clock, time, _id| {
+            if let (Some(element), Some(time)) = (weak.upgrade(), time) {
+                element.imp().on_arrival_deadline(generation, time);
+            }
+        });
+        match scheduled {
+            Ok(_) => state.clock_wait = Some(id),
+            Err(err) => gst::warning!(CAT, imp = self, "Cannot wait on the clock for late frames: {err:?}"),
+        }
+    }
+
+    /// Clock callback: no frame came by the deadline, or it is time to look again.
+    fn on_arrival_deadline(&self, generation: u64, clock_time: gst::ClockTime) {
+        let mut messages = Vec::new();
+        {
+            let mut guard = self.lock_state();
+            let Some(state) = guard.as_mut() else { return };
+            if state.wait_generation != generation {
+                return;
+            }
+            state.clock_wait = None;
+            if !state.playing {
+                return;
+            }
+            let Some(base_time) = self.obj().base_time() else { return };
+            let now = clock_time.saturating_sub(base_time).nseconds();
+            if let Some(event) = state.stall.on_clock(now) {
+                gst::debug!(CAT, imp = self, "Late-arrival stall: {event:?}");
+                messages.push(state.stall_message(event));
+            }
+            self.schedule_arrival_check(state);
+        }
+        self.post(messages);
+    }
+
+    fn cancel_arrival_check(state: &mut State) {
+        if let Some(id) = state.clock_wait.take() {
+            id.unschedule();
+        }
+        state.wait_generation += 1;
+    }
+
+    /// Whether upstream is live, from a latency query.
+    fn upstream_is_live(&self) -> bool {
+        let mut query = gst::query::Latency::new();
+        self.obj().sink_pad().peer_query(&mut query) && query.result().0
+    }
+
+    fn observe_frame(&self, state: &mut State, buffer: &gst::BufferRef, messages: &mut Vec<gst::Structure>) {
+        let arrival = if state.playing { self.obj().current_running_time().map(|t| t.nseconds()) } else { None };
+        let pts = buffer.pts().and_then(|pts| state.segment.to_running_time(pts)).map(|t| t.nseconds());
+        if pts.is_none() && !state.warned_no_timestamp {
+            state.warned_no_timestamp = true;
+            gst::warning!(CAT, imp = self, "Buffer without a timestamp: timing uses arrival time");
+        }
+        let timing = FrameTiming { pts, duration: buffer.duration().map(|d| d.nseconds()), arrival };
+        for event in state.stall.on_frame(timing) {
+            messages.push(state.stall_message(event));
+        }
+
+        let Some(time) = pts.or(arrival) else { return };
+        self.detect_freeze(state, buffer, time, messages);
+
+        if let Some(interval) = state.stats_interval {
+            let due = *state.next_stats.get_or_insert(time + interval);
+            if time >= due {
+                messages.push(state.stats(Some(time)));
+                let behind = (time - due) / interval + 1;
+                state.next_stats = Some(due + behind * interval);
+            }
+        }
+        self.schedule_arrival_check(state);
+    }
+
+    fn detect_freeze(&self, state: &mut State, buffer: &gst::BufferRef, time: Nanos, messages: &mut Vec<gst::Structure>) {
+        let (Some(info), Some((plane, layout))) = (state.info.as_ref(), state.luma) else { return };
+        let frame = match gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info) {
+            Ok(frame) => frame,
+            Err(_) => {
+                if !std::mem::replace(&mut state.warned_unreadable, true) {
+                    gst::warning!(CAT, imp = self, "Cannot map a frame for reading; freeze detection skips it");
+                }
+                return;
+            }
+        };
+        let Ok(data) = frame.plane_data(plane) else { return };
+        let luma = LumaPlane {
+            data,
+            width: frame.width() as usize,
+            height: frame.height() as usize,
+            stride: frame.plane_stride()[plane as usize] as usize,
+            layout,
+        };
+        let shown_for = state.frame_period.or(buffer.duration().map(|d| d.nseconds())).unwrap_or(0);
+        match state.freeze.observe(time, shown_for, &luma) {
+            Ok(Some(event)) => messages.push(state.freeze_message(event)),
+            Ok(None) => {}
+            Err(err) => {
+                if !std::mem::replace(&mut state.warned_unreadable, true) {
+                    gst::warning!(CAT, imp = self, "Frame unreadable for freeze detection: {err}");
+                }
+            }
+        }
+    }
+}
+
+/// 1/framerate in nanoseconds; `None` for variable (0/1) or invalid rates.
+fn frame_period(info: &gst_video::VideoInfo) -> Option<Nanos> {
+    let fps = info.fps();
+    (fps.numer() > 0 && fps.denom() > 0).then(|| {
+        gst::ClockTime::SECOND.mul_div_round(fps.denom() as u64, fps.numer() as u64).unwrap_or(gst::ClockTime::ZERO).nseconds()
+    })
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for QoeMonitor {
+    const NAME: &'static str = "GstQoeMonitor";
+    type Type = super::QoeMonitor;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl ObjectImpl for QoeMonitor {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("stream-id")
+                    .nick("Stream ID")
+                    .blurb("Operator-chosen name of the watched stream, carried in every message (default: the element's name)")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt64::builder("stall-threshold")
+                    .nick("Stall threshold")
+                    .blurb("Nanoseconds by which a frame may be late (timestamp gap, GAP event, or live arrival) before it counts as a stall")
+                    .minimum(gst::ClockTime::MSECOND.nseconds())
+                    .maximum(gst::ClockTime::from_seconds(3600).nseconds())
+                    .default_value(DEFAULT_STALL_THRESHOLD.nseconds())
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("freeze-threshold")
+                    .nick("Freeze threshold")
+                    .blurb("Largest mean absolute luma difference to the last changed frame, as a fraction of full scale (like FFmpeg freezedetect's noise), for a frame to count as unchanged")
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_FREEZE_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt64::builder("freeze-min-duration")
+                    .nick("Freeze minimum duration")
+                    .blurb("Nanoseconds of stream time a picture must stay unchanged to count as a content freeze")
+                    .minimum(1)
+                    .maximum(gst::ClockTime::from_seconds(3600).nseconds())
+                    .default_value(DEFAULT_FREEZE_MIN_DURATION.nseconds())
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt64::builder("stats-interval")
+                    .nick("Statistics interval")
+                    .blurb("Nanoseconds of stream time between qoe-stats messages (0: only the final one at end of stream)")
+                    .maximum(gst::ClockTime::from_seconds(86400).nseconds())
+                    .default_value(DEFAULT_STATS_INTERVAL.nseconds())
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("The figures of the latest qoe-stats message, computed now (NULL before the element starts)")
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        let mut state = self.lock_state();
+        let ns = |v: &glib::Value| gst::ClockTime::from_nseconds(v.get().expect("type checked upstream"));
+        // Every setting also applies at once to a running stream.
+        match pspec.name() {
+            "stream-id" => {
+                settings.stream_id = value.get().expect("type checked upstream");
+                if let (Some(state), Some(id)) = (state.as_mut(), settings.stream_id.clone()) {
+                    state.stream_id = id;
+                }
+            }
+            "stall-threshold" => {
+                settings.stall_threshold = ns(value);
+                if let Some(state) = state.as_mut() {
+                    state.stall.set_threshold(settings.stall_threshold.nseconds());
+                }
+            }
+            "freeze-threshold" => {
+                settings.freeze_threshold = value.get().expect("type checked upstream");
+                if let Some(state) = state.as_mut() {
+                    state.freeze.set_threshold(settings.freeze_threshold);
+                }
+            }
+            "freeze-min-duration" => {
+                settings.freeze_min_duration = ns(value);
+                if let Some(state) = state.as_mut() {
+                    state.freeze.set_min_duration(settings.freeze_min_duration.nseconds());
+                }
+            }
+            "stats-interval" => {
+                settings.stats_interval = ns(value);
+                if let Some(state) = state.as_mut() {
+                    state.stats_interval = Some(settings.stats_interval.nseconds()).filter(|i| *i > 0);
+                    state.next_stats = None;
+                }
+            }
+            other => unimplemented!("property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "stream-id" => settings.stream_id.clone().unwrap_or_else(|| self.obj().name().to_string()).to_value(),
+            "stall-threshold" => settings.stall_threshold.nseconds().to_value(),
+            "freeze-threshold" => settings.freeze_threshold.to_value(),
+            "freeze-min-duration" => settings.freeze_min_duration.nseconds().to_value(),
+            "stats-interval" => settings.stats_interval.nseconds().to_value(),
+            "stats" => {
+                drop(settings);
+                let now = self.obj().current_running_time().map(|t| t.nseconds());
+                self.lock_state().as_ref().map(|state| state.stats(now)).to_value()
+            }
+            other => unimplemented!("property {other}"),
+        }
+    }
+}
+
+impl GstObjectImpl for QoeMonitor {}
+
+impl ElementImpl for QoeMonitor {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Video QoE monitor",
+                "Filter/Analyzer/Video",
+                "Passes video through untouched and reports playback stalls, content freezes and QoE statistics",
+                "gst-qoe developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst_video::VideoCapsBuilder::new().format_list(FORMATS.iter().copied()).build();
+            vec![
+                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &caps).unwrap(),
+                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &caps).unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+
+    fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::PlayingToPaused {
+            if let Some(state) = self.lock_state().as_mut() {
+                state.playing = false;
+                Self::cancel_arrival_check(state);
+                state.stall.on_paused();
+            }
+        }
+        let success = self.parent_change_state(transition)?;
+        if transition == gst::StateChange::PausedToPlaying {
+            let live = self.upstream_is_live();
+            let now = self.obj().current_running_time();
+            gst::debug!(CAT, imp = self, "PLAYING at {now:?}, upstream live: {live}");
+            if let Some(state) = self.lock_state().as_mut() {
+                state.playing = true;
+                state.stall.set_live(live);
+                if let Some(now) = now {
+                    state.stall.on_playing(now.nseconds());
+                }
+                self.schedule_arrival_check(state);
+            }
+        }
+        Ok(success)
+    }
+}
+
+impl BaseTransformImpl for QoeMonitor {
+    const MODE: gst_base::subclass::BaseTransformMode = gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = true;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = true;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        *self.lock_state() = Some(State::new(&settings, &self.obj().name()));
+        gst::debug!(CAT, imp = self, "Started with {settings:?}");
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Some(mut state) = self.lock_state().take() {
+            Self::cancel_arrival_check(&mut state);
+        }
+        Ok(())
+    }
+
+    fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        let info = gst_video::VideoInfo::from_caps(incaps)
+            .map_err(|_| gst::loggable_error!(CAT, "Cannot read video caps {incaps}"))?;
+        let luma = luma_source(&info)
+            .ok_or_else(|| gst::loggable_error!(CAT, "Format {} has no readable luma", info.format()))?;
+        let mut messages = Vec::new();
+        if let Some(state) = self.lock_state().as_mut() {
+            if state.info.as_ref().is_some_and(|old| old.width() != info.width() || old.height() != info.height() || old.format() != info.format()) {
+                // A new picture shape: the old reference cannot be compared with.
+                if let Some(event) = state.freeze.reset() {
+                    messages.push(state.freeze_message(event));
+                }
+            }
+            state.frame_period = frame_period(&info);
+            state.stall.set_nominal_period(state.frame_period);
+            state.info = Some(info);
+            state.luma = Some(luma);
+        }
+        self.post(messages);
+        self.parent_set_caps(incaps, outcaps)
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        use gst::EventView;
+        let mut messages = Vec::new();
+        if let Some(state) = self.lock_state().as_mut() {
+            match event.view() {
+                EventView::Segment(e) => match e.segment().downcast_ref::<gst::ClockTime>() {
+                    Some(segment) => state.segment = segment.clone(),
+                    None => gst::warning!(CAT, imp = self, "Segment not in time format; timestamps read as running time"),
+                },
+                EventView::Gap(e) => {
+                    let (ts, duration) = e.get();
+                    if let Some(rt) = state.segment.to_running_time(ts) {
+                        if let Some(ev) = state.stall.on_gap(rt.nseconds(), duration.map(|d| d.nseconds())) {
+                            messages.push(state.stall_message(ev));
+                        }
+                    }
+                }
+                EventView::FlushStop(_) => {
+                    if let Some(ev) = state.stall.on_discontinuity() {
+                        messages.push(state.stall_message(ev));
+                    }
+                    if let Some(ev) = state.freeze.reset() {
+                        messages.push(state.freeze_message(ev));
+                    }
+                    state.next_stats = None;
+                }
+                EventView::StreamStart(_) => {
+                    // A new stream on the same element (e.g. a playlist): timing restarts.
+                    if let Some(ev) = state.stall.on_discontinuity() {
+                        messages.push(state.stall_message(ev));
+                    }
+                }
+                EventView::Eos(_) => {
+                    if let Some(ev) = state.stall.finish() {
+                        messages.push(state.stall_message(ev));
+                    }
+                    if let Some(ev) = state.freeze.finish() {
+                        messages.push(state.freeze_message(ev));
+                    }
+                    Self::cancel_arrival_check(state);
+                    messages.push(state.stats(state.stall.latest()));
+                }
+                _ => {}
+            }
+        }
+        // Messages go out before the event does, so they precede EOS on the bus.
+        self.post(messages);
+        self.parent_sink_event(event)
+    }
+
+    fn transform_ip_passthrough(&self, buf: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut messages = Vec::new();
+        if let Some(state) = self.lock_state().as_mut() {
+            self.observe_frame(state, buf.as_ref(), &mut messages);
+        }
+        self.post(messages);
+        Ok(gst::FlowSuccess::Ok)
+    }
+}
