@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of gst-qoe: the meson build and install of the plugin, then all Rust
+# tests (unit, harness, real pipelines). The README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== meson: build, install into a scratch prefix, find the element there"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+meson setup "$scratch/build" --prefix="$scratch/prefix" >/dev/null
+meson compile -C "$scratch/build" >/dev/null
+meson install -C "$scratch/build" >/dev/null
+plugin=$(find "$scratch/prefix" -name libgstqoe.so)
+GST_PLUGIN_PATH=$(dirname "$plugin") GST_REGISTRY="$scratch/registry.bin" gst-inspect-1.0 qoemonitor >/dev/null
+echo "meson install: ok ($plugin)"
+
+echo "== cargo: benches compile"
+cargo build --benches --quiet
+
+echo "== cargo: tests"
+cargo test --lib --bins --tests
