@@ -189,9 +189,10 @@ impl StallTracker {
     }
 
     /// The pipeline went to PLAYING at running time `now`. Initial buffering is measured from
-    /// the last such transition before the first frame, in live pipelines.
+    /// the last such transition before the first frame, in live pipelines (liveness may be
+    /// learnt only when that frame comes).
     pub fn on_playing(&mut self, now: Nanos) {
-        if self.live && self.first_frame.is_none() {
+        if self.first_frame.is_none() {
             self.playing_since = Some(now);
         }
         // Arrival expectations from before a pause are meaningless now.
@@ -230,7 +231,7 @@ impl StallTracker {
 
         if self.first_frame.is_none() {
             self.first_frame = at;
-            if let (Some(since), Some(arrival)) = (self.playing_since, frame.arrival) {
+            if let (true, Some(since), Some(arrival)) = (self.live, self.playing_since, frame.arrival) {
                 self.initial_buffering = Some(arrival.saturating_sub(since));
             }
         }

@@ -6,6 +6,7 @@
 //! luma thumbnail of each frame. Messages are built under the state lock and posted after it
 //! is released.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
@@ -198,6 +199,10 @@ impl State {
 pub struct QoeMonitor {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
+    /// Set on entering PLAYING: the next frame asks upstream whether it is live. Sources
+    /// often answer latency queries only once negotiated, so asking at the state change
+    /// itself is too early.
+    check_live: AtomicBool,
 }
 
 impl QoeMonitor {
@@ -491,12 +496,11 @@ impl ElementImpl for QoeMonitor {
         }
         let success = self.parent_change_state(transition)?;
         if transition == gst::StateChange::PausedToPlaying {
-            let live = self.upstream_is_live();
             let now = self.obj().current_running_time();
-            gst::debug!(CAT, imp = self, "PLAYING at {now:?}, upstream live: {live}");
+            gst::debug!(CAT, imp = self, "PLAYING at {now:?}");
+            self.check_live.store(true, Ordering::SeqCst);
             if let Some(state) = self.lock_state().as_mut() {
                 state.playing = true;
-                state.stall.set_live(live);
                 if let Some(now) = now {
                     state.stall.on_playing(now.nseconds());
                 }
@@ -600,7 +604,13 @@ impl BaseTransformImpl for QoeMonitor {
 
     fn transform_ip_passthrough(&self, buf: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut messages = Vec::new();
+        // Upstream is asked with no lock held.
+        let live = self.check_live.swap(false, Ordering::SeqCst).then(|| self.upstream_is_live());
         if let Some(state) = self.lock_state().as_mut() {
+            if let Some(live) = live {
+                gst::debug!(CAT, imp = self, "Upstream live: {live}");
+                state.stall.set_live(live);
+            }
             self.observe_frame(state, buf.as_ref(), &mut messages);
         }
         self.post(messages);
