@@ -5,19 +5,12 @@
 use gst::prelude::*;
 use gst_check::Harness;
 
-const MS: u64 = 1_000_000;
+mod common;
+use common::{MS, init};
+
 const FRAME: u64 = 33_333_333; // 30 fps
 const CAPS_64: &str = "video/x-raw,format=I420,width=64,height=48,framerate=30/1";
 const CAPS_96: &str = "video/x-raw,format=I420,width=96,height=64,framerate=30/1";
-
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstqoe::plugin_register_static().expect("register plugin");
-    });
-}
 
 fn ns(t: u64) -> gst::ClockTime {
     gst::ClockTime::from_nseconds(t)
