@@ -9,6 +9,7 @@
 use gst::glib;
 
 pub mod freeze;
+pub mod metrics;
 pub mod qoemonitor;
 pub mod stall;
 

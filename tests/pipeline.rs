@@ -1,50 +1,14 @@
 // SPDX-License-Identifier: MPL-2.0
 //! `qoemonitor` in real pipelines on real encoded video.
-//!
-//! The test videos are made here with FFmpeg (Debian's `ffmpeg`): 8 s of moving `testsrc2`,
-//! where source frames 150..=194 are replaced by frame 149 (a content freeze) and every frame
-//! from 60 on is shifted 1.5 s later (a timestamp hole, i.e. a stall). x264 encodes them.
+//! The test video is described at `common::test_video`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use gst::prelude::*;
 
 mod common;
 use common::*;
-
-const FPS: u64 = 30;
-const FRAME: u64 = 1_000_000_000 / FPS;
-
-/// Where the stall and freeze are in the test video, in nanoseconds of stream time.
-const STALL_START: u64 = 60 * 1_000_000_000 / FPS; // 2.0 s
-const STALL_DURATION: u64 = 1500 * MS;
-const FREEZE_START: u64 = 149 * 1_000_000_000 / FPS + STALL_DURATION; // frame 149, after the hole
-const FREEZE_DURATION: u64 = (195 - 149) * 1_000_000_000 / FPS; // 1.533 s
-
-/// Makes (once per container) the test video and returns its path.
-fn test_video(container: &str) -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap();
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hole-and-freeze.{container}"));
-    if path.exists() {
-        return path;
-    }
-    let filter = "[0]split[a][b];[a][b]freezeframes=first=150:last=194:replace=149,\
-                  setpts='PTS+if(gte(N,60),1.5/TB,0)'[v]";
-    let tmp = path.with_extension(format!("part.{container}"));
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=8"])
-        .args(["-filter_complex", filter, "-map", "[v]"])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-bf", "0", "-fps_mode", "passthrough"])
-        .args(["-video_track_timescale", "90000"])
-        .arg(&tmp)
-        .status()
-        .expect("ffmpeg (Debian package ffmpeg) must be installed for these tests");
-    assert!(status.success(), "ffmpeg failed to make {}", path.display());
-    std::fs::rename(&tmp, &path).unwrap();
-    path
-}
 
 fn check_hole_and_freeze(messages: &[gst::Structure]) {
     let stalls = named(messages, "qoe-stall");
@@ -66,7 +30,7 @@ fn check_hole_and_freeze(messages: &[gst::Structure]) {
 
     let stats = named(messages, "qoe-stats");
     let last = stats.last().expect("final qoe-stats at EOS");
-    assert_eq!(last.get::<u64>("frames").unwrap(), 240);
+    assert_eq!(last.get::<u64>("frames").unwrap(), VIDEO_FRAMES);
     assert_eq!(last.get::<u64>("stalls").unwrap(), 1);
     assert_eq!(last.get::<u64>("freezes").unwrap(), 1);
     assert_near("stall time", t(last, "stall-time"), STALL_DURATION, FRAME);

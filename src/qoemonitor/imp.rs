@@ -17,6 +17,7 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use crate::freeze::{FreezeDetector, FreezeEvent, LumaLayout, LumaPlane};
+use crate::metrics::{StreamFigures, StreamMetrics, TextfileLease};
 use crate::stall::{FrameTiming, Nanos, StallEvent, StallTracker};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -31,6 +32,9 @@ const DEFAULT_STALL_THRESHOLD: gst::ClockTime = gst::ClockTime::from_mseconds(25
 const DEFAULT_FREEZE_THRESHOLD: f64 = 0.002;
 const DEFAULT_FREEZE_MIN_DURATION: gst::ClockTime = gst::ClockTime::SECOND;
 const DEFAULT_STATS_INTERVAL: gst::ClockTime = gst::ClockTime::SECOND;
+const DEFAULT_METRICS_FILE_INTERVAL: gst::ClockTime = gst::ClockTime::from_seconds(15);
+/// Stream time between metric updates (events update them at once).
+const METRICS_TICK: Nanos = 500_000_000;
 
 /// Raw formats read without conversion. Anything else must be converted upstream.
 const FORMATS: &[gst_video::VideoFormat] = {
@@ -79,6 +83,9 @@ struct Settings {
     freeze_threshold: f64,
     freeze_min_duration: gst::ClockTime,
     stats_interval: gst::ClockTime,
+    metrics_address: Option<String>,
+    metrics_file: Option<String>,
+    metrics_file_interval: gst::ClockTime,
 }
 
 impl Default for Settings {
@@ -89,6 +96,9 @@ impl Default for Settings {
             freeze_threshold: DEFAULT_FREEZE_THRESHOLD,
             freeze_min_duration: DEFAULT_FREEZE_MIN_DURATION,
             stats_interval: DEFAULT_STATS_INTERVAL,
+            metrics_address: None,
+            metrics_file: None,
+            metrics_file_interval: DEFAULT_METRICS_FILE_INTERVAL,
         }
     }
 }
@@ -112,12 +122,16 @@ struct State {
     wait_generation: u64,
     warned_no_timestamp: bool,
     warned_unreadable: bool,
+    /// This stream's Prometheus series, and when (frame time) they were last refreshed.
+    metrics: StreamMetrics,
+    next_metrics: Nanos,
+    _textfile: Option<TextfileLease>,
 }
 
 impl State {
-    fn new(settings: &Settings, element_name: &str) -> Self {
+    fn new(stream_id: String, settings: &Settings, metrics: StreamMetrics, textfile: Option<TextfileLease>) -> Self {
         State {
-            stream_id: settings.stream_id.clone().unwrap_or_else(|| element_name.to_owned()),
+            stream_id,
             stats_interval: Some(settings.stats_interval.nseconds()).filter(|i| *i > 0),
             info: None,
             luma: None,
@@ -131,7 +145,23 @@ impl State {
             wait_generation: 0,
             warned_no_timestamp: false,
             warned_unreadable: false,
+            metrics,
+            next_metrics: 0,
+            _textfile: textfile,
         }
+    }
+
+    /// Brings the Prometheus series up to date with the trackers.
+    fn sync_metrics(&mut self, now: Option<Nanos>) {
+        let summary = self.stall.summary(now);
+        self.metrics.update(&StreamFigures {
+            stalls: summary.count,
+            stalled: summary.stalled,
+            stall_ratio: summary.ratio,
+            initial_buffering_seconds: summary.initial_buffering.map(|n| n as f64 * 1e-9),
+            freezes: self.freeze.count(),
+            frozen_seconds: self.freeze.total() as f64 * 1e-9,
+        });
     }
 
     fn stream_time(&self, running_time: Nanos) -> Option<gst::ClockTime> {
@@ -139,7 +169,12 @@ impl State {
         self.segment.position_from_running_time(rt).and_then(|pos| self.segment.to_stream_time(pos))
     }
 
-    fn stall_message(&self, event: StallEvent) -> gst::Structure {
+    /// The message for a stall event; also records it in the metrics.
+    fn stall_message(&mut self, event: StallEvent) -> gst::Structure {
+        if let StallEvent::Ended(stall) = event {
+            self.metrics.stall_ended(stall.duration as f64 * 1e-9);
+        }
+        self.sync_metrics(None);
         let (name, start, end, duration, cause) = match event {
             StallEvent::Started { start, cause } => ("start", start, start, None, cause),
             StallEvent::Ended(s) => ("end", s.start, s.end(), Some(s.duration), s.cause),
@@ -155,7 +190,9 @@ impl State {
             .build()
     }
 
-    fn freeze_message(&self, event: FreezeEvent) -> gst::Structure {
+    /// The message for a freeze event; also records it in the metrics.
+    fn freeze_message(&mut self, event: FreezeEvent) -> gst::Structure {
+        self.sync_metrics(None);
         let (name, start, at, duration) = match event {
             FreezeEvent::Started { start } => ("start", start, start, None),
             FreezeEvent::Ended(f) => ("end", f.start, f.start + f.duration, Some(f.duration)),
@@ -203,6 +240,9 @@ pub struct QoeMonitor {
     /// often answer latency queries only once negotiated, so asking at the state change
     /// itself is too early.
     check_live: AtomicBool,
+    /// The stream's Prometheus series while the element is stopped (READY): kept so that
+    /// counters never restart within the process, removed on the way to NULL.
+    parked_metrics: Mutex<Option<StreamMetrics>>,
 }
 
 impl QoeMonitor {
@@ -289,8 +329,13 @@ impl QoeMonitor {
         for event in state.stall.on_frame(timing) {
             messages.push(state.stall_message(event));
         }
+        state.metrics.frames(1);
 
         let Some(time) = pts.or(arrival) else { return };
+        if time >= state.next_metrics {
+            state.sync_metrics(Some(time));
+            state.next_metrics = time + METRICS_TICK;
+        }
         self.detect_freeze(state, buffer, time, messages);
 
         if let Some(interval) = state.stats_interval {
@@ -357,8 +402,26 @@ impl ObjectImpl for QoeMonitor {
             vec![
                 glib::ParamSpecString::builder("stream-id")
                     .nick("Stream ID")
-                    .blurb("Operator-chosen name of the watched stream, carried in every message (default: the element's name)")
-                    .mutable_playing()
+                    .blurb("Operator-chosen name of the watched stream, carried in every message and as the metrics' stream label (default: the element's name)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("metrics-address")
+                    .nick("Metrics address")
+                    .blurb("host:port on which to serve Prometheus metrics at /metrics, e.g. 127.0.0.1:9464 (unset: no endpoint). One endpoint per process serves every stream; if the port is taken the element warns and keeps working")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("metrics-file")
+                    .nick("Metrics file")
+                    .blurb("Path of a file to write the Prometheus metrics to, for node_exporter's textfile collector (unset: none). Written atomically every metrics-file-interval")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("metrics-file-interval")
+                    .nick("Metrics file interval")
+                    .blurb("Nanoseconds between writes of metrics-file")
+                    .minimum(100 * gst::ClockTime::MSECOND.nseconds())
+                    .maximum(gst::ClockTime::from_seconds(86400).nseconds())
+                    .default_value(DEFAULT_METRICS_FILE_INTERVAL.nseconds())
+                    .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt64::builder("stall-threshold")
                     .nick("Stall threshold")
@@ -405,14 +468,13 @@ impl ObjectImpl for QoeMonitor {
         let mut settings = self.settings.lock().unwrap();
         let mut state = self.lock_state();
         let ns = |v: &glib::Value| gst::ClockTime::from_nseconds(v.get().expect("type checked upstream"));
-        // Every setting also applies at once to a running stream.
+        // Detection settings also apply at once to a running stream; the stream's identity and
+        // its outputs are taken when it starts.
         match pspec.name() {
-            "stream-id" => {
-                settings.stream_id = value.get().expect("type checked upstream");
-                if let (Some(state), Some(id)) = (state.as_mut(), settings.stream_id.clone()) {
-                    state.stream_id = id;
-                }
-            }
+            "stream-id" => settings.stream_id = value.get().expect("type checked upstream"),
+            "metrics-address" => settings.metrics_address = value.get().expect("type checked upstream"),
+            "metrics-file" => settings.metrics_file = value.get().expect("type checked upstream"),
+            "metrics-file-interval" => settings.metrics_file_interval = ns(value),
             "stall-threshold" => {
                 settings.stall_threshold = ns(value);
                 if let Some(state) = state.as_mut() {
@@ -450,6 +512,9 @@ impl ObjectImpl for QoeMonitor {
             "freeze-threshold" => settings.freeze_threshold.to_value(),
             "freeze-min-duration" => settings.freeze_min_duration.nseconds().to_value(),
             "stats-interval" => settings.stats_interval.nseconds().to_value(),
+            "metrics-address" => settings.metrics_address.to_value(),
+            "metrics-file" => settings.metrics_file.to_value(),
+            "metrics-file-interval" => settings.metrics_file_interval.nseconds().to_value(),
             "stats" => {
                 drop(settings);
                 let now = self.obj().current_running_time().map(|t| t.nseconds());
@@ -495,6 +560,11 @@ impl ElementImpl for QoeMonitor {
             }
         }
         let success = self.parent_change_state(transition)?;
+        if transition == gst::StateChange::ReadyToNull {
+            if let Some(metrics) = self.parked_metrics.lock().unwrap().take() {
+                metrics.remove();
+            }
+        }
         if transition == gst::StateChange::PausedToPlaying {
             let now = self.obj().current_running_time();
             gst::debug!(CAT, imp = self, "PLAYING at {now:?}");
@@ -518,7 +588,32 @@ impl BaseTransformImpl for QoeMonitor {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        *self.lock_state() = Some(State::new(&settings, &self.obj().name()));
+        let stream_id = settings.stream_id.clone().unwrap_or_else(|| self.obj().name().to_string());
+        let mut metrics = match self.parked_metrics.lock().unwrap().take() {
+            Some(parked) if parked.stream() == stream_id => parked,
+            Some(parked) => {
+                parked.remove(); // the stream was renamed while stopped
+                StreamMetrics::new(&stream_id)
+            }
+            None => StreamMetrics::new(&stream_id),
+        };
+        metrics.rebase();
+        if let Some(address) = &settings.metrics_address {
+            // A failure here must not stop the stream: warn and go on without the endpoint.
+            match crate::metrics::serve(address) {
+                Ok(bound) => gst::info!(CAT, imp = self, "Metrics at http://{bound}/metrics"),
+                Err(err) => gst::element_imp_warning!(self, gst::ResourceError::OpenWrite, ["Metrics endpoint not opened: {}", err]),
+            }
+        }
+        let textfile = settings.metrics_file.as_ref().and_then(|path| {
+            let interval = std::time::Duration::from_nanos(settings.metrics_file_interval.nseconds());
+            crate::metrics::textfile(std::path::Path::new(path), interval)
+                .inspect_err(|err| {
+                    gst::element_imp_warning!(self, gst::ResourceError::OpenWrite, ["Metrics file {} not written: {}", path, err])
+                })
+                .ok()
+        });
+        *self.lock_state() = Some(State::new(stream_id, &settings, metrics, textfile));
         gst::debug!(CAT, imp = self, "Started with {settings:?}");
         Ok(())
     }
@@ -526,6 +621,8 @@ impl BaseTransformImpl for QoeMonitor {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         if let Some(mut state) = self.lock_state().take() {
             Self::cancel_arrival_check(&mut state);
+            state.sync_metrics(None);
+            *self.parked_metrics.lock().unwrap() = Some(state.metrics);
         }
         Ok(())
     }
@@ -592,6 +689,7 @@ impl BaseTransformImpl for QoeMonitor {
                         messages.push(state.freeze_message(ev));
                     }
                     Self::cancel_arrival_check(state);
+                    state.sync_metrics(state.stall.latest());
                     messages.push(state.stats(state.stall.latest()));
                 }
                 _ => {}

@@ -3,11 +3,19 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use gst::prelude::*;
 
 pub const MS: u64 = 1_000_000;
+
+/// The test video: 8 s of moving `testsrc2` (320x240, 30 fps) made here with FFmpeg (Debian's
+/// `ffmpeg`), where source frames 150..=194 are replaced by frame 149 (a content freeze) and
+/// every frame from 60 on is shifted 1.5 s later (a timestamp hole, i.e. a stall); x264.
+pub const FPS: u64 = 30;
+pub const FRAME: u64 = 1_000_000_000 / FPS;
+pub const VIDEO_FRAMES: u64 = 240;
 
 pub fn init() {
     static INIT: OnceLock<()> = OnceLock::new();
@@ -67,3 +75,32 @@ pub fn assert_near(what: &str, got: u64, want: u64, tolerance: u64) {
     assert!(got.abs_diff(want) <= tolerance, "{what}: got {got} ns, want {want} ns ± {tolerance}");
 }
 
+/// Where the stall and freeze are in the test video, in nanoseconds of stream time.
+pub const STALL_START: u64 = 60 * 1_000_000_000 / FPS; // 2.0 s
+pub const STALL_DURATION: u64 = 1500 * MS;
+pub const FREEZE_START: u64 = 149 * 1_000_000_000 / FPS + STALL_DURATION; // frame 149, after the hole
+pub const FREEZE_DURATION: u64 = (195 - 149) * 1_000_000_000 / FPS; // 1.533 s
+
+/// Makes (once per container) the test video and returns its path.
+pub fn test_video(container: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap();
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hole-and-freeze.{container}"));
+    if path.exists() {
+        return path;
+    }
+    let filter = "[0]split[a][b];[a][b]freezeframes=first=150:last=194:replace=149,\
+                  setpts='PTS+if(gte(N,60),1.5/TB,0)'[v]";
+    let tmp = path.with_extension(format!("part.{container}"));
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=8"])
+        .args(["-filter_complex", filter, "-map", "[v]"])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-bf", "0", "-fps_mode", "passthrough"])
+        .args(["-video_track_timescale", "90000"])
+        .arg(&tmp)
+        .status()
+        .expect("ffmpeg (Debian package ffmpeg) must be installed for these tests");
+    assert!(status.success(), "ffmpeg failed to make {}", path.display());
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}

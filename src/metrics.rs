@@ -1,0 +1,570 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Prometheus metrics: one registry per process, an HTTP endpoint shared by every element, and
+//! an optional text file for node_exporter's textfile collector. Free of GStreamer types.
+//!
+//! Every series carries the operator-chosen `stream` label (the element's `stream-id`); the
+//! other labels are bounded sets (`level`, `stage`, `provider`). An element that goes to NULL
+//! removes its series, so a process that adds and removes streams does not grow.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Largest request head the endpoint reads; a longer one is answered 431 and closed.
+pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// Time a client has to send its request head, however slowly it trickles.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
+/// Connections served at once; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 512;
+
+const STALL_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+const INFERENCE_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The process-wide metric families.
+pub struct Families {
+    pub registry: Registry,
+    frames: IntCounterVec,
+    stalls: IntCounterVec,
+    stall_seconds: HistogramVec,
+    stalled: IntGaugeVec,
+    stall_ratio: GaugeVec,
+    initial_buffering: GaugeVec,
+    freezes: IntCounterVec,
+    frozen_seconds: CounterVec,
+    quality_score: GaugeVec,
+    level_probability: GaugeVec,
+    windows_scored: IntCounterVec,
+    windows_dropped: IntCounterVec,
+    inference_seconds: HistogramVec,
+    provider_info: IntGaugeVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> T {
+    registry.register(Box::new(collector.clone())).expect("metric names are unique");
+    collector
+}
+
+impl Families {
+    fn new() -> Self {
+        let r = Registry::new();
+        let s = &["stream"];
+        Families {
+            frames: register(&r, IntCounterVec::new(Opts::new("qoe_frames_total", "Video frames seen"), s).unwrap()),
+            stalls: register(&r, IntCounterVec::new(Opts::new("qoe_stalls_total", "Playback stalls started"), s).unwrap()),
+            stall_seconds: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("qoe_stall_seconds", "Durations of ended stalls").buckets(STALL_BUCKETS.to_vec()),
+                    s,
+                )
+                .unwrap(),
+            ),
+            stalled: register(&r, IntGaugeVec::new(Opts::new("qoe_stalled", "1 while playback is stalled"), s).unwrap()),
+            stall_ratio: register(
+                &r,
+                GaugeVec::new(Opts::new("qoe_stall_ratio", "Stall time over watched time (0..1)"), s).unwrap(),
+            ),
+            initial_buffering: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new("qoe_initial_buffering_seconds", "Time from PLAYING to the first frame (live streams)"),
+                    s,
+                )
+                .unwrap(),
+            ),
+            freezes: register(&r, IntCounterVec::new(Opts::new("qoe_freezes_total", "Content freezes started"), s).unwrap()),
+            frozen_seconds: register(
+                &r,
+                CounterVec::new(Opts::new("qoe_frozen_seconds_total", "Time the picture was frozen"), s).unwrap(),
+            ),
+            quality_score: register(
+                &r,
+                GaugeVec::new(Opts::new("qoe_quality_score", "Latest window's quality score (0..1)"), s).unwrap(),
+            ),
+            level_probability: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new("qoe_quality_level_probability", "Latest window's probability of each quality level"),
+                    &["stream", "level"],
+                )
+                .unwrap(),
+            ),
+            windows_scored: register(
+                &r,
+                IntCounterVec::new(Opts::new("qoe_windows_scored_total", "Windows scored by the model"), s).unwrap(),
+            ),
+            windows_dropped: register(
+                &r,
+                IntCounterVec::new(Opts::new("qoe_windows_dropped_total", "Windows dropped because inference was busy"), s)
+                    .unwrap(),
+            ),
+            inference_seconds: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("qoe_inference_seconds", "Inference time per window and stage")
+                        .buckets(INFERENCE_BUCKETS.to_vec()),
+                    &["stream", "stage"],
+                )
+                .unwrap(),
+            ),
+            provider_info: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("qoe_execution_provider_info", "1 for the execution provider in use"),
+                    &["stream", "provider"],
+                )
+                .unwrap(),
+            ),
+            registry: r,
+        }
+    }
+}
+
+/// The process-wide families.
+pub fn families() -> &'static Families {
+    static FAMILIES: LazyLock<Families> = LazyLock::new(Families::new);
+    &FAMILIES
+}
+
+/// The whole registry in the Prometheus text exposition format.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&families().registry.gather(), &mut out).expect("text encoding cannot fail");
+    String::from_utf8(out).expect("text format is UTF-8")
+}
+
+/// A stream's running figures, as the element knows them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamFigures {
+    pub stalls: u64,
+    pub stalled: bool,
+    pub stall_ratio: f64,
+    pub initial_buffering_seconds: Option<f64>,
+    pub freezes: u64,
+    pub frozen_seconds: f64,
+}
+
+/// One window's quality result (filled once scoring exists).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QualityFigures<'a> {
+    pub score: f64,
+    pub levels: &'a [(&'a str, f64)],
+    pub stages: &'a [(&'a str, f64)],
+    pub provider: &'a str,
+}
+
+/// One stream's series. Counters only move forward: they follow the element's totals by
+/// adding what is new since the last update, also across restarts of the element.
+#[derive(Debug)]
+pub struct StreamMetrics {
+    stream: String,
+    frames: prometheus::IntCounter,
+    seen: StreamFigures,
+    levels: BTreeSet<String>,
+    stages: BTreeSet<String>,
+    provider: Option<String>,
+}
+
+impl StreamMetrics {
+    pub fn new(stream: &str) -> Self {
+        let f = families();
+        let l = &[stream];
+        let m = StreamMetrics {
+            stream: stream.to_owned(),
+            frames: f.frames.with_label_values(l),
+            seen: StreamFigures::default(),
+            levels: BTreeSet::new(),
+            stages: BTreeSet::new(),
+            provider: None,
+        };
+        // Series exist from the start, at zero, so dashboards see the stream at once.
+        f.stalls.with_label_values(l);
+        f.stalled.with_label_values(l).set(0);
+        f.stall_ratio.with_label_values(l).set(0.0);
+        f.freezes.with_label_values(l);
+        f.frozen_seconds.with_label_values(l);
+        m
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The element's totals restart from zero (a new run of the element).
+    pub fn rebase(&mut self) {
+        self.seen = StreamFigures::default();
+    }
+
+    /// Counts frames; a plain atomic add on the streaming thread.
+    pub fn frames(&self, n: u64) {
+        self.frames.inc_by(n);
+    }
+
+    pub fn stall_ended(&self, seconds: f64) {
+        families().stall_seconds.with_label_values(&[&self.stream]).observe(seconds);
+    }
+
+    pub fn update(&mut self, now: &StreamFigures) {
+        let f = families();
+        let l = &[self.stream.as_str()];
+        f.stalls.with_label_values(l).inc_by(now.stalls.saturating_sub(self.seen.stalls));
+        f.freezes.with_label_values(l).inc_by(now.freezes.saturating_sub(self.seen.freezes));
+        let frozen = now.frozen_seconds - self.seen.frozen_seconds;
+        if frozen > 0.0 {
+            f.frozen_seconds.with_label_values(l).inc_by(frozen);
+        }
+        f.stalled.with_label_values(l).set(now.stalled as i64);
+        f.stall_ratio.with_label_values(l).set(now.stall_ratio);
+        if let Some(initial) = now.initial_buffering_seconds {
+            f.initial_buffering.with_label_values(l).set(initial);
+        }
+        self.seen = StreamFigures {
+            stalls: now.stalls.max(self.seen.stalls),
+            freezes: now.freezes.max(self.seen.freezes),
+            frozen_seconds: now.frozen_seconds.max(self.seen.frozen_seconds),
+            ..now.clone()
+        };
+    }
+
+    /// A scored window.
+    pub fn quality(&mut self, q: &QualityFigures) {
+        let f = families();
+        let s = self.stream.as_str();
+        f.quality_score.with_label_values(&[s]).set(q.score);
+        for (level, p) in q.levels {
+            f.level_probability.with_label_values(&[s, level]).set(*p);
+            self.levels.insert((*level).to_owned());
+        }
+        for (stage, seconds) in q.stages {
+            f.inference_seconds.with_label_values(&[s, stage]).observe(*seconds);
+            self.stages.insert((*stage).to_owned());
+        }
+        if self.provider.as_deref() != Some(q.provider) {
+            if let Some(old) = self.provider.take() {
+                let _ = f.provider_info.remove_label_values(&[s, &old]);
+            }
+            f.provider_info.with_label_values(&[s, q.provider]).set(1);
+            self.provider = Some(q.provider.to_owned());
+        }
+        f.windows_scored.with_label_values(&[s]).inc();
+    }
+
+    pub fn window_dropped(&self) {
+        families().windows_dropped.with_label_values(&[&self.stream]).inc();
+    }
+
+    /// Removes every series of this stream.
+    pub fn remove(self) {
+        let f = families();
+        let s = self.stream.as_str();
+        let l = &[s];
+        // A series never touched is absent; that is not an error.
+        let _ = f.frames.remove_label_values(l);
+        let _ = f.stalls.remove_label_values(l);
+        let _ = f.stall_seconds.remove_label_values(l);
+        let _ = f.stalled.remove_label_values(l);
+        let _ = f.stall_ratio.remove_label_values(l);
+        let _ = f.initial_buffering.remove_label_values(l);
+        let _ = f.freezes.remove_label_values(l);
+        let _ = f.frozen_seconds.remove_label_values(l);
+        let _ = f.quality_score.remove_label_values(l);
+        let _ = f.windows_scored.remove_label_values(l);
+        let _ = f.windows_dropped.remove_label_values(l);
+        for level in &self.levels {
+            let _ = f.level_probability.remove_label_values(&[s, level]);
+        }
+        for stage in &self.stages {
+            let _ = f.inference_seconds.remove_label_values(&[s, stage]);
+        }
+        if let Some(provider) = &self.provider {
+            let _ = f.provider_info.remove_label_values(&[s, provider]);
+        }
+    }
+}
+
+/// The endpoint of this process, once opened.
+static SERVER: Mutex<Option<(String, SocketAddr)>> = Mutex::new(None);
+
+/// Opens the process's metrics endpoint on `address` (host:port), or confirms it is open
+/// there already. Returns the bound address. Fails, saying why, if the address is bad or in
+/// use, or if this process already serves its metrics on another address.
+pub fn serve(address: &str) -> Result<SocketAddr, String> {
+    let mut server = SERVER.lock().unwrap();
+    if let Some((requested, bound)) = server.as_ref() {
+        if requested == address {
+            return Ok(*bound);
+        }
+        return Err(format!(
+            "this process already serves the metrics of all its streams on {requested} ({bound}); one endpoint per process"
+        ));
+    }
+    let addrs: Vec<SocketAddr> = address
+        .to_socket_addrs()
+        .map_err(|e| format!("metrics address '{address}' is not host:port: {e}"))?
+        .collect();
+    let listener = TcpListener::bind(&addrs[..]).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    std::thread::Builder::new()
+        .name("qoe-metrics".into())
+        .spawn(move || accept_loop(listener))
+        .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+    *server = Some((address.to_owned(), bound));
+    Ok(bound)
+}
+
+/// The address the endpoint is bound to, if open.
+pub fn served_address() -> Option<SocketAddr> {
+    SERVER.lock().unwrap().as_ref().map(|(_, bound)| *bound)
+}
+
+fn accept_loop(listener: TcpListener) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            drop(stream); // shed load rather than queue it
+            continue;
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let done = active.clone();
+        let spawned = std::thread::Builder::new().name("qoe-metrics-conn".into()).stack_size(128 * 1024).spawn(move || {
+            let _ = handle(stream);
+            done.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            // The connection was dropped with the closure; keep the count right.
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Metrics { head_only: bool },
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+/// Routes a request line (`GET /metrics HTTP/1.1`).
+pub fn route(request_line: &str) -> Route {
+    let mut parts = request_line.split_ascii_whitespace();
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Route::BadRequest;
+    }
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    if path != "/metrics" {
+        return Route::NotFound;
+    }
+    match method {
+        "GET" => Route::Metrics { head_only: false },
+        "HEAD" => Route::Metrics { head_only: true },
+        _ => Route::MethodNotAllowed,
+    }
+}
+
+fn handle(mut stream: TcpStream) -> std::io::Result<()> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let complete = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break false;
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break false,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break false,
+            Err(e) => return Err(e),
+        }
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            break true;
+        }
+        if head.len() > MAX_REQUEST_BYTES {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"request too large\n", false);
+        }
+    };
+    if !complete {
+        // Silent or too slow: answer 408 if the client is still there, then close.
+        return respond(&mut stream, "408 Request Timeout", "text/plain", b"request timeout\n", false);
+    }
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    match route(line.trim_end()) {
+        Route::Metrics { head_only } => {
+            let body = render();
+            respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head_only)
+        }
+        Route::NotFound => respond(&mut stream, "404 Not Found", "text/plain", b"not found; metrics are at /metrics\n", false),
+        Route::MethodNotAllowed => respond(&mut stream, "405 Method Not Allowed", "text/plain", b"GET or HEAD only\n", false),
+        Route::BadRequest => respond(&mut stream, "400 Bad Request", "text/plain", b"bad request\n", false),
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8], head_only: bool) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    if !head_only {
+        stream.write_all(body)?;
+    }
+    stream.flush()?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// Writes `render()` to `path` atomically (a temporary file in the same folder, renamed).
+pub fn write_textfile(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("metrics file path has no file name"))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    std::fs::write(&tmp, render())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Textfile writers: one thread per path, alive while some element uses it.
+static WRITERS: Mutex<Option<HashMap<PathBuf, Arc<AtomicUsize>>>> = Mutex::new(None);
+
+/// A registration of a textfile writer; dropping it releases the path.
+#[derive(Debug)]
+pub struct TextfileLease {
+    users: Arc<AtomicUsize>,
+}
+
+impl Drop for TextfileLease {
+    fn drop(&mut self) {
+        self.users.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Writes the metrics to `path` every `interval` while a lease is held. The first write
+/// happens now, so that a bad path is reported at once.
+pub fn textfile(path: &Path, interval: Duration) -> std::io::Result<TextfileLease> {
+    write_textfile(path)?;
+    let mut writers = WRITERS.lock().unwrap();
+    let writers = writers.get_or_insert_with(HashMap::new);
+    if let Some(users) = writers.get(path) {
+        if users.fetch_add(1, Ordering::SeqCst) > 0 {
+            return Ok(TextfileLease { users: users.clone() });
+        }
+        // The last writer is ending; start a new one below.
+        users.fetch_sub(1, Ordering::SeqCst);
+    }
+    let users = Arc::new(AtomicUsize::new(1));
+    writers.insert(path.to_owned(), users.clone());
+    let (path, thread_users) = (path.to_owned(), users.clone());
+    std::thread::Builder::new().name("qoe-metrics-file".into()).spawn(move || {
+        let tick = Duration::from_millis(100).min(interval);
+        let mut next = Instant::now() + interval;
+        while thread_users.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(tick);
+            if Instant::now() >= next {
+                let _ = write_textfile(&path);
+                next += interval;
+            }
+        }
+        // A last write, so the file holds the final figures.
+        let _ = write_textfile(&path);
+    })?;
+    Ok(TextfileLease { users })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("GET /metrics HTTP/1.1"), Route::Metrics { head_only: false });
+        assert_eq!(route("HEAD /metrics?x=1 HTTP/1.0"), Route::Metrics { head_only: true });
+        assert_eq!(route("GET / HTTP/1.1"), Route::NotFound);
+        assert_eq!(route("GET /metricsx HTTP/1.1"), Route::NotFound);
+        assert_eq!(route("POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
+        assert_eq!(route("GET /metrics"), Route::BadRequest);
+        assert_eq!(route("\u{1}\u{2} garbage"), Route::BadRequest);
+        assert_eq!(route("GET /metrics SPDY/3 extra"), Route::BadRequest);
+    }
+
+    #[test]
+    fn stream_series_follow_totals_forward_and_are_removed() {
+        let mut m = StreamMetrics::new("unit-a");
+        m.frames(10);
+        m.update(&StreamFigures { stalls: 2, freezes: 1, frozen_seconds: 1.5, stall_ratio: 0.25, ..Default::default() });
+        // The element restarts: its totals restart, the counters do not go back.
+        m.rebase();
+        m.update(&StreamFigures { stalls: 1, ..Default::default() });
+        m.stall_ended(0.7);
+        let text = render();
+        assert_eq!(sample(&text, "qoe_frames_total{stream=\"unit-a\"}"), Some(10.0));
+        assert_eq!(sample(&text, "qoe_stalls_total{stream=\"unit-a\"}"), Some(3.0));
+        assert_eq!(sample(&text, "qoe_freezes_total{stream=\"unit-a\"}"), Some(1.0));
+        assert_eq!(sample(&text, "qoe_frozen_seconds_total{stream=\"unit-a\"}"), Some(1.5));
+        assert_eq!(sample(&text, "qoe_stall_seconds_count{stream=\"unit-a\"}"), Some(1.0));
+        assert_eq!(sample(&text, "qoe_stall_ratio{stream=\"unit-a\"}"), Some(0.0));
+        m.remove();
+        assert!(!render().contains("unit-a"));
+    }
+
+    #[test]
+    fn quality_series_are_labelled_by_level_stage_and_provider() {
+        let mut m = StreamMetrics::new("unit-q");
+        m.quality(&QualityFigures {
+            score: 0.8,
+            levels: &[("high", 0.6), ("good", 0.4)],
+            stages: &[("vision", 0.01), ("decoder", 0.2)],
+            provider: "cpu",
+        });
+        m.window_dropped();
+        let text = render();
+        assert_eq!(sample(&text, "qoe_quality_score{stream=\"unit-q\"}"), Some(0.8));
+        assert_eq!(sample(&text, "qoe_quality_level_probability{level=\"good\",stream=\"unit-q\"}"), Some(0.4));
+        assert_eq!(sample(&text, "qoe_inference_seconds_count{stage=\"decoder\",stream=\"unit-q\"}"), Some(1.0));
+        assert_eq!(sample(&text, "qoe_execution_provider_info{provider=\"cpu\",stream=\"unit-q\"}"), Some(1.0));
+        assert_eq!(sample(&text, "qoe_windows_dropped_total{stream=\"unit-q\"}"), Some(1.0));
+        m.remove();
+        assert!(!render().contains("unit-q"));
+    }
+
+    #[test]
+    fn textfile_is_written_atomically() {
+        let dir = std::env::temp_dir().join(format!("qoe-textfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = StreamMetrics::new("unit-file");
+        m.frames(3);
+        let path = dir.join("qoe.prom");
+        let lease = textfile(&path, Duration::from_millis(50)).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("qoe_frames_total{stream=\"unit-file\"} 3"));
+        m.frames(2);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(std::fs::read_to_string(&path).unwrap().contains("qoe_frames_total{stream=\"unit-file\"} 5"));
+        drop(lease);
+        m.remove();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, vec![std::ffi::OsString::from("qoe.prom")], "no temporary files left");
+        let err = textfile(Path::new("/nonexistent-dir/qoe.prom"), Duration::from_secs(1)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+}
