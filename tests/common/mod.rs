@@ -29,15 +29,23 @@ pub fn init() {
 /// `cargo test` leaves the cdylib in `deps/`, next to the test binary, among other
 /// libraries that GStreamer should not try to load.
 pub fn plugin_dir() -> PathBuf {
-    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
-    let built = [deps.join("libgstqoe.so"), deps.parent().unwrap().join("libgstqoe.so")]
-        .into_iter()
-        .find(|p| p.exists())
-        .expect("libgstqoe.so built by cargo next to the test binary");
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("plugin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&built, dir.join("libgstqoe.so")).unwrap();
-    dir
+    // Copied once per process, by rename: a library rewritten in place under a running
+    // gst-launch-1.0 that has it mapped crashes that process.
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+        let built = [deps.join("libgstqoe.so"), deps.parent().unwrap().join("libgstqoe.so")]
+            .into_iter()
+            .find(|p| p.exists())
+            .expect("libgstqoe.so built by cargo next to the test binary");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("plugin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join("libgstqoe.so.tmp");
+        std::fs::copy(&built, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("libgstqoe.so")).unwrap();
+        dir
+    })
+    .clone()
 }
 
 /// Runs `pipeline` to EOS and returns the `qoe-*` element messages in bus order.
