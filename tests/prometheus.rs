@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: MPL-2.0
+//! A real Prometheus (Debian's `prometheus`) scrapes a running pipeline, using the example
+//! scrape config from `pipelines/prometheus.yml`; the test then asks Prometheus's HTTP API for
+//! the stream's counters and checks them against what the pipeline did.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+mod common;
+use common::*;
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The single value of an instant query, once Prometheus has one.
+fn query(port: u16, promql: &str) -> Option<f64> {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = get(port, &format!("/api/v1/query?query={encoded}"))?;
+    // {"status":"success","data":{"resultType":"vector","result":[{"metric":{…},"value":[t,"240"]}]}}
+    let value = body.split("\"value\":[").nth(1)?;
+    value.split('"').nth(1)?.parse().ok()
+}
+
+#[test]
+fn prometheus_scrapes_the_stream_counters() {
+    let Ok(version) = Command::new("prometheus").arg("--version").output() else {
+        panic!("prometheus not installed: run pipelines/install-deps.sh (Debian package prometheus)");
+    };
+    assert!(version.status.success());
+
+    // The pipeline: the test video (one stall), run to EOS and kept PLAYING so its series stay.
+    init();
+    let metrics_port = free_port();
+    let video = test_video("mkv");
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! qoemonitor stream-id=prom-e2e metrics-address=127.0.0.1:{metrics_port} ! fakesink",
+        video.display()
+    ))
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos]).expect("EOS");
+
+    // Prometheus with the example config, pointed at this process and scraping every second.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/prometheus.yml")).unwrap();
+    assert!(example.contains("localhost:9464"), "the example config targets the default address");
+    let config = example
+        .replace("localhost:9464", &format!("127.0.0.1:{metrics_port}"))
+        .replace("scrape_interval: 5s", "scrape_interval: 1s");
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let web_port = free_port();
+    let _prometheus = KillOnDrop(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut frames, mut stalls) = (None, None);
+    while Instant::now() < deadline && (frames.is_none() || stalls.is_none()) {
+        std::thread::sleep(Duration::from_millis(500));
+        frames = query(web_port, "qoe_frames_total{stream=\"prom-e2e\",job=\"gst-qoe\"}");
+        stalls = query(web_port, "qoe_stalls_total{stream=\"prom-e2e\",job=\"gst-qoe\"}");
+    }
+    let up = query(web_port, "up{job=\"gst-qoe\"}");
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(up, Some(1.0), "Prometheus sees the target up");
+    assert_eq!(frames, Some(VIDEO_FRAMES as f64), "qoe_frames_total in Prometheus");
+    assert_eq!(stalls, Some(1.0), "qoe_stalls_total in Prometheus");
+    // The example config's extra label made it through.
+    let site = query(web_port, "count(qoe_frames_total{site=\"example\"})");
+    assert_eq!(site, Some(1.0));
+}
