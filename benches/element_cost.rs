@@ -27,8 +27,18 @@ fn video() -> PathBuf {
     if !path.exists() {
         eprintln!("encoding {} ...", path.display());
         let status = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30:duration=10"])
-            .args(["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"])
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=1920x1080:rate=30:duration=10",
+            ])
+            .args([
+                "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+            ])
             .arg(&path)
             .status()
             .expect("ffmpeg");
@@ -39,7 +49,10 @@ fn video() -> PathBuf {
 
 /// CPU seconds and wall seconds of one run of the pipeline to EOS.
 fn run(description: &str) -> (f64, f64) {
-    let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let pipeline = gst::parse::launch(description)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
     let (cpu0, wall0) = (cpu_seconds(libc::RUSAGE_SELF), Instant::now());
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
@@ -51,7 +64,10 @@ fn run(description: &str) -> (f64, f64) {
         }
     }
     pipeline.set_state(gst::State::Null).unwrap();
-    (cpu_seconds(libc::RUSAGE_SELF) - cpu0, wall0.elapsed().as_secs_f64())
+    (
+        cpu_seconds(libc::RUSAGE_SELF) - cpu0,
+        wall0.elapsed().as_secs_f64(),
+    )
 }
 
 fn ffmpeg_cpu(video: &Path, filters: Option<&str>) -> f64 {
@@ -74,8 +90,16 @@ fn main() {
     gst::init().unwrap();
     gstqoe::plugin_register_static().unwrap();
     let video = video();
-    let rounds: usize = std::env::var("QOE_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let pipeline = |element: &str| format!("filesrc location={} ! decodebin ! {element} ! fakesink sync=false", video.display());
+    let rounds: usize = std::env::var("QOE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let pipeline = |element: &str| {
+        format!(
+            "filesrc location={} ! decodebin ! {element} ! fakesink sync=false",
+            video.display()
+        )
+    };
 
     run(&pipeline("identity")); // warm caches and the plugin registry
     let (mut identity, mut monitor) = (Vec::new(), Vec::new());
@@ -85,15 +109,29 @@ fn main() {
     }
     let (id, qoe) = (median(identity), median(monitor));
     let frames = 300.0;
-    println!("decoded 1080p30, 10 s (300 frames), median of {rounds} alternating runs, process CPU time:");
+    println!(
+        "decoded 1080p30, 10 s (300 frames), median of {rounds} alternating runs, process CPU time:"
+    );
     println!("  decode ! identity   ! fakesink  {id:7.3} s");
     println!("  decode ! qoemonitor ! fakesink  {qoe:7.3} s");
-    println!("  ratio qoemonitor / identity     {:7.3}x  (goal <= 1.05x)", qoe / id);
-    println!("  qoemonitor extra per frame      {:7.1} us", (qoe - id) / frames * 1e6);
+    println!(
+        "  ratio qoemonitor / identity     {:7.3}x  (goal <= 1.05x)",
+        qoe / id
+    );
+    println!(
+        "  qoemonitor extra per frame      {:7.1} us",
+        (qoe - id) / frames * 1e6
+    );
 
     let plain = ffmpeg_cpu(&video, None);
-    let detect = ffmpeg_cpu(&video, Some("freezedetect,blockdetect,blurdetect,blackdetect"));
+    let detect = ffmpeg_cpu(
+        &video,
+        Some("freezedetect,blockdetect,blurdetect,blackdetect"),
+    );
     println!("for scale, FFmpeg on the same file:");
     println!("  decode only                     {plain:7.3} s");
-    println!("  freeze/block/blur/blackdetect   {detect:7.3} s  ({:.1}x decode)", detect / plain);
+    println!(
+        "  freeze/block/blur/blackdetect   {detect:7.3} s  ({:.1}x decode)",
+        detect / plain
+    );
 }

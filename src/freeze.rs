@@ -25,9 +25,19 @@ pub enum LumaLayout {
     Luma8 { pixel_stride: usize, offset: usize },
     /// 16-bit little-endian luma at byte `offset` of every `pixel_stride`-byte pixel, with
     /// `depth` significant bits starting at bit `shift` (I420_10LE: 10, 0; P010_10LE: 10, 6).
-    Luma16Le { pixel_stride: usize, offset: usize, shift: u32, depth: u32 },
+    Luma16Le {
+        pixel_stride: usize,
+        offset: usize,
+        shift: u32,
+        depth: u32,
+    },
     /// 8-bit RGB: luma is computed from the components at byte offsets `r`, `g`, `b`.
-    Rgb8 { pixel_stride: usize, r: usize, g: usize, b: usize },
+    Rgb8 {
+        pixel_stride: usize,
+        r: usize,
+        g: usize,
+        b: usize,
+    },
 }
 
 /// A borrowed picture plane that holds luma.
@@ -63,9 +73,21 @@ impl std::fmt::Display for PlaneError {
 impl LumaLayout {
     fn bytes_per_pixel(&self) -> usize {
         match *self {
-            LumaLayout::Luma8 { pixel_stride, offset } => pixel_stride.max(offset + 1),
-            LumaLayout::Luma16Le { pixel_stride, offset, .. } => pixel_stride.max(offset + 2),
-            LumaLayout::Rgb8 { pixel_stride, r, g, b } => pixel_stride.max(r.max(g).max(b) + 1),
+            LumaLayout::Luma8 {
+                pixel_stride,
+                offset,
+            } => pixel_stride.max(offset + 1),
+            LumaLayout::Luma16Le {
+                pixel_stride,
+                offset,
+                ..
+            } => pixel_stride.max(offset + 2),
+            LumaLayout::Rgb8 {
+                pixel_stride,
+                r,
+                g,
+                b,
+            } => pixel_stride.max(r.max(g).max(b) + 1),
         }
     }
 }
@@ -73,7 +95,13 @@ impl LumaLayout {
 impl Thumbnail {
     /// Fills the thumbnail from `plane`, reusing its allocation.
     pub fn fill(&mut self, plane: &LumaPlane) -> Result<(), PlaneError> {
-        let LumaPlane { data, width, height, stride, layout } = *plane;
+        let LumaPlane {
+            data,
+            width,
+            height,
+            stride,
+            layout,
+        } = *plane;
         if width == 0 || height == 0 {
             return Err(PlaneError(format!("empty picture {width}x{height}")));
         }
@@ -94,36 +122,74 @@ impl Thumbnail {
         for ty in 0..self.height {
             let row = &data[ty * step_y * stride..][..row_bytes];
             match layout {
-                LumaLayout::Luma8 { pixel_stride: 1, offset: 0 } => {
+                LumaLayout::Luma8 {
+                    pixel_stride: 1,
+                    offset: 0,
+                } => {
                     // The common planar case: a plain sum the compiler vectorises.
                     self.cells.extend(
-                        row.chunks_exact(step_x).take(self.width).map(|c| c.iter().map(|&v| v as u32).sum::<u32>()),
+                        row.chunks_exact(step_x)
+                            .take(self.width)
+                            .map(|c| c.iter().map(|&v| v as u32).sum::<u32>()),
                     );
                 }
-                LumaLayout::Luma8 { pixel_stride, offset } => {
-                    self.cells.extend(row.chunks_exact(step_x * pixel_stride).take(self.width).map(|c| {
-                        c.iter().skip(offset).step_by(pixel_stride).map(|&v| v as u32).sum::<u32>()
-                    }));
+                LumaLayout::Luma8 {
+                    pixel_stride,
+                    offset,
+                } => {
+                    self.cells.extend(
+                        row.chunks_exact(step_x * pixel_stride)
+                            .take(self.width)
+                            .map(|c| {
+                                c.iter()
+                                    .skip(offset)
+                                    .step_by(pixel_stride)
+                                    .map(|&v| v as u32)
+                                    .sum::<u32>()
+                            }),
+                    );
                 }
-                LumaLayout::Luma16Le { pixel_stride, offset, shift, depth } => {
+                LumaLayout::Luma16Le {
+                    pixel_stride,
+                    offset,
+                    shift,
+                    depth,
+                } => {
                     let mask = (1u32 << depth.min(16)) - 1;
                     let down = depth.saturating_sub(8);
-                    self.cells.extend(row.chunks_exact(step_x * pixel_stride).take(self.width).map(|c| {
-                        c.chunks_exact(pixel_stride)
-                            .map(|p| {
-                                let v = u16::from_le_bytes([p[offset], p[offset + 1]]) as u32;
-                                ((v >> shift) & mask) >> down
-                            })
-                            .sum::<u32>()
-                    }));
+                    self.cells.extend(
+                        row.chunks_exact(step_x * pixel_stride)
+                            .take(self.width)
+                            .map(|c| {
+                                c.chunks_exact(pixel_stride)
+                                    .map(|p| {
+                                        let v =
+                                            u16::from_le_bytes([p[offset], p[offset + 1]]) as u32;
+                                        ((v >> shift) & mask) >> down
+                                    })
+                                    .sum::<u32>()
+                            }),
+                    );
                 }
-                LumaLayout::Rgb8 { pixel_stride, r, g, b } => {
-                    self.cells.extend(row.chunks_exact(step_x * pixel_stride).take(self.width).map(|c| {
-                        c.chunks_exact(pixel_stride)
-                            // BT.601 luma in fixed point; weights sum to 256.
-                            .map(|p| (77 * p[r] as u32 + 150 * p[g] as u32 + 29 * p[b] as u32) >> 8)
-                            .sum::<u32>()
-                    }));
+                LumaLayout::Rgb8 {
+                    pixel_stride,
+                    r,
+                    g,
+                    b,
+                } => {
+                    self.cells.extend(
+                        row.chunks_exact(step_x * pixel_stride)
+                            .take(self.width)
+                            .map(|c| {
+                                c.chunks_exact(pixel_stride)
+                                    // BT.601 luma in fixed point; weights sum to 256.
+                                    .map(|p| {
+                                        (77 * p[r] as u32 + 150 * p[g] as u32 + 29 * p[b] as u32)
+                                            >> 8
+                                    })
+                                    .sum::<u32>()
+                            }),
+                    );
                 }
             }
         }
@@ -140,7 +206,12 @@ impl Thumbnail {
         {
             return None;
         }
-        let sum: u64 = self.cells.iter().zip(&other.cells).map(|(&a, &b)| a.abs_diff(b) as u64).sum();
+        let sum: u64 = self
+            .cells
+            .iter()
+            .zip(&other.cells)
+            .map(|(&a, &b)| a.abs_diff(b) as u64)
+            .sum();
         Some(sum as f64 / (self.cells.len() as f64 * self.cell_pixels as f64 * 255.0))
     }
 }
@@ -201,9 +272,17 @@ impl FreezeDetector {
     }
 
     /// A frame shown at `time` for `duration`. Returns the event it causes, if any.
-    pub fn observe(&mut self, time: Nanos, duration: Nanos, plane: &LumaPlane) -> Result<Option<FreezeEvent>, PlaneError> {
+    pub fn observe(
+        &mut self,
+        time: Nanos,
+        duration: Nanos,
+        plane: &LumaPlane,
+    ) -> Result<Option<FreezeEvent>, PlaneError> {
         self.scratch.fill(plane)?;
-        self.latest_end = Some(self.latest_end.map_or(time + duration, |e| e.max(time + duration)));
+        self.latest_end = Some(
+            self.latest_end
+                .map_or(time + duration, |e| e.max(time + duration)),
+        );
         let unchanged = match (self.reference_time, self.scratch.mafd(&self.reference)) {
             // A frame earlier than the reference (a jump back) starts afresh.
             (Some(reference_time), Some(mafd)) if time >= reference_time => mafd <= self.threshold,
@@ -229,7 +308,10 @@ impl FreezeDetector {
             return None;
         }
         let start = self.reference_time.expect("a freeze has a reference");
-        let freeze = Freeze { start, duration: end.saturating_sub(start) };
+        let freeze = Freeze {
+            start,
+            duration: end.saturating_sub(start),
+        };
         self.total += freeze.duration;
         Some(FreezeEvent::Ended(freeze))
     }
@@ -272,11 +354,22 @@ mod tests {
     const FRAME: Nanos = 40 * MS;
 
     fn gray(width: usize, height: usize, seed: u8) -> Vec<u8> {
-        (0..width * height).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
+        (0..width * height)
+            .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+            .collect()
     }
 
     fn plane(data: &[u8], width: usize, height: usize) -> LumaPlane<'_> {
-        LumaPlane { data, width, height, stride: width, layout: LumaLayout::Luma8 { pixel_stride: 1, offset: 0 } }
+        LumaPlane {
+            data,
+            width,
+            height,
+            stride: width,
+            layout: LumaLayout::Luma8 {
+                pixel_stride: 1,
+                offset: 0,
+            },
+        }
     }
 
     #[test]
@@ -299,19 +392,36 @@ mod tests {
         let uyvy: Vec<u8> = y.iter().flat_map(|&v| [128, v]).collect();
         let mut packed = Thumbnail::default();
         packed
-            .fill(&LumaPlane { data: &uyvy, width: w, height: h, stride: 2 * w, layout: LumaLayout::Luma8 { pixel_stride: 2, offset: 1 } })
+            .fill(&LumaPlane {
+                data: &uyvy,
+                width: w,
+                height: h,
+                stride: 2 * w,
+                layout: LumaLayout::Luma8 {
+                    pixel_stride: 2,
+                    offset: 1,
+                },
+            })
             .unwrap();
         assert_eq!(planar, packed);
 
         // P010: 10 bits in the top of 16.
-        let p010: Vec<u8> = y.iter().flat_map(|&v| (((v as u16) << 2) << 6).to_le_bytes()).collect();
+        let p010: Vec<u8> = y
+            .iter()
+            .flat_map(|&v| (((v as u16) << 2) << 6).to_le_bytes())
+            .collect();
         let mut deep = Thumbnail::default();
         deep.fill(&LumaPlane {
             data: &p010,
             width: w,
             height: h,
             stride: 2 * w,
-            layout: LumaLayout::Luma16Le { pixel_stride: 2, offset: 0, shift: 6, depth: 10 },
+            layout: LumaLayout::Luma16Le {
+                pixel_stride: 2,
+                offset: 0,
+                shift: 6,
+                depth: 10,
+            },
         })
         .unwrap();
         assert_eq!(planar, deep);
@@ -319,15 +429,28 @@ mod tests {
         // Gray RGBx: luma equals the component (the weights sum to 256).
         let rgbx: Vec<u8> = y.iter().flat_map(|&v| [v, v, v, 0]).collect();
         let mut rgb = Thumbnail::default();
-        rgb.fill(&LumaPlane { data: &rgbx, width: w, height: h, stride: 4 * w, layout: LumaLayout::Rgb8 { pixel_stride: 4, r: 0, g: 1, b: 2 } })
-            .unwrap();
+        rgb.fill(&LumaPlane {
+            data: &rgbx,
+            width: w,
+            height: h,
+            stride: 4 * w,
+            layout: LumaLayout::Rgb8 {
+                pixel_stride: 4,
+                r: 0,
+                g: 1,
+                b: 2,
+            },
+        })
+        .unwrap();
         assert_eq!(planar, rgb);
     }
 
     #[test]
     fn short_plane_is_an_error_not_a_panic() {
         let data = vec![0u8; 100];
-        let err = Thumbnail::default().fill(&plane(&data, 64, 36)).unwrap_err();
+        let err = Thumbnail::default()
+            .fill(&plane(&data, 64, 36))
+            .unwrap_err();
         assert!(err.0.contains("too small"), "{err}");
     }
 
@@ -359,7 +482,13 @@ mod tests {
             vec![
                 // Reported once a second of unchanged frames has passed.
                 (35, FreezeEvent::Started { start: 10 * FRAME }),
-                (50, FreezeEvent::Ended(Freeze { start: 10 * FRAME, duration: 40 * FRAME })),
+                (
+                    50,
+                    FreezeEvent::Ended(Freeze {
+                        start: 10 * FRAME,
+                        duration: 40 * FRAME
+                    })
+                ),
             ]
         );
         assert_eq!(d.count(), 1);
@@ -373,7 +502,10 @@ mod tests {
         for i in 0..60u64 {
             let seed = if (10..30).contains(&i) { 10 } else { i as u8 };
             let data = gray(w, h, seed);
-            assert_eq!(d.observe(i * FRAME, FRAME, &plane(&data, w, h)).unwrap(), None);
+            assert_eq!(
+                d.observe(i * FRAME, FRAME, &plane(&data, w, h)).unwrap(),
+                None
+            );
         }
         assert_eq!(d.count(), 0);
     }
@@ -386,8 +518,21 @@ mod tests {
         let mut started = false;
         for i in 0..30u64 {
             // ±1 level of noise on every pixel: 0.4% of full scale.
-            let noisy: Vec<u8> = base.iter().enumerate().map(|(k, &v)| if (k + i as usize) % 2 == 0 { v.saturating_add(1) } else { v }).collect();
-            started |= matches!(d.observe(i * FRAME, FRAME, &plane(&noisy, w, h)).unwrap(), Some(FreezeEvent::Started { .. }));
+            let noisy: Vec<u8> = base
+                .iter()
+                .enumerate()
+                .map(|(k, &v)| {
+                    if (k + i as usize) % 2 == 0 {
+                        v.saturating_add(1)
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            started |= matches!(
+                d.observe(i * FRAME, FRAME, &plane(&noisy, w, h)).unwrap(),
+                Some(FreezeEvent::Started { .. })
+            );
         }
         assert!(started);
     }
@@ -402,10 +547,20 @@ mod tests {
         }
         assert!(d.is_frozen());
         assert_eq!(d.total(), 10 * FRAME);
-        assert_eq!(d.reset(), Some(FreezeEvent::Ended(Freeze { start: 0, duration: 10 * FRAME })));
+        assert_eq!(
+            d.reset(),
+            Some(FreezeEvent::Ended(Freeze {
+                start: 0,
+                duration: 10 * FRAME
+            }))
+        );
         // A new size after the reset: the first frame is a reference, not a change.
         let small = gray(32, 18, 1);
-        assert_eq!(d.observe(10 * FRAME, FRAME, &plane(&small, 32, 18)).unwrap(), None);
+        assert_eq!(
+            d.observe(10 * FRAME, FRAME, &plane(&small, 32, 18))
+                .unwrap(),
+            None
+        );
         assert!(!d.is_frozen());
         assert_eq!(d.count(), 1);
     }

@@ -15,8 +15,8 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Largest request head the endpoint reads; a longer one is answered 431 and closed.
@@ -27,7 +27,9 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
 pub const MAX_CONNECTIONS: usize = 512;
 
 const STALL_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
-const INFERENCE_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const INFERENCE_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// The process-wide metric families.
 pub struct Families {
@@ -48,84 +50,125 @@ pub struct Families {
     provider_info: IntGaugeVec,
 }
 
-fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> T {
-    registry.register(Box::new(collector.clone())).expect("metric names are unique");
-    collector
-}
-
 impl Families {
+    /// Every family, for registration and for listing names.
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.frames.clone()),
+            Box::new(self.stalls.clone()),
+            Box::new(self.stall_seconds.clone()),
+            Box::new(self.stalled.clone()),
+            Box::new(self.stall_ratio.clone()),
+            Box::new(self.initial_buffering.clone()),
+            Box::new(self.freezes.clone()),
+            Box::new(self.frozen_seconds.clone()),
+            Box::new(self.quality_score.clone()),
+            Box::new(self.level_probability.clone()),
+            Box::new(self.windows_scored.clone()),
+            Box::new(self.windows_dropped.clone()),
+            Box::new(self.inference_seconds.clone()),
+            Box::new(self.provider_info.clone()),
+        ]
+    }
+
+    /// Names of every metric family this process can expose.
+    pub fn names(&self) -> Vec<String> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()))
+            .collect()
+    }
+
     fn new() -> Self {
-        let r = Registry::new();
         let s = &["stream"];
-        Families {
-            frames: register(&r, IntCounterVec::new(Opts::new("qoe_frames_total", "Video frames seen"), s).unwrap()),
-            stalls: register(&r, IntCounterVec::new(Opts::new("qoe_stalls_total", "Playback stalls started"), s).unwrap()),
-            stall_seconds: register(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new("qoe_stall_seconds", "Durations of ended stalls").buckets(STALL_BUCKETS.to_vec()),
-                    s,
-                )
+        let families = Families {
+            frames: IntCounterVec::new(Opts::new("qoe_frames_total", "Video frames seen"), s)
                 .unwrap(),
-            ),
-            stalled: register(&r, IntGaugeVec::new(Opts::new("qoe_stalled", "1 while playback is stalled"), s).unwrap()),
-            stall_ratio: register(
-                &r,
-                GaugeVec::new(Opts::new("qoe_stall_ratio", "Stall time over watched time (0..1)"), s).unwrap(),
-            ),
-            initial_buffering: register(
-                &r,
-                GaugeVec::new(
-                    Opts::new("qoe_initial_buffering_seconds", "Time from PLAYING to the first frame (live streams)"),
-                    s,
-                )
+            stalls: IntCounterVec::new(Opts::new("qoe_stalls_total", "Playback stalls started"), s)
                 .unwrap(),
-            ),
-            freezes: register(&r, IntCounterVec::new(Opts::new("qoe_freezes_total", "Content freezes started"), s).unwrap()),
-            frozen_seconds: register(
-                &r,
-                CounterVec::new(Opts::new("qoe_frozen_seconds_total", "Time the picture was frozen"), s).unwrap(),
-            ),
-            quality_score: register(
-                &r,
-                GaugeVec::new(Opts::new("qoe_quality_score", "Latest window's quality score (0..1)"), s).unwrap(),
-            ),
-            level_probability: register(
-                &r,
-                GaugeVec::new(
-                    Opts::new("qoe_quality_level_probability", "Latest window's probability of each quality level"),
-                    &["stream", "level"],
-                )
+            stall_seconds: HistogramVec::new(
+                HistogramOpts::new("qoe_stall_seconds", "Durations of ended stalls")
+                    .buckets(STALL_BUCKETS.to_vec()),
+                s,
+            )
+            .unwrap(),
+            stalled: IntGaugeVec::new(Opts::new("qoe_stalled", "1 while playback is stalled"), s)
                 .unwrap(),
-            ),
-            windows_scored: register(
-                &r,
-                IntCounterVec::new(Opts::new("qoe_windows_scored_total", "Windows scored by the model"), s).unwrap(),
-            ),
-            windows_dropped: register(
-                &r,
-                IntCounterVec::new(Opts::new("qoe_windows_dropped_total", "Windows dropped because inference was busy"), s)
-                    .unwrap(),
-            ),
-            inference_seconds: register(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new("qoe_inference_seconds", "Inference time per window and stage")
-                        .buckets(INFERENCE_BUCKETS.to_vec()),
-                    &["stream", "stage"],
+            stall_ratio: GaugeVec::new(
+                Opts::new("qoe_stall_ratio", "Stall time over watched time (0..1)"),
+                s,
+            )
+            .unwrap(),
+            initial_buffering: GaugeVec::new(
+                Opts::new(
+                    "qoe_initial_buffering_seconds",
+                    "Time from PLAYING to the first frame (live streams)",
+                ),
+                s,
+            )
+            .unwrap(),
+            freezes: IntCounterVec::new(
+                Opts::new("qoe_freezes_total", "Content freezes started"),
+                s,
+            )
+            .unwrap(),
+            frozen_seconds: CounterVec::new(
+                Opts::new("qoe_frozen_seconds_total", "Time the picture was frozen"),
+                s,
+            )
+            .unwrap(),
+            quality_score: GaugeVec::new(
+                Opts::new("qoe_quality_score", "Latest window's quality score (0..1)"),
+                s,
+            )
+            .unwrap(),
+            level_probability: GaugeVec::new(
+                Opts::new(
+                    "qoe_quality_level_probability",
+                    "Latest window's probability of each quality level",
+                ),
+                &["stream", "level"],
+            )
+            .unwrap(),
+            windows_scored: IntCounterVec::new(
+                Opts::new("qoe_windows_scored_total", "Windows scored by the model"),
+                s,
+            )
+            .unwrap(),
+            windows_dropped: IntCounterVec::new(
+                Opts::new(
+                    "qoe_windows_dropped_total",
+                    "Windows dropped because inference was busy",
+                ),
+                s,
+            )
+            .unwrap(),
+            inference_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "qoe_inference_seconds",
+                    "Inference time per window and stage",
                 )
-                .unwrap(),
-            ),
-            provider_info: register(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new("qoe_execution_provider_info", "1 for the execution provider in use"),
-                    &["stream", "provider"],
-                )
-                .unwrap(),
-            ),
-            registry: r,
+                .buckets(INFERENCE_BUCKETS.to_vec()),
+                &["stream", "stage"],
+            )
+            .unwrap(),
+            provider_info: IntGaugeVec::new(
+                Opts::new(
+                    "qoe_execution_provider_info",
+                    "1 for the execution provider in use",
+                ),
+                &["stream", "provider"],
+            )
+            .unwrap(),
+            registry: Registry::new(),
+        };
+        for collector in families.collectors() {
+            families
+                .registry
+                .register(collector)
+                .expect("metric names are unique");
         }
+        families
     }
 }
 
@@ -138,7 +181,9 @@ pub fn families() -> &'static Families {
 /// The whole registry in the Prometheus text exposition format.
 pub fn render() -> String {
     let mut out = Vec::new();
-    TextEncoder::new().encode(&families().registry.gather(), &mut out).expect("text encoding cannot fail");
+    TextEncoder::new()
+        .encode(&families().registry.gather(), &mut out)
+        .expect("text encoding cannot fail");
     String::from_utf8(out).expect("text format is UTF-8")
 }
 
@@ -210,14 +255,21 @@ impl StreamMetrics {
     }
 
     pub fn stall_ended(&self, seconds: f64) {
-        families().stall_seconds.with_label_values(&[&self.stream]).observe(seconds);
+        families()
+            .stall_seconds
+            .with_label_values(&[&self.stream])
+            .observe(seconds);
     }
 
     pub fn update(&mut self, now: &StreamFigures) {
         let f = families();
         let l = &[self.stream.as_str()];
-        f.stalls.with_label_values(l).inc_by(now.stalls.saturating_sub(self.seen.stalls));
-        f.freezes.with_label_values(l).inc_by(now.freezes.saturating_sub(self.seen.freezes));
+        f.stalls
+            .with_label_values(l)
+            .inc_by(now.stalls.saturating_sub(self.seen.stalls));
+        f.freezes
+            .with_label_values(l)
+            .inc_by(now.freezes.saturating_sub(self.seen.freezes));
         let frozen = now.frozen_seconds - self.seen.frozen_seconds;
         if frozen > 0.0 {
             f.frozen_seconds.with_label_values(l).inc_by(frozen);
@@ -245,7 +297,9 @@ impl StreamMetrics {
             self.levels.insert((*level).to_owned());
         }
         for (stage, seconds) in q.stages {
-            f.inference_seconds.with_label_values(&[s, stage]).observe(*seconds);
+            f.inference_seconds
+                .with_label_values(&[s, stage])
+                .observe(*seconds);
             self.stages.insert((*stage).to_owned());
         }
         if self.provider.as_deref() != Some(q.provider) {
@@ -259,7 +313,10 @@ impl StreamMetrics {
     }
 
     pub fn window_dropped(&self) {
-        families().windows_dropped.with_label_values(&[&self.stream]).inc();
+        families()
+            .windows_dropped
+            .with_label_values(&[&self.stream])
+            .inc();
     }
 
     /// Removes every series of this stream.
@@ -311,8 +368,11 @@ pub fn serve(address: &str) -> Result<SocketAddr, String> {
         .to_socket_addrs()
         .map_err(|e| format!("metrics address '{address}' is not host:port: {e}"))?
         .collect();
-    let listener = TcpListener::bind(&addrs[..]).map_err(|e| format!("cannot listen on {address}: {e}"))?;
-    let bound = listener.local_addr().map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let listener =
+        TcpListener::bind(&addrs[..]).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
     std::thread::Builder::new()
         .name("qoe-metrics".into())
         .spawn(move || accept_loop(listener))
@@ -336,10 +396,13 @@ fn accept_loop(listener: TcpListener) {
         }
         active.fetch_add(1, Ordering::SeqCst);
         let done = active.clone();
-        let spawned = std::thread::Builder::new().name("qoe-metrics-conn".into()).stack_size(128 * 1024).spawn(move || {
-            let _ = handle(stream);
-            done.fetch_sub(1, Ordering::SeqCst);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("qoe-metrics-conn".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let _ = handle(stream);
+                done.fetch_sub(1, Ordering::SeqCst);
+            });
         if spawned.is_err() {
             // The connection was dropped with the closure; keep the count right.
             active.fetch_sub(1, Ordering::SeqCst);
@@ -359,7 +422,8 @@ pub enum Route {
 /// Routes a request line (`GET /metrics HTTP/1.1`).
 pub fn route(request_line: &str) -> Route {
     let mut parts = request_line.split_ascii_whitespace();
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Route::BadRequest;
     };
@@ -391,34 +455,83 @@ fn handle(mut stream: TcpStream) -> std::io::Result<()> {
         match stream.read(&mut chunk) {
             Ok(0) => break false,
             Ok(n) => head.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break false,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false;
+            }
             Err(e) => return Err(e),
         }
         if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
             break true;
         }
         if head.len() > MAX_REQUEST_BYTES {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"request too large\n", false);
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"request too large\n",
+                false,
+            );
         }
     };
     if !complete {
         // Silent or too slow: answer 408 if the client is still there, then close.
-        return respond(&mut stream, "408 Request Timeout", "text/plain", b"request timeout\n", false);
+        return respond(
+            &mut stream,
+            "408 Request Timeout",
+            "text/plain",
+            b"request timeout\n",
+            false,
+        );
     }
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     match route(line.trim_end()) {
         Route::Metrics { head_only } => {
             let body = render();
-            respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), head_only)
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                body.as_bytes(),
+                head_only,
+            )
         }
-        Route::NotFound => respond(&mut stream, "404 Not Found", "text/plain", b"not found; metrics are at /metrics\n", false),
-        Route::MethodNotAllowed => respond(&mut stream, "405 Method Not Allowed", "text/plain", b"GET or HEAD only\n", false),
-        Route::BadRequest => respond(&mut stream, "400 Bad Request", "text/plain", b"bad request\n", false),
+        Route::NotFound => respond(
+            &mut stream,
+            "404 Not Found",
+            "text/plain",
+            b"not found; metrics are at /metrics\n",
+            false,
+        ),
+        Route::MethodNotAllowed => respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"GET or HEAD only\n",
+            false,
+        ),
+        Route::BadRequest => respond(
+            &mut stream,
+            "400 Bad Request",
+            "text/plain",
+            b"bad request\n",
+            false,
+        ),
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8], head_only: bool) -> std::io::Result<()> {
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -434,9 +547,18 @@ fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]
 
 /// Writes `render()` to `path` atomically (a temporary file in the same folder, renamed).
 pub fn write_textfile(path: &Path) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| std::io::Error::other("metrics file path has no file name"))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("metrics file path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     std::fs::write(&tmp, render())?;
     std::fs::rename(&tmp, path)
 }
@@ -464,7 +586,9 @@ pub fn textfile(path: &Path, interval: Duration) -> std::io::Result<TextfileLeas
     let writers = writers.get_or_insert_with(HashMap::new);
     if let Some(users) = writers.get(path) {
         if users.fetch_add(1, Ordering::SeqCst) > 0 {
-            return Ok(TextfileLease { users: users.clone() });
+            return Ok(TextfileLease {
+                users: users.clone(),
+            });
         }
         // The last writer is ending; start a new one below.
         users.fetch_sub(1, Ordering::SeqCst);
@@ -472,19 +596,21 @@ pub fn textfile(path: &Path, interval: Duration) -> std::io::Result<TextfileLeas
     let users = Arc::new(AtomicUsize::new(1));
     writers.insert(path.to_owned(), users.clone());
     let (path, thread_users) = (path.to_owned(), users.clone());
-    std::thread::Builder::new().name("qoe-metrics-file".into()).spawn(move || {
-        let tick = Duration::from_millis(100).min(interval);
-        let mut next = Instant::now() + interval;
-        while thread_users.load(Ordering::SeqCst) > 0 {
-            std::thread::sleep(tick);
-            if Instant::now() >= next {
-                let _ = write_textfile(&path);
-                next += interval;
+    std::thread::Builder::new()
+        .name("qoe-metrics-file".into())
+        .spawn(move || {
+            let tick = Duration::from_millis(100).min(interval);
+            let mut next = Instant::now() + interval;
+            while thread_users.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(tick);
+                if Instant::now() >= next {
+                    let _ = write_textfile(&path);
+                    next += interval;
+                }
             }
-        }
-        // A last write, so the file holds the final figures.
-        let _ = write_textfile(&path);
-    })?;
+            // A last write, so the file holds the final figures.
+            let _ = write_textfile(&path);
+        })?;
     Ok(TextfileLease { users })
 }
 
@@ -493,13 +619,22 @@ mod tests {
     use super::*;
 
     fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
     }
 
     #[test]
     fn routes() {
-        assert_eq!(route("GET /metrics HTTP/1.1"), Route::Metrics { head_only: false });
-        assert_eq!(route("HEAD /metrics?x=1 HTTP/1.0"), Route::Metrics { head_only: true });
+        assert_eq!(
+            route("GET /metrics HTTP/1.1"),
+            Route::Metrics { head_only: false }
+        );
+        assert_eq!(
+            route("HEAD /metrics?x=1 HTTP/1.0"),
+            Route::Metrics { head_only: true }
+        );
         assert_eq!(route("GET / HTTP/1.1"), Route::NotFound);
         assert_eq!(route("GET /metricsx HTTP/1.1"), Route::NotFound);
         assert_eq!(route("POST /metrics HTTP/1.1"), Route::MethodNotAllowed);
@@ -512,18 +647,45 @@ mod tests {
     fn stream_series_follow_totals_forward_and_are_removed() {
         let mut m = StreamMetrics::new("unit-a");
         m.frames(10);
-        m.update(&StreamFigures { stalls: 2, freezes: 1, frozen_seconds: 1.5, stall_ratio: 0.25, ..Default::default() });
+        m.update(&StreamFigures {
+            stalls: 2,
+            freezes: 1,
+            frozen_seconds: 1.5,
+            stall_ratio: 0.25,
+            ..Default::default()
+        });
         // The element restarts: its totals restart, the counters do not go back.
         m.rebase();
-        m.update(&StreamFigures { stalls: 1, ..Default::default() });
+        m.update(&StreamFigures {
+            stalls: 1,
+            ..Default::default()
+        });
         m.stall_ended(0.7);
         let text = render();
-        assert_eq!(sample(&text, "qoe_frames_total{stream=\"unit-a\"}"), Some(10.0));
-        assert_eq!(sample(&text, "qoe_stalls_total{stream=\"unit-a\"}"), Some(3.0));
-        assert_eq!(sample(&text, "qoe_freezes_total{stream=\"unit-a\"}"), Some(1.0));
-        assert_eq!(sample(&text, "qoe_frozen_seconds_total{stream=\"unit-a\"}"), Some(1.5));
-        assert_eq!(sample(&text, "qoe_stall_seconds_count{stream=\"unit-a\"}"), Some(1.0));
-        assert_eq!(sample(&text, "qoe_stall_ratio{stream=\"unit-a\"}"), Some(0.0));
+        assert_eq!(
+            sample(&text, "qoe_frames_total{stream=\"unit-a\"}"),
+            Some(10.0)
+        );
+        assert_eq!(
+            sample(&text, "qoe_stalls_total{stream=\"unit-a\"}"),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "qoe_freezes_total{stream=\"unit-a\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "qoe_frozen_seconds_total{stream=\"unit-a\"}"),
+            Some(1.5)
+        );
+        assert_eq!(
+            sample(&text, "qoe_stall_seconds_count{stream=\"unit-a\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "qoe_stall_ratio{stream=\"unit-a\"}"),
+            Some(0.0)
+        );
         m.remove();
         assert!(!render().contains("unit-a"));
     }
@@ -539,11 +701,35 @@ mod tests {
         });
         m.window_dropped();
         let text = render();
-        assert_eq!(sample(&text, "qoe_quality_score{stream=\"unit-q\"}"), Some(0.8));
-        assert_eq!(sample(&text, "qoe_quality_level_probability{level=\"good\",stream=\"unit-q\"}"), Some(0.4));
-        assert_eq!(sample(&text, "qoe_inference_seconds_count{stage=\"decoder\",stream=\"unit-q\"}"), Some(1.0));
-        assert_eq!(sample(&text, "qoe_execution_provider_info{provider=\"cpu\",stream=\"unit-q\"}"), Some(1.0));
-        assert_eq!(sample(&text, "qoe_windows_dropped_total{stream=\"unit-q\"}"), Some(1.0));
+        assert_eq!(
+            sample(&text, "qoe_quality_score{stream=\"unit-q\"}"),
+            Some(0.8)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "qoe_quality_level_probability{level=\"good\",stream=\"unit-q\"}"
+            ),
+            Some(0.4)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "qoe_inference_seconds_count{stage=\"decoder\",stream=\"unit-q\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "qoe_execution_provider_info{provider=\"cpu\",stream=\"unit-q\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "qoe_windows_dropped_total{stream=\"unit-q\"}"),
+            Some(1.0)
+        );
         m.remove();
         assert!(!render().contains("unit-q"));
     }
@@ -556,15 +742,34 @@ mod tests {
         m.frames(3);
         let path = dir.join("qoe.prom");
         let lease = textfile(&path, Duration::from_millis(50)).unwrap();
-        assert!(std::fs::read_to_string(&path).unwrap().contains("qoe_frames_total{stream=\"unit-file\"} 3"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("qoe_frames_total{stream=\"unit-file\"} 3")
+        );
         m.frames(2);
         std::thread::sleep(Duration::from_millis(300));
-        assert!(std::fs::read_to_string(&path).unwrap().contains("qoe_frames_total{stream=\"unit-file\"} 5"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("qoe_frames_total{stream=\"unit-file\"} 5")
+        );
         drop(lease);
         m.remove();
-        let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers, vec![std::ffi::OsString::from("qoe.prom")], "no temporary files left");
-        let err = textfile(Path::new("/nonexistent-dir/qoe.prom"), Duration::from_secs(1)).unwrap_err();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            leftovers,
+            vec![std::ffi::OsString::from("qoe.prom")],
+            "no temporary files left"
+        );
+        let err = textfile(
+            Path::new("/nonexistent-dir/qoe.prom"),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 }

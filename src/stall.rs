@@ -231,7 +231,9 @@ impl StallTracker {
 
         if self.first_frame.is_none() {
             self.first_frame = at;
-            if let (true, Some(since), Some(arrival)) = (self.live, self.playing_since, frame.arrival) {
+            if let (true, Some(since), Some(arrival)) =
+                (self.live, self.playing_since, frame.arrival)
+            {
                 self.initial_buffering = Some(arrival.saturating_sub(since));
             }
         }
@@ -247,8 +249,15 @@ impl StallTracker {
             events.push(StallEvent::Ended(self.close(open, end)));
         } else if let (Some(pts), Some(expected)) = (frame.pts, self.expected_pts) {
             if pts > expected && pts - expected > self.threshold {
-                let stall = Stall { start: expected, duration: pts - expected, cause: StallCause::TimestampGap };
-                events.push(StallEvent::Started { start: stall.start, cause: stall.cause });
+                let stall = Stall {
+                    start: expected,
+                    duration: pts - expected,
+                    cause: StallCause::TimestampGap,
+                };
+                events.push(StallEvent::Started {
+                    start: stall.start,
+                    cause: stall.cause,
+                });
                 self.count += 1;
                 events.push(StallEvent::Ended(self.record(stall)));
             }
@@ -308,7 +317,9 @@ impl StallTracker {
         if now < deadline {
             return None;
         }
-        let start = self.expected_arrival.expect("deadline implies an expected arrival");
+        let start = self
+            .expected_arrival
+            .expect("deadline implies an expected arrival");
         Some(self.open_stall(start, StallCause::LateArrival))
     }
 
@@ -319,7 +330,11 @@ impl StallTracker {
     }
 
     fn close(&mut self, open: OpenStall, end: Nanos) -> Stall {
-        self.record(Stall { start: open.start, duration: end - open.start, cause: open.cause })
+        self.record(Stall {
+            start: open.start,
+            duration: end - open.start,
+            cause: open.cause,
+        })
     }
 
     fn record(&mut self, stall: Stall) -> Stall {
@@ -384,7 +399,11 @@ impl StallTracker {
             (Some(first), Some(now)) => now.saturating_sub(first),
             _ => 0,
         };
-        let ratio = if watched > 0 { (total as f64 / watched as f64).min(1.0) } else { 0.0 };
+        let ratio = if watched > 0 {
+            (total as f64 / watched as f64).min(1.0)
+        } else {
+            0.0
+        };
         StallSummary {
             count: self.count,
             durations,
@@ -394,7 +413,9 @@ impl StallTracker {
             since_last_stall: if self.open.is_some() {
                 None
             } else {
-                self.last_end.zip(now).map(|(end, now)| now.saturating_sub(end))
+                self.last_end
+                    .zip(now)
+                    .map(|(end, now)| now.saturating_sub(end))
             },
             stalled: self.open.is_some(),
             frames: self.frames,
@@ -420,7 +441,11 @@ mod tests {
     const FRAME: Nanos = 33_333_333;
 
     fn frame(pts: Nanos) -> FrameTiming {
-        FrameTiming { pts: Some(pts), duration: Some(FRAME), arrival: None }
+        FrameTiming {
+            pts: Some(pts),
+            duration: Some(FRAME),
+            arrival: None,
+        }
     }
 
     fn tracker() -> StallTracker {
@@ -454,8 +479,15 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                StallEvent::Started { start: expected, cause: StallCause::TimestampGap },
-                StallEvent::Ended(Stall { start: expected, duration: 1500 * MS, cause: StallCause::TimestampGap }),
+                StallEvent::Started {
+                    start: expected,
+                    cause: StallCause::TimestampGap
+                },
+                StallEvent::Ended(Stall {
+                    start: expected,
+                    duration: 1500 * MS,
+                    cause: StallCause::TimestampGap
+                }),
             ]
         );
         let s = t.summary(Some(resume + FRAME));
@@ -497,7 +529,11 @@ mod tests {
         let mut t = tracker();
         t.on_frame(frame(0));
         // The frame before the hole claims to last the whole hole.
-        t.on_frame(FrameTiming { pts: Some(FRAME), duration: Some(FRAME + 1000 * MS), arrival: None });
+        t.on_frame(FrameTiming {
+            pts: Some(FRAME),
+            duration: Some(FRAME + 1000 * MS),
+            arrival: None,
+        });
         let ev = t.on_frame(frame(2 * FRAME + 1000 * MS));
         assert_eq!(ev.len(), 2);
         assert_eq!(t.summary(None).total, 1000 * MS);
@@ -506,9 +542,24 @@ mod tests {
     #[test]
     fn variable_rate_uses_buffer_duration() {
         let mut t = StallTracker::new(250 * MS);
-        t.on_frame(FrameTiming { pts: Some(0), duration: Some(500 * MS), arrival: None });
-        assert!(t.on_frame(FrameTiming { pts: Some(500 * MS), duration: Some(40 * MS), arrival: None }).is_empty());
-        let ev = t.on_frame(FrameTiming { pts: Some(840 * MS), duration: None, arrival: None });
+        t.on_frame(FrameTiming {
+            pts: Some(0),
+            duration: Some(500 * MS),
+            arrival: None,
+        });
+        assert!(
+            t.on_frame(FrameTiming {
+                pts: Some(500 * MS),
+                duration: Some(40 * MS),
+                arrival: None
+            })
+            .is_empty()
+        );
+        let ev = t.on_frame(FrameTiming {
+            pts: Some(840 * MS),
+            duration: None,
+            arrival: None,
+        });
         assert_eq!(ev.len(), 2, "300 ms hole after a 40 ms frame");
     }
 
@@ -521,7 +572,10 @@ mod tests {
         let hole = 10 * FRAME;
         assert_eq!(
             t.on_gap(hole, Some(1000 * MS)),
-            Some(StallEvent::Started { start: hole, cause: StallCause::GapEvent })
+            Some(StallEvent::Started {
+                start: hole,
+                cause: StallCause::GapEvent
+            })
         );
         assert!(t.is_stalled());
         // A second GAP extends the same stall.
@@ -529,7 +583,11 @@ mod tests {
         let ev = t.on_frame(frame(hole + 1500 * MS));
         assert_eq!(
             ev,
-            vec![StallEvent::Ended(Stall { start: hole, duration: 1500 * MS, cause: StallCause::GapEvent })]
+            vec![StallEvent::Ended(Stall {
+                start: hole,
+                duration: 1500 * MS,
+                cause: StallCause::GapEvent
+            })]
         );
         assert_eq!(t.summary(None).count, 1);
     }
@@ -544,9 +602,22 @@ mod tests {
             events.extend(t.on_gap(i * FRAME, Some(FRAME)));
         }
         // The hole reached the threshold at the 8th missing frame (8 × 33 ms > 250 ms).
-        assert_eq!(events, vec![StallEvent::Started { start: FRAME, cause: StallCause::GapEvent }]);
+        assert_eq!(
+            events,
+            vec![StallEvent::Started {
+                start: FRAME,
+                cause: StallCause::GapEvent
+            }]
+        );
         let ev = t.on_frame(frame(13 * FRAME));
-        assert_eq!(ev, vec![StallEvent::Ended(Stall { start: FRAME, duration: 12 * FRAME, cause: StallCause::GapEvent })]);
+        assert_eq!(
+            ev,
+            vec![StallEvent::Ended(Stall {
+                start: FRAME,
+                duration: 12 * FRAME,
+                cause: StallCause::GapEvent
+            })]
+        );
     }
 
     #[test]
@@ -559,7 +630,11 @@ mod tests {
     }
 
     fn live_frame(pts: Nanos, arrival: Nanos) -> FrameTiming {
-        FrameTiming { pts: Some(pts), duration: Some(FRAME), arrival: Some(arrival) }
+        FrameTiming {
+            pts: Some(pts),
+            duration: Some(FRAME),
+            arrival: Some(arrival),
+        }
     }
 
     #[test]
@@ -575,7 +650,10 @@ mod tests {
         assert_eq!(t.on_clock(due + 100 * MS), None);
         assert_eq!(
             t.on_clock(due + 250 * MS),
-            Some(StallEvent::Started { start: due, cause: StallCause::LateArrival })
+            Some(StallEvent::Started {
+                start: due,
+                cause: StallCause::LateArrival
+            })
         );
         // Still going on: the summary measures it so far.
         let s = t.summary(Some(due + 700 * MS));
@@ -586,7 +664,11 @@ mod tests {
         let ev = t.on_frame(live_frame(2 * FRAME + 1000 * MS, due + 1000 * MS));
         assert_eq!(
             ev,
-            vec![StallEvent::Ended(Stall { start: due, duration: 1000 * MS, cause: StallCause::LateArrival })]
+            vec![StallEvent::Ended(Stall {
+                start: due,
+                duration: 1000 * MS,
+                cause: StallCause::LateArrival
+            })]
         );
         assert_eq!(t.summary(None).count, 1);
     }
@@ -606,11 +688,30 @@ mod tests {
         let mut t = tracker();
         t.set_live(true);
         t.on_playing(0);
-        t.on_frame(FrameTiming { pts: None, duration: None, arrival: Some(0) });
-        t.on_frame(FrameTiming { pts: None, duration: None, arrival: Some(FRAME) });
+        t.on_frame(FrameTiming {
+            pts: None,
+            duration: None,
+            arrival: Some(0),
+        });
+        t.on_frame(FrameTiming {
+            pts: None,
+            duration: None,
+            arrival: Some(FRAME),
+        });
         t.on_clock(2 * FRAME + 300 * MS);
-        let ev = t.on_frame(FrameTiming { pts: None, duration: None, arrival: Some(2 * FRAME + 600 * MS) });
-        assert_eq!(ev, vec![StallEvent::Ended(Stall { start: 2 * FRAME, duration: 600 * MS, cause: StallCause::LateArrival })]);
+        let ev = t.on_frame(FrameTiming {
+            pts: None,
+            duration: None,
+            arrival: Some(2 * FRAME + 600 * MS),
+        });
+        assert_eq!(
+            ev,
+            vec![StallEvent::Ended(Stall {
+                start: 2 * FRAME,
+                duration: 600 * MS,
+                cause: StallCause::LateArrival
+            })]
+        );
     }
 
     #[test]
@@ -632,7 +733,11 @@ mod tests {
         t.on_gap(FRAME + 2000 * MS, None);
         assert_eq!(
             t.finish(),
-            Some(StallEvent::Ended(Stall { start: FRAME, duration: 2000 * MS, cause: StallCause::GapEvent }))
+            Some(StallEvent::Ended(Stall {
+                start: FRAME,
+                duration: 2000 * MS,
+                cause: StallCause::GapEvent
+            }))
         );
         assert!(!t.is_stalled());
         assert_eq!(t.finish(), None);

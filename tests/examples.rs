@@ -50,9 +50,15 @@ fn launch(name: &str, vars: &[String], limit: Duration) -> String {
         std::thread::sleep(Duration::from_millis(50));
     };
     let output = format!("{}{}", reader.join().unwrap(), err_reader.join().unwrap());
-    assert!(status.is_some(), "{name} did not finish within {limit:?}:\n{output}");
+    assert!(
+        status.is_some(),
+        "{name} did not finish within {limit:?}:\n{output}"
+    );
     assert!(status.unwrap().success(), "{name} failed:\n{output}");
-    assert!(output.contains("Got EOS from element"), "{name} did not reach EOS:\n{output}");
+    assert!(
+        output.contains("Got EOS from element"),
+        "{name} did not reach EOS:\n{output}"
+    );
     assert!(!output.contains("ERROR"), "{name}:\n{output}");
     output
 }
@@ -69,7 +75,10 @@ fn final_stats<'a>(output: &'a str, stream: &str) -> &'a str {
 
 fn field(line: &str, name: &str) -> u64 {
     let key = format!(" {name}=(guint64)");
-    let rest = &line[line.find(&key).unwrap_or_else(|| panic!("{name} in {line}")) + key.len()..];
+    let rest = &line[line
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} in {line}"))
+        + key.len()..];
     rest.split([',', ';']).next().unwrap().parse().unwrap()
 }
 
@@ -79,8 +88,15 @@ fn uri(path: &Path) -> String {
 
 #[test]
 fn file_example_reports_the_hole() {
-    let output = launch("file", &[format!("URI={}", uri(&test_video("mkv")))], Duration::from_secs(60));
-    assert!(output.contains("qoe-stall, event=(string)start, cause=(string)timestamp-gap"), "{output}");
+    let output = launch(
+        "file",
+        &[format!("URI={}", uri(&test_video("mkv")))],
+        Duration::from_secs(60),
+    );
+    assert!(
+        output.contains("qoe-stall, event=(string)start, cause=(string)timestamp-gap"),
+        "{output}"
+    );
     let stats = final_stats(&output, "file");
     assert_eq!(field(stats, "frames"), VIDEO_FRAMES);
     assert_eq!(field(stats, "stalls"), 1);
@@ -91,11 +107,18 @@ fn tee_example_monitors_beside_playback() {
     let output = launch(
         "tee-leaky",
         // A player plays in real time; the monitor branch must keep up with it.
-        &[format!("URI={}", uri(&test_video("mkv"))), "SINK=fakesink sync=true".into()],
+        &[
+            format!("URI={}", uri(&test_video("mkv"))),
+            "SINK=fakesink sync=true".into(),
+        ],
         Duration::from_secs(60),
     );
     let stats = final_stats(&output, "player");
-    assert_eq!(field(stats, "frames"), VIDEO_FRAMES, "the leaky queue dropped nothing");
+    assert_eq!(
+        field(stats, "frames"),
+        VIDEO_FRAMES,
+        "the leaky queue dropped nothing"
+    );
     assert_eq!(field(stats, "stalls"), 1);
 }
 
@@ -104,11 +127,19 @@ fn multi_stream_example_watches_three_streams_in_one_process() {
     let video = uri(&test_video("mkv"));
     let output = launch(
         "multi-stream",
-        &[format!("URI1={video}"), format!("URI2={video}"), format!("URI3={video}")],
+        &[
+            format!("URI1={video}"),
+            format!("URI2={video}"),
+            format!("URI3={video}"),
+        ],
         Duration::from_secs(60),
     );
     for stream in ["wall-1", "wall-2", "wall-3"] {
-        assert_eq!(field(final_stats(&output, stream), "frames"), VIDEO_FRAMES, "{stream}");
+        assert_eq!(
+            field(final_stats(&output, stream), "frames"),
+            VIDEO_FRAMES,
+            "{stream}"
+        );
     }
 }
 
@@ -130,11 +161,19 @@ fn serve_dir(dir: PathBuf) -> u16 {
                         break;
                     }
                 }
-                let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
+                let path = line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .trim_start_matches('/');
                 let file = dir.join(path.split('?').next().unwrap());
                 let response = match std::fs::read(&file) {
                     Ok(body) => {
-                        let kind = if path.ends_with(".m3u8") { "application/vnd.apple.mpegurl" } else { "video/mp2t" };
+                        let kind = if path.ends_with(".m3u8") {
+                            "application/vnd.apple.mpegurl"
+                        } else {
+                            "video/mp2t"
+                        };
                         let mut r = format!(
                             "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                             body.len()
@@ -143,7 +182,10 @@ fn serve_dir(dir: PathBuf) -> u16 {
                         r.extend(body);
                         r
                     }
-                    Err(_) => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                    Err(_) => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
                 };
                 let _ = conn.write_all(&response);
             });
@@ -158,8 +200,27 @@ fn hls_example_plays_a_stream_from_a_local_http_server() {
     if !dir.join("index.m3u8").exists() {
         std::fs::create_dir_all(&dir).unwrap();
         let status = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=4"])
-            .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "30", "-f", "hls", "-hls_time", "1"])
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30:duration=4",
+            ])
+            .args([
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-g",
+                "30",
+                "-f",
+                "hls",
+                "-hls_time",
+                "1",
+            ])
             .args(["-hls_playlist_type", "vod"])
             .arg(dir.join("index.m3u8"))
             .status()
@@ -167,11 +228,21 @@ fn hls_example_plays_a_stream_from_a_local_http_server() {
         assert!(status.success());
     }
     let port = serve_dir(dir);
-    let output =
-        launch("hls", &[format!("URI=http://127.0.0.1:{port}/index.m3u8"), "STREAM=cdn-probe".into()], Duration::from_secs(60));
+    let output = launch(
+        "hls",
+        &[
+            format!("URI=http://127.0.0.1:{port}/index.m3u8"),
+            "STREAM=cdn-probe".into(),
+        ],
+        Duration::from_secs(60),
+    );
     let stats = final_stats(&output, "cdn-probe");
     assert_eq!(field(stats, "frames"), 120);
-    assert_eq!(field(stats, "stalls"), 0, "a local server keeps up: {stats}");
+    assert_eq!(
+        field(stats, "stalls"),
+        0,
+        "a local server keeps up: {stats}"
+    );
 }
 
 #[test]
@@ -196,7 +267,11 @@ fn rtsp_camera_example_watches_a_live_camera() {
 
     let output = launch(
         "rtsp-camera",
-        &[format!("URI=rtsp://127.0.0.1:{port}/cam"), "STREAM=gate-1".into(), "LATENCY=100".into()],
+        &[
+            format!("URI=rtsp://127.0.0.1:{port}/cam"),
+            "STREAM=gate-1".into(),
+            "LATENCY=100".into(),
+        ],
         Duration::from_secs(30),
     );
     main_loop.quit();
@@ -204,5 +279,9 @@ fn rtsp_camera_example_watches_a_live_camera() {
     let stats = final_stats(&output, "gate-1");
     assert!(stats.contains("live=(boolean)true"), "{stats}");
     assert!(field(stats, "frames") >= 80, "{stats}");
-    assert_ne!(field(stats, "initial-buffering"), u64::MAX, "initial buffering measured: {stats}");
+    assert_ne!(
+        field(stats, "initial-buffering"),
+        u64::MAX,
+        "initial buffering measured: {stats}"
+    );
 }

@@ -44,7 +44,12 @@ impl Monitor {
         element.set_base_time(gst::ClockTime::ZERO);
         element.set_state(gst::State::Playing).unwrap();
         h.set_src_caps_str(CAPS_64);
-        Monitor { h, bus, width: 64, height: 48 }
+        Monitor {
+            h,
+            bus,
+            width: 64,
+            height: 48,
+        }
     }
 
     fn set_caps(&mut self, caps: &str, width: usize, height: usize) {
@@ -58,7 +63,9 @@ impl Monitor {
         let luma = self.width * self.height;
         let mut data = vec![128u8; luma * 3 / 2];
         for (i, px) in data[..luma].iter_mut().enumerate() {
-            *px = (i as u8).wrapping_mul(13).wrapping_add(seed.wrapping_mul(31));
+            *px = (i as u8)
+                .wrapping_mul(13)
+                .wrapping_add(seed.wrapping_mul(31));
         }
         let mut buffer = gst::Buffer::from_mut_slice(data);
         {
@@ -91,7 +98,11 @@ impl Monitor {
     }
 
     fn stats(&self) -> gst::Structure {
-        self.h.element().unwrap().property::<Option<gst::Structure>>("stats").expect("stats once started")
+        self.h
+            .element()
+            .unwrap()
+            .property::<Option<gst::Structure>>("stats")
+            .expect("stats once started")
     }
 
     /// Lets the clock run to `t`, firing every wait the element armed on the way.
@@ -108,12 +119,17 @@ impl Monitor {
     }
 
     fn pending_wait(&self) -> Option<u64> {
-        self.h.testclock().unwrap().peek_next_pending_id().map(|id| id.time().nseconds())
+        self.h
+            .testclock()
+            .unwrap()
+            .peek_next_pending_id()
+            .map(|id| id.time().nseconds())
     }
 }
 
 fn time_field(s: &gst::Structure, field: &str) -> u64 {
-    s.get::<u64>(field).unwrap_or_else(|e| panic!("{field} in {s}: {e}"))
+    s.get::<u64>(field)
+        .unwrap_or_else(|e| panic!("{field} in {s}: {e}"))
 }
 
 #[test]
@@ -161,7 +177,10 @@ fn frames_in_time_never_trigger_the_clock_stall() {
         arrival = (i * FRAME + (i % 7) * 30 * MS).max(arrival);
         m.crank_to(arrival);
         m.push_at(Some(i * FRAME), arrival, i as u8);
-        assert!(m.pending_wait().is_some(), "the element keeps watching for late frames");
+        assert!(
+            m.pending_wait().is_some(),
+            "the element keeps watching for late frames"
+        );
     }
     assert!(m.messages("qoe-stall").is_empty());
 }
@@ -180,12 +199,20 @@ fn stall_threshold_property_is_used() {
     m.crank_to(FRAME + 99 * MS);
     assert!(m.messages("qoe-stall").is_empty());
     m.crank_to(FRAME + 100 * MS);
-    assert_eq!(m.messages("qoe-stall").len(), 1, "late-arrival stall at 100 ms");
+    assert_eq!(
+        m.messages("qoe-stall").len(),
+        1,
+        "late-arrival stall at 100 ms"
+    );
     m.push_at(Some(FRAME), FRAME + 100 * MS, 1);
     assert_eq!(m.messages("qoe-stall").len(), 1, "its end");
     // A 150 ms timestamp gap is a stall at this threshold.
     m.push_at(Some(2 * FRAME + 150 * MS), 2 * FRAME + 120 * MS, 2);
-    assert_eq!(m.messages("qoe-stall").len(), 2, "timestamp-gap stall start and end");
+    assert_eq!(
+        m.messages("qoe-stall").len(),
+        2,
+        "timestamp-gap stall start and end"
+    );
     assert_eq!(m.stats().get::<u64>("stalls").unwrap(), 2);
 }
 
@@ -196,7 +223,13 @@ fn gap_event_starts_a_stall_at_once() {
         m.push_at(Some(i * FRAME), i * FRAME, i as u8);
     }
     let hole = 5 * FRAME;
-    assert!(m.h.push_event(gst::event::Gap::builder(ns(hole)).duration(ns(1000 * MS)).build()));
+    assert!(
+        m.h.push_event(
+            gst::event::Gap::builder(ns(hole))
+                .duration(ns(1000 * MS))
+                .build()
+        )
+    );
     let started = m.messages("qoe-stall");
     assert_eq!(started.len(), 1);
     assert_eq!(started[0].get::<&str>("cause").unwrap(), "gap-event");
@@ -250,7 +283,11 @@ fn flushing_seek_resets_expectations_without_a_stall() {
     assert!(m.h.push_event(gst::event::Segment::new(&segment)));
     // After the seek the stream continues 60 s later in stream time.
     for i in 0..10 {
-        m.push_at(Some(60_000 * MS + i * FRAME), (10 + i) * FRAME, 20 + i as u8);
+        m.push_at(
+            Some(60_000 * MS + i * FRAME),
+            (10 + i) * FRAME,
+            20 + i as u8,
+        );
     }
     assert!(m.messages("qoe-stall").is_empty());
     assert_eq!(m.stats().get::<u64>("frames").unwrap(), 20);
@@ -291,20 +328,33 @@ fn buffers_pass_through_untouched() {
     let expected = input.map_readable().unwrap().to_vec();
     m.h.push(input.clone()).unwrap();
     let output = m.h.pull().unwrap();
-    assert_eq!(output.as_ptr(), input.as_ptr(), "passthrough hands on the same buffer");
-    assert_eq!(output.map_readable().unwrap().as_slice(), expected.as_slice());
+    assert_eq!(
+        output.as_ptr(),
+        input.as_ptr(),
+        "passthrough hands on the same buffer"
+    );
+    assert_eq!(
+        output.map_readable().unwrap().as_slice(),
+        expected.as_slice()
+    );
     assert_eq!(output.pts(), Some(ns(0)));
 }
 
 #[test]
 fn stats_are_posted_every_interval_and_at_eos() {
-    let mut m = Monitor::new(&[("stats-interval", &(500 * MS)), ("stream-id", &"cam-7")], 0);
+    let mut m = Monitor::new(
+        &[("stats-interval", &(500 * MS)), ("stream-id", &"cam-7")],
+        0,
+    );
     for i in 0..62 {
         m.push_at(Some(i * FRAME), i * FRAME, i as u8);
     }
     let periodic = m.messages("qoe-stats");
     // Just over 2 s of frames at 500 ms intervals.
-    let times: Vec<u64> = periodic.iter().map(|s| time_field(s, "stream-time")).collect();
+    let times: Vec<u64> = periodic
+        .iter()
+        .map(|s| time_field(s, "stream-time"))
+        .collect();
     assert_eq!(times.len(), 4, "{times:?}");
     for (k, t) in times.iter().enumerate() {
         let due = (k as u64 + 1) * 500 * MS;

@@ -28,9 +28,14 @@ fn live_source_outage_is_reported_while_it_lasts() {
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
         let mut out = Vec::new();
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else { break };
+            let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64))
+            else {
+                break;
+            };
             match msg.view() {
-                gst::MessageView::Element(e) if e.structure().is_some_and(|s| s.name() == "qoe-stall") => {
+                gst::MessageView::Element(e)
+                    if e.structure().is_some_and(|s| s.name() == "qoe-stall") =>
+                {
                     out.push(e.structure().unwrap().to_owned())
                 }
                 gst::MessageView::Error(e) => panic!("{}", e.error()),
@@ -40,16 +45,31 @@ fn live_source_outage_is_reported_while_it_lasts() {
         out
     };
 
-    assert!(stall_messages(1000).is_empty(), "no stall while frames flow");
-    let probe = src_pad.add_probe(gst::PadProbeType::BLOCK_DOWNSTREAM, |_, _| gst::PadProbeReturn::Ok).unwrap();
+    assert!(
+        stall_messages(1000).is_empty(),
+        "no stall while frames flow"
+    );
+    let probe = src_pad
+        .add_probe(gst::PadProbeType::BLOCK_DOWNSTREAM, |_, _| {
+            gst::PadProbeReturn::Ok
+        })
+        .unwrap();
     let during = stall_messages(1000);
-    assert_eq!(during.len(), 1, "stall start reported during the outage: {during:?}");
+    assert_eq!(
+        during.len(),
+        1,
+        "stall start reported during the outage: {during:?}"
+    );
     assert_eq!(during[0].get::<&str>("event").unwrap(), "start");
     assert_eq!(during[0].get::<&str>("cause").unwrap(), "late-arrival");
     let stats = monitor.property::<Option<gst::Structure>>("stats").unwrap();
     assert!(stats.get::<bool>("stalled").unwrap());
     assert!(stats.get::<bool>("live").unwrap());
-    assert_ne!(t(&stats, "initial-buffering"), u64::MAX, "initial buffering measured when live");
+    assert_ne!(
+        t(&stats, "initial-buffering"),
+        u64::MAX,
+        "initial buffering measured when live"
+    );
 
     src_pad.remove_probe(probe);
     let after = stall_messages(500);
@@ -57,5 +77,8 @@ fn live_source_outage_is_reported_while_it_lasts() {
     assert_eq!(after.len(), 1, "stall end after the outage: {after:?}");
     let duration = t(&after[0], "duration");
     // Blocked for about 1 s (plus scheduling); the stall began one frame after the last one.
-    assert!((800 * MS..1400 * MS).contains(&duration), "stall of {duration} ns");
+    assert!(
+        (800 * MS..1400 * MS).contains(&duration),
+        "stall of {duration} ns"
+    );
 }

@@ -8,8 +8,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -32,18 +32,27 @@ fn http(addr: SocketAddr, request: &[u8]) -> String {
 fn scrape(addr: SocketAddr) -> String {
     let response = http(addr, b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
-    assert!(response.contains("Content-Type: text/plain; version=0.0.4"), "{response}");
+    assert!(
+        response.contains("Content-Type: text/plain; version=0.0.4"),
+        "{response}"
+    );
     response
 }
 
 fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
 
 /// Starts `description` and returns it once PLAYING, with the endpoint's address.
 fn start(description: &str) -> (gst::Pipeline, SocketAddr) {
     init();
-    let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let pipeline = gst::parse::launch(description)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let addr = gstqoe::metrics::served_address().expect("endpoint opened by the element");
     (pipeline, addr)
@@ -70,14 +79,30 @@ fn scrape_shows_what_the_pipeline_did_and_null_removes_the_series() {
     ));
     wait_eos(&pipeline);
     let text = scrape(addr);
-    assert_eq!(value(&text, "qoe_frames_total{stream=\"file-a\"}"), Some(VIDEO_FRAMES as f64), "{text}");
-    assert_eq!(value(&text, "qoe_stalls_total{stream=\"file-a\"}"), Some(1.0));
-    assert_eq!(value(&text, "qoe_freezes_total{stream=\"file-a\"}"), Some(1.0));
-    assert_eq!(value(&text, "qoe_stall_seconds_count{stream=\"file-a\"}"), Some(1.0));
+    assert_eq!(
+        value(&text, "qoe_frames_total{stream=\"file-a\"}"),
+        Some(VIDEO_FRAMES as f64),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "qoe_stalls_total{stream=\"file-a\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "qoe_freezes_total{stream=\"file-a\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "qoe_stall_seconds_count{stream=\"file-a\"}"),
+        Some(1.0)
+    );
     let stall_seconds = value(&text, "qoe_stall_seconds_sum{stream=\"file-a\"}").unwrap();
     assert!((stall_seconds - 1.5).abs() <= 1.0 / 30.0, "{stall_seconds}");
     let frozen = value(&text, "qoe_frozen_seconds_total{stream=\"file-a\"}").unwrap();
-    assert!((frozen - FREEZE_DURATION as f64 * 1e-9).abs() <= 1.0 / 30.0, "{frozen}");
+    assert!(
+        (frozen - FREEZE_DURATION as f64 * 1e-9).abs() <= 1.0 / 30.0,
+        "{frozen}"
+    );
     assert_eq!(value(&text, "qoe_stalled{stream=\"file-a\"}"), Some(0.0));
     let ratio = value(&text, "qoe_stall_ratio{stream=\"file-a\"}").unwrap();
     assert!((ratio - 1.5 / 9.5).abs() < 0.01, "{ratio}");
@@ -100,7 +125,10 @@ fn endpoint_answers_only_metrics_and_survives_abuse() {
     assert!(http(addr, b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
     assert!(http(addr, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
     let head = http(addr, b"HEAD /metrics HTTP/1.0\r\n\r\n");
-    assert!(head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"), "HEAD has no body");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+        "HEAD has no body"
+    );
 
     // A 1 MB request line is refused early, without the server reading all of it.
     let mut huge = b"GET /".to_vec();
@@ -117,15 +145,25 @@ fn endpoint_answers_only_metrics_and_survives_abuse() {
     let silent: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let t0 = Instant::now();
     assert!(scrape(addr).contains("stream=\"abuse\""));
-    assert!(t0.elapsed() < Duration::from_secs(1), "scrape waited for silent clients");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "scrape waited for silent clients"
+    );
     let mut first = silent.into_iter().next().unwrap();
-    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut answer = String::new();
     let _ = first.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "silent client dropped with 408: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "silent client dropped with 408: {answer}"
+    );
 
     // 200 concurrent scrapes all succeed.
-    let handles: Vec<_> = (0..200).map(|_| std::thread::spawn(move || scrape(addr).contains("stream=\"abuse\""))).collect();
+    let handles: Vec<_> = (0..200)
+        .map(|_| std::thread::spawn(move || scrape(addr).contains("stream=\"abuse\"")))
+        .collect();
     assert!(handles.into_iter().all(|h| h.join().unwrap()));
     pipeline.set_state(gst::State::Null).unwrap();
 }
@@ -144,7 +182,8 @@ fn hard_scraping_does_not_slow_a_live_pipeline() {
                 let (mut scrapes, mut last) = (0u64, 0.0);
                 while !stop.load(Ordering::SeqCst) {
                     let text = scrape(addr);
-                    if let Some(frames) = value(&text, "qoe_frames_total{stream=\"live-hammered\"}") {
+                    if let Some(frames) = value(&text, "qoe_frames_total{stream=\"live-hammered\"}")
+                    {
                         assert!(frames >= last, "counter went back from {last} to {frames}");
                         last = frames;
                     }
@@ -159,19 +198,31 @@ fn hard_scraping_does_not_slow_a_live_pipeline() {
     stop.store(true, Ordering::SeqCst);
     let scrapes: u64 = scrapers.into_iter().map(|h| h.join().unwrap()).sum();
     let elapsed = started.elapsed().as_secs_f64();
-    let stats = pipeline.by_name("q").unwrap().property::<Option<gst::Structure>>("stats").unwrap();
+    let stats = pipeline
+        .by_name("q")
+        .unwrap()
+        .property::<Option<gst::Structure>>("stats")
+        .unwrap();
     pipeline.set_state(gst::State::Null).unwrap();
     let frames = stats.get::<u64>("frames").unwrap() as f64;
     eprintln!("{scrapes} scrapes in {elapsed:.1} s; {frames} frames");
     assert!(scrapes > 100, "the scrapers did scrape hard ({scrapes})");
-    assert_eq!(stats.get::<u64>("stalls").unwrap(), 0, "no stall while scraped: {stats}");
+    assert_eq!(
+        stats.get::<u64>("stalls").unwrap(),
+        0,
+        "no stall while scraped: {stats}"
+    );
     // 30 fps throughout, give or take the start-up frame and timer slack.
-    assert!((frames - 30.0 * elapsed).abs() <= 4.0, "{frames} frames in {elapsed:.2} s");
+    assert!(
+        (frames - 30.0 * elapsed).abs() <= 4.0,
+        "{frames} frames in {elapsed:.2} s"
+    );
 }
 
 #[test]
 fn metrics_file_is_written_for_the_textfile_collector() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("textfile-{}", std::process::id()));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("textfile-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("qoe.prom");
     init();
@@ -181,9 +232,11 @@ fn metrics_file_is_written_for_the_textfile_collector() {
     ));
     assert!(!messages.is_empty());
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("qoe_frames_total{stream=\"file-out\"}"), "{text}");
+    assert!(
+        text.contains("qoe_frames_total{stream=\"file-out\"}"),
+        "{text}"
+    );
 }
-
 
 /// A port in use is a warning; the stream goes on. In its own process (gst-launch-1.0), as a
 /// user would meet it, since this test process has its endpoint open already.
@@ -193,13 +246,28 @@ fn port_in_use_is_a_warning_not_an_error() {
     let port = taken.local_addr().unwrap().port();
     let output = Command::new("gst-launch-1.0")
         .env("GST_PLUGIN_PATH", plugin_dir())
-        .args(["videotestsrc", "num-buffers=30", "!", "qoemonitor", &format!("metrics-address=127.0.0.1:{port}")])
+        .args([
+            "videotestsrc",
+            "num-buffers=30",
+            "!",
+            "qoemonitor",
+            &format!("metrics-address=127.0.0.1:{port}"),
+        ])
         .args(["!", "fakesink"])
         .output()
         .unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(output.status.success(), "{all}");
-    assert!(all.contains(&format!("Metrics endpoint not opened: cannot listen on 127.0.0.1:{port}")), "{all}");
+    assert!(
+        all.contains(&format!(
+            "Metrics endpoint not opened: cannot listen on 127.0.0.1:{port}"
+        )),
+        "{all}"
+    );
     assert!(all.contains("Address already in use"), "{all}");
     assert!(all.contains("Got EOS"), "{all}");
 }

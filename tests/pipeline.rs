@@ -17,16 +17,36 @@ fn check_hole_and_freeze(messages: &[gst::Structure]) {
     assert_eq!(stalls[1].get::<&str>("event").unwrap(), "end");
     assert_eq!(stalls[1].get::<&str>("cause").unwrap(), "timestamp-gap");
     assert_near("stall start", t(stalls[1], "start"), STALL_START, FRAME);
-    assert_near("stall duration", t(stalls[1], "duration"), STALL_DURATION, FRAME);
+    assert_near(
+        "stall duration",
+        t(stalls[1], "duration"),
+        STALL_DURATION,
+        FRAME,
+    );
 
     let freezes = named(messages, "qoe-freeze");
     assert_eq!(freezes.len(), 2, "one freeze, start and end: {freezes:?}");
     assert_eq!(freezes[0].get::<&str>("event").unwrap(), "start");
     assert_near("freeze start", t(freezes[0], "start"), FREEZE_START, FRAME);
     // Reported once the picture has been still for freeze-min-duration (1 s).
-    assert_near("freeze reported at", t(freezes[0], "stream-time"), FREEZE_START, FRAME);
-    assert_near("freeze duration", t(freezes[1], "duration"), FREEZE_DURATION, FRAME);
-    assert_near("freeze end", t(freezes[1], "stream-time"), FREEZE_START + FREEZE_DURATION, FRAME);
+    assert_near(
+        "freeze reported at",
+        t(freezes[0], "stream-time"),
+        FREEZE_START,
+        FRAME,
+    );
+    assert_near(
+        "freeze duration",
+        t(freezes[1], "duration"),
+        FREEZE_DURATION,
+        FRAME,
+    );
+    assert_near(
+        "freeze end",
+        t(freezes[1], "stream-time"),
+        FREEZE_START + FREEZE_DURATION,
+        FRAME,
+    );
 
     let stats = named(messages, "qoe-stats");
     let last = stats.last().expect("final qoe-stats at EOS");
@@ -45,7 +65,10 @@ fn check_hole_and_freeze(messages: &[gst::Structure]) {
 #[test]
 fn matroska_hole_and_freeze_are_found_at_the_right_times() {
     let video = test_video("mkv");
-    let messages = run(&format!("filesrc location={} ! decodebin ! qoemonitor ! fakesink", video.display()));
+    let messages = run(&format!(
+        "filesrc location={} ! decodebin ! qoemonitor ! fakesink",
+        video.display()
+    ));
     check_hole_and_freeze(&messages);
 }
 
@@ -54,7 +77,10 @@ fn mp4_hole_is_found_although_the_frame_before_it_is_stretched() {
     // MP4 has no holes: the frame before one simply lasts 1.53 s. The caps' frame rate
     // reveals it.
     let video = test_video("mp4");
-    let messages = run(&format!("filesrc location={} ! decodebin ! qoemonitor ! fakesink", video.display()));
+    let messages = run(&format!(
+        "filesrc location={} ! decodebin ! qoemonitor ! fakesink",
+        video.display()
+    ));
     check_hole_and_freeze(&messages);
 }
 
@@ -63,21 +89,29 @@ fn stream_time_follows_a_seek_segment() {
     // Played from 1 s on: stream times stay those of the file.
     init();
     let video = test_video("mkv");
-    let pipeline = gst::parse::launch(&format!("filesrc location={} ! decodebin ! qoemonitor ! fakesink", video.display()))
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! qoemonitor ! fakesink",
+        video.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
     pipeline.set_state(gst::State::Paused).unwrap();
     pipeline.state(gst::ClockTime::from_seconds(10)).0.unwrap();
     pipeline
-        .seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE, gst::ClockTime::from_seconds(1))
+        .seek_simple(
+            gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+            gst::ClockTime::from_seconds(1),
+        )
         .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
     let mut stalls = Vec::new();
     for msg in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
         match msg.view() {
-            gst::MessageView::Element(e) if e.structure().is_some_and(|s| s.name() == "qoe-stall") => {
+            gst::MessageView::Element(e)
+                if e.structure().is_some_and(|s| s.name() == "qoe-stall") =>
+            {
                 stalls.push(e.structure().unwrap().to_owned())
             }
             gst::MessageView::Eos(_) => break,
@@ -87,8 +121,18 @@ fn stream_time_follows_a_seek_segment() {
     }
     pipeline.set_state(gst::State::Null).unwrap();
     assert_eq!(stalls.len(), 2, "{stalls:?}");
-    assert_near("stall start (stream time)", t(&stalls[1], "start"), STALL_START, FRAME);
-    assert_near("stall running time", t(&stalls[1], "running-time"), STALL_START + STALL_DURATION - 1_000 * MS, FRAME);
+    assert_near(
+        "stall start (stream time)",
+        t(&stalls[1], "start"),
+        STALL_START,
+        FRAME,
+    );
+    assert_near(
+        "stall running time",
+        t(&stalls[1], "running-time"),
+        STALL_START + STALL_DURATION - 1_000 * MS,
+        FRAME,
+    );
 }
 
 #[test]
@@ -97,19 +141,42 @@ fn gst_launch_prints_the_messages_as_a_user_sees_them() {
     let plugin_dir = plugin_dir();
     let output = Command::new("gst-launch-1.0")
         .env("GST_PLUGIN_PATH", &plugin_dir)
-        .args(["-m", "filesrc", &format!("location={}", video.display()), "!", "decodebin", "!"])
+        .args([
+            "-m",
+            "filesrc",
+            &format!("location={}", video.display()),
+            "!",
+            "decodebin",
+            "!",
+        ])
         .args(["qoemonitor", "stream-id=lobby-cam", "!", "fakesink"])
         .output()
         .expect("gst-launch-1.0 (Debian package gstreamer1.0-tools)");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "gst-launch failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "gst-launch failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("qoe-")).collect();
     assert!(
-        lines.iter().any(|l| l.contains("qoe-stall, event=(string)start, cause=(string)timestamp-gap")),
+        lines
+            .iter()
+            .any(|l| l.contains("qoe-stall, event=(string)start, cause=(string)timestamp-gap")),
         "{lines:#?}"
     );
-    assert!(lines.iter().any(|l| l.contains("qoe-freeze, event=(string)end")), "{lines:#?}");
-    assert!(lines.iter().all(|l| l.contains("stream-id=(string)lobby-cam")), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("qoe-freeze, event=(string)end")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("stream-id=(string)lobby-cam")),
+        "{lines:#?}"
+    );
     assert!(stdout.contains("Got EOS from element"), "{stdout}");
 }
 
@@ -118,9 +185,38 @@ fn gst_launch_prints_the_messages_as_a_user_sees_them() {
 #[test]
 fn every_accepted_format_is_read_without_conversion() {
     let formats = [
-        "I420", "YV12", "NV12", "NV21", "Y41B", "Y42B", "Y444", "NV16", "NV24", "A420", "GRAY8", "YUY2", "YVYU",
-        "UYVY", "VYUY", "AYUV", "RGB", "BGR", "RGBA", "BGRA", "ARGB", "ABGR", "RGBx", "BGRx", "xRGB", "xBGR",
-        "I420_10LE", "I422_10LE", "Y444_10LE", "I420_12LE", "P010_10LE", "GRAY16_LE",
+        "I420",
+        "YV12",
+        "NV12",
+        "NV21",
+        "Y41B",
+        "Y42B",
+        "Y444",
+        "NV16",
+        "NV24",
+        "A420",
+        "GRAY8",
+        "YUY2",
+        "YVYU",
+        "UYVY",
+        "VYUY",
+        "AYUV",
+        "RGB",
+        "BGR",
+        "RGBA",
+        "BGRA",
+        "ARGB",
+        "ABGR",
+        "RGBx",
+        "BGRx",
+        "xRGB",
+        "xBGR",
+        "I420_10LE",
+        "I422_10LE",
+        "Y444_10LE",
+        "I420_12LE",
+        "P010_10LE",
+        "GRAY16_LE",
     ];
     for format in formats {
         for (pattern, frozen) in [("ball", false), ("colors", true)] {
@@ -129,9 +225,16 @@ fn every_accepted_format_is_read_without_conversion() {
                 "videotestsrc pattern={pattern} num-buffers=45 ! video/x-raw,format={format},width=322,height=242,framerate=30/1 \
                  ! qoemonitor ! fakesink"
             ));
-            let last = named(&messages, "qoe-stats").last().map(|s| (*s).clone()).expect("final stats");
+            let last = named(&messages, "qoe-stats")
+                .last()
+                .map(|s| (*s).clone())
+                .expect("final stats");
             assert_eq!(last.get::<u64>("frames").unwrap(), 45, "{format}");
-            assert_eq!(last.get::<u64>("freezes").unwrap(), frozen as u64, "{format} {pattern}");
+            assert_eq!(
+                last.get::<u64>("freezes").unwrap(),
+                frozen as u64,
+                "{format} {pattern}"
+            );
         }
     }
 }
@@ -144,17 +247,38 @@ fn heavy_compression_still_is_a_freeze_and_motion_is_not() {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("crf40.mkv");
     if !path.exists() {
         let status = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=6"])
-            .args(["-filter_complex", "[0]split[a][b];[a][b]freezeframes=first=60:last=119:replace=59[v]", "-map", "[v]"])
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=640x360:rate=30:duration=6",
+            ])
+            .args([
+                "-filter_complex",
+                "[0]split[a][b];[a][b]freezeframes=first=60:last=119:replace=59[v]",
+                "-map",
+                "[v]",
+            ])
             .args(["-c:v", "libx264", "-crf", "40", "-pix_fmt", "yuv420p"])
             .arg(&path)
             .status()
             .unwrap();
         assert!(status.success());
     }
-    let messages = run(&format!("filesrc location={} ! decodebin ! qoemonitor ! fakesink", path.display()));
+    let messages = run(&format!(
+        "filesrc location={} ! decodebin ! qoemonitor ! fakesink",
+        path.display()
+    ));
     let freezes = named(&messages, "qoe-freeze");
     assert_eq!(freezes.len(), 2, "{freezes:?}");
     assert_near("freeze start", t(freezes[1], "start"), 59 * FRAME, FRAME);
-    assert_near("freeze duration", t(freezes[1], "duration"), 61 * FRAME, 2 * FRAME);
+    assert_near(
+        "freeze duration",
+        t(freezes[1], "duration"),
+        61 * FRAME,
+        2 * FRAME,
+    );
 }

@@ -24,7 +24,11 @@ impl Drop for KillOnDrop {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn get(port: u16, path: &str) -> Option<String> {
@@ -54,7 +58,9 @@ fn query(port: u16, promql: &str) -> Option<f64> {
 #[test]
 fn prometheus_scrapes_the_stream_counters() {
     let Ok(version) = Command::new("prometheus").arg("--version").output() else {
-        panic!("prometheus not installed: run pipelines/install-deps.sh (Debian package prometheus)");
+        panic!(
+            "prometheus not installed: run pipelines/install-deps.sh (Debian package prometheus)"
+        );
     };
     assert!(version.status.success());
 
@@ -69,13 +75,21 @@ fn prometheus_scrapes_the_stream_counters() {
     .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
-    bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos]).expect("EOS");
+    bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos])
+        .expect("EOS");
 
     // Prometheus with the example config, pointed at this process and scraping every second.
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{}", std::process::id()));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("prometheus-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/prometheus.yml")).unwrap();
-    assert!(example.contains("localhost:9464"), "the example config targets the default address");
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/prometheus.yml"),
+    )
+    .unwrap();
+    assert!(
+        example.contains("localhost:9464"),
+        "the example config targets the default address"
+    );
     let config = example
         .replace("localhost:9464", &format!("127.0.0.1:{metrics_port}"))
         .replace("scrape_interval: 5s", "scrape_interval: 1s");
@@ -83,8 +97,14 @@ fn prometheus_scrapes_the_stream_counters() {
     let web_port = free_port();
     let _prometheus = KillOnDrop(
         Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -96,13 +116,23 @@ fn prometheus_scrapes_the_stream_counters() {
     let (mut frames, mut stalls) = (None, None);
     while Instant::now() < deadline && (frames.is_none() || stalls.is_none()) {
         std::thread::sleep(Duration::from_millis(500));
-        frames = query(web_port, "qoe_frames_total{stream=\"prom-e2e\",job=\"gst-qoe\"}");
-        stalls = query(web_port, "qoe_stalls_total{stream=\"prom-e2e\",job=\"gst-qoe\"}");
+        frames = query(
+            web_port,
+            "qoe_frames_total{stream=\"prom-e2e\",job=\"gst-qoe\"}",
+        );
+        stalls = query(
+            web_port,
+            "qoe_stalls_total{stream=\"prom-e2e\",job=\"gst-qoe\"}",
+        );
     }
     let up = query(web_port, "up{job=\"gst-qoe\"}");
     pipeline.set_state(gst::State::Null).unwrap();
     assert_eq!(up, Some(1.0), "Prometheus sees the target up");
-    assert_eq!(frames, Some(VIDEO_FRAMES as f64), "qoe_frames_total in Prometheus");
+    assert_eq!(
+        frames,
+        Some(VIDEO_FRAMES as f64),
+        "qoe_frames_total in Prometheus"
+    );
     assert_eq!(stalls, Some(1.0), "qoe_stalls_total in Prometheus");
     // The example config's extra label made it through.
     let site = query(web_port, "count(qoe_frames_total{site=\"example\"})");

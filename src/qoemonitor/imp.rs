@@ -21,7 +21,11 @@ use crate::metrics::{StreamFigures, StreamMetrics, TextfileLease};
 use crate::stall::{FrameTiming, Nanos, StallEvent, StallTracker};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new("qoemonitor", gst::DebugColorFlags::empty(), Some("Video QoE monitor"))
+    gst::DebugCategory::new(
+        "qoemonitor",
+        gst::DebugColorFlags::empty(),
+        Some("Video QoE monitor"),
+    )
 });
 
 const DEFAULT_STALL_THRESHOLD: gst::ClockTime = gst::ClockTime::from_mseconds(250);
@@ -40,22 +44,40 @@ const METRICS_TICK: Nanos = 500_000_000;
 const FORMATS: &[gst_video::VideoFormat] = {
     use gst_video::VideoFormat::*;
     &[
-        I420, Yv12, Nv12, Nv21, Y41b, Y42b, Y444, Nv16, Nv24, A420, Gray8, Yuy2, Yvyu, Uyvy, Vyuy, Ayuv, Rgb, Bgr,
-        Rgba, Bgra, Argb, Abgr, Rgbx, Bgrx, Xrgb, Xbgr, I42010le, I42210le, Y44410le, I42012le, P01010le, Gray16Le,
+        I420, Yv12, Nv12, Nv21, Y41b, Y42b, Y444, Nv16, Nv24, A420, Gray8, Yuy2, Yvyu, Uyvy, Vyuy,
+        Ayuv, Rgb, Bgr, Rgba, Bgra, Argb, Abgr, Rgbx, Bgrx, Xrgb, Xbgr, I42010le, I42210le,
+        Y44410le, I42012le, P01010le, Gray16Le,
     ]
 };
 
 /// Where luma lives in a frame of `info`'s format: the plane and its layout.
 fn luma_source(info: &gst_video::VideoInfo) -> Option<(u32, LumaLayout)> {
     use gst_video::VideoFormat::*;
-    let rgb = |pixel_stride, r, g, b| LumaLayout::Rgb8 { pixel_stride, r, g, b };
+    let rgb = |pixel_stride, r, g, b| LumaLayout::Rgb8 {
+        pixel_stride,
+        r,
+        g,
+        b,
+    };
     let layout = match info.format() {
         I420 | Yv12 | Nv12 | Nv21 | Y41b | Y42b | Y444 | Nv16 | Nv24 | A420 | Gray8 => {
-            LumaLayout::Luma8 { pixel_stride: 1, offset: 0 }
+            LumaLayout::Luma8 {
+                pixel_stride: 1,
+                offset: 0,
+            }
         }
-        Yuy2 | Yvyu => LumaLayout::Luma8 { pixel_stride: 2, offset: 0 },
-        Uyvy | Vyuy => LumaLayout::Luma8 { pixel_stride: 2, offset: 1 },
-        Ayuv => LumaLayout::Luma8 { pixel_stride: 4, offset: 1 },
+        Yuy2 | Yvyu => LumaLayout::Luma8 {
+            pixel_stride: 2,
+            offset: 0,
+        },
+        Uyvy | Vyuy => LumaLayout::Luma8 {
+            pixel_stride: 2,
+            offset: 1,
+        },
+        Ayuv => LumaLayout::Luma8 {
+            pixel_stride: 4,
+            offset: 1,
+        },
         Rgb => rgb(3, 0, 1, 2),
         Bgr => rgb(3, 2, 1, 0),
         Rgba | Rgbx => rgb(4, 0, 1, 2),
@@ -129,7 +151,12 @@ struct State {
 }
 
 impl State {
-    fn new(stream_id: String, settings: &Settings, metrics: StreamMetrics, textfile: Option<TextfileLease>) -> Self {
+    fn new(
+        stream_id: String,
+        settings: &Settings,
+        metrics: StreamMetrics,
+        textfile: Option<TextfileLease>,
+    ) -> Self {
         State {
             stream_id,
             stats_interval: Some(settings.stats_interval.nseconds()).filter(|i| *i > 0),
@@ -138,7 +165,10 @@ impl State {
             frame_period: None,
             segment: gst::FormattedSegment::new(),
             stall: StallTracker::new(settings.stall_threshold.nseconds()),
-            freeze: FreezeDetector::new(settings.freeze_threshold, settings.freeze_min_duration.nseconds()),
+            freeze: FreezeDetector::new(
+                settings.freeze_threshold,
+                settings.freeze_min_duration.nseconds(),
+            ),
             playing: false,
             next_stats: None,
             clock_wait: None,
@@ -166,7 +196,9 @@ impl State {
 
     fn stream_time(&self, running_time: Nanos) -> Option<gst::ClockTime> {
         let rt = gst::ClockTime::from_nseconds(running_time);
-        self.segment.position_from_running_time(rt).and_then(|pos| self.segment.to_stream_time(pos))
+        self.segment
+            .position_from_running_time(rt)
+            .and_then(|pos| self.segment.to_stream_time(pos))
     }
 
     /// The message for a stall event; also records it in the metrics.
@@ -263,9 +295,13 @@ impl QoeMonitor {
         if !state.playing || state.clock_wait.is_some() {
             return;
         }
-        let Some(deadline) = state.stall.arrival_deadline() else { return };
+        let Some(deadline) = state.stall.arrival_deadline() else {
+            return;
+        };
         let obj = self.obj();
-        let (Some(clock), Some(base_time)) = (obj.clock(), obj.base_time()) else { return };
+        let (Some(clock), Some(base_time)) = (obj.clock(), obj.base_time()) else {
+            return;
+        };
         let id = clock.new_single_shot_id(base_time + gst::ClockTime::from_nseconds(deadline));
         state.wait_generation += 1;
         let generation = state.wait_generation;
@@ -277,7 +313,11 @@ impl QoeMonitor {
         });
         match scheduled {
             Ok(_) => state.clock_wait = Some(id),
-            Err(err) => gst::warning!(CAT, imp = self, "Cannot wait on the clock for late frames: {err:?}"),
+            Err(err) => gst::warning!(
+                CAT,
+                imp = self,
+                "Cannot wait on the clock for late frames: {err:?}"
+            ),
         }
     }
 
@@ -294,7 +334,9 @@ impl QoeMonitor {
             if !state.playing {
                 return;
             }
-            let Some(base_time) = self.obj().base_time() else { return };
+            let Some(base_time) = self.obj().base_time() else {
+                return;
+            };
             let now = clock_time.saturating_sub(base_time).nseconds();
             if let Some(event) = state.stall.on_clock(now) {
                 gst::debug!(CAT, imp = self, "Late-arrival stall: {event:?}");
@@ -318,14 +360,34 @@ impl QoeMonitor {
         self.obj().sink_pad().peer_query(&mut query) && query.result().0
     }
 
-    fn observe_frame(&self, state: &mut State, buffer: &gst::BufferRef, messages: &mut Vec<gst::Structure>) {
-        let arrival = if state.playing { self.obj().current_running_time().map(|t| t.nseconds()) } else { None };
-        let pts = buffer.pts().and_then(|pts| state.segment.to_running_time(pts)).map(|t| t.nseconds());
+    fn observe_frame(
+        &self,
+        state: &mut State,
+        buffer: &gst::BufferRef,
+        messages: &mut Vec<gst::Structure>,
+    ) {
+        let arrival = if state.playing {
+            self.obj().current_running_time().map(|t| t.nseconds())
+        } else {
+            None
+        };
+        let pts = buffer
+            .pts()
+            .and_then(|pts| state.segment.to_running_time(pts))
+            .map(|t| t.nseconds());
         if pts.is_none() && !state.warned_no_timestamp {
             state.warned_no_timestamp = true;
-            gst::warning!(CAT, imp = self, "Buffer without a timestamp: timing uses arrival time");
+            gst::warning!(
+                CAT,
+                imp = self,
+                "Buffer without a timestamp: timing uses arrival time"
+            );
         }
-        let timing = FrameTiming { pts, duration: buffer.duration().map(|d| d.nseconds()), arrival };
+        let timing = FrameTiming {
+            pts,
+            duration: buffer.duration().map(|d| d.nseconds()),
+            arrival,
+        };
         for event in state.stall.on_frame(timing) {
             messages.push(state.stall_message(event));
         }
@@ -349,18 +411,32 @@ impl QoeMonitor {
         self.schedule_arrival_check(state);
     }
 
-    fn detect_freeze(&self, state: &mut State, buffer: &gst::BufferRef, time: Nanos, messages: &mut Vec<gst::Structure>) {
-        let (Some(info), Some((plane, layout))) = (state.info.as_ref(), state.luma) else { return };
+    fn detect_freeze(
+        &self,
+        state: &mut State,
+        buffer: &gst::BufferRef,
+        time: Nanos,
+        messages: &mut Vec<gst::Structure>,
+    ) {
+        let (Some(info), Some((plane, layout))) = (state.info.as_ref(), state.luma) else {
+            return;
+        };
         let frame = match gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info) {
             Ok(frame) => frame,
             Err(_) => {
                 if !std::mem::replace(&mut state.warned_unreadable, true) {
-                    gst::warning!(CAT, imp = self, "Cannot map a frame for reading; freeze detection skips it");
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "Cannot map a frame for reading; freeze detection skips it"
+                    );
                 }
                 return;
             }
         };
-        let Ok(data) = frame.plane_data(plane) else { return };
+        let Ok(data) = frame.plane_data(plane) else {
+            return;
+        };
         let luma = LumaPlane {
             data,
             width: frame.width() as usize,
@@ -368,13 +444,20 @@ impl QoeMonitor {
             stride: frame.plane_stride()[plane as usize] as usize,
             layout,
         };
-        let shown_for = state.frame_period.or(buffer.duration().map(|d| d.nseconds())).unwrap_or(0);
+        let shown_for = state
+            .frame_period
+            .or(buffer.duration().map(|d| d.nseconds()))
+            .unwrap_or(0);
         match state.freeze.observe(time, shown_for, &luma) {
             Ok(Some(event)) => messages.push(state.freeze_message(event)),
             Ok(None) => {}
             Err(err) => {
                 if !std::mem::replace(&mut state.warned_unreadable, true) {
-                    gst::warning!(CAT, imp = self, "Frame unreadable for freeze detection: {err}");
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "Frame unreadable for freeze detection: {err}"
+                    );
                 }
             }
         }
@@ -385,7 +468,10 @@ impl QoeMonitor {
 fn frame_period(info: &gst_video::VideoInfo) -> Option<Nanos> {
     let fps = info.fps();
     (fps.numer() > 0 && fps.denom() > 0).then(|| {
-        gst::ClockTime::SECOND.mul_div_round(fps.denom() as u64, fps.numer() as u64).unwrap_or(gst::ClockTime::ZERO).nseconds()
+        gst::ClockTime::SECOND
+            .mul_div_round(fps.denom() as u64, fps.numer() as u64)
+            .unwrap_or(gst::ClockTime::ZERO)
+            .nseconds()
     })
 }
 
@@ -467,18 +553,24 @@ impl ObjectImpl for QoeMonitor {
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut settings = self.settings.lock().unwrap();
         let mut state = self.lock_state();
-        let ns = |v: &glib::Value| gst::ClockTime::from_nseconds(v.get().expect("type checked upstream"));
+        let ns = |v: &glib::Value| {
+            gst::ClockTime::from_nseconds(v.get().expect("type checked upstream"))
+        };
         // Detection settings also apply at once to a running stream; the stream's identity and
         // its outputs are taken when it starts.
         match pspec.name() {
             "stream-id" => settings.stream_id = value.get().expect("type checked upstream"),
-            "metrics-address" => settings.metrics_address = value.get().expect("type checked upstream"),
+            "metrics-address" => {
+                settings.metrics_address = value.get().expect("type checked upstream")
+            }
             "metrics-file" => settings.metrics_file = value.get().expect("type checked upstream"),
             "metrics-file-interval" => settings.metrics_file_interval = ns(value),
             "stall-threshold" => {
                 settings.stall_threshold = ns(value);
                 if let Some(state) = state.as_mut() {
-                    state.stall.set_threshold(settings.stall_threshold.nseconds());
+                    state
+                        .stall
+                        .set_threshold(settings.stall_threshold.nseconds());
                 }
             }
             "freeze-threshold" => {
@@ -490,13 +582,16 @@ impl ObjectImpl for QoeMonitor {
             "freeze-min-duration" => {
                 settings.freeze_min_duration = ns(value);
                 if let Some(state) = state.as_mut() {
-                    state.freeze.set_min_duration(settings.freeze_min_duration.nseconds());
+                    state
+                        .freeze
+                        .set_min_duration(settings.freeze_min_duration.nseconds());
                 }
             }
             "stats-interval" => {
                 settings.stats_interval = ns(value);
                 if let Some(state) = state.as_mut() {
-                    state.stats_interval = Some(settings.stats_interval.nseconds()).filter(|i| *i > 0);
+                    state.stats_interval =
+                        Some(settings.stats_interval.nseconds()).filter(|i| *i > 0);
                     state.next_stats = None;
                 }
             }
@@ -507,7 +602,11 @@ impl ObjectImpl for QoeMonitor {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
-            "stream-id" => settings.stream_id.clone().unwrap_or_else(|| self.obj().name().to_string()).to_value(),
+            "stream-id" => settings
+                .stream_id
+                .clone()
+                .unwrap_or_else(|| self.obj().name().to_string())
+                .to_value(),
             "stall-threshold" => settings.stall_threshold.nseconds().to_value(),
             "freeze-threshold" => settings.freeze_threshold.to_value(),
             "freeze-min-duration" => settings.freeze_min_duration.nseconds().to_value(),
@@ -518,7 +617,10 @@ impl ObjectImpl for QoeMonitor {
             "stats" => {
                 drop(settings);
                 let now = self.obj().current_running_time().map(|t| t.nseconds());
-                self.lock_state().as_ref().map(|state| state.stats(now)).to_value()
+                self.lock_state()
+                    .as_ref()
+                    .map(|state| state.stats(now))
+                    .to_value()
             }
             other => unimplemented!("property {other}"),
         }
@@ -542,16 +644,33 @@ impl ElementImpl for QoeMonitor {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst_video::VideoCapsBuilder::new().format_list(FORMATS.iter().copied()).build();
+            let caps = gst_video::VideoCapsBuilder::new()
+                .format_list(FORMATS.iter().copied())
+                .build();
             vec![
-                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &caps).unwrap(),
-                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &caps).unwrap(),
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .unwrap(),
             ]
         });
         TEMPLATES.as_ref()
     }
 
-    fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         if transition == gst::StateChange::PlayingToPaused {
             if let Some(state) = self.lock_state().as_mut() {
                 state.playing = false;
@@ -582,13 +701,17 @@ impl ElementImpl for QoeMonitor {
 }
 
 impl BaseTransformImpl for QoeMonitor {
-    const MODE: gst_base::subclass::BaseTransformMode = gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
     const PASSTHROUGH_ON_SAME_CAPS: bool = true;
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = true;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        let stream_id = settings.stream_id.clone().unwrap_or_else(|| self.obj().name().to_string());
+        let stream_id = settings
+            .stream_id
+            .clone()
+            .unwrap_or_else(|| self.obj().name().to_string());
         let mut metrics = match self.parked_metrics.lock().unwrap().take() {
             Some(parked) if parked.stream() == stream_id => parked,
             Some(parked) => {
@@ -602,14 +725,23 @@ impl BaseTransformImpl for QoeMonitor {
             // A failure here must not stop the stream: warn and go on without the endpoint.
             match crate::metrics::serve(address) {
                 Ok(bound) => gst::info!(CAT, imp = self, "Metrics at http://{bound}/metrics"),
-                Err(err) => gst::element_imp_warning!(self, gst::ResourceError::OpenWrite, ["Metrics endpoint not opened: {}", err]),
+                Err(err) => gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::OpenWrite,
+                    ["Metrics endpoint not opened: {}", err]
+                ),
             }
         }
         let textfile = settings.metrics_file.as_ref().and_then(|path| {
-            let interval = std::time::Duration::from_nanos(settings.metrics_file_interval.nseconds());
+            let interval =
+                std::time::Duration::from_nanos(settings.metrics_file_interval.nseconds());
             crate::metrics::textfile(std::path::Path::new(path), interval)
                 .inspect_err(|err| {
-                    gst::element_imp_warning!(self, gst::ResourceError::OpenWrite, ["Metrics file {} not written: {}", path, err])
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::OpenWrite,
+                        ["Metrics file {} not written: {}", path, err]
+                    )
                 })
                 .ok()
         });
@@ -630,11 +762,16 @@ impl BaseTransformImpl for QoeMonitor {
     fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
         let info = gst_video::VideoInfo::from_caps(incaps)
             .map_err(|_| gst::loggable_error!(CAT, "Cannot read video caps {incaps}"))?;
-        let luma = luma_source(&info)
-            .ok_or_else(|| gst::loggable_error!(CAT, "Format {} has no readable luma", info.format()))?;
+        let luma = luma_source(&info).ok_or_else(|| {
+            gst::loggable_error!(CAT, "Format {} has no readable luma", info.format())
+        })?;
         let mut messages = Vec::new();
         if let Some(state) = self.lock_state().as_mut() {
-            if state.info.as_ref().is_some_and(|old| old.width() != info.width() || old.height() != info.height() || old.format() != info.format()) {
+            if state.info.as_ref().is_some_and(|old| {
+                old.width() != info.width()
+                    || old.height() != info.height()
+                    || old.format() != info.format()
+            }) {
                 // A new picture shape: the old reference cannot be compared with.
                 if let Some(event) = state.freeze.reset() {
                     messages.push(state.freeze_message(event));
@@ -656,12 +793,19 @@ impl BaseTransformImpl for QoeMonitor {
             match event.view() {
                 EventView::Segment(e) => match e.segment().downcast_ref::<gst::ClockTime>() {
                     Some(segment) => state.segment = segment.clone(),
-                    None => gst::warning!(CAT, imp = self, "Segment not in time format; timestamps read as running time"),
+                    None => gst::warning!(
+                        CAT,
+                        imp = self,
+                        "Segment not in time format; timestamps read as running time"
+                    ),
                 },
                 EventView::Gap(e) => {
                     let (ts, duration) = e.get();
                     if let Some(rt) = state.segment.to_running_time(ts) {
-                        if let Some(ev) = state.stall.on_gap(rt.nseconds(), duration.map(|d| d.nseconds())) {
+                        if let Some(ev) = state
+                            .stall
+                            .on_gap(rt.nseconds(), duration.map(|d| d.nseconds()))
+                        {
                             messages.push(state.stall_message(ev));
                         }
                     }
@@ -700,10 +844,16 @@ impl BaseTransformImpl for QoeMonitor {
         self.parent_sink_event(event)
     }
 
-    fn transform_ip_passthrough(&self, buf: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+    fn transform_ip_passthrough(
+        &self,
+        buf: &gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let mut messages = Vec::new();
         // Upstream is asked with no lock held.
-        let live = self.check_live.swap(false, Ordering::SeqCst).then(|| self.upstream_is_live());
+        let live = self
+            .check_live
+            .swap(false, Ordering::SeqCst)
+            .then(|| self.upstream_is_live());
         if let Some(state) = self.lock_state().as_mut() {
             if let Some(live) = live {
                 gst::debug!(CAT, imp = self, "Upstream live: {live}");

@@ -33,12 +33,20 @@ pub fn plugin_dir() -> PathBuf {
     // gst-launch-1.0 that has it mapped crashes that process.
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
-        let built = [deps.join("libgstqoe.so"), deps.parent().unwrap().join("libgstqoe.so")]
-            .into_iter()
-            .find(|p| p.exists())
-            .expect("libgstqoe.so built by cargo next to the test binary");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("plugin-{}", std::process::id()));
+        let deps = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let built = [
+            deps.join("libgstqoe.so"),
+            deps.parent().unwrap().join("libgstqoe.so"),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("libgstqoe.so built by cargo next to the test binary");
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("plugin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let tmp = dir.join("libgstqoe.so.tmp");
         std::fs::copy(&built, &tmp).unwrap();
@@ -51,7 +59,10 @@ pub fn plugin_dir() -> PathBuf {
 /// Runs `pipeline` to EOS and returns the `qoe-*` element messages in bus order.
 pub fn run(description: &str) -> Vec<gst::Structure> {
     init();
-    let pipeline = gst::parse::launch(description).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let pipeline = gst::parse::launch(description)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
     let bus = pipeline.bus().unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut messages = Vec::new();
@@ -76,11 +87,15 @@ pub fn named<'a>(messages: &'a [gst::Structure], name: &str) -> Vec<&'a gst::Str
 }
 
 pub fn t(s: &gst::Structure, field: &str) -> u64 {
-    s.get::<u64>(field).unwrap_or_else(|e| panic!("{field} in {s}: {e}"))
+    s.get::<u64>(field)
+        .unwrap_or_else(|e| panic!("{field} in {s}: {e}"))
 }
 
 pub fn assert_near(what: &str, got: u64, want: u64, tolerance: u64) {
-    assert!(got.abs_diff(want) <= tolerance, "{what}: got {got} ns, want {want} ns ± {tolerance}");
+    assert!(
+        got.abs_diff(want) <= tolerance,
+        "{what}: got {got} ns, want {want} ns ± {tolerance}"
+    );
 }
 
 /// Where the stall and freeze are in the test video, in nanoseconds of stream time.
@@ -101,9 +116,26 @@ pub fn test_video(container: &str) -> PathBuf {
                   setpts='PTS+if(gte(N,60),1.5/TB,0)'[v]";
     let tmp = path.with_extension(format!("part.{container}"));
     let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=8"])
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=30:duration=8",
+        ])
         .args(["-filter_complex", filter, "-map", "[v]"])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-bf", "0", "-fps_mode", "passthrough"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-bf",
+            "0",
+            "-fps_mode",
+            "passthrough",
+        ])
         .args(["-video_track_timescale", "90000"])
         .arg(&tmp)
         .status()
