@@ -40,8 +40,7 @@ fn get(port: u16, path: &str) -> Option<String> {
     Some(out)
 }
 
-/// The single value of an instant query, once Prometheus has one.
-fn query(port: u16, promql: &str) -> Option<f64> {
+fn api_query(port: u16, promql: &str) -> Option<String> {
     let encoded: String = promql
         .bytes()
         .map(|b| match b {
@@ -49,7 +48,12 @@ fn query(port: u16, promql: &str) -> Option<f64> {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let body = get(port, &format!("/api/v1/query?query={encoded}"))?;
+    get(port, &format!("/api/v1/query?query={encoded}"))
+}
+
+/// The single value of an instant query, once Prometheus has one.
+fn query(port: u16, promql: &str) -> Option<f64> {
+    let body = api_query(port, promql)?;
     // {"status":"success","data":{"resultType":"vector","result":[{"metric":{…},"value":[t,"240"]}]}}
     let value = body.split("\"value\":[").nth(1)?;
     value.split('"').nth(1)?.parse().ok()
@@ -137,4 +141,45 @@ fn prometheus_scrapes_the_stream_counters() {
     // The example config's extra label made it through.
     let site = query(web_port, "count(qoe_frames_total{site=\"example\"})");
     assert_eq!(site, Some(1.0));
+
+    // Every query of the Grafana dashboard is valid PromQL to this Prometheus.
+    for expr in dashboard_queries() {
+        let promql = expr.replace("$stream", ".*").replace("$__rate_interval", "1m").replace("$__interval", "1m");
+        let answer = api_query(web_port, &promql).unwrap();
+        assert!(answer.contains("\"status\":\"success\""), "dashboard query {expr} rejected: {answer}");
+    }
+}
+
+/// The PromQL expressions in the Grafana dashboard (panels and annotations).
+fn dashboard_queries() -> Vec<String> {
+    let json = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/grafana-dashboard.json"))
+        .unwrap();
+    json.split("\"expr\": \"")
+        .skip(1)
+        .map(|rest| {
+            let end = rest.find("\",\n").or_else(|| rest.find("\"\n")).expect("expr string ends the line");
+            rest[..end].replace("\\\"", "\"").replace("\\\\", "\\")
+        })
+        .collect()
+}
+
+#[test]
+fn dashboard_names_only_exported_metrics() {
+    let exported = gstqoe::metrics::families().names();
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 10, "{queries:?}");
+    let mut used = std::collections::BTreeSet::new();
+    for q in &queries {
+        for (i, _) in q.match_indices("qoe_") {
+            let name: String = q[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let family = ["_bucket", "_sum", "_count"].iter().fold(name.clone(), |n, suffix| {
+                n.strip_suffix(suffix).filter(|base| exported.iter().any(|e| e == base)).map(str::to_owned).unwrap_or(n)
+            });
+            assert!(exported.contains(&family), "dashboard uses {name}, which is not exported ({exported:?})");
+            used.insert(family);
+        }
+    }
+    // The dashboard shows every family.
+    let unused: Vec<_> = exported.iter().filter(|e| !used.contains(*e)).collect();
+    assert!(unused.iter().all(|u| *u == "qoe_execution_provider_info"), "not on the dashboard: {unused:?}");
 }
