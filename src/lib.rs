@@ -11,6 +11,7 @@ use gst::glib;
 pub mod freeze;
 pub mod metrics;
 pub mod qoemonitor;
+pub mod report;
 pub mod stall;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

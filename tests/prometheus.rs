@@ -144,20 +144,31 @@ fn prometheus_scrapes_the_stream_counters() {
 
     // Every query of the Grafana dashboard is valid PromQL to this Prometheus.
     for expr in dashboard_queries() {
-        let promql = expr.replace("$stream", ".*").replace("$__rate_interval", "1m").replace("$__interval", "1m");
+        let promql = expr
+            .replace("$stream", ".*")
+            .replace("$__rate_interval", "1m")
+            .replace("$__interval", "1m");
         let answer = api_query(web_port, &promql).unwrap();
-        assert!(answer.contains("\"status\":\"success\""), "dashboard query {expr} rejected: {answer}");
+        assert!(
+            answer.contains("\"status\":\"success\""),
+            "dashboard query {expr} rejected: {answer}"
+        );
     }
 }
 
 /// The PromQL expressions in the Grafana dashboard (panels and annotations).
 fn dashboard_queries() -> Vec<String> {
-    let json = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/grafana-dashboard.json"))
-        .unwrap();
+    let json = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/grafana-dashboard.json"),
+    )
+    .unwrap();
     json.split("\"expr\": \"")
         .skip(1)
         .map(|rest| {
-            let end = rest.find("\",\n").or_else(|| rest.find("\"\n")).expect("expr string ends the line");
+            let end = rest
+                .find("\",\n")
+                .or_else(|| rest.find("\"\n"))
+                .expect("expr string ends the line");
             rest[..end].replace("\\\"", "\"").replace("\\\\", "\\")
         })
         .collect()
@@ -171,15 +182,29 @@ fn dashboard_names_only_exported_metrics() {
     let mut used = std::collections::BTreeSet::new();
     for q in &queries {
         for (i, _) in q.match_indices("qoe_") {
-            let name: String = q[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            let family = ["_bucket", "_sum", "_count"].iter().fold(name.clone(), |n, suffix| {
-                n.strip_suffix(suffix).filter(|base| exported.iter().any(|e| e == base)).map(str::to_owned).unwrap_or(n)
-            });
-            assert!(exported.contains(&family), "dashboard uses {name}, which is not exported ({exported:?})");
+            let name: String = q[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(name.clone(), |n, suffix| {
+                    n.strip_suffix(suffix)
+                        .filter(|base| exported.iter().any(|e| e == base))
+                        .map(str::to_owned)
+                        .unwrap_or(n)
+                });
+            assert!(
+                exported.contains(&family),
+                "dashboard uses {name}, which is not exported ({exported:?})"
+            );
             used.insert(family);
         }
     }
     // The dashboard shows every family.
     let unused: Vec<_> = exported.iter().filter(|e| !used.contains(*e)).collect();
-    assert!(unused.iter().all(|u| *u == "qoe_execution_provider_info"), "not on the dashboard: {unused:?}");
+    assert!(
+        unused.iter().all(|u| *u == "qoe_execution_provider_info"),
+        "not on the dashboard: {unused:?}"
+    );
 }

@@ -12,7 +12,13 @@ meson compile -C "$scratch/build" >/dev/null
 meson install -C "$scratch/build" >/dev/null
 plugin=$(find "$scratch/prefix" -name libgstqoe.so)
 GST_PLUGIN_PATH=$(dirname "$plugin") GST_REGISTRY="$scratch/registry.bin" gst-inspect-1.0 qoemonitor >/dev/null
-echo "meson install: ok ($plugin)"
+"$scratch/prefix/bin/qoe-probe" --help >/dev/null
+echo "meson install: ok ($plugin, $scratch/prefix/bin/qoe-probe)"
+
+if cargo fmt --version >/dev/null 2>&1; then
+  echo "== cargo fmt --check"
+  cargo fmt --check
+fi
 
 echo "== cargo: benches compile"
 cargo build --benches --quiet

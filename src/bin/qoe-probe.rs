@@ -1,0 +1,592 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `qoe-probe`: watch a file or URI with `qoemonitor`, no pipeline writing needed.
+//!
+//! Plays the input through `uridecodebin ! videoconvert ! qoemonitor ! fakesink`, prints one
+//! line per stall or freeze event (or JSON lines with `--json`), shows progress on files, and
+//! ends with a summary. Exits 1 when the input cannot be opened or decoded, 2 on bad usage.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gstqoe::report::{Span, Timeline};
+
+const USAGE: &str = "\
+usage: qoe-probe <file|URI> [options]
+
+Watches a video with the qoemonitor element and reports playback stalls and content
+freezes, then a summary.
+
+options:
+  --json                   one JSON object per line on stdout instead of text
+  --realtime               play at real speed (as a viewer would; needed for live-like
+                           monitoring of network streams); default: as fast as it decodes
+  --metrics-address ADDR   serve Prometheus metrics on ADDR (host:port) while running
+  --stream-id ID           name of the stream in messages and metrics (default: input name)
+  --report FILE.svg        draw the timeline (stalls, freezes, score) as an SVG picture
+  --stall-threshold MS     lateness in milliseconds that counts as a stall (default 250)
+  --bundle DIR             model bundle for quality scores (not available yet)
+  -h, --help               this text
+
+Ctrl-C ends the run early and still prints the summary.";
+
+#[derive(Debug, Default)]
+struct Options {
+    input: String,
+    json: bool,
+    realtime: bool,
+    metrics_address: Option<String>,
+    stream_id: Option<String>,
+    report: Option<PathBuf>,
+    stall_threshold_ms: Option<u64>,
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+    let mut o = Options::default();
+    let mut args = args.into_iter();
+    let mut input = None;
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "-h" | "--help" => return Err(String::new()),
+            "--json" => o.json = true,
+            "--realtime" => o.realtime = true,
+            "--metrics-address" => o.metrics_address = Some(value("--metrics-address")?),
+            "--stream-id" => o.stream_id = Some(value("--stream-id")?),
+            "--report" => {
+                let path = PathBuf::from(value("--report")?);
+                if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+                    return Err(format!(
+                        "--report {}: only .svg reports are supported",
+                        path.display()
+                    ));
+                }
+                o.report = Some(path);
+            }
+            "--stall-threshold" => {
+                let v = value("--stall-threshold")?;
+                o.stall_threshold_ms = Some(v.parse().ok().filter(|ms| *ms > 0).ok_or(format!(
+                    "--stall-threshold {v}: not a positive number of ms"
+                ))?);
+            }
+            "--bundle" => {
+                let dir = value("--bundle")?;
+                return Err(format!(
+                    "--bundle {dir}: quality scoring is not available yet (model bundles are still to come); \
+                     run without --bundle to monitor stalls and freezes"
+                ));
+            }
+            other if other.starts_with('-') && other.len() > 1 => {
+                return Err(format!("unknown option {other}"));
+            }
+            other => {
+                if input.replace(other.to_owned()).is_some() {
+                    return Err("only one input, please".into());
+                }
+            }
+        }
+    }
+    o.input = input.ok_or("no input given")?;
+    Ok(o)
+}
+
+/// A URI for `input`, which is a URI already or a path to an existing file.
+fn input_uri(input: &str) -> Result<String, String> {
+    let scheme = input.split_once("://").map(|(scheme, _)| scheme);
+    if scheme.is_some_and(|s| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    }) {
+        return Ok(input.to_owned());
+    }
+    let path = Path::new(input);
+    if !path.exists() {
+        return Err(format!("cannot open {input}: no such file"));
+    }
+    let absolute = std::fs::canonicalize(path).map_err(|e| format!("cannot open {input}: {e}"))?;
+    gst::glib::filename_to_uri(&absolute, None)
+        .map(|u| u.to_string())
+        .map_err(|e| format!("cannot open {input}: {e}"))
+}
+
+fn default_stream_id(input: &str) -> String {
+    let tail = input
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(input);
+    let stem = tail.split(['?', '#']).next().unwrap_or(tail);
+    let stem = Path::new(stem)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("probe");
+    if stem.is_empty() {
+        "probe".into()
+    } else {
+        stem.to_owned()
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 * 1e-9
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+struct Progress {
+    tty: bool,
+    last: Instant,
+    last_decile: i64,
+    shown: bool,
+}
+
+impl Progress {
+    fn update(&mut self, pipeline: &gst::Pipeline) {
+        if self.last.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        self.last = Instant::now();
+        let (Some(position), Some(duration)) = (
+            pipeline.query_position::<gst::ClockTime>(),
+            pipeline.query_duration::<gst::ClockTime>(),
+        ) else {
+            return; // live or unknown length: no progress to show
+        };
+        if duration.is_zero() {
+            return;
+        }
+        let fraction = (position.nseconds() as f64 / duration.nseconds() as f64).clamp(0.0, 1.0);
+        let line = format!(
+            "progress {:3.0}%  {:.1} / {:.1} s",
+            fraction * 100.0,
+            secs(position.nseconds()),
+            secs(duration.nseconds())
+        );
+        if self.tty {
+            eprint!("\r{line}  ");
+            self.shown = true;
+        } else {
+            let decile = (fraction * 10.0) as i64;
+            if decile > self.last_decile {
+                self.last_decile = decile;
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r{:60}\r", "");
+            self.shown = false;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // Output piped into `head` and closed early: end quietly, as Unix tools do.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("qoe-probe: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qoe-probe: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The pipeline, its monitor, and whether a video stream got linked to it.
+type Built = (gst::Pipeline, gst::Element, Arc<AtomicBool>);
+
+fn build(options: &Options, uri: &str, stream_id: &str) -> Result<Built, String> {
+    gst::init().map_err(|e| format!("cannot start GStreamer: {e}"))?;
+    gstqoe::plugin_register_static().map_err(|e| format!("cannot register qoemonitor: {e}"))?;
+    let make = |factory: &str| {
+        gst::ElementFactory::make(factory).build().map_err(|_| {
+            format!("GStreamer element {factory} is missing (install gstreamer1.0-plugins-base)")
+        })
+    };
+    let pipeline = gst::Pipeline::new();
+    let source = make("uridecodebin")?;
+    source.set_property("uri", uri);
+    let convert = make("videoconvert")?;
+    let monitor = make("qoemonitor")?;
+    monitor.set_property("stream-id", stream_id);
+    monitor.set_property("stats-interval", 0u64);
+    if let Some(address) = &options.metrics_address {
+        monitor.set_property("metrics-address", address);
+    }
+    if let Some(ms) = options.stall_threshold_ms {
+        monitor.set_property("stall-threshold", ms * 1_000_000);
+    }
+    let sink = make("fakesink")?;
+    sink.set_property("sync", options.realtime);
+    pipeline
+        .add_many([&source, &convert, &monitor, &sink])
+        .unwrap();
+    gst::Element::link_many([&convert, &monitor, &sink])
+        .map_err(|e| format!("cannot link the pipeline: {e}"))?;
+    let convert_sink = convert.static_pad("sink").unwrap();
+    let video_linked = Arc::new(AtomicBool::new(false));
+    let linked = video_linked.clone();
+    source.connect_pad_added(move |_, pad| {
+        let is_video = pad
+            .current_caps()
+            .or_else(|| Some(pad.query_caps(None)))
+            .and_then(|caps| caps.structure(0).map(|s| s.name().starts_with("video/")))
+            .unwrap_or(false);
+        // The first video stream is watched; audio and further streams are left unlinked.
+        if is_video && !convert_sink.is_linked() && pad.link(&convert_sink).is_ok() {
+            linked.store(true, Ordering::SeqCst);
+        }
+    });
+    Ok((pipeline, monitor, video_linked))
+}
+
+/// Everything a run reports, gathered from the monitor's messages.
+#[derive(Default)]
+struct Run {
+    stalls: Vec<Span>,
+    freezes: Vec<Span>,
+    end: f64,
+    last_stats: Option<gst::Structure>,
+}
+
+fn run(options: &Options) -> Result<(), String> {
+    let uri = input_uri(&options.input)?;
+    let stream_id = options
+        .stream_id
+        .clone()
+        .unwrap_or_else(|| default_stream_id(&options.input));
+    let (pipeline, monitor, video_linked) = build(options, &uri, &stream_id)?;
+    let bus = pipeline.bus().unwrap();
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+
+    pipeline.set_state(gst::State::Playing).map_err(|_| {
+        let detail = bus
+            .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+            .map(|m| match m.view() {
+                gst::MessageView::Error(e) => e.error().to_string(),
+                _ => unreachable!(),
+            })
+            .unwrap_or_else(|| "the pipeline would not start".into());
+        format!("cannot play {}: {detail}", options.input)
+    })?;
+    if !options.json {
+        println!("watching {} as stream '{stream_id}'", options.input);
+        if let Some(address) = &options.metrics_address {
+            println!("metrics at http://{address}/metrics");
+        }
+    }
+
+    let mut progress = Progress {
+        tty: std::io::stderr().is_terminal() && !options.json,
+        last: Instant::now(),
+        last_decile: 0,
+        shown: false,
+    };
+    let mut result = Run::default();
+    let mut eos_sent = false;
+    let outcome = loop {
+        if INTERRUPTED.load(Ordering::SeqCst) && !eos_sent {
+            eos_sent = true;
+            pipeline.send_event(gst::event::Eos::new());
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else {
+            progress.update(&pipeline);
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Error(e) => {
+                if !video_linked.load(Ordering::SeqCst)
+                    && e.error().matches(gst::StreamError::Failed)
+                {
+                    // Nothing reached the monitor: the demuxer had no video stream to give.
+                    break Err(format!(
+                        "no video stream in {} ({})",
+                        options.input,
+                        e.error()
+                    ));
+                }
+                let debug = e.debug().map(|d| format!(" ({d})")).unwrap_or_default();
+                break Err(format!(
+                    "cannot decode {}: {}{debug}",
+                    options.input,
+                    e.error()
+                ));
+            }
+            gst::MessageView::Warning(w) if !options.json => {
+                progress.clear();
+                eprintln!("qoe-probe: warning: {}", w.error());
+            }
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure().filter(|s| s.name().starts_with("qoe-")) {
+                    progress.clear();
+                    report_event(options, s, &mut result);
+                }
+            }
+            _ => {}
+        }
+        progress.update(&pipeline);
+    };
+    progress.clear();
+    let stats = monitor.property::<Option<gst::Structure>>("stats");
+    pipeline
+        .set_state(gst::State::Null)
+        .map_err(|_| "cannot stop the pipeline".to_string())?;
+    outcome?;
+    let stats = result
+        .last_stats
+        .clone()
+        .or(stats)
+        .ok_or("no statistics were gathered")?;
+    let frames = stats.get::<u64>("frames").unwrap_or(0);
+    if frames == 0 {
+        return Err(format!(
+            "no video frames decoded from {} (no video stream?)",
+            options.input
+        ));
+    }
+    let summary = summary_lines(&stats, &result);
+    if options.json {
+        println!("{}", summary_json(&stats, &stream_id));
+    } else {
+        println!("summary:");
+        for line in &summary {
+            println!("  {line}");
+        }
+    }
+    if let Some(path) = &options.report {
+        let timeline = Timeline {
+            title: format!("qoe-probe: {stream_id}"),
+            duration: result
+                .end
+                .max(secs(stats.get::<u64>("stream-time").unwrap_or(0))),
+            stalls: result.stalls.clone(),
+            freezes: result.freezes.clone(),
+            scores: Vec::new(),
+            no_scores_reason: Some(
+                "quality not scored: model bundles are not available yet".into(),
+            ),
+            summary,
+        };
+        std::fs::write(path, timeline.svg())
+            .map_err(|e| format!("cannot write report {}: {e}", path.display()))?;
+        if !options.json {
+            println!("report written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn report_event(options: &Options, s: &gst::StructureRef, run: &mut Run) {
+    let time = |field: &str| {
+        s.get::<u64>(field)
+            .ok()
+            .filter(|t| *t != u64::MAX)
+            .map(secs)
+    };
+    if let Some(t) = time("stream-time") {
+        run.end = run.end.max(t);
+    }
+    let kind = match s.name().as_str() {
+        "qoe-stall" => "stall",
+        "qoe-freeze" => "freeze",
+        "qoe-stats" => {
+            run.last_stats = Some(s.to_owned());
+            return;
+        }
+        _ => return,
+    };
+    let event = s.get::<&str>("event").unwrap_or("?");
+    let start = time("start").unwrap_or(0.0);
+    let duration = time("duration");
+    let cause = s.get::<&str>("cause").ok();
+    if let (Some(d), "end") = (duration, event) {
+        let span = Span { start, duration: d };
+        if kind == "stall" {
+            run.stalls.push(span)
+        } else {
+            run.freezes.push(span)
+        }
+        run.end = run.end.max(start + d);
+    }
+    if options.json {
+        let mut line = format!("{{\"type\":\"{kind}\",\"event\":\"{event}\",\"start\":{start:.3}");
+        if let Some(d) = duration {
+            line.push_str(&format!(",\"duration\":{d:.3}"));
+        }
+        if let Some(c) = cause {
+            line.push_str(&format!(",\"cause\":{}", json_string(c)));
+        }
+        let stream = s.get::<&str>("stream-id").unwrap_or_default();
+        line.push_str(&format!(",\"stream_id\":{}}}", json_string(stream)));
+        println!("{line}");
+    } else {
+        let what = match (kind, event) {
+            ("stall", "start") => format!("stall started ({})", cause.unwrap_or("?")),
+            ("stall", _) => format!("stall ended after {:.3} s", duration.unwrap_or(0.0)),
+            (_, "start") => "picture frozen".to_string(),
+            _ => format!("freeze ended after {:.3} s", duration.unwrap_or(0.0)),
+        };
+        println!("{start:9.3} s  {what}");
+    }
+    let _ = std::io::stdout().flush();
+}
+
+fn summary_lines(stats: &gst::Structure, run: &Run) -> Vec<String> {
+    let u = |f: &str| stats.get::<u64>(f).unwrap_or(0);
+    let t = |f: &str| {
+        stats
+            .get::<u64>(f)
+            .ok()
+            .filter(|v| *v != u64::MAX)
+            .map(secs)
+    };
+    let mut lines = vec![
+        format!("frames: {}", u("frames")),
+        format!(
+            "stalls: {}, total {:.3} s, stall ratio {:.1}%{}",
+            u("stalls"),
+            t("stall-time").unwrap_or(0.0),
+            100.0 * stats.get::<f64>("stall-ratio").unwrap_or(0.0),
+            match run.stalls.iter().map(|s| s.duration).reduce(f64::max) {
+                Some(longest) => format!(", longest {longest:.3} s"),
+                None => String::new(),
+            }
+        ),
+        format!(
+            "freezes: {}, total {:.3} s",
+            u("freezes"),
+            t("frozen-time").unwrap_or(0.0)
+        ),
+    ];
+    if let Some(initial) = t("initial-buffering") {
+        lines.push(format!("initial buffering: {initial:.3} s"));
+    }
+    lines.push("quality: not scored (model bundles are not available yet)".into());
+    lines
+}
+
+fn summary_json(stats: &gst::Structure, stream_id: &str) -> String {
+    let u = |f: &str| stats.get::<u64>(f).unwrap_or(0);
+    let t = |f: &str| match stats.get::<u64>(f).ok().filter(|v| *v != u64::MAX) {
+        Some(v) => format!("{:.3}", secs(v)),
+        None => "null".into(),
+    };
+    format!(
+        "{{\"type\":\"summary\",\"stream_id\":{},\"frames\":{},\"stalls\":{},\"stall_time\":{},\"stall_ratio\":{:.6},\
+         \"initial_buffering\":{},\"freezes\":{},\"frozen_time\":{},\"quality\":null}}",
+        json_string(stream_id),
+        u("frames"),
+        u("stalls"),
+        t("stall-time"),
+        stats.get::<f64>("stall-ratio").unwrap_or(0.0),
+        t("initial-buffering"),
+        u("freezes"),
+        t("frozen-time"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Result<Options, String> {
+        parse_args(a.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn arguments() {
+        let o = args(&[
+            "video.mp4",
+            "--json",
+            "--realtime",
+            "--metrics-address",
+            "127.0.0.1:9464",
+            "--report",
+            "r.svg",
+        ])
+        .unwrap();
+        assert_eq!(o.input, "video.mp4");
+        assert!(o.json && o.realtime);
+        assert_eq!(o.metrics_address.as_deref(), Some("127.0.0.1:9464"));
+        assert!(args(&[]).unwrap_err().contains("no input"));
+        assert!(args(&["a", "b"]).unwrap_err().contains("one input"));
+        assert!(
+            args(&["a", "--frobnicate"])
+                .unwrap_err()
+                .contains("unknown option --frobnicate")
+        );
+        assert!(
+            args(&["a", "--report", "r.png"])
+                .unwrap_err()
+                .contains("only .svg")
+        );
+        assert!(
+            args(&["a", "--metrics-address"])
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(
+            args(&["a", "--stall-threshold", "-3"])
+                .unwrap_err()
+                .contains("positive")
+        );
+        assert!(
+            args(&["a", "--bundle", "dir"])
+                .unwrap_err()
+                .contains("not available yet")
+        );
+        assert_eq!(args(&["-h"]).unwrap_err(), "");
+    }
+
+    #[test]
+    fn stream_ids_from_inputs() {
+        assert_eq!(default_stream_id("/srv/videos/match.mp4"), "match");
+        assert_eq!(
+            default_stream_id("https://cdn.example/live/index.m3u8?token=1"),
+            "index"
+        );
+        assert_eq!(default_stream_id("rtsp://cam.local/"), "cam");
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}

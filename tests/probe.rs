@@ -1,0 +1,234 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `qoe-probe`, run as a user runs it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+mod common;
+use common::*;
+
+fn probe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qoe-probe"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A short clip made with FFmpeg from `lavfi` input `source` into `name`.
+fn clip(name: &str, source: &str, extra: &[&str]) -> PathBuf {
+    let path = tmp(name);
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", source])
+        .args(extra)
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    path
+}
+
+#[test]
+fn prints_events_and_a_summary() {
+    let video = test_video("mkv");
+    let out = probe(&[video.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("watching") && stdout.contains("as stream 'hole-and-freeze'"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("stall started (timestamp-gap)"), "{stdout}");
+    assert!(stdout.contains("stall ended after 1.5"), "{stdout}");
+    assert!(
+        stdout.contains("picture frozen") && stdout.contains("freeze ended after 1.5"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("frames: {VIDEO_FRAMES}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("stalls: 1, total 1.5"), "{stdout}");
+    assert!(stdout.contains("freezes: 1, total 1.5"), "{stdout}");
+    assert!(stdout.contains("quality: not scored"), "{stdout}");
+    // Not a terminal: progress comes as plain lines on stderr.
+    assert!(stderr.contains("progress"), "{stderr}");
+}
+
+#[test]
+fn json_lines() {
+    let video = test_video("mkv");
+    let out = probe(&[
+        video.to_str().unwrap(),
+        "--json",
+        "--stream-id",
+        "edge \"7\"",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.iter().all(|l| l.starts_with('{') && l.ends_with('}')),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("\"type\":\"stall\""))
+            .count(),
+        2
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("\"type\":\"freeze\""))
+            .count(),
+        2
+    );
+    let summary = lines.last().unwrap();
+    assert!(summary.contains("\"type\":\"summary\""), "{summary}");
+    assert!(
+        summary.contains(&format!("\"frames\":{VIDEO_FRAMES}")),
+        "{summary}"
+    );
+    assert!(summary.contains("\"stalls\":1,"), "{summary}");
+    assert!(
+        summary.contains("\"stream_id\":\"edge \\\"7\\\"\""),
+        "escaped: {summary}"
+    );
+    assert!(summary.contains("\"initial_buffering\":null"), "{summary}");
+}
+
+#[test]
+fn report_draws_the_stall_and_the_freeze() {
+    let video = test_video("mkv");
+    let report = tmp("report.svg");
+    let out = probe(&[
+        video.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let svg = std::fs::read_to_string(&report).unwrap();
+    assert!(svg.starts_with("<svg"));
+    assert_eq!(svg.matches("class=\"stalls\"").count(), 1, "{svg}");
+    assert_eq!(svg.matches("class=\"freezes\"").count(), 1, "{svg}");
+    assert!(svg.contains("stalls: 1.500 s at 2.000 s"), "{svg}");
+}
+
+#[test]
+fn bad_inputs_fail_clearly() {
+    let missing = probe(&["/no/such/video.mp4"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing)
+            .1
+            .contains("cannot open /no/such/video.mp4: no such file"),
+        "{:?}",
+        text(&missing)
+    );
+
+    let garbage = tmp("garbage.mp4");
+    std::fs::write(&garbage, b"this is not a video").unwrap();
+    let out = probe(&[garbage.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("cannot decode"), "{:?}", text(&out));
+
+    let audio = clip(
+        "tone.mka",
+        "sine=frequency=440:duration=1",
+        &["-c:a", "flac"],
+    );
+    let out = probe(&[audio.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("no video stream in"),
+        "{:?}",
+        text(&out)
+    );
+
+    let usage = probe(&["--frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(
+        text(&usage).1.contains("unknown option --frobnicate") && text(&usage).1.contains("usage:")
+    );
+    let bundle = probe(&["x.mp4", "--bundle", "models/vqa2"]);
+    assert_eq!(bundle.status.code(), Some(2));
+    assert!(
+        text(&bundle)
+            .1
+            .contains("quality scoring is not available yet")
+    );
+}
+
+#[test]
+fn realtime_run_serves_metrics_and_ctrl_c_still_summarises() {
+    let video = clip(
+        "ten-seconds.mkv",
+        "testsrc2=size=320x240:rate=30:duration=10",
+        &["-c:v", "libx264", "-pix_fmt", "yuv420p"],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_qoe-probe"))
+        .args([
+            video.to_str().unwrap(),
+            "--realtime",
+            "--stream-id",
+            "rt",
+            "--metrics-address",
+            &address,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut scrape = String::new();
+    {
+        use std::io::Write;
+        let mut s =
+            std::net::TcpStream::connect(&address).expect("metrics endpoint up during the run");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        s.read_to_string(&mut scrape).unwrap();
+    }
+    let frames: f64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("qoe_frames_total{stream=\"rt\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{scrape}"));
+    // Real time: about 1.5 s worth of 30 fps so far, not the whole file.
+    assert!(
+        (20.0..=70.0).contains(&frames),
+        "{frames} frames after 1.5 s"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("summary:"), "{stdout}");
+    let shown: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("frames: "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(shown < 200, "stopped early by Ctrl-C, {shown} frames");
+}
