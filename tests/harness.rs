@@ -368,10 +368,30 @@ fn stats_are_posted_every_interval_and_at_eos() {
 }
 
 #[test]
-fn unsupported_caps_are_refused() {
+fn unsupported_caps_are_refused_with_a_warning_that_says_why() {
     init();
     let mut h = Harness::new("qoemonitor");
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
     h.set_src_caps_str("video/x-raw,format=v210,width=64,height=48,framerate=30/1");
     let buffer = gst::Buffer::with_size(64 * 48 * 3).unwrap();
     assert_eq!(h.push(buffer), Err(gst::FlowError::NotNegotiated));
+    let msg = bus
+        .pop_filtered(&[gst::MessageType::Warning])
+        .expect("a warning explains the refusal");
+    let gst::MessageView::Warning(w) = msg.view() else {
+        unreachable!()
+    };
+    assert!(
+        w.error()
+            .to_string()
+            .contains("cannot read video/x-raw, format=(string)v210"),
+        "{}",
+        w.error()
+    );
+    let debug = w.debug().unwrap();
+    assert!(
+        debug.contains("I420") && debug.contains("videoconvert"),
+        "{debug}"
+    );
 }

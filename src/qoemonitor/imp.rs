@@ -272,6 +272,8 @@ pub struct QoeMonitor {
     /// often answer latency queries only once negotiated, so asking at the state change
     /// itself is too early.
     check_live: AtomicBool,
+    /// Refused caps are explained once per element.
+    warned_caps: AtomicBool,
     /// The stream's Prometheus series while the element is stopped (READY): kept so that
     /// counters never restart within the process, removed on the way to NULL.
     parked_metrics: Mutex<Option<StreamMetrics>>,
@@ -728,7 +730,7 @@ impl BaseTransformImpl for QoeMonitor {
                 Err(err) => gst::element_imp_warning!(
                     self,
                     gst::ResourceError::OpenWrite,
-                    ["Metrics endpoint not opened: {}", err]
+                    ("Metrics endpoint not opened: {}", err)
                 ),
             }
         }
@@ -740,7 +742,7 @@ impl BaseTransformImpl for QoeMonitor {
                     gst::element_imp_warning!(
                         self,
                         gst::ResourceError::OpenWrite,
-                        ["Metrics file {} not written: {}", path, err]
+                        ("Metrics file {} not written: {}", path, err)
                     )
                 })
                 .ok()
@@ -757,6 +759,30 @@ impl BaseTransformImpl for QoeMonitor {
             *self.parked_metrics.lock().unwrap() = Some(state.metrics);
         }
         Ok(())
+    }
+
+    fn accept_caps(&self, direction: gst::PadDirection, caps: &gst::Caps) -> bool {
+        let accepted = self.parent_accept_caps(direction, caps);
+        if !accepted
+            && direction == gst::PadDirection::Sink
+            && !self.warned_caps.swap(true, Ordering::SeqCst)
+        {
+            // Upstream only sees "not-negotiated"; say what would work.
+            gst::element_imp_warning!(
+                self,
+                gst::CoreError::Negotiation,
+                ("qoemonitor cannot read {}", caps),
+                [
+                    "It reads raw video in system memory in these formats: {}. Put videoconvert (or a download element) before it.",
+                    FORMATS
+                        .iter()
+                        .map(|f| f.to_str().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ]
+            );
+        }
+        accepted
     }
 
     fn set_caps(&self, incaps: &gst::Caps, outcaps: &gst::Caps) -> Result<(), gst::LoggableError> {
