@@ -15,6 +15,9 @@ use std::time::Instant;
 
 use gst::prelude::*;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 fn cpu_seconds(who: i32) -> f64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(who, &mut usage) };
@@ -23,28 +26,14 @@ fn cpu_seconds(who: i32) -> f64 {
 }
 
 fn video() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-1080p30.mp4");
-    if !path.exists() {
-        eprintln!("encoding {} ...", path.display());
-        let status = Command::new("ffmpeg")
-            .args([
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=1920x1080:rate=30:duration=10",
-            ])
-            .args([
-                "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-            ])
-            .arg(&path)
-            .status()
-            .expect("ffmpeg");
-        assert!(status.success());
-    }
-    path
+    eprintln!("encoding the 1080p30 test stream (once) ...");
+    common::clip(
+        "bench-1080p30.mp4",
+        "testsrc2=size=1920x1080:rate=30:duration=10",
+        &[
+            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+        ],
+    )
 }
 
 /// CPU seconds and wall seconds of one run of the pipeline to EOS.

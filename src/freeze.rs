@@ -121,34 +121,25 @@ impl Thumbnail {
         self.cells.reserve(self.width * self.height);
         for ty in 0..self.height {
             let row = &data[ty * step_y * stride..][..row_bytes];
+            let (cells, width) = (&mut self.cells, self.width);
             match layout {
                 LumaLayout::Luma8 {
                     pixel_stride: 1,
                     offset: 0,
                 } => {
                     // The common planar case: a plain sum the compiler vectorises.
-                    self.cells.extend(
+                    cells.extend(
                         row.chunks_exact(step_x)
-                            .take(self.width)
+                            .take(width)
                             .map(|c| c.iter().map(|&v| v as u32).sum::<u32>()),
                     );
                 }
                 LumaLayout::Luma8 {
                     pixel_stride,
                     offset,
-                } => {
-                    self.cells.extend(
-                        row.chunks_exact(step_x * pixel_stride)
-                            .take(self.width)
-                            .map(|c| {
-                                c.iter()
-                                    .skip(offset)
-                                    .step_by(pixel_stride)
-                                    .map(|&v| v as u32)
-                                    .sum::<u32>()
-                            }),
-                    );
-                }
+                } => sum_cells(cells, row, width, step_x, pixel_stride, |p| {
+                    p[offset] as u32
+                }),
                 LumaLayout::Luma16Le {
                     pixel_stride,
                     offset,
@@ -157,19 +148,10 @@ impl Thumbnail {
                 } => {
                     let mask = (1u32 << depth.min(16)) - 1;
                     let down = depth.saturating_sub(8);
-                    self.cells.extend(
-                        row.chunks_exact(step_x * pixel_stride)
-                            .take(self.width)
-                            .map(|c| {
-                                c.chunks_exact(pixel_stride)
-                                    .map(|p| {
-                                        let v =
-                                            u16::from_le_bytes([p[offset], p[offset + 1]]) as u32;
-                                        ((v >> shift) & mask) >> down
-                                    })
-                                    .sum::<u32>()
-                            }),
-                    );
+                    sum_cells(cells, row, width, step_x, pixel_stride, |p| {
+                        let v = u16::from_le_bytes([p[offset], p[offset + 1]]) as u32;
+                        ((v >> shift) & mask) >> down
+                    })
                 }
                 LumaLayout::Rgb8 {
                     pixel_stride,
@@ -177,19 +159,10 @@ impl Thumbnail {
                     g,
                     b,
                 } => {
-                    self.cells.extend(
-                        row.chunks_exact(step_x * pixel_stride)
-                            .take(self.width)
-                            .map(|c| {
-                                c.chunks_exact(pixel_stride)
-                                    // BT.601 luma in fixed point; weights sum to 256.
-                                    .map(|p| {
-                                        (77 * p[r] as u32 + 150 * p[g] as u32 + 29 * p[b] as u32)
-                                            >> 8
-                                    })
-                                    .sum::<u32>()
-                            }),
-                    );
+                    // BT.601 luma in fixed point; weights sum to 256.
+                    sum_cells(cells, row, width, step_x, pixel_stride, |p| {
+                        (77 * p[r] as u32 + 150 * p[g] as u32 + 29 * p[b] as u32) >> 8
+                    })
                 }
             }
         }
@@ -214,6 +187,23 @@ impl Thumbnail {
             .sum();
         Some(sum as f64 / (self.cells.len() as f64 * self.cell_pixels as f64 * 255.0))
     }
+}
+
+/// Appends `width` cells of `row`, each the luma of `step_x` pixels of `pixel_stride` bytes,
+/// as read by `luma`.
+fn sum_cells(
+    cells: &mut Vec<u32>,
+    row: &[u8],
+    width: usize,
+    step_x: usize,
+    pixel_stride: usize,
+    luma: impl Fn(&[u8]) -> u32,
+) {
+    cells.extend(
+        row.chunks_exact(step_x * pixel_stride)
+            .take(width)
+            .map(|c| c.chunks_exact(pixel_stride).map(&luma).sum::<u32>()),
+    );
 }
 
 /// A completed freeze.

@@ -199,17 +199,10 @@ fn hls_example_plays_a_stream_from_a_local_http_server() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hls");
     if !dir.join("index.m3u8").exists() {
         std::fs::create_dir_all(&dir).unwrap();
-        let status = Command::new("ffmpeg")
-            .args([
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=320x240:rate=30:duration=4",
-            ])
-            .args([
+        ffmpeg_lavfi(
+            &dir.join("index.m3u8"),
+            "testsrc2=size=320x240:rate=30:duration=4",
+            &[
                 "-c:v",
                 "libx264",
                 "-pix_fmt",
@@ -220,12 +213,10 @@ fn hls_example_plays_a_stream_from_a_local_http_server() {
                 "hls",
                 "-hls_time",
                 "1",
-            ])
-            .args(["-hls_playlist_type", "vod"])
-            .arg(dir.join("index.m3u8"))
-            .status()
-            .unwrap();
-        assert!(status.success());
+                "-hls_playlist_type",
+                "vod",
+            ],
+        );
     }
     let port = serve_dir(dir);
     let output = launch(

@@ -2,7 +2,6 @@
 //! `qoemonitor` in real pipelines on real encoded video.
 //! The test video is described at `common::test_video`.
 
-use std::path::Path;
 use std::process::Command;
 
 use gst::prelude::*;
@@ -244,30 +243,22 @@ fn heavy_compression_still_is_a_freeze_and_motion_is_not() {
     // CRF 40 leaves coding noise on still pictures; the default threshold must absorb it
     // while moving content stays unfrozen.
     init();
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("crf40.mkv");
-    if !path.exists() {
-        let status = Command::new("ffmpeg")
-            .args([
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=size=640x360:rate=30:duration=6",
-            ])
-            .args([
-                "-filter_complex",
-                "[0]split[a][b];[a][b]freezeframes=first=60:last=119:replace=59[v]",
-                "-map",
-                "[v]",
-            ])
-            .args(["-c:v", "libx264", "-crf", "40", "-pix_fmt", "yuv420p"])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
+    let path = clip(
+        "crf40.mkv",
+        "testsrc2=size=640x360:rate=30:duration=6",
+        &[
+            "-filter_complex",
+            "[0]split[a][b];[a][b]freezeframes=first=60:last=119:replace=59[v]",
+            "-map",
+            "[v]",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "40",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    );
     let messages = run(&format!(
         "filesrc location={} ! decodebin ! qoemonitor ! fakesink",
         path.display()

@@ -29,19 +29,6 @@ fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// A short clip made with FFmpeg from `lavfi` input `source` into `name`.
-fn clip(name: &str, source: &str, extra: &[&str]) -> PathBuf {
-    let path = tmp(name);
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", source])
-        .args(extra)
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    path
-}
-
 #[test]
 fn prints_events_and_a_summary() {
     let video = test_video("mkv");

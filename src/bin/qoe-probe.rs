@@ -165,7 +165,8 @@ struct Progress {
 
 impl Progress {
     fn update(&mut self, pipeline: &gst::Pipeline) {
-        if self.last.elapsed() < Duration::from_millis(250) {
+        // A terminal line is redrawn at most 4 times a second; plain lines come per 10%.
+        if self.tty && self.last.elapsed() < Duration::from_millis(250) {
             return;
         }
         self.last = Instant::now();
@@ -330,7 +331,10 @@ fn run(options: &Options) -> Result<(), String> {
             continue;
         };
         match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(()),
+            gst::MessageView::Eos(_) => {
+                progress.update(&pipeline);
+                break Ok(());
+            }
             gst::MessageView::Error(e) => {
                 if !video_linked.load(Ordering::SeqCst)
                     && e.error().matches(gst::StreamError::Failed)

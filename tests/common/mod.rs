@@ -104,29 +104,43 @@ pub const STALL_DURATION: u64 = 1500 * MS;
 pub const FREEZE_START: u64 = 149 * 1_000_000_000 / FPS + STALL_DURATION; // frame 149, after the hole
 pub const FREEZE_DURATION: u64 = (195 - 149) * 1_000_000_000 / FPS; // 1.533 s
 
-/// Makes (once per container) the test video and returns its path.
-pub fn test_video(container: &str) -> PathBuf {
+/// Runs FFmpeg (Debian's `ffmpeg`) on the `lavfi` source `lavfi` with `args`, writing `out`.
+pub fn ffmpeg_lavfi(out: &Path, lavfi: &str, args: &[&str]) {
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", lavfi])
+        .args(args)
+        .arg(out)
+        .status()
+        .expect("ffmpeg (Debian package ffmpeg) must be installed for these tests");
+    assert!(status.success(), "ffmpeg failed to make {}", out.display());
+}
+
+/// `name` in the test scratch folder, made once with [`ffmpeg_lavfi`] (atomically, so an
+/// interrupted run leaves nothing half-made behind).
+pub fn clip(name: &str, lavfi: &str, args: &[&str]) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap();
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hole-and-freeze.{container}"));
-    if path.exists() {
-        return path;
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if !path.exists() {
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("mkv");
+        let tmp = path.with_extension(format!("part.{extension}"));
+        ffmpeg_lavfi(&tmp, lavfi, args);
+        std::fs::rename(&tmp, &path).unwrap();
     }
-    let filter = "[0]split[a][b];[a][b]freezeframes=first=150:last=194:replace=149,\
-                  setpts='PTS+if(gte(N,60),1.5/TB,0)'[v]";
-    let tmp = path.with_extension(format!("part.{container}"));
-    let status = Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30:duration=8",
-        ])
-        .args(["-filter_complex", filter, "-map", "[v]"])
-        .args([
+    path
+}
+
+/// The test video with a hole and a freeze (see the constants above), in `container`.
+pub fn test_video(container: &str) -> PathBuf {
+    clip(
+        &format!("hole-and-freeze.{container}"),
+        "testsrc2=size=320x240:rate=30:duration=8",
+        &[
+            "-filter_complex",
+            "[0]split[a][b];[a][b]freezeframes=first=150:last=194:replace=149,\
+             setpts='PTS+if(gte(N,60),1.5/TB,0)'[v]",
+            "-map",
+            "[v]",
             "-c:v",
             "libx264",
             "-pix_fmt",
@@ -135,12 +149,8 @@ pub fn test_video(container: &str) -> PathBuf {
             "0",
             "-fps_mode",
             "passthrough",
-        ])
-        .args(["-video_track_timescale", "90000"])
-        .arg(&tmp)
-        .status()
-        .expect("ffmpeg (Debian package ffmpeg) must be installed for these tests");
-    assert!(status.success(), "ffmpeg failed to make {}", path.display());
-    std::fs::rename(&tmp, &path).unwrap();
-    path
+            "-video_track_timescale",
+            "90000",
+        ],
+    )
 }
