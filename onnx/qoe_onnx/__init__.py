@@ -1,0 +1,1 @@
+"""gst-qoe model bundles: format, exporters, PyTorch reference and test fixtures."""
