@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what gst-qoe needs on Debian 12 (bookworm): GStreamer 1.22 with its development
 # files and plugins, FFmpeg (test and demo videos), meson, and for the tests the RTSP server
-# library (a local stand-in for cameras) and Prometheus (a real scraper). Needs root (or sudo).
+# library (a local stand-in for cameras), Prometheus (a real scraper) and Python's venv (the
+# onnx/ exporters, whose PyTorch comes from PyPI in tests/run.sh). Needs root (or sudo).
 # Rust >= 1.92 must already be installed (rustup); Debian's own cargo is too old.
 set -euo pipefail
 
@@ -10,7 +11,7 @@ packages=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
   libgstrtspserver-1.0-dev prometheus
-  ffmpeg meson ninja-build python3-pip unzip curl
+  ffmpeg meson ninja-build python3-pip python3-venv unzip curl
 )
 
 sudo=""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of gst-qoe: the meson build and install of the plugin, then all Rust
-# tests (unit, harness, real pipelines). The README's test command.
+# Runs every test of gst-qoe: the meson build and install of the plugin, the Python side
+# (onnx/: tokenizer, exporter, PyTorch reference, fixtures), then all Rust tests (unit,
+# harness, real pipelines). The README's test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,14 @@ if cargo fmt --version >/dev/null 2>&1; then
   echo "== cargo fmt --check"
   cargo fmt --check
 fi
+
+echo "== python: onnx/ in .cache/venv (torch from PyPI, CPU)"
+venv=.cache/venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r onnx/requirements.txt
+# tokenizer.json of the committed tiny bundles is rebuilt, not committed (5 MB).
+PYTHONPATH=onnx "$venv/bin/python" -m qoe_onnx.fixtures --out tests/fixtures --tokenizers >/dev/null
+"$venv/bin/python" -m pytest -q -p no:cacheprovider onnx/tests
 
 echo "== cargo: benches compile"
 cargo build --benches --quiet

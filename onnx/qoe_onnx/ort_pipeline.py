@@ -1,0 +1,96 @@
+"""Scoring with a bundle on ONNX Runtime, driven by ``bundle.json`` alone: the executable
+description of what the Rust runtime does. Tests compare it with :mod:`qoe_onnx.reference`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from . import bundle
+from .reference import fill, keyframe_indices, motion_indices, preprocess, stall_text
+
+
+class BundleError(bundle.BundleError):
+    pass
+
+
+class Runner:
+    def __init__(self, folder: Path, threads: int = 2) -> None:
+        self.folder = folder
+        self.manifest = bundle.validate(folder)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.sessions = {
+            name: ort.InferenceSession(str(folder / part["file"]), options, providers=["CPUExecutionProvider"])
+            for name, part in self.manifest["parts"].items()
+        }
+        self.tokenizer = Tokenizer.from_file(str(folder / self.manifest["tokenizer"]))
+        self.constants = {k: bundle.read_raw(folder, v) for k, v in self.manifest["constants"].items()}
+        vocab = self.manifest["vocabulary"]
+        self.rows = None
+        if vocab["rows"] == "subset":
+            self.rows = {int(t): i for i, t in enumerate(self.constants[vocab["rows_constant"]])}
+
+    def run(self, part: str, **inputs) -> np.ndarray:
+        return self.sessions[part].run(None, inputs)[0]
+
+    def embed(self, ids: list[int]) -> np.ndarray:
+        if self.rows is not None:
+            missing = [i for i in ids if i not in self.rows]
+            if missing:
+                raise BundleError(f"token {missing[0]} is not in this bundle's vocabulary subset")
+            ids = [self.rows[i] for i in ids]
+        return self.run("token_embedding", rows=np.array(ids, dtype=np.int64))
+
+    def score(self, frames: np.ndarray, fps: float, stall: dict | None = None, question: str = "") -> dict:
+        m = self.manifest
+        size = m["preprocess"]["keyframe_encoder"]["size"][0]
+        motion = m["sampling"]["motion"]
+        kf_idx = keyframe_indices(len(frames), fps)
+        mo_idx = motion_indices(len(frames), motion["stride"], motion["trim_before_stride"], motion["multiple"])
+        if not mo_idx:
+            raise ValueError(f"{len(frames)} frames give no motion frames under this bundle's sampling {motion}")
+        keyframe_embeds = self.run("keyframe_encoder", pixel_values=preprocess(frames[kf_idx], size).numpy())
+        kf_block = np.concatenate([keyframe_embeds.reshape(-1, keyframe_embeds.shape[-1]), self.constants["image_newline"][None]])
+        pixels = preprocess(frames[mo_idx], size).numpy()
+        motion_feat = self.run("motion_encoder", frames=pixels.transpose(1, 0, 2, 3)[None])
+        motion_embeds = self.run(
+            "motion_projector", motion_feat=motion_feat, positions=np.arange(len(mo_idx), dtype=np.int64)
+        )
+        blocks = {"keyframes": kf_block, "motion": motion_embeds}
+        prompt = m["prompt"]
+        fields = {
+            "K": len(kf_idx),
+            "T": len(mo_idx),
+            "question": question,
+            "stall": stall_text(prompt["stall_format"], stall, prompt["stall_text"]),
+        }
+        pieces = []
+        for segment in prompt["segments"]:
+            if "embed" in segment:
+                pieces.append(blocks[segment["embed"]])
+            else:
+                ids = self.tokenizer.encode(fill(segment["text"], fields)).ids
+                if ids:
+                    pieces.append(self.embed(ids))
+        sequence = np.concatenate(pieces)
+        score = m["score"]
+        # Under a causal mask nothing after the logit position affects it.
+        keep = len(sequence) + score["logit_position"] + 1
+        logits = self.run("decoder_score", inputs_embeds=sequence[None, :keep])[0].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        weights = np.array([level["weight"] for level in score["levels"]])
+        return {
+            "score": float(probs @ weights),
+            "probabilities": probs.tolist(),
+            "level_logits": logits.tolist(),
+            "keyframe_embeds": keyframe_embeds,
+            "motion_feat": motion_feat,
+            "motion_embeds": motion_embeds,
+            "sequence_length": len(sequence),
+        }
