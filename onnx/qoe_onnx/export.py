@@ -57,8 +57,14 @@ def vocabulary_rows(tokenizer_json: Path, variant: dict, vocab_size: int, subset
         return None
     from tokenizers import Tokenizer
 
+    from .reference import fill, stall_text
+
     tok = Tokenizer.from_file(str(tokenizer_json))
     texts = [s["text"] for s in variant["segments"] if "text" in s]
+    # The same segments as filled at run time, since filling changes word boundaries (".How").
+    for fmt in prompts.STALL_TEXT:
+        sample = {"K": 8, "T": 240, "question": "How would you rate the quality of this video?", "stall": stall_text(fmt, None)}
+        texts += [fill(text, sample) for text in texts]
     texts += list(prompts.STALL_TEXT.values()) + prompts.LEVELS + [prompts.ASSISTANT_INTRO]
     texts += [str(d) for d in range(10)] + [".", " ", ",", " 0", " 1", "-", "?"]
     ids = set()
@@ -187,6 +193,34 @@ def export(
             {"inputs_embeds": {1: "sequence"}},
         )
 
+        head_rows = model.lm_head if rows is None else model.lm_head[rows]
+        layers, kv = cfg.llm["num_hidden_layers"], cfg.llm["num_key_value_heads"]
+        head_dim = h // cfg.llm["num_attention_heads"]
+        past_names = [f"past_key_values.{i}.{t}" for i in range(layers) for t in ("key", "value")]
+        present_names = [f"present.{i}.{t}" for i in range(layers) for t in ("key", "value")]
+        dynamic = {"inputs_embeds": {1: "sequence"}, "attention_mask": {1: "total"}, "position_ids": {1: "sequence"}}
+        dynamic.update({n: {2: "past"} for n in past_names})
+        dynamic.update({"logits": {1: "sequence"}, **{n: {2: "total"} for n in present_names}})
+        parts["decoder_generate"] = export_graph(
+            vqa2.GenerateDecoder(model.llm, head_rows.clone()),
+            (
+                torch.zeros(1, 2, h),
+                torch.ones(1, 5, dtype=torch.int64),
+                torch.tensor([[3, 4]]),
+                *[torch.zeros(1, kv, 3, head_dim) for _ in past_names],
+            ),
+            out / "decoder_generate.onnx",
+            [
+                bundle.tensor("inputs_embeds", [1, "sequence", h]),
+                bundle.tensor("attention_mask", [1, "total"], "int64"),
+                bundle.tensor("position_ids", [1, "sequence"], "int64"),
+            ]
+            + [bundle.tensor(n, [1, kv, "past", head_dim]) for n in past_names],
+            [bundle.tensor("logits", [1, "sequence", head_rows.shape[0]])]
+            + [bundle.tensor(n, [1, kv, "total", head_dim]) for n in present_names],
+            dynamic,
+        )
+
     if dtype == "fp16":
         for part in parts.values():
             to_fp16(out / part["file"], [])
@@ -254,6 +288,12 @@ def export(
             "vocab_size": cfg.llm["vocab_size"],
             "max_sequence": 10000,
             "score_output": "level_logits",
+            "generation": {
+                "past_inputs": "past_key_values.{layer}.{key|value}",
+                "present_outputs": "present.{layer}.{key|value}",
+                "eos_token_ids": [151645, 151643],
+                "logits_over": "vocabulary rows",
+            },
         },
         "vocabulary": {"size": cfg.llm["vocab_size"], "rows": "all" if rows is None else "subset", "rows_constant": None if rows is None else "vocabulary_rows"},
         "constants": constants,

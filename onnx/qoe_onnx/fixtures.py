@@ -8,6 +8,7 @@ Layout::
 
     bundles/vqa2-tiny-ugc/         bundle (spec 8.1 prompt), fp32, vocabulary subset
     bundles/vqa2-tiny-streaming/   bundle (spec 8.3 prompt + gst-qoe "summary" stall text)
+    bundles/vqa2-tiny-assistant/   bundle (spec 8.4 prompt, generation with a KV cache)
     golden/<bundle>/golden.json    per sequence: sampling, token ids, level logits, probabilities, score
     golden/<bundle>/<seq>.*.f32    intermediate tensors (raw little-endian float32)
     golden/frames/<seq>.u8         the input frames, uint8 RGB [n, h, w, 3]
@@ -38,7 +39,9 @@ SEQUENCES = {
 BUNDLES = {
     "vqa2-tiny-ugc": dict(variant="ugc", stall_format="none"),
     "vqa2-tiny-streaming": dict(variant="streaming", stall_format="summary"),
+    "vqa2-tiny-assistant": dict(variant="assistant", stall_format="none"),
 }
+QUESTION = "How would you rate the quality of this video?"
 STALL = {"count": 2, "total": 1.5, "durations": [1.0, 0.5], "initial": 0.4, "ratio": 0.12, "since": 3.0}
 PILLOW_CASES = [((48, 64), (384, 384)), ((30, 40), (37, 29)), ((480, 400), (384, 384)), ((96, 128), (96, 96))]
 
@@ -77,6 +80,22 @@ def write_all(out: Path, cache: Path) -> None:
             shutil.rmtree(golden_dir)
         golden_dir.mkdir(parents=True)
         golden = {"bundle": name, "variant": opts["variant"], "stall": STALL if opts["stall_format"] != "none" else None, "sequences": {}}
+        if opts["variant"] == "assistant":
+            rows = [int(t) for t in bundle.read_raw(folder, bundle.load(folder)["constants"]["vocabulary_rows"])]
+            golden["question"] = QUESTION
+            for seq, (frames, fps) in sequences.items():
+                ids = reference.generate(model, tok, frames, fps, QUESTION, rows, max_new_tokens=16)
+                r = reference.run(model, tok, frames, fps, "assistant", question=QUESTION, _score=False)
+                golden["sequences"][seq] = {
+                    "frames": {"file": f"../frames/{seq}.u8", "shape": list(frames.shape), "dtype": "uint8"},
+                    "fps": fps,
+                    "token_ids": r.token_ids,
+                    "generated_ids": ids,
+                    "max_new_tokens": 16,
+                    "tensors": {"inputs_embeds": bundle.write_raw(golden_dir, f"{seq}.inputs_embeds.f32", r.tensors["inputs_embeds"])},
+                }
+            (golden_dir / "golden.json").write_text(json.dumps(golden, indent=1) + "\n")
+            continue
         for seq, (frames, fps) in sequences.items():
             r = reference.run(model, tok, frames, fps, opts["variant"], opts["stall_format"], STALL)
             tensors = {}

@@ -46,7 +46,8 @@ class Runner:
             ids = [self.rows[i] for i in ids]
         return self.run("token_embedding", rows=np.array(ids, dtype=np.int64))
 
-    def score(self, frames: np.ndarray, fps: float, stall: dict | None = None, question: str = "") -> dict:
+    def sequence(self, frames: np.ndarray, fps: float, stall: dict | None = None, question: str = "") -> dict:
+        """The embedded prompt with its keyframe and motion blocks."""
         m = self.manifest
         size = m["preprocess"]["keyframe_encoder"]["size"][0]
         motion = m["sampling"]["motion"]
@@ -77,8 +78,17 @@ class Runner:
                 ids = self.tokenizer.encode(fill(segment["text"], fields)).ids
                 if ids:
                     pieces.append(self.embed(ids))
-        sequence = np.concatenate(pieces)
-        score = m["score"]
+        return {
+            "sequence": np.concatenate(pieces),
+            "keyframe_embeds": keyframe_embeds,
+            "motion_feat": motion_feat,
+            "motion_embeds": motion_embeds,
+        }
+
+    def score(self, frames: np.ndarray, fps: float, stall: dict | None = None, question: str = "") -> dict:
+        built = self.sequence(frames, fps, stall, question)
+        sequence = built["sequence"]
+        score = self.manifest["score"]
         # Under a causal mask nothing after the logit position affects it.
         keep = len(sequence) + score["logit_position"] + 1
         logits = self.run("decoder_score", inputs_embeds=sequence[None, :keep])[0].astype(np.float64)
@@ -89,8 +99,42 @@ class Runner:
             "score": float(probs @ weights),
             "probabilities": probs.tolist(),
             "level_logits": logits.tolist(),
-            "keyframe_embeds": keyframe_embeds,
-            "motion_feat": motion_feat,
-            "motion_embeds": motion_embeds,
+            "keyframe_embeds": built["keyframe_embeds"],
+            "motion_feat": built["motion_feat"],
+            "motion_embeds": built["motion_embeds"],
             "sequence_length": len(sequence),
         }
+
+    def generate(
+        self, frames: np.ndarray, fps: float, question: str, max_new_tokens: int = 32, step_logits: list | None = None
+    ) -> list[int]:
+        """Greedy generation with the KV cache: a prefill, then one token per step. Each step's
+        logits (over the bundle's vocabulary rows) go to ``step_logits`` if given."""
+        sequence = self.sequence(frames, fps, None, question)["sequence"]
+        part = self.manifest["parts"]["decoder_generate"]
+        past_specs = [i for i in part["inputs"] if i["name"].startswith("past_key_values.")]
+        past = {i["name"]: np.zeros([1, i["shape"][1], 0, i["shape"][3]], np.float32) for i in past_specs}
+        rows = None if self.rows is None else {row: token for token, row in self.rows.items()}
+        eos = set(self.manifest["decoder"]["generation"]["eos_token_ids"])
+        embeds, start, out = sequence[None], 0, []
+        for _ in range(max_new_tokens):
+            total = start + embeds.shape[1]
+            results = self.sessions["decoder_generate"].run(
+                None,
+                {
+                    "inputs_embeds": embeds.astype(np.float32),
+                    "attention_mask": np.ones((1, total), np.int64),
+                    "position_ids": np.arange(start, total, dtype=np.int64)[None],
+                    **past,
+                },
+            )
+            row = int(np.argmax(results[0][0, -1]))
+            if step_logits is not None:
+                step_logits.append(results[0][0, -1])
+            token = row if rows is None else rows[row]
+            if token in eos:
+                break
+            out.append(token)
+            past = {spec["name"]: results[1 + k] for k, spec in enumerate(past_specs)}
+            embeds, start = self.embed([token])[None], total
+        return out

@@ -90,6 +90,7 @@ def run(
     stall_format: str = "none",
     stall: dict | None = None,
     question: str = "",
+    _score: bool = True,
 ) -> Result:
     variant = prompts.variant(variant_name, stall_format)
     size = model.cfg.vision["image_size"]
@@ -118,6 +119,8 @@ def run(
                 if ids:
                     pieces.append(model.llm.embed_tokens(torch.tensor(ids)))
         inputs_embeds = torch.cat(pieces, 0)[None]
+        if not _score:
+            return Result(0.0, [], [], token_ids, kf_idx, mo_idx, {"inputs_embeds": inputs_embeds[0].numpy()})
         hidden = model.llm(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
         logits = hidden[0, variant["logit_position"]] @ model.lm_head.T
     level_ids = [tokenizer.encode(w).ids[0] for w in prompts.LEVELS]
@@ -140,6 +143,37 @@ def run(
             "inputs_embeds": inputs_embeds[0].numpy(),
         },
     )
+
+
+def generate(
+    model: vqa2.VQA2,
+    tokenizer: Tokenizer,
+    frames: np.ndarray,
+    fps: float,
+    question: str,
+    rows: list[int] | None = None,
+    max_new_tokens: int = 32,
+    step_logits: list | None = None,
+) -> list[int]:
+    """Greedy generation without a cache: the whole sequence again at every step, argmax over
+    ``lm_head`` (or its ``rows``), until an end token."""
+    r = run(model, tokenizer, frames, fps, "assistant", question=question, _score=False)
+    sequence = torch.from_numpy(r.tensors["inputs_embeds"])
+    head = model.lm_head if rows is None else model.lm_head[rows]
+    out = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            hidden = model.llm(inputs_embeds=sequence[None], use_cache=False).last_hidden_state[0, -1]
+            logits = hidden @ head.T
+            if step_logits is not None:
+                step_logits.append(logits.numpy())
+            row = int(torch.argmax(logits))
+            token = row if rows is None else rows[row]
+            if token in (151645, 151643):
+                break
+            out.append(token)
+            sequence = torch.cat([sequence, model.llm.embed_tokens(torch.tensor([token]))])
+    return out
 
 
 def synthetic_frames(n: int, height: int, width: int, seed: int) -> np.ndarray:

@@ -152,6 +152,37 @@ class ScoreDecoder(nn.Module):
         return self.level_head(hidden[:, -1])
 
 
+class GenerateDecoder(nn.Module):
+    """One step of generation with a KV cache (spec section 11, ``decoder_model_merged``):
+    ``inputs_embeds`` [1, S, H], ``attention_mask`` [1, P+S], ``position_ids`` [1, S] and
+    ``past_key_values.{i}.key/value`` [1, KV, P, D] → ``logits`` [1, S, rows] and
+    ``present.{i}.key/value`` [1, KV, P+S, D]. ``rows`` are the vocabulary rows the bundle
+    keeps (all of them, or a subset)."""
+
+    def __init__(self, llm: Qwen2Model, head_rows: torch.Tensor) -> None:
+        super().__init__()
+        self.llm = llm
+        self.head = nn.Linear(head_rows.shape[1], head_rows.shape[0], bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(head_rows)
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=[(past[i], past[i + 1]) for i in range(0, len(past), 2)])
+        out = self.llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        present = []
+        for layer in out.past_key_values.layers:
+            present += [layer.keys, layer.values]
+        return (self.head(out.last_hidden_state), *present)
+
+
 def qwen2_config(cfg: VQA2Config) -> Qwen2Config:
     q = Qwen2Config(**cfg.llm, tie_word_embeddings=False, use_sliding_window=False)
     q._attn_implementation = "eager"
