@@ -12,6 +12,10 @@ import numpy as np
 FORMAT = "gst-qoe-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
+# level-logits: softmax over the level words' logits at one position, weighted sum (VQA²);
+# generated-number: the answer is generated and its first number read (LMM-VQA);
+# quality-head: a head scores each keyframe, averaged (CP-LLM); none: explanations only.
+SCORE_MODES = ("level-logits", "generated-number", "quality-head", "none")
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64"}
 
@@ -102,8 +106,12 @@ def validate(folder: Path) -> dict:
         tok = Tokenizer.from_file(str(tokenizer_path))
     except Exception as e:
         raise BundleError(f"{tokenizer_path}: the tokenizer does not load ({e})") from e
-    score = manifest.get("score")
-    if score:
+    score = manifest.get("score") or {}
+    if score.get("mode") not in SCORE_MODES:
+        raise BundleError(f"{where}: score.mode is {score.get('mode')!r}; known modes: {', '.join(SCORE_MODES)}")
+    if score.get("part") and score["part"] not in manifest.get("parts", {}):
+        raise BundleError(f"{where}: score.part {score['part']!r} is not one of the parts")
+    if score.get("mode") == "level-logits":
         for level in score["levels"]:
             ids = tok.encode(level["word"]).ids
             if ids != [level["token_id"]]:

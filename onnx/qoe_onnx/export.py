@@ -234,9 +234,11 @@ def export(
         constants["vocabulary_rows"] = bundle.write_raw(out, "vocabulary_rows.i64", np.array(rows, dtype=np.int64))
 
     keyframe_pre = {**PREPROCESS, "size": [size, size]}
-    score = None
+    score = {"mode": "none"}  # the Assistant explains; it does not score
     if variant_name != "assistant":
         score = {
+            "mode": "level-logits",
+            "part": "decoder_score",
             "logit_position": variant["logit_position"],
             "levels": [
                 {"word": w, "token_id": i, "weight": wt} for w, i, wt in zip(prompts.LEVELS, level_ids, variant["weights"])
@@ -256,8 +258,9 @@ def export(
             "opset": OPSET,
         },
         "sampling": {
-            "keyframes": {"per_second": 1, "rule": "first-frame-of-each-second"},
+            "keyframes": {"per_second": 1, "rule": "first-frame-of-each-second", "count": None},
             "motion": {
+                "mode": "frames",
                 "stride": variant["motion_stride"],
                 "trim_before_stride": 8 if variant["motion_stride"] == 8 else 1,
                 "multiple": variant["motion_trim"],
@@ -276,7 +279,6 @@ def export(
             "newline": {"constant": "image_newline", "position": "after-all-keyframes"},
             "motion_tokens_per_frame": 1,
             "motion_positions": cfg.motion_positions,
-            "blocks": {"keyframes": ["keyframes", "newline"], "motion": ["motion"]},
         },
         "decoder": {
             "architecture": "qwen2",
@@ -299,6 +301,7 @@ def export(
         "constants": constants,
         "tokenizer": "tokenizer.json",
         "prompt": {
+            "blocks": {"keyframes": ["keyframes", "newline"], "motion": ["motion"]},
             "segments": variant["segments"],
             "stall_format": variant.get("stall_format", "none"),
             "stall_text": prompts.STALL_TEXT,

@@ -9,6 +9,8 @@ Layout::
     bundles/vqa2-tiny-ugc/         bundle (spec 8.1 prompt), fp32, vocabulary subset
     bundles/vqa2-tiny-streaming/   bundle (spec 8.3 prompt + gst-qoe "summary" stall text)
     bundles/vqa2-tiny-assistant/   bundle (spec 8.4 prompt, generation with a KV cache)
+    bundles/lmm-vqa-tiny/          LMM-VQA-shaped bundle (CLIP, SlowFast chunks, answer as text)
+    bundles/cp-llm-tiny/           CP-LLM-shaped bundle (two encoders and a quality head)
     golden/<bundle>/golden.json    per sequence: sampling, token ids, level logits, probabilities, score
     golden/<bundle>/<seq>.*.f32    intermediate tensors (raw little-endian float32)
     golden/frames/<seq>.u8         the input frames, uint8 RGB [n, h, w, 3]
@@ -36,6 +38,7 @@ SEQUENCES = {
     "a": (20, 48, 64, 8.0, 1),  # 3 keyframes (the last second partial), 20 motion frames
     "b": (9, 30, 40, 4.0, 2),  # 3 keyframes, 8 motion frames (9 trimmed to a multiple of 4)
 }
+FAMILY_BUNDLES = ("lmm-vqa-tiny", "cp-llm-tiny")
 BUNDLES = {
     "vqa2-tiny-ugc": dict(variant="ugc", stall_format="none"),
     "vqa2-tiny-streaming": dict(variant="streaming", stall_format="summary"),
@@ -50,7 +53,7 @@ def write_tokenizers(out: Path, cache: Path) -> Path:
     built = cache / "tokenizer.json"
     if not built.exists():
         tokenizer.write(built, cache)
-    for name in BUNDLES:
+    for name in [*BUNDLES, *FAMILY_BUNDLES]:
         folder = out / "bundles" / name
         if folder.exists():
             shutil.copy(built, folder / "tokenizer.json")
@@ -114,6 +117,8 @@ def write_all(out: Path, cache: Path) -> None:
             }
         (golden_dir / "golden.json").write_text(json.dumps(golden, indent=1) + "\n")
 
+    write_families(out, cache, tok_path, sequences)
+
     pillow = out / "golden" / "pillow"
     pillow.mkdir(parents=True, exist_ok=True)
     cases = []
@@ -124,6 +129,40 @@ def write_all(out: Path, cache: Path) -> None:
         (pillow / f"{i}.bicubic.u8").write_bytes(dst.tobytes())
         cases.append({"source": f"{i}.src.u8", "source_shape": [h, w, 3], "resized": f"{i}.bicubic.u8", "resized_shape": [th, tw, 3]})
     (pillow / "cases.json").write_text(json.dumps({"filter": "PIL.Image.BICUBIC", "cases": cases}, indent=1) + "\n")
+
+
+def write_families(out: Path, cache: Path, tok_path: Path, sequences: dict) -> None:
+    """The LMM-VQA-shaped and CP-LLM-shaped tiny bundles and their golden outputs."""
+    from . import families
+
+    tok = Tokenizer.from_file(str(tok_path))
+    lmm_ckpt = families.write_lmm_vqa(cache / "fake" / "lmm-vqa-tiny", tok_path)
+    cp_ckpt = families.write_cp_llm(cache / "fake" / "cp-llm-tiny")
+    for name, make in (
+        ("lmm-vqa-tiny", lambda folder: families.export_lmm_vqa(lmm_ckpt, folder, name="lmm-vqa-tiny")),
+        ("cp-llm-tiny", lambda folder: families.export_cp_llm(cp_ckpt, folder, tok_path, name="cp-llm-tiny")),
+    ):
+        folder = out / "bundles" / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        manifest = make(folder)
+        golden_dir = out / "golden" / name
+        if golden_dir.exists():
+            shutil.rmtree(golden_dir)
+        golden_dir.mkdir(parents=True)
+        golden = {"bundle": name, "family": manifest["family"], "sequences": {}}
+        for seq, (frames, fps) in sequences.items():
+            entry = {"frames": {"file": f"../frames/{seq}.u8", "shape": list(frames.shape), "dtype": "uint8"}, "fps": fps}
+            if name.startswith("lmm"):
+                rows = [int(t) for t in bundle.read_raw(folder, manifest["constants"]["vocabulary_rows"])]
+                r = families.lmm_reference(families.load_lmm_vqa(lmm_ckpt), tok, frames, fps, rows)
+                entry.update(generated_ids=r["generated_ids"], text=r["text"], score=r["score"])
+                entry["tensors"] = {"visual_embeds": bundle.write_raw(golden_dir, f"{seq}.visual_embeds.f32", r["visual"])}
+            else:
+                r = families.cp_reference(families.load_cp_llm(cp_ckpt), frames, fps)
+                entry.update(keyframe_indices=r["keyframe_indices"], frame_scores=r["frame_scores"].tolist(), score=r["score"])
+            golden["sequences"][seq] = entry
+        (golden_dir / "golden.json").write_text(json.dumps(golden, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

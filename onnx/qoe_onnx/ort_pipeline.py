@@ -11,7 +11,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from . import bundle
-from .reference import fill, keyframe_indices, motion_indices, preprocess, stall_text
+from .reference import fill, keyframe_indices, motion_indices, preprocess, preprocess_normalised, stall_text
 
 
 class BundleError(bundle.BundleError):
@@ -30,7 +30,7 @@ class Runner:
         }
         self.tokenizer = Tokenizer.from_file(str(folder / self.manifest["tokenizer"]))
         self.constants = {k: bundle.read_raw(folder, v) for k, v in self.manifest["constants"].items()}
-        vocab = self.manifest["vocabulary"]
+        vocab = self.manifest["vocabulary"] or {"rows": "none"}
         self.rows = None
         if vocab["rows"] == "subset":
             self.rows = {int(t): i for i, t in enumerate(self.constants[vocab["rows_constant"]])}
@@ -85,7 +85,18 @@ class Runner:
             "motion_embeds": motion_embeds,
         }
 
+    def pixels(self, part: str, frames: np.ndarray) -> np.ndarray:
+        pre = self.manifest["preprocess"][part]
+        return preprocess_normalised(frames, pre["size"][0], pre["mean"], pre["std"]).numpy()
+
     def score(self, frames: np.ndarray, fps: float, stall: dict | None = None, question: str = "") -> dict:
+        mode = self.manifest["score"]["mode"]
+        if mode == "quality-head":
+            return self.score_with_head(frames, fps)
+        if mode == "generated-number":
+            return self.score_by_answer(frames, fps)
+        if mode != "level-logits":
+            raise BundleError(f"{self.folder}: this bundle does not score (score.mode {mode!r})")
         built = self.sequence(frames, fps, stall, question)
         sequence = built["sequence"]
         score = self.manifest["score"]
@@ -105,12 +116,49 @@ class Runner:
             "sequence_length": len(sequence),
         }
 
+    def score_with_head(self, frames: np.ndarray, fps: float) -> dict:
+        """CP-LLM: both encoders on each keyframe, the head's per-frame scores, their mean."""
+        kf = keyframe_indices(len(frames), fps)
+        high = self.run("high_level_encoder", pixel_values=self.pixels("high_level_encoder", frames[kf]))
+        low = self.run("low_level_encoder", pixel_values=self.pixels("low_level_encoder", frames[kf]))
+        per_frame = self.run("quality_head", high_level=high, low_level=low)
+        return {"score": float(per_frame.astype(np.float64).mean()), "frame_scores": per_frame, "keyframe_indices": kf}
+
+    def lmm_visual(self, frames: np.ndarray, fps: float) -> np.ndarray:
+        from .families import lmm_chunk_indices
+
+        m = self.manifest
+        count = m["sampling"]["keyframes"]["count"]
+        kf = keyframe_indices(len(frames), fps)[:count]
+        kf += [kf[-1]] * (count - len(kf))
+        chunks = lmm_chunk_indices(len(frames), fps)
+        clip_tokens = self.run("keyframe_encoder", pixel_values=self.pixels("keyframe_encoder", frames[kf]))
+        chunk_pixels = np.stack([self.pixels("motion_encoder", frames[c]).transpose(1, 0, 2, 3) for c in chunks])
+        motion_tokens = self.run("motion_encoder", chunks=chunk_pixels)
+        per_frame = motion_tokens[[min(i, len(chunks) - 1) for i in range(count)]]
+        return self.run("visual_projector", clip_tokens=clip_tokens, motion_tokens=per_frame)
+
+    def score_by_answer(self, frames: np.ndarray, fps: float) -> dict:
+        """LMM-VQA: the answer is generated; its first number is the score."""
+        from .families import parse_number
+
+        visual = self.lmm_visual(frames, fps)
+        pieces = []
+        for segment in self.manifest["prompt"]["segments"]:
+            pieces.append(visual if "embed" in segment else self.embed(self.tokenizer.encode(segment["text"]).ids))
+        score = self.manifest["score"]
+        ids = self.greedy(np.concatenate(pieces), score["max_new_tokens"])
+        text = self.tokenizer.decode(ids)
+        return {"score": parse_number(text, *score["range"]), "generated_ids": ids, "text": text, "visual": visual}
+
     def generate(
         self, frames: np.ndarray, fps: float, question: str, max_new_tokens: int = 32, step_logits: list | None = None
     ) -> list[int]:
         """Greedy generation with the KV cache: a prefill, then one token per step. Each step's
         logits (over the bundle's vocabulary rows) go to ``step_logits`` if given."""
-        sequence = self.sequence(frames, fps, None, question)["sequence"]
+        return self.greedy(self.sequence(frames, fps, None, question)["sequence"], max_new_tokens, step_logits)
+
+    def greedy(self, sequence: np.ndarray, max_new_tokens: int, step_logits: list | None = None) -> list[int]:
         part = self.manifest["parts"]["decoder_generate"]
         past_specs = [i for i in part["inputs"] if i["name"].startswith("past_key_values.")]
         past = {i["name"]: np.zeros([1, i["shape"][1], 0, i["shape"][3]], np.float32) for i in past_specs}

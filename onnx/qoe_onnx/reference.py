@@ -33,15 +33,21 @@ def motion_indices(n: int, stride: int = 1, trim_before_stride: int = 1, multipl
     return idx[: len(idx) // multiple * multiple]
 
 
-def preprocess(frames: np.ndarray, size: int) -> torch.Tensor:
+def preprocess_normalised(frames: np.ndarray, size: int, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 RGB [n, H, W, 3] → float [n, 3, size, size]: Pillow bicubic squash to size×size,
-    x/255, (x − 0.5)/0.5."""
+    x/255, (x − mean)/std per channel."""
+    mean_a, std_a = np.array(mean, np.float32), np.array(std, np.float32)
     out = []
     for frame in frames:
         resized = Image.fromarray(frame, "RGB").resize((size, size), Image.BICUBIC)
         x = np.asarray(resized, dtype=np.float32) / 255.0
-        out.append(((x - 0.5) / 0.5).transpose(2, 0, 1))
+        out.append(((x - mean_a) / std_a).transpose(2, 0, 1))
     return torch.from_numpy(np.stack(out))
+
+
+def preprocess(frames: np.ndarray, size: int) -> torch.Tensor:
+    """SigLIP's normalisation, (x/255 − 0.5)/0.5 (spec section 3)."""
+    return preprocess_normalised(frames, size, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
 
 
 def stall_text(fmt: str, stall: dict | None, templates: dict | None = None) -> str:

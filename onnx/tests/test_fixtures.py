@@ -19,6 +19,21 @@ def tokenizers(qwen_tokenizer_path):
     fixtures.write_tokenizers(FIXTURES, qwen_tokenizer_path.parent)
 
 
+@pytest.mark.parametrize("name", sorted(fixtures.FAMILY_BUNDLES))
+def test_committed_family_bundle_reproduces_its_golden_outputs(name):
+    runner = ort_pipeline.Runner(FIXTURES / "bundles" / name)
+    golden = json.loads((FIXTURES / "golden" / name / "golden.json").read_text())
+    for seq, g in golden["sequences"].items():
+        spec = g["frames"]
+        frames = np.frombuffer((FIXTURES / "golden" / name / spec["file"]).read_bytes(), np.uint8).reshape(spec["shape"])
+        got = runner.score(frames, g["fps"])
+        if "generated_ids" in g:
+            assert got["generated_ids"] == g["generated_ids"]
+        else:
+            np.testing.assert_allclose(got["frame_scores"], g["frame_scores"], atol=1e-5)
+        assert got["score"] == pytest.approx(g["score"], abs=1e-4)
+
+
 @pytest.mark.parametrize("name", sorted(fixtures.BUNDLES))
 def test_committed_bundle_reproduces_its_golden_outputs(name):
     folder = FIXTURES / "bundles" / name
