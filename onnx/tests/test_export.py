@@ -217,3 +217,24 @@ def test_bundle_validation_names_the_field(export_bundle, tmp_path):
     (folder / "motion_fast.onnx").write_bytes(b"truncated")
     with pytest.raises(bundle.BundleError, match="motion_fast.onnx: not a readable ONNX model"):
         bundle.validate(folder)
+
+
+def test_reference_cli_scores_a_real_encoded_video(tiny_checkpoint, tmp_path, capsys):
+    import subprocess
+
+    video = tmp_path / "clip.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10:duration=2", "-pix_fmt", "yuv420p", str(video)],
+        check=True,
+    )
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("reference_cli", Path(__file__).resolve().parents[1] / "reference.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main(["--checkpoint", str(tiny_checkpoint), "--video", str(video)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["keyframes"] == 2 and out["motion_frames"] == 20
+    assert 0.2 <= out["score"] <= 1.0
+    assert cli.main(["--checkpoint", str(tiny_checkpoint), "--video", str(tmp_path / "none.mp4")]) == 2
