@@ -10,6 +10,7 @@ use gst::glib;
 
 pub mod freeze;
 pub mod metrics;
+pub mod model;
 pub mod preprocess;
 pub mod qoemonitor;
 pub mod report;

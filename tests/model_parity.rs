@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The Rust ONNX Runtime scoring path against the PyTorch reference's golden outputs
+//! (`tests/fixtures/golden`, made by `onnx/qoe_onnx/fixtures.py`): no PyTorch at test time.
+//!
+//! Needs ONNX Runtime: `ORT_DYLIB_PATH`, or the onnxruntime wheel that `tests/run.sh`
+//! installs in `.cache/venv`.
+
+use std::path::{Path, PathBuf};
+
+use gstqoe::model::runtime::{StallFigures, Vqa2Scorer};
+use gstqoe::preprocess::RgbImage;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn init_ort() {
+    if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        return;
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
+        dirs.flatten()
+            .map(|d| {
+                d.path()
+                    .join("site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1")
+            })
+            .find(|p| p.exists())
+    });
+    let path = found.expect("ONNX Runtime: set ORT_DYLIB_PATH or run tests/run.sh (it installs onnxruntime in .cache/venv)");
+    // SAFETY: set before any thread of this test binary reads the environment for ORT.
+    unsafe { std::env::set_var("ORT_DYLIB_PATH", path) };
+}
+
+fn frames(golden_dir: &Path, spec: &Value) -> Vec<RgbImage> {
+    let shape: Vec<usize> = spec["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let data = std::fs::read(golden_dir.join(spec["file"].as_str().unwrap())).unwrap();
+    let (n, h, w) = (shape[0], shape[1], shape[2]);
+    (0..n)
+        .map(|i| RgbImage {
+            width: w,
+            height: h,
+            data: data[i * h * w * 3..][..h * w * 3].to_vec(),
+        })
+        .collect()
+}
+
+fn f32_file(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn check_bundle(name: &str) {
+    init_ort();
+    let golden_dir = fixtures().join("golden").join(name);
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir.join("golden.json")).unwrap())
+            .unwrap();
+    let mut scorer = Vqa2Scorer::open(&fixtures().join("bundles").join(name), 2).unwrap();
+    let stall = golden["stall"].as_object().map(|s| StallFigures {
+        count: s["count"].as_u64().unwrap(),
+        total: s["total"].as_f64().unwrap(),
+        durations: s["durations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_f64().unwrap())
+            .collect(),
+        initial: s["initial"].as_f64().unwrap(),
+        ratio: s["ratio"].as_f64().unwrap(),
+        since: s["since"].as_f64().unwrap(),
+        sequence: Vec::new(),
+    });
+    for (seq, g) in golden["sequences"].as_object().unwrap() {
+        let clip = frames(&golden_dir, &g["frames"]);
+        let scored = scorer
+            .score(&clip, g["fps"].as_f64().unwrap(), stall.as_ref())
+            .unwrap();
+        let want = g["score"].as_f64().unwrap();
+        assert!(
+            (scored.score - want).abs() < 1e-4,
+            "{name}/{seq}: score {} vs reference {want}",
+            scored.score
+        );
+        for (p, q) in scored
+            .probabilities
+            .iter()
+            .zip(g["probabilities"].as_array().unwrap())
+        {
+            assert!(
+                (p - q.as_f64().unwrap()).abs() < 1e-4,
+                "{name}/{seq}: probabilities {:?}",
+                scored.probabilities
+            );
+        }
+        assert_eq!(
+            scored.sequence_length,
+            g["token_ids"].as_array().unwrap().len(),
+            "{name}/{seq}: sequence length"
+        );
+        // Per stage: the keyframe and motion features equal the reference's.
+        for (stage, got) in [
+            ("keyframe_embeds", &scored.keyframe_embeds),
+            ("motion_feat", &scored.motion_feat),
+        ] {
+            let want = f32_file(&golden_dir.join(g["tensors"][stage]["file"].as_str().unwrap()));
+            assert_eq!(got.len(), want.len(), "{stage}");
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{name}/{seq}: {stage} differs by {worst}");
+        }
+    }
+}
+
+#[test]
+fn ugc_bundle_scores_like_the_pytorch_reference() {
+    check_bundle("vqa2-tiny-ugc");
+}
+
+#[test]
+fn streaming_bundle_with_stall_text_scores_like_the_pytorch_reference() {
+    check_bundle("vqa2-tiny-streaming");
+}
+
+fn broken_copy(name: &str, tag: &str) -> PathBuf {
+    let src = fixtures().join("bundles").join(name);
+    let dst = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap().flatten() {
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    dst
+}
+
+fn open_error(dir: &Path) -> String {
+    init_ort();
+    match Vqa2Scorer::open(dir, 1) {
+        Ok(_) => panic!("{} opened", dir.display()),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn bad_bundles_are_refused_naming_file_and_field() {
+    let dir = broken_copy("vqa2-tiny-ugc", "truncated");
+    std::fs::write(dir.join("motion_fast.onnx"), b"not a model").unwrap();
+    let e = open_error(&dir);
+    assert!(
+        e.contains("motion_fast.onnx: not a usable ONNX model"),
+        "{e}"
+    );
+
+    let dir = broken_copy("vqa2-tiny-ugc", "missing");
+    std::fs::remove_file(dir.join("decoder_score.onnx")).unwrap();
+    let e = open_error(&dir);
+    assert!(
+        e.contains("parts.decoder_score.file \"decoder_score.onnx\" does not exist"),
+        "{e}"
+    );
+
+    let dir = broken_copy("vqa2-tiny-ugc", "version");
+    let manifest = std::fs::read_to_string(dir.join("bundle.json"))
+        .unwrap()
+        .replace("\"format_version\": 1", "\"format_version\": 7");
+    std::fs::write(dir.join("bundle.json"), manifest).unwrap();
+    let e = open_error(&dir);
+    assert!(
+        e.contains("field format_version is 7; this reader knows 1"),
+        "{e}"
+    );
+
+    let dir = broken_copy("vqa2-tiny-ugc", "io");
+    let manifest = std::fs::read_to_string(dir.join("bundle.json"))
+        .unwrap()
+        .replace("\"level_logits\"", "\"logits\"");
+    std::fs::write(dir.join("bundle.json"), manifest).unwrap();
+    let e = open_error(&dir);
+    assert!(
+        e.contains(
+            "decoder_score.onnx: outputs are [\"level_logits\"], the manifest declares [\"logits\"]"
+        ),
+        "{e}"
+    );
+
+    let dir = broken_copy("vqa2-tiny-ugc", "constant");
+    std::fs::write(dir.join("image_newline.f32"), [0u8; 12]).unwrap();
+    let e = open_error(&dir);
+    assert!(
+        e.contains("image_newline.f32: 12 bytes, but constants.image_newline declares shape [64]"),
+        "{e}"
+    );
+
+    let dir = broken_copy("vqa2-tiny-ugc", "tokenizer");
+    std::fs::write(dir.join("tokenizer.json"), b"{").unwrap();
+    let e = open_error(&dir);
+    assert!(
+        e.contains("tokenizer.json: the tokenizer does not load"),
+        "{e}"
+    );
+}
