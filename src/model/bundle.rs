@@ -76,6 +76,7 @@ pub struct MotionSampling {
     pub multiple: usize,
     pub max_frames: Option<usize>,
     pub context_frames: Option<usize>,
+    pub chunk_frames: Option<usize>,
 }
 
 fn one() -> usize {
@@ -109,6 +110,24 @@ pub struct Score {
     pub logit_position: Option<i64>,
     #[serde(default)]
     pub levels: Vec<Level>,
+    pub max_new_tokens: Option<usize>,
+    pub range: Option<[f64; 2]>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Generation {
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Decoder {
+    pub architecture: String,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub generation: Option<Generation>,
 }
 
 /// One prompt segment: text tokenised on its own, or an embedding block.
@@ -147,6 +166,7 @@ pub struct Manifest {
     pub parts: BTreeMap<String, Part>,
     pub preprocess: BTreeMap<String, Preprocess>,
     pub vocabulary: Option<Vocabulary>,
+    pub decoder: Option<Decoder>,
     #[serde(default)]
     pub constants: BTreeMap<String, Constant>,
     pub tokenizer: String,

@@ -152,21 +152,25 @@ pub fn stall_text(
         .replace("{sequence}", &sequence)
 }
 
-/// A scored clip.
-#[derive(Debug, Clone)]
+/// A scored clip. `score` is `None` when a generated answer holds no number.
+#[derive(Debug, Clone, Default)]
 pub struct Scored {
-    pub score: f64,
+    pub score: Option<f64>,
     pub probabilities: Vec<f64>,
     pub level_logits: Vec<f64>,
     pub sequence_length: usize,
     pub keyframe_embeds: Vec<f32>,
     pub motion_feat: Vec<f32>,
+    /// CP-LLM: each keyframe's score.
+    pub frame_scores: Vec<f32>,
+    /// LMM-VQA: the generated answer.
+    pub generated_ids: Vec<u32>,
 }
 
 /// A VQA²-family bundle opened on ONNX Runtime.
-pub struct Vqa2Scorer {
+pub struct Scorer {
     bundle: Bundle,
-    sessions: HashMap<&'static str, Session>,
+    sessions: HashMap<String, Session>,
     tokenizer: tokenizers::Tokenizer,
     newline: Vec<f32>,
     /// Token id → embedding row, for vocabulary subsets.
@@ -174,27 +178,12 @@ pub struct Vqa2Scorer {
     hidden: usize,
 }
 
-const PARTS: [&str; 5] = [
-    "keyframe_encoder",
-    "motion_encoder",
-    "motion_projector",
-    "token_embedding",
-    "decoder_score",
-];
-
-impl Vqa2Scorer {
-    pub fn open(dir: &Path, threads: usize) -> Result<Vqa2Scorer, String> {
+impl Scorer {
+    pub fn open(dir: &Path, threads: usize) -> Result<Scorer, String> {
         let bundle = Bundle::load(dir).map_err(|e| e.0)?;
-        if bundle.manifest.score.mode != "level-logits" {
-            return Err(format!(
-                "{}: score.mode {} is not supported here yet",
-                dir.display(),
-                bundle.manifest.score.mode
-            ));
-        }
         let mut sessions = HashMap::new();
-        for role in PARTS {
-            sessions.insert(role, open_session(&bundle, role, threads)?);
+        for role in bundle.manifest.parts.keys() {
+            sessions.insert(role.clone(), open_session(&bundle, role, threads)?);
         }
         let tokenizer_path = bundle.path(&bundle.manifest.tokenizer);
         let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
@@ -203,7 +192,10 @@ impl Vqa2Scorer {
                 tokenizer_path.display()
             )
         })?;
-        let newline = bundle.constant_f32("image_newline").map_err(|e| e.0)?;
+        let newline = match bundle.manifest.constants.contains_key("image_newline") {
+            true => bundle.constant_f32("image_newline").map_err(|e| e.0)?,
+            false => Vec::new(),
+        };
         let rows = match &bundle.manifest.vocabulary {
             Some(v) if v.rows == "subset" => {
                 let name = v
@@ -220,8 +212,12 @@ impl Vqa2Scorer {
             }
             _ => None,
         };
-        let hidden = newline.len();
-        Ok(Vqa2Scorer {
+        let hidden = bundle
+            .manifest
+            .decoder
+            .as_ref()
+            .map_or(0, |d| d.hidden_size);
+        Ok(Scorer {
             bundle,
             sessions,
             tokenizer,
@@ -237,10 +233,13 @@ impl Vqa2Scorer {
 
     fn run(
         &mut self,
-        role: &'static str,
+        role: &str,
         inputs: Vec<(&'static str, ort::value::DynValue)>,
     ) -> Result<(Vec<i64>, Vec<f32>), String> {
-        let session = self.sessions.get_mut(role).expect("opened");
+        let session = self
+            .sessions
+            .get_mut(role)
+            .ok_or_else(|| format!("this bundle has no part {role}"))?;
         let outputs = session.run(inputs).map_err(|e| format!("{role}: {e}"))?;
         let (shape, data) = outputs[0]
             .try_extract_tensor::<f32>()
@@ -277,13 +276,32 @@ impl Vqa2Scorer {
         Ok(self.run("token_embedding", vec![("rows", input)])?.1)
     }
 
-    /// Scores a whole clip of RGB frames at `fps`.
+    /// Scores a whole clip of RGB frames at `fps`, as the bundle's `score.mode` says.
     pub fn score(
         &mut self,
         frames: &[RgbImage],
         fps: f64,
         stall: Option<&StallFigures>,
     ) -> Result<Scored, String> {
+        match self.bundle.manifest.score.mode.as_str() {
+            "level-logits" => self.score_levels(frames, fps, stall),
+            "quality-head" => self.score_with_head(frames, fps),
+            "generated-number" => self.score_by_answer(frames, fps),
+            other => Err(format!(
+                "{}: this bundle does not score (score.mode {other})",
+                self.bundle.dir.display()
+            )),
+        }
+    }
+
+    /// The embedded VQA² prompt: keyframe and motion blocks between the text segments.
+    fn vqa2_sequence(
+        &mut self,
+        frames: &[RgbImage],
+        fps: f64,
+        stall: Option<&StallFigures>,
+        question: &str,
+    ) -> Result<(Vec<f32>, Scored), String> {
         let m = self.bundle.manifest.clone();
         let motion = m
             .sampling
@@ -303,11 +321,6 @@ impl Vqa2Scorer {
                 frames.len()
             ));
         }
-        let f32_tensor = |shape: Vec<i64>, data: Vec<f32>| {
-            Tensor::from_array((shape, data))
-                .map(|t| t.into_dyn())
-                .map_err(|e| e.to_string())
-        };
 
         let (shape, data) = self.pixels(
             "keyframe_encoder",
@@ -323,12 +336,7 @@ impl Vqa2Scorer {
         )?;
         // [T, 3, H, W] → [1, 3, T, H, W]
         let (t, hw) = (shape[0] as usize, (shape[2] * shape[3]) as usize);
-        let mut clip = vec![0f32; data.len()];
-        for f in 0..t {
-            for c in 0..3 {
-                clip[(c * t + f) * hw..][..hw].copy_from_slice(&data[(f * 3 + c) * hw..][..hw]);
-            }
-        }
+        let clip = to_channels_first(&data, t, hw);
         let (_, motion_feat) = self.run(
             "motion_encoder",
             vec![(
@@ -372,7 +380,7 @@ impl Vqa2Scorer {
                     let filled = text
                         .replace("{K}", &kf.len().to_string())
                         .replace("{T}", &mo.len().to_string())
-                        .replace("{question}", "")
+                        .replace("{question}", question)
                         .replace("{stall}", &stall_sentence);
                     let ids = self
                         .tokenizer
@@ -387,6 +395,24 @@ impl Vqa2Scorer {
                 }
             }
         }
+        Ok((
+            sequence,
+            Scored {
+                keyframe_embeds,
+                motion_feat,
+                ..Default::default()
+            },
+        ))
+    }
+
+    fn score_levels(
+        &mut self,
+        frames: &[RgbImage],
+        fps: f64,
+        stall: Option<&StallFigures>,
+    ) -> Result<Scored, String> {
+        let m = self.bundle.manifest.clone();
+        let (mut sequence, stages) = self.vqa2_sequence(frames, fps, stall, "")?;
         let length = sequence.len() / self.hidden;
         let position = m.score.logit_position.unwrap_or(-1);
         // Under a causal mask nothing after the logit position affects it.
@@ -410,12 +436,326 @@ impl Vqa2Scorer {
             .map(|(p, level)| p * level.weight)
             .sum();
         Ok(Scored {
-            score,
+            score: Some(score),
             probabilities,
             level_logits: logits,
             sequence_length: length,
-            keyframe_embeds,
-            motion_feat,
+            ..stages
         })
+    }
+
+    /// CP-LLM: both encoders on each keyframe, the head's per-frame scores, their mean.
+    fn score_with_head(&mut self, frames: &[RgbImage], fps: f64) -> Result<Scored, String> {
+        let kf: Vec<&RgbImage> = keyframe_indices(frames.len(), fps)
+            .into_iter()
+            .map(|i| &frames[i])
+            .collect();
+        let (shape, data) = self.pixels("high_level_encoder", &kf)?;
+        let high = self.run(
+            "high_level_encoder",
+            vec![("pixel_values", f32_tensor(shape, data)?)],
+        )?;
+        let (shape, data) = self.pixels("low_level_encoder", &kf)?;
+        let low = self.run(
+            "low_level_encoder",
+            vec![("pixel_values", f32_tensor(shape, data)?)],
+        )?;
+        let (_, frame_scores) = self.run(
+            "quality_head",
+            vec![
+                ("high_level", f32_tensor(high.0, high.1)?),
+                ("low_level", f32_tensor(low.0, low.1)?),
+            ],
+        )?;
+        let score = frame_scores.iter().map(|&v| v as f64).sum::<f64>() / frame_scores.len() as f64;
+        Ok(Scored {
+            score: Some(score),
+            frame_scores,
+            ..Default::default()
+        })
+    }
+
+    /// LMM-VQA: CLIP tokens and per-second SlowFast chunk tokens fused into one visual block,
+    /// then a generated answer whose first number is the score.
+    fn score_by_answer(&mut self, frames: &[RgbImage], fps: f64) -> Result<Scored, String> {
+        let m = self.bundle.manifest.clone();
+        let count = m
+            .sampling
+            .keyframes
+            .count
+            .ok_or("sampling.keyframes.count is needed for a fused visual block")?;
+        let mut kf = keyframe_indices(frames.len(), fps);
+        kf.truncate(count);
+        let last = *kf.last().expect("at least one keyframe");
+        kf.resize(count, last);
+        let motion = m
+            .sampling
+            .motion
+            .as_ref()
+            .ok_or("this bundle has no motion sampling")?;
+        let chunk_frames = motion
+            .chunk_frames
+            .ok_or("sampling.motion.chunk_frames is missing")?;
+        let r = (fps.round() as usize).max(1);
+        let chunks: Vec<Vec<usize>> = (0..frames.len())
+            .step_by(r)
+            .map(|start| {
+                (0..chunk_frames)
+                    .map(|i| (start + i).min(frames.len() - 1))
+                    .collect()
+            })
+            .collect();
+        let (shape, data) = self.pixels(
+            "keyframe_encoder",
+            &kf.iter().map(|&i| &frames[i]).collect::<Vec<_>>(),
+        )?;
+        let (clip_shape, clip_tokens) = self.run(
+            "keyframe_encoder",
+            vec![("pixel_values", f32_tensor(shape, data)?)],
+        )?;
+        // Each chunk [T, 3, H, W] becomes [3, T, H, W]; stacked [chunks, 3, T, H, W].
+        let (mut batch, mut size) = (Vec::new(), (0, 0));
+        for chunk in &chunks {
+            let (shape, data) = self.pixels(
+                "motion_encoder",
+                &chunk.iter().map(|&i| &frames[i]).collect::<Vec<_>>(),
+            )?;
+            batch.extend(to_channels_first(
+                &data,
+                shape[0] as usize,
+                (shape[2] * shape[3]) as usize,
+            ));
+            size = (shape[2], shape[3]);
+        }
+        let chunk_shape = vec![chunks.len() as i64, 3, chunk_frames as i64, size.0, size.1];
+        let (_, motion_tokens) = self.run(
+            "motion_encoder",
+            vec![("chunks", f32_tensor(chunk_shape, batch)?)],
+        )?;
+        let width = motion_tokens.len() / chunks.len();
+        // Keyframe i takes the chunk of its second; padded keyframes the last chunk.
+        let per_frame: Vec<f32> = (0..count)
+            .flat_map(|i| motion_tokens[i.min(chunks.len() - 1) * width..][..width].to_vec())
+            .collect();
+        let (_, visual) = self.run(
+            "visual_projector",
+            vec![
+                ("clip_tokens", f32_tensor(clip_shape, clip_tokens)?),
+                (
+                    "motion_tokens",
+                    f32_tensor(vec![count as i64, width as i64], per_frame)?,
+                ),
+            ],
+        )?;
+        let prompt = m.prompt.as_ref().ok_or("this bundle has no prompt")?;
+        let mut sequence = Vec::new();
+        for segment in &prompt.segments {
+            match segment {
+                Segment::Embed { .. } => sequence.extend_from_slice(&visual),
+                Segment::Text { text } => {
+                    let ids = self
+                        .tokenizer
+                        .encode(text.as_str(), false)
+                        .map_err(|e| e.to_string())?
+                        .get_ids()
+                        .to_vec();
+                    sequence.extend(self.embed(&ids)?);
+                }
+            }
+        }
+        let generated_ids = self.greedy(sequence, m.score.max_new_tokens.unwrap_or(8), None)?;
+        let text = self
+            .tokenizer
+            .decode(&generated_ids, false)
+            .map_err(|e| e.to_string())?;
+        let [low, high] = m.score.range.unwrap_or([0.0, 1.0]);
+        let score = first_number(&text).map(|v| ((v - low) / (high - low)).clamp(0.0, 1.0));
+        Ok(Scored {
+            score,
+            generated_ids,
+            ..Default::default()
+        })
+    }
+
+    /// A greedy answer about a clip to `question` (Assistant bundles): token ids and text.
+    pub fn explain(
+        &mut self,
+        frames: &[RgbImage],
+        fps: f64,
+        question: &str,
+        max_new_tokens: usize,
+        step_logits: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<(Vec<u32>, String), String> {
+        let (sequence, _) = self.vqa2_sequence(frames, fps, None, question)?;
+        let ids = self.greedy(sequence, max_new_tokens, step_logits)?;
+        let text = self
+            .tokenizer
+            .decode(&ids, true)
+            .map_err(|e| e.to_string())?;
+        Ok((ids, text))
+    }
+
+    /// Greedy decoding with the KV cache: a prefill, then one token per step, until an end
+    /// token or `max_new_tokens`. Each step's logits go to `step_logits` if given.
+    pub fn greedy(
+        &mut self,
+        sequence: Vec<f32>,
+        max_new_tokens: usize,
+        mut step_logits: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<Vec<u32>, String> {
+        let decoder = self
+            .bundle
+            .manifest
+            .decoder
+            .clone()
+            .ok_or("this bundle has no decoder")?;
+        let eos = decoder
+            .generation
+            .map(|g| g.eos_token_ids)
+            .unwrap_or_default();
+        let part = self
+            .bundle
+            .part("decoder_generate")
+            .map_err(|e| e.0)?
+            .clone();
+        let past_names: Vec<String> = part
+            .inputs
+            .iter()
+            .filter(|i| i.name.starts_with("past_key_values."))
+            .map(|i| i.name.clone())
+            .collect();
+        let empty = vec![1, decoder.kv_heads as i64, 0, decoder.head_dim as i64];
+        let mut past: Vec<(Vec<i64>, Vec<f32>)> = past_names
+            .iter()
+            .map(|_| (empty.clone(), Vec::new()))
+            .collect();
+        let row_to_token: Option<HashMap<i64, u32>> = self
+            .rows
+            .as_ref()
+            .map(|m| m.iter().map(|(t, r)| (*r, *t)).collect());
+        let (mut embeds, mut start, mut out) = (sequence, 0usize, Vec::new());
+        for _ in 0..max_new_tokens {
+            let new = embeds.len() / self.hidden;
+            let total = start + new;
+            let mut inputs: Vec<(String, ort::value::DynValue)> = vec![
+                (
+                    "inputs_embeds".into(),
+                    f32_tensor(vec![1, new as i64, self.hidden as i64], embeds)?,
+                ),
+                (
+                    "attention_mask".into(),
+                    i64_tensor(vec![1, total as i64], vec![1; total])?,
+                ),
+                (
+                    "position_ids".into(),
+                    i64_tensor(vec![1, new as i64], (start as i64..total as i64).collect())?,
+                ),
+            ];
+            for (name, (shape, data)) in past_names.iter().zip(past.drain(..)) {
+                inputs.push((name.clone(), f32_tensor(shape, data)?));
+            }
+            let (last, present) = {
+                let session = self
+                    .sessions
+                    .get_mut("decoder_generate")
+                    .expect("the part exists");
+                let outputs = session
+                    .run(inputs)
+                    .map_err(|e| format!("decoder_generate: {e}"))?;
+                let (shape, logits) = outputs[0]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| e.to_string())?;
+                let vocab = shape[2] as usize;
+                let last = logits[(new - 1) * vocab..][..vocab].to_vec();
+                let mut present = Vec::with_capacity(past_names.len());
+                for k in 0..past_names.len() {
+                    let (shape, data) = outputs[1 + k]
+                        .try_extract_tensor::<f32>()
+                        .map_err(|e| e.to_string())?;
+                    present.push((shape.to_vec(), data.to_vec()));
+                }
+                (last, present)
+            };
+            // The first maximum, as numpy's argmax takes it.
+            let row = last
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, v)| if *v > last[best] { i } else { best });
+            if let Some(steps) = step_logits.as_deref_mut() {
+                steps.push(last);
+            }
+            let token = row_to_token
+                .as_ref()
+                .map_or(row as u32, |m| m[&(row as i64)]);
+            if eos.contains(&token) {
+                break;
+            }
+            out.push(token);
+            past = present;
+            embeds = self.embed(&[token])?;
+            start = total;
+        }
+        Ok(out)
+    }
+}
+
+fn f32_tensor(shape: Vec<i64>, data: Vec<f32>) -> Result<ort::value::DynValue, String> {
+    Tensor::from_array((shape, data))
+        .map(|t| t.into_dyn())
+        .map_err(|e| e.to_string())
+}
+
+fn i64_tensor(shape: Vec<i64>, data: Vec<i64>) -> Result<ort::value::DynValue, String> {
+    Tensor::from_array((shape, data))
+        .map(|t| t.into_dyn())
+        .map_err(|e| e.to_string())
+}
+
+/// [T, 3, plane] frames → [3, T, plane] channels.
+fn to_channels_first(data: &[f32], frames: usize, plane: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for f in 0..frames {
+        for c in 0..3 {
+            out[(c * frames + f) * plane..][..plane]
+                .copy_from_slice(&data[(f * 3 + c) * plane..][..plane]);
+        }
+    }
+    out
+}
+
+/// The first decimal number in `text` ("4", "3.25").
+fn first_number(text: &str) -> Option<f64> {
+    let start = text.find(|c: char| c.is_ascii_digit())?;
+    let rest = &text[start..];
+    let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let mut end = digits(rest);
+    if rest[end..].starts_with('.') && rest[end + 1..].starts_with(|c: char| c.is_ascii_digit()) {
+        end += 1 + digits(&rest[end + 1..]);
+    }
+    rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_rules() {
+        assert_eq!(keyframe_indices(20, 8.0), vec![0, 8, 16]);
+        assert_eq!(keyframe_indices(5, 30.0), vec![0]);
+        assert_eq!(keyframe_indices(60, 29.97), vec![0, 30]);
+        assert_eq!(motion_indices(23, 1, 1, 4), (0..20).collect::<Vec<_>>());
+        assert_eq!(
+            motion_indices(70, 8, 8, 4),
+            vec![0, 8, 16, 24, 32, 40, 48, 56]
+        );
+    }
+
+    #[test]
+    fn numbers_in_answers() {
+        assert_eq!(first_number("The score is 4.5."), Some(4.5));
+        assert_eq!(first_number("quality8 quality"), Some(8.0));
+        assert_eq!(first_number("3."), Some(3.0));
+        assert_eq!(first_number("none"), None);
     }
 }
