@@ -124,7 +124,7 @@ def write_all(out: Path, cache: Path) -> None:
     cases = []
     for i, ((h, w), (tw, th)) in enumerate(PILLOW_CASES):
         src = reference.synthetic_frames(1, h, w, 10 + i)[0]
-        dst = np.asarray(Image.fromarray(src, "RGB").resize((tw, th), Image.BICUBIC))
+        dst = np.asarray(Image.fromarray(src).resize((tw, th), Image.BICUBIC))
         (pillow / f"{i}.src.u8").write_bytes(src.tobytes())
         (pillow / f"{i}.bicubic.u8").write_bytes(dst.tobytes())
         cases.append({"source": f"{i}.src.u8", "source_shape": [h, w, 3], "resized": f"{i}.bicubic.u8", "resized_shape": [th, tw, 3]})

@@ -39,7 +39,7 @@ def preprocess_normalised(frames: np.ndarray, size: int, mean: list[float], std:
     mean_a, std_a = np.array(mean, np.float32), np.array(std, np.float32)
     out = []
     for frame in frames:
-        resized = Image.fromarray(frame, "RGB").resize((size, size), Image.BICUBIC)
+        resized = Image.fromarray(frame).resize((size, size), Image.BICUBIC)
         x = np.asarray(resized, dtype=np.float32) / 255.0
         out.append(((x - mean_a) / std_a).transpose(2, 0, 1))
     return torch.from_numpy(np.stack(out))
