@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gstqoe::model::runtime::{Scorer, StallFigures};
+use gstqoe::model::runtime::{Scored, Scorer, StallFigures};
 use gstqoe::preprocess::RgbImage;
 use serde_json::Value;
 
@@ -59,34 +59,61 @@ fn f32_file(path: &Path) -> Vec<f32> {
         .collect()
 }
 
-fn check_bundle(name: &str) {
+fn golden(name: &str) -> (PathBuf, Value) {
+    let dir = fixtures().join("golden").join(name);
+    let value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    (dir, value)
+}
+
+fn numbers(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn token_ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Scores every golden sequence of bundle `name` (with the golden stall figures, if any):
+/// (sequence name, result, golden entry, golden folder).
+fn score_golden(name: &str) -> Vec<(String, Scored, Value, PathBuf)> {
     init_ort();
-    let golden_dir = fixtures().join("golden").join(name);
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(golden_dir.join("golden.json")).unwrap())
-            .unwrap();
+    let (dir, golden) = golden(name);
     let mut scorer = Scorer::open(&fixtures().join("bundles").join(name), 2).unwrap();
     let stall = golden["stall"].as_object().map(|s| StallFigures {
         count: s["count"].as_u64().unwrap(),
         total: s["total"].as_f64().unwrap(),
-        durations: s["durations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_f64().unwrap())
-            .collect(),
+        durations: numbers(&s["durations"]),
         initial: s["initial"].as_f64().unwrap(),
         ratio: s["ratio"].as_f64().unwrap(),
         since: s["since"].as_f64().unwrap(),
         sequence: Vec::new(),
     });
+    let mut out = Vec::new();
     for (seq, g) in golden["sequences"].as_object().unwrap() {
-        let clip = frames(&golden_dir, &g["frames"]);
+        let clip = frames(&dir, &g["frames"]);
         let scored = scorer
             .score(&clip, g["fps"].as_f64().unwrap(), stall.as_ref())
             .unwrap();
-        let want = g["score"].as_f64().unwrap();
-        let got = scored.score.expect("a level-logits bundle always scores");
+        out.push((seq.clone(), scored, g.clone(), dir.clone()));
+    }
+    out
+}
+
+fn check_levels(name: &str) {
+    for (seq, scored, g, dir) in score_golden(name) {
+        let (got, want) = (
+            scored.score.expect("level logits always score"),
+            g["score"].as_f64().unwrap(),
+        );
         assert!(
             (got - want).abs() < 1e-4,
             "{name}/{seq}: score {got} vs reference {want}"
@@ -94,10 +121,10 @@ fn check_bundle(name: &str) {
         for (p, q) in scored
             .probabilities
             .iter()
-            .zip(g["probabilities"].as_array().unwrap())
+            .zip(numbers(&g["probabilities"]))
         {
             assert!(
-                (p - q.as_f64().unwrap()).abs() < 1e-4,
+                (p - q).abs() < 1e-4,
                 "{name}/{seq}: probabilities {:?}",
                 scored.probabilities
             );
@@ -112,7 +139,7 @@ fn check_bundle(name: &str) {
             ("keyframe_embeds", &scored.keyframe_embeds),
             ("motion_feat", &scored.motion_feat),
         ] {
-            let want = f32_file(&golden_dir.join(g["tensors"][stage]["file"].as_str().unwrap()));
+            let want = f32_file(&dir.join(g["tensors"][stage]["file"].as_str().unwrap()));
             assert_eq!(got.len(), want.len(), "{stage}");
             let worst = got
                 .iter()
@@ -126,19 +153,12 @@ fn check_bundle(name: &str) {
 
 #[test]
 fn ugc_bundle_scores_like_the_pytorch_reference() {
-    check_bundle("vqa2-tiny-ugc");
+    check_levels("vqa2-tiny-ugc");
 }
 
 #[test]
 fn streaming_bundle_with_stall_text_scores_like_the_pytorch_reference() {
-    check_bundle("vqa2-tiny-streaming");
-}
-
-fn golden(name: &str) -> (PathBuf, Value) {
-    let dir = fixtures().join("golden").join(name);
-    let value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
-    (dir, value)
+    check_levels("vqa2-tiny-streaming");
 }
 
 #[test]
@@ -153,13 +173,11 @@ fn assistant_bundle_explains_like_the_pytorch_reference() {
         let (ids, _text) = scorer
             .explain(&clip, g["fps"].as_f64().unwrap(), question, max, None)
             .unwrap();
-        let want: Vec<u32> = g["generated_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(ids, want, "{seq}: greedy tokens with the KV cache");
+        assert_eq!(
+            ids,
+            token_ids(&g["generated_ids"]),
+            "{seq}: greedy tokens with the KV cache"
+        );
     }
     // An Assistant bundle explains; it does not score.
     let clip = frames(&dir, &golden["sequences"]["a"]["frames"]);
@@ -169,47 +187,20 @@ fn assistant_bundle_explains_like_the_pytorch_reference() {
 
 #[test]
 fn lmm_vqa_shaped_bundle_answers_like_the_pytorch_reference() {
-    init_ort();
-    let (dir, golden) = golden("lmm-vqa-tiny");
-    let mut scorer = Scorer::open(&fixtures().join("bundles/lmm-vqa-tiny"), 2).unwrap();
-    for (seq, g) in golden["sequences"].as_object().unwrap() {
-        let scored = scorer
-            .score(
-                &frames(&dir, &g["frames"]),
-                g["fps"].as_f64().unwrap(),
-                None,
-            )
-            .unwrap();
-        let want: Vec<u32> = g["generated_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(scored.generated_ids, want, "{seq}: answer tokens");
+    for (seq, scored, g, _) in score_golden("lmm-vqa-tiny") {
+        assert_eq!(
+            scored.generated_ids,
+            token_ids(&g["generated_ids"]),
+            "{seq}: answer tokens"
+        );
         assert_eq!(scored.score, g["score"].as_f64(), "{seq}: parsed score");
     }
 }
 
 #[test]
 fn cp_llm_shaped_bundle_scores_like_the_pytorch_reference() {
-    init_ort();
-    let (dir, golden) = golden("cp-llm-tiny");
-    let mut scorer = Scorer::open(&fixtures().join("bundles/cp-llm-tiny"), 2).unwrap();
-    for (seq, g) in golden["sequences"].as_object().unwrap() {
-        let scored = scorer
-            .score(
-                &frames(&dir, &g["frames"]),
-                g["fps"].as_f64().unwrap(),
-                None,
-            )
-            .unwrap();
-        let want: Vec<f64> = g["frame_scores"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+    for (seq, scored, g, _) in score_golden("cp-llm-tiny") {
+        let want = numbers(&g["frame_scores"]);
         assert_eq!(scored.frame_scores.len(), want.len());
         for (a, b) in scored.frame_scores.iter().zip(&want) {
             assert!(

@@ -55,24 +55,30 @@ TINY_VQA2_CONFIG = {
 }
 
 
+def randomize_module(module: nn.Module, g: torch.Generator) -> None:
+    """Random weights that keep activations of order one: 1-D weights (norm scales) near 1,
+    matrices and biases small, 3-D convolutions scaled by fan-in, random BatchNorm statistics
+    (so that folding them matters)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("weight") and p.dim() == 1:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.02 if p.dim() > 1 else 0.1))
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            if isinstance(m, nn.Conv3d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (0.5 / m.weight[0].numel()) ** 0.5)
+
+
 def randomize(model: vqa2.VQA2, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in [model.keyframe, model.motion, model.motion_projector, model.llm]:
-            for name, p in module.named_parameters():
-                scale = 0.02 if p.dim() > 1 else 0.1
-                p.copy_(torch.randn(p.shape, generator=g) * scale + (1.0 if name.endswith(("norm.weight", "norm1.weight", "norm2.weight")) else 0.0))
-            for m in module.modules():
-                if isinstance(m, nn.BatchNorm3d):
-                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                if isinstance(m, nn.Conv3d):
-                    fan_in = m.weight[0].numel()
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (0.5 / fan_in) ** 0.5)
-        model.image_newline = torch.randn(model.cfg.hidden_size, generator=g)
-        model.lm_head = torch.randn(model.cfg.llm["vocab_size"], model.cfg.hidden_size, generator=g) * 0.5
+    for module in [model.keyframe, model.motion, model.motion_projector, model.llm]:
+        randomize_module(module, g)
+    model.image_newline = torch.randn(model.cfg.hidden_size, generator=g)
+    model.lm_head = torch.randn(model.cfg.llm["vocab_size"], model.cfg.hidden_size, generator=g) * 0.5
 
 
 def write_vqa2(folder: Path, tokenizer_json: Path, seed: int = 0, config: dict | None = None) -> Path:

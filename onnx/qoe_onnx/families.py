@@ -30,6 +30,7 @@ from transformers.models.llama.modeling_llama import LlamaModel
 from transformers.models.siglip.modeling_siglip import SiglipVisionModel
 
 from . import bundle, checkpoint as ck, export
+from .fake import randomize_module
 from .reference import keyframe_indices, preprocess_normalised
 from .slowfast import FastPathway
 
@@ -147,19 +148,7 @@ LMM_SEGMENTS = [
 
 
 def _randomize(module: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("weight") and p.dim() == 1:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * (0.02 if p.dim() > 1 else 0.1))
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm3d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            if isinstance(m, nn.Conv3d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (0.5 / m.weight[0].numel()) ** 0.5)
+    randomize_module(module, torch.Generator().manual_seed(seed))
 
 
 def _write(folder: Path, model: nn.Module, config: dict, tokenizer_json: Path | None) -> Path:
