@@ -29,7 +29,8 @@ options:
   --stream-id ID           name of the stream in messages and metrics (default: input name)
   --report FILE.svg        draw the timeline (stalls, freezes, score) as an SVG picture
   --stall-threshold MS     lateness in milliseconds that counts as a stall (default 250)
-  --bundle DIR             model bundle for quality scores (not available yet)
+  --bundle DIR             model bundle for quality scores (not available yet: scoring in
+                           qoemonitor is still to come)
   -h, --help               this text
 
 Ctrl-C ends the run early and still prints the summary.";
@@ -76,7 +77,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             "--bundle" => {
                 let dir = value("--bundle")?;
                 return Err(format!(
-                    "--bundle {dir}: quality scoring is not available yet (model bundles are still to come); \
+                    "--bundle {dir}: quality scoring is not available yet (qoemonitor does not score yet); \
                      run without --bundle to monitor stalls and freezes"
                 ));
             }
@@ -403,9 +404,7 @@ fn run(options: &Options) -> Result<(), String> {
             stalls: result.stalls.clone(),
             freezes: result.freezes.clone(),
             scores: Vec::new(),
-            no_scores_reason: Some(
-                "quality not scored: model bundles are not available yet".into(),
-            ),
+            no_scores_reason: Some("quality not scored: qoemonitor does not score yet".into()),
             summary,
         };
         std::fs::write(path, timeline.svg())
@@ -502,7 +501,7 @@ fn summary_lines(stats: &gst::Structure, run: &Run) -> Vec<String> {
     if let Some(initial) = t("initial-buffering") {
         lines.push(format!("initial buffering: {initial:.3} s"));
     }
-    lines.push("quality: not scored (model bundles are not available yet)".into());
+    lines.push("quality: not scored (qoemonitor does not score yet)".into());
     lines
 }
 
