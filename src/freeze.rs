@@ -512,7 +512,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(k, &v)| {
-                    if (k + i as usize) % 2 == 0 {
+                    if (k + i as usize).is_multiple_of(2) {
                         v.saturating_add(1)
                     } else {
                         v

@@ -247,33 +247,34 @@ impl StallTracker {
             .unwrap_or(open.start)
             .max(open.start);
             events.push(StallEvent::Ended(self.close(open, end)));
-        } else if let (Some(pts), Some(expected)) = (frame.pts, self.expected_pts) {
-            if pts > expected && pts - expected > self.threshold {
-                let stall = Stall {
-                    start: expected,
-                    duration: pts - expected,
-                    cause: StallCause::TimestampGap,
-                };
-                events.push(StallEvent::Started {
-                    start: stall.start,
-                    cause: stall.cause,
-                });
-                self.count += 1;
-                events.push(StallEvent::Ended(self.record(stall)));
-            }
-            // A timestamp before the expected one (backwards jump, overlap) is a
-            // discontinuity, never a negative stall: expectations restart from this frame.
+        } else if let (Some(pts), Some(expected)) = (frame.pts, self.expected_pts)
+            && pts > expected
+            && pts - expected > self.threshold
+        {
+            let stall = Stall {
+                start: expected,
+                duration: pts - expected,
+                cause: StallCause::TimestampGap,
+            };
+            events.push(StallEvent::Started {
+                start: stall.start,
+                cause: stall.cause,
+            });
+            self.count += 1;
+            events.push(StallEvent::Ended(self.record(stall)));
         }
+        // A timestamp before the expected one (backwards jump, overlap) is a
+        // discontinuity, never a negative stall: expectations restart from this frame.
 
         if let Some(at) = at {
             self.expected_pts = period.map(|p| at + p).or(Some(at));
             self.bump_latest(at);
         }
-        if self.live {
-            if let Some(arrival) = frame.arrival {
-                self.expected_arrival = Some(arrival + period.unwrap_or(0));
-                self.bump_latest(arrival);
-            }
+        if self.live
+            && let Some(arrival) = frame.arrival
+        {
+            self.expected_arrival = Some(arrival + period.unwrap_or(0));
+            self.bump_latest(arrival);
         }
         self.frames += 1;
         self.push_slot(0);

@@ -88,10 +88,10 @@ impl Monitor {
     fn messages(&self, name: &str) -> Vec<gst::Structure> {
         let mut out = Vec::new();
         while let Some(msg) = self.bus.pop_filtered(&[gst::MessageType::Element]) {
-            if let Some(s) = msg.structure() {
-                if s.name() == name {
-                    out.push(s.to_owned());
-                }
+            if let Some(s) = msg.structure()
+                && s.name() == name
+            {
+                out.push(s.to_owned());
             }
         }
         out

@@ -20,6 +20,10 @@ if cargo fmt --version >/dev/null 2>&1; then
   echo "== cargo fmt --check"
   cargo fmt --check
 fi
+if cargo clippy --version >/dev/null 2>&1; then
+  echo "== cargo clippy"
+  cargo clippy --all-targets --quiet -- -D warnings
+fi
 
 echo "== python: onnx/ in .cache/venv (torch from PyPI, CPU)"
 venv=.cache/venv

@@ -281,13 +281,13 @@ impl Bundle {
                 SCORE_MODES.join(", ")
             ));
         }
-        if let Some(part) = &m.score.part {
-            if !m.parts.contains_key(part) {
-                return err(format!(
-                    "{}: score.part \"{part}\" is not one of the parts",
-                    here.display()
-                ));
-            }
+        if let Some(part) = &m.score.part
+            && !m.parts.contains_key(part)
+        {
+            return err(format!(
+                "{}: score.part \"{part}\" is not one of the parts",
+                here.display()
+            ));
         }
         if !self.dir.join(&m.tokenizer).is_file() {
             return err(format!(

@@ -673,18 +673,18 @@ impl ElementImpl for QoeMonitor {
         &self,
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
-        if transition == gst::StateChange::PlayingToPaused {
-            if let Some(state) = self.lock_state().as_mut() {
-                state.playing = false;
-                Self::cancel_arrival_check(state);
-                state.stall.on_paused();
-            }
+        if transition == gst::StateChange::PlayingToPaused
+            && let Some(state) = self.lock_state().as_mut()
+        {
+            state.playing = false;
+            Self::cancel_arrival_check(state);
+            state.stall.on_paused();
         }
         let success = self.parent_change_state(transition)?;
-        if transition == gst::StateChange::ReadyToNull {
-            if let Some(metrics) = self.parked_metrics.lock().unwrap().take() {
-                metrics.remove();
-            }
+        if transition == gst::StateChange::ReadyToNull
+            && let Some(metrics) = self.parked_metrics.lock().unwrap().take()
+        {
+            metrics.remove();
         }
         if transition == gst::StateChange::PausedToPlaying {
             let now = self.obj().current_running_time();
@@ -827,13 +827,12 @@ impl BaseTransformImpl for QoeMonitor {
                 },
                 EventView::Gap(e) => {
                     let (ts, duration) = e.get();
-                    if let Some(rt) = state.segment.to_running_time(ts) {
-                        if let Some(ev) = state
+                    if let Some(rt) = state.segment.to_running_time(ts)
+                        && let Some(ev) = state
                             .stall
                             .on_gap(rt.nseconds(), duration.map(|d| d.nseconds()))
-                        {
-                            messages.push(state.stall_message(ev));
-                        }
+                    {
+                        messages.push(state.stall_message(ev));
                     }
                 }
                 EventView::FlushStop(_) => {
