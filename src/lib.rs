@@ -14,6 +14,7 @@ pub mod model;
 pub mod preprocess;
 pub mod qoemonitor;
 pub mod report;
+pub mod sampling;
 pub mod stall;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

@@ -238,3 +238,30 @@ def test_reference_cli_scores_a_real_encoded_video(tiny_checkpoint, tmp_path, ca
     assert out["keyframes"] == 2 and out["motion_frames"] == 20
     assert 0.2 <= out["score"] <= 1.0
     assert cli.main(["--checkpoint", str(tiny_checkpoint), "--video", str(tmp_path / "none.mp4")]) == 2
+
+
+def test_fast_pathway_chunks_with_18_frames_of_context_equal_the_whole_clip():
+    """Spec section 5: the fast pathway's temporal reach is ±18 frames, so features computed
+    in chunks with 18 frames of context each side equal whole-clip features (how the runtime
+    reuses per-frame motion features across windows)."""
+    from qoe_onnx.slowfast import TEMPORAL_CONTEXT, FastPathway
+    from qoe_onnx import fake
+
+    model = FastPathway().eval()
+    fake.randomize_module(model, torch.Generator().manual_seed(9))
+    clip = torch.randn(1, 3, 70, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model(clip)
+        parts = []
+        for a in range(0, 70, 16):
+            b = min(a + 16, 70)
+            lo, hi = max(0, a - TEMPORAL_CONTEXT), min(70, b + TEMPORAL_CONTEXT)
+            parts.append(model(clip[:, :, lo:hi])[a - lo : b - lo])
+        chunked = torch.cat(parts)
+        np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=1e-4, atol=1e-5)
+        # The reach is exactly 18: a frame 18 away changes a feature, one 19 away does not.
+        for distance, changes in ((TEMPORAL_CONTEXT, True), (TEMPORAL_CONTEXT + 1, False)):
+            nudged = clip.clone()
+            nudged[:, :, 30 + distance] += 1.0
+            delta = (model(nudged)[30] - whole[30]).abs().max().item()
+            assert (delta > 0) == changes, (distance, delta)
