@@ -257,6 +257,16 @@ impl Scorer {
         Ok((vec![frames.len() as i64, 3, h as i64, w as i64], data))
     }
 
+    /// Preprocesses `frames` as `role` declares and runs it on their `pixel_values`.
+    fn encode_pictures(
+        &mut self,
+        role: &str,
+        frames: &[&RgbImage],
+    ) -> Result<(Vec<i64>, Vec<f32>), String> {
+        let (shape, data) = self.pixels(role, frames)?;
+        self.run(role, vec![("pixel_values", f32_tensor(shape, data)?)])
+    }
+
     fn embed(&mut self, ids: &[u32]) -> Result<Vec<f32>, String> {
         let rows: Vec<i64> = match &self.rows {
             None => ids.iter().map(|&i| i as i64).collect(),
@@ -322,14 +332,8 @@ impl Scorer {
             ));
         }
 
-        let (shape, data) = self.pixels(
-            "keyframe_encoder",
-            &kf.iter().map(|&i| &frames[i]).collect::<Vec<_>>(),
-        )?;
-        let (_, keyframe_embeds) = self.run(
-            "keyframe_encoder",
-            vec![("pixel_values", f32_tensor(shape, data)?)],
-        )?;
+        let keyframes: Vec<&RgbImage> = kf.iter().map(|&i| &frames[i]).collect();
+        let (_, keyframe_embeds) = self.encode_pictures("keyframe_encoder", &keyframes)?;
         let (shape, data) = self.pixels(
             "motion_encoder",
             &mo.iter().map(|&i| &frames[i]).collect::<Vec<_>>(),
@@ -450,16 +454,8 @@ impl Scorer {
             .into_iter()
             .map(|i| &frames[i])
             .collect();
-        let (shape, data) = self.pixels("high_level_encoder", &kf)?;
-        let high = self.run(
-            "high_level_encoder",
-            vec![("pixel_values", f32_tensor(shape, data)?)],
-        )?;
-        let (shape, data) = self.pixels("low_level_encoder", &kf)?;
-        let low = self.run(
-            "low_level_encoder",
-            vec![("pixel_values", f32_tensor(shape, data)?)],
-        )?;
+        let high = self.encode_pictures("high_level_encoder", &kf)?;
+        let low = self.encode_pictures("low_level_encoder", &kf)?;
         let (_, frame_scores) = self.run(
             "quality_head",
             vec![
@@ -505,14 +501,8 @@ impl Scorer {
                     .collect()
             })
             .collect();
-        let (shape, data) = self.pixels(
-            "keyframe_encoder",
-            &kf.iter().map(|&i| &frames[i]).collect::<Vec<_>>(),
-        )?;
-        let (clip_shape, clip_tokens) = self.run(
-            "keyframe_encoder",
-            vec![("pixel_values", f32_tensor(shape, data)?)],
-        )?;
+        let keyframes: Vec<&RgbImage> = kf.iter().map(|&i| &frames[i]).collect();
+        let (clip_shape, clip_tokens) = self.encode_pictures("keyframe_encoder", &keyframes)?;
         // Each chunk [T, 3, H, W] becomes [3, T, H, W]; stacked [chunks, 3, T, H, W].
         let (mut batch, mut size) = (Vec::new(), (0, 0));
         for chunk in &chunks {
