@@ -293,3 +293,37 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         "{e}"
     );
 }
+
+#[test]
+fn elements_share_one_model_per_bundle_and_provider() {
+    use gstqoe::model::runtime::{Provider, shared_scorer};
+    init_ort();
+    let dir = fixtures().join("bundles/cp-llm-tiny");
+    let (a, provider) = shared_scorer(&dir, "auto".parse().unwrap(), 1).unwrap();
+    assert_eq!(
+        provider,
+        Provider::Cpu,
+        "auto settles on the CPU in this build"
+    );
+    // The same folder by another path is the same bundle.
+    let (b, _) = shared_scorer(&dir.join("../cp-llm-tiny"), Provider::Cpu, 1).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "one model for both");
+    drop((a, b));
+    let (c, _) = shared_scorer(&dir, Provider::Cpu, 1).unwrap();
+    assert_eq!(
+        std::sync::Arc::strong_count(&c),
+        1,
+        "reopened once nobody held it"
+    );
+
+    let e = shared_scorer(&dir, Provider::Cuda, 1).unwrap_err();
+    assert!(
+        e.contains("execution provider cuda is not available"),
+        "{e}"
+    );
+    let e = "metal".parse::<Provider>().unwrap_err();
+    assert!(
+        e.contains("\"metal\" is not one of cpu, cuda, tensorrt, auto"),
+        "{e}"
+    );
+}

@@ -178,6 +178,16 @@ pub struct Scorer {
     hidden: usize,
 }
 
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scorer")
+            .field("bundle", &self.bundle.manifest.name)
+            .field("dir", &self.bundle.dir)
+            .field("parts", &self.sessions.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 impl Scorer {
     pub fn open(dir: &Path, threads: usize) -> Result<Scorer, String> {
         let bundle = Bundle::load(dir).map_err(|e| e.0)?;
@@ -748,4 +758,95 @@ mod tests {
         assert_eq!(first_number("3."), Some(3.0));
         assert_eq!(first_number("none"), None);
     }
+}
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    Cpu,
+    Cuda,
+    TensorRt,
+    /// TensorRT, else CUDA, else CPU: the first that starts.
+    Auto,
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Provider::Cpu),
+            "cuda" => Ok(Provider::Cuda),
+            "tensorrt" => Ok(Provider::TensorRt),
+            "auto" => Ok(Provider::Auto),
+            other => Err(format!(
+                "execution provider \"{other}\" is not one of cpu, cuda, tensorrt, auto"
+            )),
+        }
+    }
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::TensorRt => "tensorrt",
+            Provider::Auto => "auto",
+        }
+    }
+
+    /// The provider that will actually run. This build runs on the CPU only: an explicit
+    /// GPU provider is an error that says so (never a silent fallback), and `auto` settles
+    /// on the CPU.
+    pub fn resolve(self) -> Result<Provider, String> {
+        match self {
+            Provider::Cpu | Provider::Auto => Ok(Provider::Cpu),
+            gpu => Err(format!(
+                "execution provider {} is not available: this build of gst-qoe runs ONNX Runtime on the CPU only \
+                 (GPU providers are not implemented yet)",
+                gpu.as_str()
+            )),
+        }
+    }
+}
+
+/// One scorer per bundle and provider in the process, shared by every element that uses it.
+pub type SharedScorer = std::sync::Arc<std::sync::Mutex<Scorer>>;
+
+/// Open scorers: bundle folder (canonical), provider, and a handle that does not keep it alive.
+struct SharedEntry {
+    dir: PathBuf,
+    provider: Provider,
+    scorer: std::sync::Weak<std::sync::Mutex<Scorer>>,
+}
+
+static SHARED: std::sync::Mutex<Vec<SharedEntry>> = std::sync::Mutex::new(Vec::new());
+
+/// The process's scorer for the bundle in `dir` on `provider`, opened on first use (with
+/// `threads` intra-op threads) and shared while anyone holds it. Returns it with the provider
+/// actually in use.
+pub fn shared_scorer(
+    dir: &Path,
+    provider: Provider,
+    threads: usize,
+) -> Result<(SharedScorer, Provider), String> {
+    let provider = provider.resolve()?;
+    let key = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut shared = SHARED.lock().unwrap();
+    shared.retain(|entry| entry.scorer.strong_count() > 0);
+    if let Some(scorer) = shared
+        .iter()
+        .find(|entry| entry.dir == key && entry.provider == provider)
+        .and_then(|entry| entry.scorer.upgrade())
+    {
+        return Ok((scorer, provider));
+    }
+    let scorer = std::sync::Arc::new(std::sync::Mutex::new(Scorer::open(&key, threads)?));
+    shared.push(SharedEntry {
+        dir: key,
+        provider,
+        scorer: std::sync::Arc::downgrade(&scorer),
+    });
+    Ok((scorer, provider))
 }
