@@ -90,7 +90,7 @@ def export_graph(module: nn.Module, args: tuple, path: Path, inputs: list[dict],
     return {"file": path.name, "inputs": inputs, "outputs": outputs}
 
 
-def to_fp16(path: Path, io_names: list[str]) -> None:
+def to_fp16(path: Path) -> None:
     """fp16 weights and compute, fp32 inputs and outputs; normalisations and softmax stay
     fp32 (spec section 11.4)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -223,7 +223,7 @@ def export(
 
     if dtype == "fp16":
         for part in parts.values():
-            to_fp16(out / part["file"], [])
+            to_fp16(out / part["file"])
     if external_data:
         for part in parts.values():
             save_external(out / part["file"])

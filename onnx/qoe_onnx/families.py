@@ -183,10 +183,10 @@ def lmm_chunk_indices(n: int, fps: float) -> list[list[int]]:
     return [[min(start + i, n - 1) for i in range(CHUNK_FRAMES)] for start in range(0, n, r)]
 
 
-def lmm_keyframe_indices(n: int, fps: float) -> list[int]:
-    """1 fps keyframes, trimmed or padded (last one repeated) to 8."""
-    idx = keyframe_indices(n, fps)[:LMM_KEYFRAMES]
-    return idx + [idx[-1]] * (LMM_KEYFRAMES - len(idx))
+def lmm_keyframe_indices(n: int, fps: float, count: int = LMM_KEYFRAMES) -> list[int]:
+    """1 fps keyframes, trimmed or padded (last one repeated) to ``count``."""
+    idx = keyframe_indices(n, fps)[:count]
+    return idx + [idx[-1]] * (count - len(idx))
 
 
 def parse_number(text: str, low: float, high: float) -> float | None:

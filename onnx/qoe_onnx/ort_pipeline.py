@@ -14,10 +14,6 @@ from . import bundle
 from .reference import fill, keyframe_indices, motion_indices, preprocess, preprocess_normalised, stall_text
 
 
-class BundleError(bundle.BundleError):
-    pass
-
-
 class Runner:
     def __init__(self, folder: Path, threads: int = 2) -> None:
         self.folder = folder
@@ -42,7 +38,7 @@ class Runner:
         if self.rows is not None:
             missing = [i for i in ids if i not in self.rows]
             if missing:
-                raise BundleError(f"token {missing[0]} is not in this bundle's vocabulary subset")
+                raise bundle.BundleError(f"token {missing[0]} is not in this bundle's vocabulary subset")
             ids = [self.rows[i] for i in ids]
         return self.run("token_embedding", rows=np.array(ids, dtype=np.int64))
 
@@ -96,7 +92,7 @@ class Runner:
         if mode == "generated-number":
             return self.score_by_answer(frames, fps)
         if mode != "level-logits":
-            raise BundleError(f"{self.folder}: this bundle does not score (score.mode {mode!r})")
+            raise bundle.BundleError(f"{self.folder}: this bundle does not score (score.mode {mode!r})")
         built = self.sequence(frames, fps, stall, question)
         sequence = built["sequence"]
         score = self.manifest["score"]
@@ -125,12 +121,10 @@ class Runner:
         return {"score": float(per_frame.astype(np.float64).mean()), "frame_scores": per_frame, "keyframe_indices": kf}
 
     def lmm_visual(self, frames: np.ndarray, fps: float) -> np.ndarray:
-        from .families import lmm_chunk_indices
+        from .families import lmm_chunk_indices, lmm_keyframe_indices
 
-        m = self.manifest
-        count = m["sampling"]["keyframes"]["count"]
-        kf = keyframe_indices(len(frames), fps)[:count]
-        kf += [kf[-1]] * (count - len(kf))
+        count = self.manifest["sampling"]["keyframes"]["count"]
+        kf = lmm_keyframe_indices(len(frames), fps, count)
         chunks = lmm_chunk_indices(len(frames), fps)
         clip_tokens = self.run("keyframe_encoder", pixel_values=self.pixels("keyframe_encoder", frames[kf]))
         chunk_pixels = np.stack([self.pixels("motion_encoder", frames[c]).transpose(1, 0, 2, 3) for c in chunks])

@@ -9,7 +9,6 @@ full ``lm_head``: the plain method, not the bundle's shortcut.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -196,7 +195,3 @@ def synthetic_frames(n: int, height: int, width: int, seed: int) -> np.ndarray:
         f[oy : oy + s, ox : ox + s] = [250, 30, 30]
         frames.append(f.astype(np.uint8))
     return np.stack(frames)
-
-
-def clamp_rate(value: float) -> float:
-    return value if math.isfinite(value) and value > 0 else 1.0

@@ -50,8 +50,9 @@ const FORMATS: &[gst_video::VideoFormat] = {
     ]
 };
 
-/// Where luma lives in a frame of `info`'s format: the plane and its layout.
-fn luma_source(info: &gst_video::VideoInfo) -> Option<(u32, LumaLayout)> {
+/// How luma is laid out in the first plane of a frame of `info`'s format (every accepted
+/// format keeps luma, or RGB, in plane 0).
+fn luma_source(info: &gst_video::VideoInfo) -> Option<LumaLayout> {
     use gst_video::VideoFormat::*;
     let rgb = |pixel_stride, r, g, b| LumaLayout::Rgb8 {
         pixel_stride,
@@ -95,7 +96,7 @@ fn luma_source(info: &gst_video::VideoInfo) -> Option<(u32, LumaLayout)> {
         }
         _ => return None,
     };
-    Some((0, layout))
+    Some(layout)
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +109,13 @@ struct Settings {
     metrics_address: Option<String>,
     metrics_file: Option<String>,
     metrics_file_interval: gst::ClockTime,
+}
+
+impl Settings {
+    /// The stats interval in nanoseconds; `None` when 0 (only the final stats at EOS).
+    fn stats_interval_ns(&self) -> Option<Nanos> {
+        Some(self.stats_interval.nseconds()).filter(|i| *i > 0)
+    }
 }
 
 impl Default for Settings {
@@ -130,7 +138,7 @@ struct State {
     stream_id: String,
     stats_interval: Option<Nanos>,
     info: Option<gst_video::VideoInfo>,
-    luma: Option<(u32, LumaLayout)>,
+    luma: Option<LumaLayout>,
     /// 1/framerate from the caps, `None` for variable rate.
     frame_period: Option<Nanos>,
     segment: gst::FormattedSegment<gst::ClockTime>,
@@ -159,7 +167,7 @@ impl State {
     ) -> Self {
         State {
             stream_id,
-            stats_interval: Some(settings.stats_interval.nseconds()).filter(|i| *i > 0),
+            stats_interval: settings.stats_interval_ns(),
             info: None,
             luma: None,
             frame_period: None,
@@ -420,7 +428,7 @@ impl QoeMonitor {
         time: Nanos,
         messages: &mut Vec<gst::Structure>,
     ) {
-        let (Some(info), Some((plane, layout))) = (state.info.as_ref(), state.luma) else {
+        let (Some(info), Some(layout)) = (state.info.as_ref(), state.luma) else {
             return;
         };
         let frame = match gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info) {
@@ -436,14 +444,14 @@ impl QoeMonitor {
                 return;
             }
         };
-        let Ok(data) = frame.plane_data(plane) else {
+        let Ok(data) = frame.plane_data(0) else {
             return;
         };
         let luma = LumaPlane {
             data,
             width: frame.width() as usize,
             height: frame.height() as usize,
-            stride: frame.plane_stride()[plane as usize] as usize,
+            stride: frame.plane_stride()[0] as usize,
             layout,
         };
         let shown_for = state
@@ -592,8 +600,7 @@ impl ObjectImpl for QoeMonitor {
             "stats-interval" => {
                 settings.stats_interval = ns(value);
                 if let Some(state) = state.as_mut() {
-                    state.stats_interval =
-                        Some(settings.stats_interval.nseconds()).filter(|i| *i > 0);
+                    state.stats_interval = settings.stats_interval_ns();
                     state.next_stats = None;
                 }
             }
