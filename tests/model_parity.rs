@@ -87,7 +87,7 @@ fn token_ids(v: &Value) -> Vec<u32> {
 fn score_golden(name: &str) -> Vec<(String, Scored, Value, PathBuf)> {
     init_ort();
     let (dir, golden) = golden(name);
-    let mut scorer = Scorer::open(&fixtures().join("bundles").join(name), 2).unwrap();
+    let scorer = Scorer::open(&fixtures().join("bundles").join(name), 2).unwrap();
     let stall = golden["stall"].as_object().map(|s| StallFigures {
         count: s["count"].as_u64().unwrap(),
         total: s["total"].as_f64().unwrap(),
@@ -165,7 +165,7 @@ fn streaming_bundle_with_stall_text_scores_like_the_pytorch_reference() {
 fn assistant_bundle_explains_like_the_pytorch_reference() {
     init_ort();
     let (dir, golden) = golden("vqa2-tiny-assistant");
-    let mut scorer = Scorer::open(&fixtures().join("bundles/vqa2-tiny-assistant"), 2).unwrap();
+    let scorer = Scorer::open(&fixtures().join("bundles/vqa2-tiny-assistant"), 2).unwrap();
     let question = golden["question"].as_str().unwrap();
     for (seq, g) in golden["sequences"].as_object().unwrap() {
         let clip = frames(&dir, &g["frames"]);
@@ -296,34 +296,82 @@ fn bad_bundles_are_refused_naming_file_and_field() {
 
 #[test]
 fn elements_share_one_model_per_bundle_and_provider() {
-    use gstqoe::model::runtime::{Provider, shared_scorer};
+    use gstqoe::model::runtime::{Provider, SessionOptions, shared_scorer};
     init_ort();
     let dir = fixtures().join("bundles/cp-llm-tiny");
-    let (a, provider) = shared_scorer(&dir, "auto".parse().unwrap(), 1).unwrap();
-    assert_eq!(
-        provider,
-        Provider::Cpu,
-        "auto settles on the CPU in this build"
-    );
-    // The same folder by another path is the same bundle.
-    let (b, _) = shared_scorer(&dir.join("../cp-llm-tiny"), Provider::Cpu, 1).unwrap();
+    let cpu = SessionOptions {
+        threads: 1,
+        ..Default::default()
+    };
+    let a = shared_scorer(&dir, &cpu).unwrap();
+    assert_eq!(a.provider(), Provider::Cpu);
+    // The same folder by another path is the same bundle; threads do not split the share.
+    let b = shared_scorer(
+        &dir.join("../cp-llm-tiny"),
+        &SessionOptions {
+            threads: 2,
+            ..cpu.clone()
+        },
+    )
+    .unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &b), "one model for both");
     drop((a, b));
-    let (c, _) = shared_scorer(&dir, Provider::Cpu, 1).unwrap();
+    let c = shared_scorer(&dir, &cpu).unwrap();
     assert_eq!(
         std::sync::Arc::strong_count(&c),
         1,
         "reopened once nobody held it"
     );
 
-    let e = shared_scorer(&dir, Provider::Cuda, 1).unwrap_err();
-    assert!(
-        e.contains("execution provider cuda is not available"),
-        "{e}"
+    // This machine's ONNX Runtime is the CPU build: auto falls through TensorRT and CUDA…
+    let auto = shared_scorer(
+        &dir,
+        &SessionOptions {
+            provider: Provider::Auto,
+            ..cpu.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        auto.provider(),
+        Provider::Cpu,
+        "auto settles on the CPU here"
     );
+    // …while an explicit GPU provider is an error that says why, never a silent fallback.
+    for (provider, name) in [
+        (Provider::Cuda, "CUDAExecutionProvider"),
+        (Provider::TensorRt, "TensorrtExecutionProvider"),
+    ] {
+        let e = shared_scorer(
+            &dir,
+            &SessionOptions {
+                provider,
+                ..cpu.clone()
+            },
+        )
+        .unwrap_err();
+        assert!(e.contains(&format!("{name} cannot start")), "{e}");
+    }
     let e = "metal".parse::<Provider>().unwrap_err();
     assert!(
         e.contains("\"metal\" is not one of cpu, cuda, tensorrt, auto"),
         "{e}"
     );
+}
+
+#[test]
+fn tensorrt_engine_cache_is_keyed_by_model_and_runtime() {
+    use gstqoe::model::runtime::tensorrt_cache_key;
+    init_ort();
+    let dir = fixtures().join("bundles/cp-llm-tiny");
+    let a = tensorrt_cache_key(&dir.join("high_level.onnx"), 0).unwrap();
+    let b = tensorrt_cache_key(&dir.join("low_level.onnx"), 0).unwrap();
+    assert_ne!(a, b, "a different model, a different engine");
+    assert_eq!(
+        a,
+        tensorrt_cache_key(&dir.join("high_level.onnx"), 0).unwrap()
+    );
+    assert!(a.contains("libonnxruntime") && a.ends_with("_fp32"), "{a}");
+    let e = tensorrt_cache_key(&dir.join("missing.onnx"), 0).unwrap_err();
+    assert!(e.contains("missing.onnx"), "{e}");
 }

@@ -3,19 +3,19 @@
 //! run time): the Rust twin of `onnx/qoe_onnx/ort_pipeline.py`, checked against the committed
 //! golden outputs of the PyTorch reference.
 //!
-//! Covers VQA²-family bundles (`score.mode` `level-logits`) on whole clips. Not wired into the
-//! element yet: rolling windows, feature reuse, the worker thread and the other families'
-//! score modes are still to come.
+//! Every stage is its own method so that the element can cache features per keyframe and per
+//! frame ([`super::stream`]) and run only the decoder per window; [`Scorer::score`] chains the
+//! same stages over a whole clip, which is what the golden tests check.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::bundle::{Bundle, BundleError, Segment};
+use super::bundle::{Bundle, Segment};
 use crate::preprocess::{RgbImage, normalise_into, resize_bicubic};
 
 /// The process's one ONNX Runtime environment.
@@ -52,12 +52,20 @@ pub fn environment() -> Result<&'static Environment, String> {
         .map_err(|e| e.clone())
 }
 
-fn open_session(bundle: &Bundle, role: &str, threads: usize) -> Result<Session, String> {
+fn open_session(
+    bundle: &Bundle,
+    role: &str,
+    provider: Provider,
+    options: &SessionOptions,
+) -> Result<Session, String> {
     let part = bundle.part(role).map_err(|e| e.0)?;
     let path = bundle.path(&part.file);
-    let session = Session::builder(environment()?)
-        .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
-        .and_then(|mut b| b.commit_from_file(&path))
+    let mut builder = Session::builder(environment()?)
+        .and_then(|b| b.with_intra_threads(options.threads).map_err(Into::into))
+        .map_err(|e| format!("cannot configure ONNX Runtime: {e}"))?;
+    builder = with_provider(builder, provider, options, &path)?;
+    let session = builder
+        .commit_from_file(&path)
         .map_err(|e| format!("{}: not a usable ONNX model: {e}", path.display()))?;
     let names = |outlets: &[ort::value::Outlet]| {
         outlets
@@ -80,6 +88,91 @@ fn open_session(bundle: &Bundle, role: &str, threads: usize) -> Result<Session, 
         }
     }
     Ok(session)
+}
+
+/// Adds `provider` to a session builder. Registration failures are errors, never a silent
+/// fall back to the CPU.
+fn with_provider(
+    builder: ort::session::builder::SessionBuilder,
+    provider: Provider,
+    options: &SessionOptions,
+    model: &Path,
+) -> Result<ort::session::builder::SessionBuilder, String> {
+    use ort::ep;
+    let dispatch = match provider {
+        Provider::Cpu | Provider::Auto => return Ok(builder),
+        Provider::Cuda => ep::CUDA::default()
+            .with_device_id(options.device_id)
+            .build()
+            .error_on_failure(),
+        Provider::TensorRt => {
+            let mut trt = ep::TensorRT::default().with_device_id(options.device_id);
+            if let Some(root) = &options.tensorrt_cache {
+                let dir = root.join(tensorrt_cache_key(model, options.device_id)?);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("TensorRT engine cache {}: {e}", dir.display()))?;
+                trt = trt
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(dir.display())
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(dir.display());
+            }
+            trt.build().error_on_failure()
+        }
+    };
+    let name = dispatch.name();
+    builder
+        .with_execution_providers([dispatch])
+        .map_err(|e| format!("{name} cannot start for {}: {e}", model.display()))
+}
+
+/// The TensorRT engine cache folder name for `model`: its content hash, the ONNX Runtime
+/// library, the GPU and the precision, so that a change of any of them builds new engines.
+pub fn tensorrt_cache_key(model: &Path, device_id: i32) -> Result<String, String> {
+    let bytes = std::fs::read(model).map_err(|e| format!("{}: {e}", model.display()))?;
+    let ort = library_path()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "ort".into());
+    let gpu = gpu_name(device_id).unwrap_or_else(|| format!("gpu{device_id}"));
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect::<String>()
+    };
+    Ok(format!(
+        "{:016x}_{}_{}_fp32",
+        fnv1a(&bytes),
+        clean(&ort),
+        clean(&gpu)
+    ))
+}
+
+/// The NVIDIA driver's name for GPU `device_id`, if the driver says.
+fn gpu_name(device_id: i32) -> Option<String> {
+    let mut dirs: Vec<_> = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    let info = std::fs::read_to_string(dirs.get(device_id as usize)?.join("information")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Model:"))
+        .map(|m| m.trim().to_owned())
+}
+
+/// 64-bit FNV-1a: a stable content hash (std's hasher may change between Rust releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The first frame of every (possibly partial) second; `[0]` for clips under a second.
@@ -167,34 +260,115 @@ pub struct Scored {
     pub generated_ids: Vec<u32>,
 }
 
-/// A VQA²-family bundle opened on ONNX Runtime.
+/// How sessions are opened: where they run and with how many threads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionOptions {
+    pub provider: Provider,
+    /// Intra-op threads per session; 0 lets ONNX Runtime choose.
+    pub threads: usize,
+    /// GPU ordinal for CUDA and TensorRT.
+    pub device_id: i32,
+    /// Folder for TensorRT engines (a key folder per model, ORT version, GPU and precision
+    /// inside); `None`: engines are rebuilt on every start.
+    pub tensorrt_cache: Option<PathBuf>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            provider: Provider::Cpu,
+            threads: 0,
+            device_id: 0,
+            tensorrt_cache: None,
+        }
+    }
+}
+
+/// A model bundle opened on ONNX Runtime. Every method takes `&self`: each graph has its own
+/// lock, so the encoders of one stream and the decoder of another run at the same time.
 pub struct Scorer {
     bundle: Bundle,
-    sessions: HashMap<String, Session>,
+    provider: Provider,
+    sessions: HashMap<String, Mutex<Session>>,
     tokenizer: tokenizers::Tokenizer,
     newline: Vec<f32>,
     /// Token id → embedding row, for vocabulary subsets.
     rows: Option<HashMap<u32, i64>>,
     hidden: usize,
+    /// Embedded prompt text by text: constant segments are embedded once per process.
+    text_cache: Mutex<HashMap<String, Arc<Vec<f32>>>>,
 }
+
+/// Prompt texts kept embedded; the stall sentence varies, so the cache is emptied when full.
+const TEXT_CACHE_ENTRIES: usize = 64;
 
 impl std::fmt::Debug for Scorer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scorer")
             .field("bundle", &self.bundle.manifest.name)
             .field("dir", &self.bundle.dir)
+            .field("provider", &self.provider)
             .field("parts", &self.sessions.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
+/// What a bundle's encoders compute, and so what the element caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// VQA²: vision tokens per keyframe, motion features per frame.
+    KeyframesAndFrames,
+    /// LMM-VQA: CLIP tokens per keyframe, a SlowFast token per second's chunk.
+    KeyframesAndChunks,
+    /// CP-LLM: a score per keyframe from two encoders and a head.
+    FrameScores,
+}
+
+/// Features of one window, assembled from caches (see [`super::stream`]).
+#[derive(Debug, Clone, Default)]
+pub struct WindowFeatures {
+    /// Per keyframe: vision tokens (VQA²), CLIP tokens (LMM-VQA) or the frame's score
+    /// (CP-LLM, one value).
+    pub keyframes: Vec<Arc<Vec<f32>>>,
+    /// VQA²: per-frame motion features, concatenated. LMM-VQA: one motion token per keyframe.
+    pub motion: Vec<Arc<Vec<f32>>>,
+    pub stall: Option<StallFigures>,
+}
+
 impl Scorer {
+    /// Opens every graph of the bundle in `dir` on the CPU with `threads` intra-op threads.
     pub fn open(dir: &Path, threads: usize) -> Result<Scorer, String> {
+        Self::open_with(
+            dir,
+            &SessionOptions {
+                threads,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Opens every graph of the bundle in `dir` as `options` say. `auto` tries TensorRT,
+    /// then CUDA, then the CPU; an explicit provider that cannot start is an error.
+    pub fn open_with(dir: &Path, options: &SessionOptions) -> Result<Scorer, String> {
         let bundle = Bundle::load(dir).map_err(|e| e.0)?;
-        let mut sessions = HashMap::new();
-        for role in bundle.manifest.parts.keys() {
-            sessions.insert(role.clone(), open_session(&bundle, role, threads)?);
-        }
+        check_preprocess(&bundle)?;
+        let (provider, sessions) = match options.provider {
+            Provider::Auto => {
+                let mut why = Vec::new();
+                let mut opened = None;
+                for provider in [Provider::TensorRt, Provider::Cuda, Provider::Cpu] {
+                    match open_sessions(&bundle, provider, options) {
+                        Ok(sessions) => {
+                            opened = Some((provider, sessions));
+                            break;
+                        }
+                        Err(e) => why.push(format!("{}: {e}", provider.as_str())),
+                    }
+                }
+                opened.ok_or_else(|| why.join("; "))?
+            }
+            provider => (provider, open_sessions(&bundle, provider, options)?),
+        };
         let tokenizer_path = bundle.path(&bundle.manifest.tokenizer);
         let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
             format!(
@@ -208,10 +382,12 @@ impl Scorer {
         };
         let rows = match &bundle.manifest.vocabulary {
             Some(v) if v.rows == "subset" => {
-                let name = v
-                    .rows_constant
-                    .as_deref()
-                    .ok_or_else(|| BundleError("vocabulary.rows_constant missing".into()).0)?;
+                let name = v.rows_constant.as_deref().ok_or_else(|| {
+                    format!(
+                        "{}: vocabulary.rows_constant missing",
+                        bundle.dir.join(super::bundle::MANIFEST).display()
+                    )
+                })?;
                 let ids = bundle.constant_i64(name).map_err(|e| e.0)?;
                 Some(
                     ids.iter()
@@ -229,11 +405,13 @@ impl Scorer {
             .map_or(0, |d| d.hidden_size);
         Ok(Scorer {
             bundle,
+            provider,
             sessions,
             tokenizer,
             newline,
             rows,
             hidden,
+            text_cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -241,15 +419,40 @@ impl Scorer {
         &self.bundle
     }
 
+    /// The provider the sessions run on (never `Auto`).
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    /// How this bundle turns features into a score.
+    pub fn mode(&self) -> &str {
+        &self.bundle.manifest.score.mode
+    }
+
+    /// Which features this bundle's graphs compute.
+    pub fn layout(&self) -> Layout {
+        let parts = &self.bundle.manifest.parts;
+        if parts.contains_key("quality_head") {
+            Layout::FrameScores
+        } else if parts.contains_key("visual_projector") {
+            Layout::KeyframesAndChunks
+        } else {
+            Layout::KeyframesAndFrames
+        }
+    }
+
+    /// Runs graph `role`; returns its first output.
     fn run(
-        &mut self,
+        &self,
         role: &str,
         inputs: Vec<(&'static str, ort::value::DynValue)>,
     ) -> Result<(Vec<i64>, Vec<f32>), String> {
-        let session = self
+        let mut session = self
             .sessions
-            .get_mut(role)
-            .ok_or_else(|| format!("this bundle has no part {role}"))?;
+            .get(role)
+            .ok_or_else(|| format!("this bundle has no part {role}"))?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let outputs = session.run(inputs).map_err(|e| format!("{role}: {e}"))?;
         let (shape, data) = outputs[0]
             .try_extract_tensor::<f32>()
@@ -257,27 +460,136 @@ impl Scorer {
         Ok((shape.to_vec(), data.to_vec()))
     }
 
-    fn pixels(&self, role: &str, frames: &[&RgbImage]) -> Result<(Vec<i64>, Vec<f32>), String> {
+    /// `image` resized as graph `role` expects (the manifest's size and filter).
+    pub fn prepare(&self, role: &str, image: &RgbImage) -> Result<RgbImage, String> {
+        let [w, h] = self.bundle.preprocess(role).map_err(|e| e.0)?.size;
+        Ok(if image.width == w && image.height == h {
+            image.clone()
+        } else {
+            resize_bicubic(image, w, h)
+        })
+    }
+
+    /// Normalised pixels of prepared frames, `[N, 3, H, W]`.
+    fn pixels(&self, role: &str, prepared: &[&RgbImage]) -> Result<(Vec<i64>, Vec<f32>), String> {
         let pre = self.bundle.preprocess(role).map_err(|e| e.0)?;
         let [w, h] = pre.size;
-        let mut data = Vec::with_capacity(frames.len() * 3 * w * h);
-        for frame in frames {
-            normalise_into(&resize_bicubic(frame, w, h), pre.mean, pre.std, &mut data);
+        let mut data = Vec::with_capacity(prepared.len() * 3 * w * h);
+        for frame in prepared {
+            if (frame.width, frame.height) != (w, h) {
+                return Err(format!(
+                    "{role}: a {}×{} picture where {w}×{h} is expected",
+                    frame.width, frame.height
+                ));
+            }
+            normalise_into(frame, pre.mean, pre.std, &mut data);
         }
-        Ok((vec![frames.len() as i64, 3, h as i64, w as i64], data))
+        Ok((vec![prepared.len() as i64, 3, h as i64, w as i64], data))
     }
 
-    /// Preprocesses `frames` as `role` declares and runs it on their `pixel_values`.
-    fn encode_pictures(
-        &mut self,
+    /// Runs picture encoder `role` on prepared frames: one output block per frame.
+    pub fn encode_pictures(
+        &self,
         role: &str,
-        frames: &[&RgbImage],
-    ) -> Result<(Vec<i64>, Vec<f32>), String> {
-        let (shape, data) = self.pixels(role, frames)?;
-        self.run(role, vec![("pixel_values", f32_tensor(shape, data)?)])
+        prepared: &[&RgbImage],
+    ) -> Result<Vec<Arc<Vec<f32>>>, String> {
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (shape, data) = self.pixels(role, prepared)?;
+        let (_, out) = self.run(role, vec![("pixel_values", f32_tensor(shape, data)?)])?;
+        Ok(split(out, prepared.len()))
     }
 
-    fn embed(&mut self, ids: &[u32]) -> Result<Vec<f32>, String> {
+    /// VQA² fast pathway over consecutive prepared frames (zero-padded at both ends): one
+    /// feature vector per frame.
+    pub fn motion_features(&self, prepared: &[&RgbImage]) -> Result<Vec<Arc<Vec<f32>>>, String> {
+        let (shape, data) = self.pixels("motion_encoder", prepared)?;
+        // [T, 3, H, W] → [1, 3, T, H, W]
+        let (t, hw) = (shape[0] as usize, (shape[2] * shape[3]) as usize);
+        let clip = to_channels_first(&data, t, hw);
+        let (_, feat) = self.run(
+            "motion_encoder",
+            vec![(
+                "frames",
+                f32_tensor(vec![1, 3, t as i64, shape[2], shape[3]], clip)?,
+            )],
+        )?;
+        Ok(split(feat, t))
+    }
+
+    /// LMM-VQA: one SlowFast token per chunk of prepared frames.
+    pub fn chunk_tokens(&self, chunks: &[Vec<&RgbImage>]) -> Result<Vec<Arc<Vec<f32>>>, String> {
+        let (mut batch, mut size, mut frames) = (Vec::new(), (0, 0), 0);
+        for chunk in chunks {
+            let (shape, data) = self.pixels("motion_encoder", chunk)?;
+            frames = shape[0];
+            batch.extend(to_channels_first(
+                &data,
+                shape[0] as usize,
+                (shape[2] * shape[3]) as usize,
+            ));
+            size = (shape[2], shape[3]);
+        }
+        let shape = vec![chunks.len() as i64, 3, frames, size.0, size.1];
+        let (_, tokens) = self.run(
+            "motion_encoder",
+            vec![("chunks", f32_tensor(shape, batch)?)],
+        )?;
+        Ok(split(tokens, chunks.len()))
+    }
+
+    /// CP-LLM: each keyframe's score from its two encodings.
+    pub fn frame_scores(
+        &self,
+        high: &[&RgbImage],
+        low: &[&RgbImage],
+    ) -> Result<Vec<Arc<Vec<f32>>>, String> {
+        let h = self.pixels("high_level_encoder", high)?;
+        let h = self.run(
+            "high_level_encoder",
+            vec![("pixel_values", f32_tensor(h.0, h.1)?)],
+        )?;
+        let l = self.pixels("low_level_encoder", low)?;
+        let l = self.run(
+            "low_level_encoder",
+            vec![("pixel_values", f32_tensor(l.0, l.1)?)],
+        )?;
+        let (_, scores) = self.run(
+            "quality_head",
+            vec![
+                ("high_level", f32_tensor(h.0, h.1)?),
+                ("low_level", f32_tensor(l.0, l.1)?),
+            ],
+        )?;
+        Ok(split(scores, high.len()))
+    }
+
+    /// Embeds prompt text, from the cache when it was embedded before.
+    fn embed_text(&self, text: &str) -> Result<Arc<Vec<f32>>, String> {
+        if let Some(hit) = self.text_cache.lock().unwrap().get(text) {
+            return Ok(hit.clone());
+        }
+        let ids = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| e.to_string())?
+            .get_ids()
+            .to_vec();
+        let embeds = Arc::new(if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.embed(&ids)?
+        });
+        let mut cache = self.text_cache.lock().unwrap();
+        if cache.len() >= TEXT_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(text.to_owned(), embeds.clone());
+        Ok(embeds)
+    }
+
+    fn embed(&self, ids: &[u32]) -> Result<Vec<f32>, String> {
         let rows: Vec<i64> = match &self.rows {
             None => ids.iter().map(|&i| i as i64).collect(),
             Some(map) => ids
@@ -290,23 +602,131 @@ impl Scorer {
                 .collect::<Result<_, _>>()?,
         };
         let n = rows.len() as i64;
-        let input = Tensor::from_array((vec![n], rows))
-            .map_err(|e| e.to_string())?
-            .into_dyn();
-        Ok(self.run("token_embedding", vec![("rows", input)])?.1)
+        Ok(self
+            .run(
+                "token_embedding",
+                vec![("rows", i64_tensor(vec![n], rows)?)],
+            )?
+            .1)
     }
 
-    /// Scores a whole clip of RGB frames at `fps`, as the bundle's `score.mode` says.
+    /// Scores a whole clip of RGB frames at `fps`, as the bundle's `score.mode` says: the
+    /// reference's computation, through the same stages the element caches.
     pub fn score(
-        &mut self,
+        &self,
         frames: &[RgbImage],
         fps: f64,
         stall: Option<&StallFigures>,
     ) -> Result<Scored, String> {
-        match self.bundle.manifest.score.mode.as_str() {
-            "level-logits" => self.score_levels(frames, fps, stall),
-            "quality-head" => self.score_with_head(frames, fps),
-            "generated-number" => self.score_by_answer(frames, fps),
+        let features = self.clip_features(frames, fps)?;
+        let features = WindowFeatures {
+            stall: stall.cloned(),
+            ..features
+        };
+        self.score_window(&features)
+    }
+
+    /// The features of a whole clip, computed in one go.
+    pub fn clip_features(&self, frames: &[RgbImage], fps: f64) -> Result<WindowFeatures, String> {
+        let m = &self.bundle.manifest;
+        let prepare = |role: &str, idx: &[usize]| -> Result<Vec<RgbImage>, String> {
+            idx.iter()
+                .map(|&i| self.prepare(role, &frames[i]))
+                .collect()
+        };
+        let kf = keyframe_indices(frames.len(), fps);
+        match self.layout() {
+            Layout::KeyframesAndFrames => {
+                let motion = m
+                    .sampling
+                    .motion
+                    .as_ref()
+                    .ok_or("this bundle has no motion sampling")?;
+                let mo = motion_indices(
+                    frames.len(),
+                    motion.stride,
+                    motion.trim_before_stride,
+                    motion.multiple,
+                );
+                if mo.is_empty() {
+                    return Err(format!(
+                        "{} frames give no motion frames under this bundle's sampling",
+                        frames.len()
+                    ));
+                }
+                let keyframes = prepare("keyframe_encoder", &kf)?;
+                let dense = prepare("motion_encoder", &mo)?;
+                Ok(WindowFeatures {
+                    keyframes: self.encode_pictures("keyframe_encoder", &refs(&keyframes))?,
+                    motion: self.motion_features(&refs(&dense))?,
+                    stall: None,
+                })
+            }
+            Layout::FrameScores => {
+                let high = prepare("high_level_encoder", &kf)?;
+                let low = prepare("low_level_encoder", &kf)?;
+                Ok(WindowFeatures {
+                    keyframes: self.frame_scores(&refs(&high), &refs(&low))?,
+                    ..Default::default()
+                })
+            }
+            Layout::KeyframesAndChunks => {
+                let chunk_frames = self.chunk_frames()?;
+                let r = (fps.round() as usize).max(1);
+                let chunks: Vec<Vec<RgbImage>> = (0..frames.len())
+                    .step_by(r)
+                    .map(|start| {
+                        let idx: Vec<usize> = (0..chunk_frames)
+                            .map(|i| (start + i).min(frames.len() - 1))
+                            .collect();
+                        prepare("motion_encoder", &idx)
+                    })
+                    .collect::<Result<_, _>>()?;
+                let chunks: Vec<Vec<&RgbImage>> = chunks.iter().map(|c| refs(c)).collect();
+                let keyframes = prepare("keyframe_encoder", &kf)?;
+                Ok(WindowFeatures {
+                    keyframes: self.encode_pictures("keyframe_encoder", &refs(&keyframes))?,
+                    motion: self.chunk_tokens(&chunks)?,
+                    stall: None,
+                })
+            }
+        }
+    }
+
+    /// LMM-VQA: frames per SlowFast chunk.
+    pub fn chunk_frames(&self) -> Result<usize, String> {
+        self.bundle
+            .manifest
+            .sampling
+            .motion
+            .as_ref()
+            .and_then(|m| m.chunk_frames)
+            .ok_or_else(|| "sampling.motion.chunk_frames is missing".into())
+    }
+
+    /// Scores one window from its features: the only work that is not cached.
+    pub fn score_window(&self, features: &WindowFeatures) -> Result<Scored, String> {
+        match self.mode() {
+            "level-logits" => self.score_levels(features),
+            "quality-head" => {
+                let frame_scores: Vec<f32> = features
+                    .keyframes
+                    .iter()
+                    .flat_map(|s| s.iter())
+                    .copied()
+                    .collect();
+                if frame_scores.is_empty() {
+                    return Err("no keyframe in the window".into());
+                }
+                let score =
+                    frame_scores.iter().map(|&v| v as f64).sum::<f64>() / frame_scores.len() as f64;
+                Ok(Scored {
+                    score: Some(score),
+                    frame_scores,
+                    ..Default::default()
+                })
+            }
+            "generated-number" => self.score_by_answer(features),
             other => Err(format!(
                 "{}: this bundle does not score (score.mode {other})",
                 self.bundle.dir.display()
@@ -316,51 +736,29 @@ impl Scorer {
 
     /// The embedded VQA² prompt: keyframe and motion blocks between the text segments.
     fn vqa2_sequence(
-        &mut self,
-        frames: &[RgbImage],
-        fps: f64,
-        stall: Option<&StallFigures>,
+        &self,
+        features: &WindowFeatures,
         question: &str,
     ) -> Result<(Vec<f32>, Scored), String> {
-        let m = self.bundle.manifest.clone();
-        let motion = m
-            .sampling
-            .motion
-            .as_ref()
-            .ok_or("this bundle has no motion sampling")?;
-        let kf = keyframe_indices(frames.len(), fps);
-        let mo = motion_indices(
-            frames.len(),
-            motion.stride,
-            motion.trim_before_stride,
-            motion.multiple,
-        );
-        if mo.is_empty() {
+        let m = &self.bundle.manifest;
+        let (k, t) = (features.keyframes.len(), features.motion.len());
+        if k == 0 || t == 0 {
             return Err(format!(
-                "{} frames give no motion frames under this bundle's sampling",
-                frames.len()
+                "{k} keyframes and {t} motion frames: nothing to score"
             ));
         }
-
-        let keyframes: Vec<&RgbImage> = kf.iter().map(|&i| &frames[i]).collect();
-        let (_, keyframe_embeds) = self.encode_pictures("keyframe_encoder", &keyframes)?;
-        let (shape, data) = self.pixels(
-            "motion_encoder",
-            &mo.iter().map(|&i| &frames[i]).collect::<Vec<_>>(),
-        )?;
-        // [T, 3, H, W] → [1, 3, T, H, W]
-        let (t, hw) = (shape[0] as usize, (shape[2] * shape[3]) as usize);
-        let clip = to_channels_first(&data, t, hw);
-        let (_, motion_feat) = self.run(
-            "motion_encoder",
-            vec![(
-                "frames",
-                f32_tensor(vec![1, 3, t as i64, shape[2], shape[3]], clip)?,
-            )],
-        )?;
-        let positions = Tensor::from_array((vec![t as i64], (0..t as i64).collect::<Vec<_>>()))
-            .map_err(|e| e.to_string())?
-            .into_dyn();
+        let keyframe_embeds: Vec<f32> = features
+            .keyframes
+            .iter()
+            .flat_map(|v| v.iter())
+            .copied()
+            .collect();
+        let motion_feat: Vec<f32> = features
+            .motion
+            .iter()
+            .flat_map(|v| v.iter())
+            .copied()
+            .collect();
         let feat_len = motion_feat.len() / t;
         let (_, motion_embeds) = self.run(
             "motion_projector",
@@ -369,15 +767,17 @@ impl Scorer {
                     "motion_feat",
                     f32_tensor(vec![t as i64, feat_len as i64], motion_feat.clone())?,
                 ),
-                ("positions", positions),
+                (
+                    "positions",
+                    i64_tensor(vec![t as i64], (0..t as i64).collect())?,
+                ),
             ],
         )?;
-
         let prompt = m.prompt.as_ref().ok_or("this bundle has no prompt")?;
         let stall_sentence = stall_text(
             &prompt.stall_format,
             &prompt.stall_text,
-            &stall.cloned().unwrap_or_default(),
+            &features.stall.clone().unwrap_or_default(),
         );
         let mut sequence: Vec<f32> = Vec::new();
         for segment in &prompt.segments {
@@ -392,20 +792,11 @@ impl Scorer {
                 },
                 Segment::Text { text } => {
                     let filled = text
-                        .replace("{K}", &kf.len().to_string())
-                        .replace("{T}", &mo.len().to_string())
+                        .replace("{K}", &k.to_string())
+                        .replace("{T}", &t.to_string())
                         .replace("{question}", question)
                         .replace("{stall}", &stall_sentence);
-                    let ids = self
-                        .tokenizer
-                        .encode(filled.as_str(), false)
-                        .map_err(|e| e.to_string())?
-                        .get_ids()
-                        .to_vec();
-                    if !ids.is_empty() {
-                        let embeds = self.embed(&ids)?;
-                        sequence.extend_from_slice(&embeds);
-                    }
+                    sequence.extend_from_slice(&self.embed_text(&filled)?);
                 }
             }
         }
@@ -419,14 +810,9 @@ impl Scorer {
         ))
     }
 
-    fn score_levels(
-        &mut self,
-        frames: &[RgbImage],
-        fps: f64,
-        stall: Option<&StallFigures>,
-    ) -> Result<Scored, String> {
-        let m = self.bundle.manifest.clone();
-        let (mut sequence, stages) = self.vqa2_sequence(frames, fps, stall, "")?;
+    fn score_levels(&self, features: &WindowFeatures) -> Result<Scored, String> {
+        let m = &self.bundle.manifest;
+        let (mut sequence, stages) = self.vqa2_sequence(features, "")?;
         let length = sequence.len() / self.hidden;
         let position = m.score.logit_position.unwrap_or(-1);
         // Under a causal mask nothing after the logit position affects it.
@@ -458,92 +844,44 @@ impl Scorer {
         })
     }
 
-    /// CP-LLM: both encoders on each keyframe, the head's per-frame scores, their mean.
-    fn score_with_head(&mut self, frames: &[RgbImage], fps: f64) -> Result<Scored, String> {
-        let kf: Vec<&RgbImage> = keyframe_indices(frames.len(), fps)
-            .into_iter()
-            .map(|i| &frames[i])
-            .collect();
-        let high = self.encode_pictures("high_level_encoder", &kf)?;
-        let low = self.encode_pictures("low_level_encoder", &kf)?;
-        let (_, frame_scores) = self.run(
-            "quality_head",
-            vec![
-                ("high_level", f32_tensor(high.0, high.1)?),
-                ("low_level", f32_tensor(low.0, low.1)?),
-            ],
-        )?;
-        let score = frame_scores.iter().map(|&v| v as f64).sum::<f64>() / frame_scores.len() as f64;
-        Ok(Scored {
-            score: Some(score),
-            frame_scores,
-            ..Default::default()
-        })
-    }
-
     /// LMM-VQA: CLIP tokens and per-second SlowFast chunk tokens fused into one visual block,
     /// then a generated answer whose first number is the score.
-    fn score_by_answer(&mut self, frames: &[RgbImage], fps: f64) -> Result<Scored, String> {
-        let m = self.bundle.manifest.clone();
+    fn score_by_answer(&self, features: &WindowFeatures) -> Result<Scored, String> {
+        let m = &self.bundle.manifest;
         let count = m
             .sampling
             .keyframes
             .count
             .ok_or("sampling.keyframes.count is needed for a fused visual block")?;
-        let mut kf = keyframe_indices(frames.len(), fps);
-        kf.truncate(count);
-        let last = *kf.last().expect("at least one keyframe");
-        kf.resize(count, last);
-        let motion = m
-            .sampling
-            .motion
-            .as_ref()
-            .ok_or("this bundle has no motion sampling")?;
-        let chunk_frames = motion
-            .chunk_frames
-            .ok_or("sampling.motion.chunk_frames is missing")?;
-        let r = (fps.round() as usize).max(1);
-        let chunks: Vec<Vec<usize>> = (0..frames.len())
-            .step_by(r)
-            .map(|start| {
-                (0..chunk_frames)
-                    .map(|i| (start + i).min(frames.len() - 1))
-                    .collect()
+        let (k, chunks) = (features.keyframes.len(), features.motion.len());
+        if k == 0 || chunks == 0 {
+            return Err(format!(
+                "{k} keyframes and {chunks} motion chunks: nothing to score"
+            ));
+        }
+        // The first `count` keyframes, the last repeated to fill; keyframe i takes the chunk
+        // of its second, padded keyframes the last chunk.
+        let pick = |i: usize| i.min(k - 1);
+        let clip: Vec<f32> = (0..count)
+            .flat_map(|i| features.keyframes[pick(i)].iter().copied())
+            .collect();
+        let width = features.motion[0].len();
+        let motion: Vec<f32> = (0..count)
+            .flat_map(|i| {
+                features.motion[i.min(k - 1).min(chunks - 1)]
+                    .iter()
+                    .copied()
             })
             .collect();
-        let keyframes: Vec<&RgbImage> = kf.iter().map(|&i| &frames[i]).collect();
-        let (clip_shape, clip_tokens) = self.encode_pictures("keyframe_encoder", &keyframes)?;
-        // Each chunk [T, 3, H, W] becomes [3, T, H, W]; stacked [chunks, 3, T, H, W].
-        let (mut batch, mut size) = (Vec::new(), (0, 0));
-        for chunk in &chunks {
-            let (shape, data) = self.pixels(
-                "motion_encoder",
-                &chunk.iter().map(|&i| &frames[i]).collect::<Vec<_>>(),
-            )?;
-            batch.extend(to_channels_first(
-                &data,
-                shape[0] as usize,
-                (shape[2] * shape[3]) as usize,
-            ));
-            size = (shape[2], shape[3]);
-        }
-        let chunk_shape = vec![chunks.len() as i64, 3, chunk_frames as i64, size.0, size.1];
-        let (_, motion_tokens) = self.run(
-            "motion_encoder",
-            vec![("chunks", f32_tensor(chunk_shape, batch)?)],
-        )?;
-        let width = motion_tokens.len() / chunks.len();
-        // Keyframe i takes the chunk of its second; padded keyframes the last chunk.
-        let per_frame: Vec<f32> = (0..count)
-            .flat_map(|i| motion_tokens[i.min(chunks.len() - 1) * width..][..width].to_vec())
-            .collect();
+        let per_clip = clip.len() / count;
+        let clip_shape = self.token_shape("keyframe_encoder", count, per_clip)?;
         let (_, visual) = self.run(
             "visual_projector",
             vec![
-                ("clip_tokens", f32_tensor(clip_shape, clip_tokens)?),
+                ("clip_tokens", f32_tensor(clip_shape, clip)?),
                 (
                     "motion_tokens",
-                    f32_tensor(vec![count as i64, width as i64], per_frame)?,
+                    f32_tensor(vec![count as i64, width as i64], motion)?,
                 ),
             ],
         )?;
@@ -552,15 +890,7 @@ impl Scorer {
         for segment in &prompt.segments {
             match segment {
                 Segment::Embed { .. } => sequence.extend_from_slice(&visual),
-                Segment::Text { text } => {
-                    let ids = self
-                        .tokenizer
-                        .encode(text.as_str(), false)
-                        .map_err(|e| e.to_string())?
-                        .get_ids()
-                        .to_vec();
-                    sequence.extend(self.embed(&ids)?);
-                }
+                Segment::Text { text } => sequence.extend_from_slice(&self.embed_text(text)?),
             }
         }
         let generated_ids = self.greedy(sequence, m.score.max_new_tokens.unwrap_or(8), None)?;
@@ -577,16 +907,50 @@ impl Scorer {
         })
     }
 
+    /// The shape of `n` outputs of graph `role` holding `per_item` values each: the declared
+    /// output shape with its first dimension set to `n`.
+    fn token_shape(&self, role: &str, n: usize, per_item: usize) -> Result<Vec<i64>, String> {
+        let part = self.bundle.part(role).map_err(|e| e.0)?;
+        let mut shape = vec![n as i64];
+        for dim in part.outputs[0].shape.iter().skip(1) {
+            match dim {
+                super::bundle::Dim::Fixed(d) => shape.push(*d),
+                super::bundle::Dim::Named(name) => {
+                    return Err(format!("{role}: output dimension {name} must be fixed"));
+                }
+            }
+        }
+        let declared: i64 = shape[1..].iter().product();
+        if declared as usize != per_item {
+            return Err(format!(
+                "{role}: {per_item} values per item, the manifest declares {declared}"
+            ));
+        }
+        Ok(shape)
+    }
+
     /// A greedy answer about a clip to `question` (Assistant bundles): token ids and text.
     pub fn explain(
-        &mut self,
+        &self,
         frames: &[RgbImage],
         fps: f64,
         question: &str,
         max_new_tokens: usize,
         step_logits: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<(Vec<u32>, String), String> {
-        let (sequence, _) = self.vqa2_sequence(frames, fps, None, question)?;
+        let features = self.clip_features(frames, fps)?;
+        self.explain_window(&features, question, max_new_tokens, step_logits)
+    }
+
+    /// A greedy answer about a window's features to `question` (Assistant bundles).
+    pub fn explain_window(
+        &self,
+        features: &WindowFeatures,
+        question: &str,
+        max_new_tokens: usize,
+        step_logits: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<(Vec<u32>, String), String> {
+        let (sequence, _) = self.vqa2_sequence(features, question)?;
         let ids = self.greedy(sequence, max_new_tokens, step_logits)?;
         let text = self
             .tokenizer
@@ -595,10 +959,15 @@ impl Scorer {
         Ok((ids, text))
     }
 
+    /// Whether this bundle can generate text (it has a `decoder_generate` graph).
+    pub fn can_generate(&self) -> bool {
+        self.sessions.contains_key("decoder_generate")
+    }
+
     /// Greedy decoding with the KV cache: a prefill, then one token per step, until an end
     /// token or `max_new_tokens`. Each step's logits go to `step_logits` if given.
     pub fn greedy(
-        &mut self,
+        &self,
         sequence: Vec<f32>,
         max_new_tokens: usize,
         mut step_logits: Option<&mut Vec<Vec<f32>>>,
@@ -613,11 +982,7 @@ impl Scorer {
             .generation
             .map(|g| g.eos_token_ids)
             .unwrap_or_default();
-        let part = self
-            .bundle
-            .part("decoder_generate")
-            .map_err(|e| e.0)?
-            .clone();
+        let part = self.bundle.part("decoder_generate").map_err(|e| e.0)?;
         let past_names: Vec<String> = part
             .inputs
             .iter()
@@ -655,10 +1020,9 @@ impl Scorer {
                 inputs.push((name.clone(), f32_tensor(shape, data)?));
             }
             let (last, present) = {
-                let session = self
-                    .sessions
-                    .get_mut("decoder_generate")
-                    .expect("the part exists");
+                let mut session = self.sessions["decoder_generate"]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 let outputs = session
                     .run(inputs)
                     .map_err(|e| format!("decoder_generate: {e}"))?;
@@ -697,6 +1061,61 @@ impl Scorer {
         }
         Ok(out)
     }
+}
+
+/// Resizing is implemented for Pillow's bicubic filter on 8-bit pictures scaled by 1/255.
+fn check_preprocess(bundle: &Bundle) -> Result<(), String> {
+    let here = bundle.dir.join(super::bundle::MANIFEST);
+    for (role, pre) in &bundle.manifest.preprocess {
+        if pre.resize != "pillow-bicubic" {
+            return Err(format!(
+                "{}: preprocess.{role}.resize is \"{}\"; gst-qoe implements \"pillow-bicubic\" only",
+                here.display(),
+                pre.resize
+            ));
+        }
+        if (pre.rescale - 1.0 / 255.0).abs() > 1e-9 {
+            return Err(format!(
+                "{}: preprocess.{role}.rescale is {}; gst-qoe implements 1/255 only",
+                here.display(),
+                pre.rescale
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Opens every graph of `bundle` on `provider`.
+fn open_sessions(
+    bundle: &Bundle,
+    provider: Provider,
+    options: &SessionOptions,
+) -> Result<HashMap<String, Mutex<Session>>, String> {
+    let mut sessions = HashMap::new();
+    for role in bundle.manifest.parts.keys() {
+        sessions.insert(
+            role.clone(),
+            Mutex::new(open_session(bundle, role, provider, options)?),
+        );
+    }
+    Ok(sessions)
+}
+
+/// References to each picture.
+fn refs(pictures: &[RgbImage]) -> Vec<&RgbImage> {
+    pictures.iter().collect()
+}
+
+/// `data` cut into `n` equal blocks.
+fn split(data: Vec<f32>, n: usize) -> Vec<Arc<Vec<f32>>> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let each = data.len() / n;
+    data.chunks(each.max(1))
+        .take(n)
+        .map(|c| Arc::new(c.to_vec()))
+        .collect()
 }
 
 fn f32_tensor(shape: Vec<i64>, data: Vec<f32>) -> Result<ort::value::DynValue, String> {
@@ -795,58 +1214,45 @@ impl Provider {
             Provider::Auto => "auto",
         }
     }
-
-    /// The provider that will actually run. This build runs on the CPU only: an explicit
-    /// GPU provider is an error that says so (never a silent fallback), and `auto` settles
-    /// on the CPU.
-    pub fn resolve(self) -> Result<Provider, String> {
-        match self {
-            Provider::Cpu | Provider::Auto => Ok(Provider::Cpu),
-            gpu => Err(format!(
-                "execution provider {} is not available: this build of gst-qoe runs ONNX Runtime on the CPU only \
-                 (GPU providers are not implemented yet)",
-                gpu.as_str()
-            )),
-        }
-    }
 }
 
-/// One scorer per bundle and provider in the process, shared by every element that uses it.
-pub type SharedScorer = std::sync::Arc<std::sync::Mutex<Scorer>>;
+/// One scorer per bundle and session options in the process, shared by every element that
+/// uses it.
+pub type SharedScorer = Arc<Scorer>;
 
-/// Open scorers: bundle folder (canonical), provider, and a handle that does not keep it alive.
+/// Open scorers: bundle folder (canonical), options, and a handle that does not keep it alive.
 struct SharedEntry {
     dir: PathBuf,
-    provider: Provider,
-    scorer: std::sync::Weak<std::sync::Mutex<Scorer>>,
+    options: SessionOptions,
+    scorer: std::sync::Weak<Scorer>,
 }
 
-static SHARED: std::sync::Mutex<Vec<SharedEntry>> = std::sync::Mutex::new(Vec::new());
+static SHARED: Mutex<Vec<SharedEntry>> = Mutex::new(Vec::new());
 
-/// The process's scorer for the bundle in `dir` on `provider`, opened on first use (with
-/// `threads` intra-op threads) and shared while anyone holds it. Returns it with the provider
-/// actually in use.
-pub fn shared_scorer(
-    dir: &Path,
-    provider: Provider,
-    threads: usize,
-) -> Result<(SharedScorer, Provider), String> {
-    let provider = provider.resolve()?;
+/// The process's scorer for the bundle in `dir` opened with `options`, opened on first use
+/// and shared while anyone holds it. (Threads count only at the first opening.)
+pub fn shared_scorer(dir: &Path, options: &SessionOptions) -> Result<SharedScorer, String> {
     let key = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut shared = SHARED.lock().unwrap();
+    let requested = options;
+    let options = SessionOptions {
+        threads: 0,
+        ..options.clone()
+    };
+    // Held while opening, so that elements starting together open the model once.
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     shared.retain(|entry| entry.scorer.strong_count() > 0);
     if let Some(scorer) = shared
         .iter()
-        .find(|entry| entry.dir == key && entry.provider == provider)
+        .find(|entry| entry.dir == key && entry.options == options)
         .and_then(|entry| entry.scorer.upgrade())
     {
-        return Ok((scorer, provider));
+        return Ok(scorer);
     }
-    let scorer = std::sync::Arc::new(std::sync::Mutex::new(Scorer::open(&key, threads)?));
+    let scorer = Arc::new(Scorer::open_with(&key, requested)?);
     shared.push(SharedEntry {
         dir: key,
-        provider,
-        scorer: std::sync::Arc::downgrade(&scorer),
+        options,
+        scorer: Arc::downgrade(&scorer),
     });
-    Ok((scorer, provider))
+    Ok(scorer)
 }
