@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod qoemonitor;
+pub mod queue;
 pub mod report;
 pub mod sampling;
 pub mod stall;

@@ -48,6 +48,7 @@ pub struct Families {
     windows_dropped: IntCounterVec,
     inference_seconds: HistogramVec,
     provider_info: IntGaugeVec,
+    quality_stale: IntGaugeVec,
 }
 
 impl Families {
@@ -68,6 +69,7 @@ impl Families {
             Box::new(self.windows_dropped.clone()),
             Box::new(self.inference_seconds.clone()),
             Box::new(self.provider_info.clone()),
+            Box::new(self.quality_stale.clone()),
         ]
     }
 
@@ -158,6 +160,14 @@ impl Families {
                     "1 for the execution provider in use",
                 ),
                 &["stream", "provider"],
+            )
+            .unwrap(),
+            quality_stale: IntGaugeVec::new(
+                Opts::new(
+                    "qoe_quality_stale",
+                    "1 while the model fails: the quality series hold their last good values",
+                ),
+                &["stream"],
             )
             .unwrap(),
             registry: Registry::new(),
@@ -312,6 +322,15 @@ impl StreamMetrics {
         f.windows_scored.with_label_values(&[s]).inc();
     }
 
+    /// Whether the model is failing. The quality series are left as they were: they hold
+    /// the last good values.
+    pub fn stale(&self, stale: bool) {
+        families()
+            .quality_stale
+            .with_label_values(&[&self.stream])
+            .set(stale as i64);
+    }
+
     pub fn window_dropped(&self) {
         families()
             .windows_dropped
@@ -336,6 +355,7 @@ impl StreamMetrics {
         let _ = f.quality_score.remove_label_values(l);
         let _ = f.windows_scored.remove_label_values(l);
         let _ = f.windows_dropped.remove_label_values(l);
+        let _ = f.quality_stale.remove_label_values(l);
         for level in &self.levels {
             let _ = f.level_probability.remove_label_values(&[s, level]);
         }

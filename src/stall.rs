@@ -99,6 +99,18 @@ pub struct StallSummary {
     pub frames: u64,
 }
 
+/// Stall figures of one scoring window (see [`StallTracker::within`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WindowStalls {
+    pub count: u64,
+    pub durations: Vec<Nanos>,
+    pub total: Nanos,
+    pub ratio: f64,
+    pub initial_buffering: Nanos,
+    pub since_last_stall: Nanos,
+    pub sequence: Vec<u8>,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct OpenStall {
     start: Nanos,
@@ -421,6 +433,52 @@ impl StallTracker {
             stalled: self.open.is_some(),
             frames: self.frames,
         }
+    }
+
+    /// The stalls seen inside `[start, end)` of running time, for a streaming scorer's prompt
+    /// about that window: stalls clipped to the window, the initial buffering if the window
+    /// starts with the stream, the time since the last stall ended (the window's length if
+    /// none did), and the window's share of the per-slot sequence.
+    pub fn within(&self, start: Nanos, end: Nanos) -> WindowStalls {
+        let open = self.open.map(|o| Stall {
+            start: o.start,
+            duration: end.saturating_sub(o.start),
+            cause: o.cause,
+        });
+        let mut w = WindowStalls::default();
+        let mut last_end = None;
+        for s in self.recent.iter().chain(open.iter()) {
+            let overlap = s.end().min(end).saturating_sub(s.start.max(start));
+            if overlap > 0 {
+                w.count += 1;
+                w.durations.push(overlap);
+                w.total += overlap;
+            }
+            if s.end() <= end && s.end() > start {
+                last_end = Some(last_end.map_or(s.end(), |l: Nanos| l.max(s.end())));
+            }
+        }
+        w.initial_buffering = match self.first_frame {
+            Some(first) if start <= first => self.initial_buffering.unwrap_or(0),
+            _ => 0,
+        };
+        w.since_last_stall = match (open, last_end) {
+            (Some(o), _) if o.start < end => 0,
+            (_, Some(last)) => end - last,
+            _ => end.saturating_sub(start),
+        };
+        w.ratio = if end > start {
+            (w.total as f64 / (end - start) as f64).min(1.0)
+        } else {
+            0.0
+        };
+        let slots = match self.last_period {
+            Some(p) if p > 0 => ((end.saturating_sub(start)) / p) as usize,
+            _ => 0,
+        };
+        let skip = self.slots.len().saturating_sub(slots);
+        w.sequence = self.slots.iter().skip(skip).copied().collect();
+        w
     }
 
     /// Completed stalls, oldest first (at most [`STALL_HISTORY`]).
@@ -757,5 +815,37 @@ mod tests {
         assert_eq!(s.durations.len(), STALL_HISTORY);
         assert_eq!(t.stalls().count(), STALL_HISTORY);
         assert!(t.slots().count() <= SLOT_HISTORY);
+    }
+
+    #[test]
+    fn window_figures_clip_stalls_to_the_window() {
+        const MS: Nanos = 1_000_000;
+        let mut t = StallTracker::new(250 * MS);
+        t.set_nominal_period(Some(40 * MS));
+        let mut pts = 0;
+        // 4 s of frames, a 1 s timestamp gap at 1 s, then 3 more seconds.
+        while pts < 4000 * MS {
+            if pts == 1000 * MS {
+                pts += 1000 * MS;
+            }
+            t.on_frame(FrameTiming {
+                pts: Some(pts),
+                duration: Some(40 * MS),
+                arrival: None,
+            });
+            pts += 40 * MS;
+        }
+        let all = t.within(0, 4000 * MS);
+        assert_eq!(all.count, 1);
+        assert_eq!(all.total, 1000 * MS);
+        assert!((all.ratio - 0.25).abs() < 1e-9);
+        assert_eq!(all.since_last_stall, 2000 * MS);
+        let clipped = t.within(1500 * MS, 3500 * MS);
+        assert_eq!(clipped.durations, vec![500 * MS]);
+        assert_eq!(clipped.since_last_stall, 1500 * MS);
+        let clean = t.within(2500 * MS, 4000 * MS);
+        assert_eq!((clean.count, clean.total), (0, 0));
+        assert_eq!(clean.since_last_stall, 1500 * MS);
+        assert_eq!(clean.sequence.len(), 37, "one slot per frame period");
     }
 }

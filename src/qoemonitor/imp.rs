@@ -6,8 +6,9 @@
 //! luma thumbnail of each frame. Messages are built under the state lock and posted after it
 //! is released.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
 use gst::prelude::*;
@@ -17,7 +18,10 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use crate::freeze::{FreezeDetector, FreezeEvent, LumaLayout, LumaPlane};
-use crate::metrics::{StreamFigures, StreamMetrics, TextfileLease};
+use super::scoring::{Explain, Job, Report, ReportSink, Sampler, ScoringConfig, Workers};
+use crate::metrics::{QualityFigures, StreamFigures, StreamMetrics, TextfileLease};
+use crate::model::runtime::{Provider, Scorer, SessionOptions, StallFigures};
+use crate::sampling::Window;
 use crate::stall::{FrameTiming, Nanos, StallEvent, StallTracker};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -37,6 +41,12 @@ const DEFAULT_FREEZE_THRESHOLD: f64 = 0.002;
 const DEFAULT_FREEZE_MIN_DURATION: gst::ClockTime = gst::ClockTime::SECOND;
 const DEFAULT_STATS_INTERVAL: gst::ClockTime = gst::ClockTime::SECOND;
 const DEFAULT_METRICS_FILE_INTERVAL: gst::ClockTime = gst::ClockTime::from_seconds(15);
+const DEFAULT_WINDOW: gst::ClockTime = gst::ClockTime::from_seconds(8);
+const DEFAULT_HOP: gst::ClockTime = gst::ClockTime::from_seconds(2);
+const DEFAULT_EXPLAIN_INTERVAL: gst::ClockTime = gst::ClockTime::from_seconds(30);
+const DEFAULT_EXPLAIN_QUESTION: &str =
+    "Describe the quality of this video and what, if anything, degrades it.";
+const DEFAULT_EXPLAIN_MAX_TOKENS: u32 = 64;
 /// Stream time between metric updates (events update them at once).
 const METRICS_TICK: Nanos = 500_000_000;
 
@@ -109,9 +119,69 @@ struct Settings {
     metrics_address: Option<String>,
     metrics_file: Option<String>,
     metrics_file_interval: gst::ClockTime,
+    bundle: Option<PathBuf>,
+    window: gst::ClockTime,
+    hop: gst::ClockTime,
+    execution_provider: ExecutionProvider,
+    device_id: i32,
+    threads: u32,
+    tensorrt_cache: Option<PathBuf>,
+    leaky: bool,
+    explain: Explain,
+    explain_interval: gst::ClockTime,
+    explain_question: String,
+    explain_max_tokens: u32,
+}
+
+/// Where inference runs (the `execution-provider` property).
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, glib::Enum, Default)]
+#[repr(u32)]
+#[enum_type(name = "GstQoeExecutionProvider")]
+pub enum ExecutionProvider {
+    #[default]
+    #[enum_value(name = "CPU", nick = "cpu")]
+    Cpu,
+    #[enum_value(name = "CUDA (an error if it cannot start)", nick = "cuda")]
+    Cuda,
+    #[enum_value(name = "TensorRT (an error if it cannot start)", nick = "tensorrt")]
+    TensorRt,
+    #[enum_value(name = "TensorRT, else CUDA, else CPU", nick = "auto")]
+    Auto,
+}
+
+impl From<ExecutionProvider> for Provider {
+    fn from(p: ExecutionProvider) -> Provider {
+        match p {
+            ExecutionProvider::Cpu => Provider::Cpu,
+            ExecutionProvider::Cuda => Provider::Cuda,
+            ExecutionProvider::TensorRt => Provider::TensorRt,
+            ExecutionProvider::Auto => Provider::Auto,
+        }
+    }
 }
 
 impl Settings {
+    fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            provider: self.execution_provider.into(),
+            threads: self.threads as usize,
+            device_id: self.device_id,
+            tensorrt_cache: self.tensorrt_cache.clone(),
+        }
+    }
+
+    fn scoring_config(&self) -> ScoringConfig {
+        ScoringConfig {
+            window: self.window.nseconds(),
+            hop: self.hop.nseconds(),
+            leaky: self.leaky,
+            explain: self.explain,
+            explain_interval: self.explain_interval.nseconds(),
+            explain_question: self.explain_question.clone(),
+            explain_max_tokens: self.explain_max_tokens as usize,
+        }
+    }
+
     /// The stats interval in nanoseconds; `None` when 0 (only the final stats at EOS).
     fn stats_interval_ns(&self) -> Option<Nanos> {
         Some(self.stats_interval.nseconds()).filter(|i| *i > 0)
@@ -129,6 +199,18 @@ impl Default for Settings {
             metrics_address: None,
             metrics_file: None,
             metrics_file_interval: DEFAULT_METRICS_FILE_INTERVAL,
+            bundle: None,
+            window: DEFAULT_WINDOW,
+            hop: DEFAULT_HOP,
+            execution_provider: ExecutionProvider::Cpu,
+            device_id: 0,
+            threads: 0,
+            tensorrt_cache: None,
+            leaky: true,
+            explain: Explain::Never,
+            explain_interval: DEFAULT_EXPLAIN_INTERVAL,
+            explain_question: DEFAULT_EXPLAIN_QUESTION.into(),
+            explain_max_tokens: DEFAULT_EXPLAIN_MAX_TOKENS,
         }
     }
 }
@@ -156,6 +238,13 @@ struct State {
     metrics: StreamMetrics,
     next_metrics: Nanos,
     _textfile: Option<TextfileLease>,
+    /// The model (shared by every element using the same bundle and provider), loaded on
+    /// start; the sampler and workers start with the first caps.
+    scorer: Option<Arc<Scorer>>,
+    scoring_config: ScoringConfig,
+    sampler: Option<Sampler>,
+    workers: Option<Arc<Workers>>,
+    info_shared: Option<Arc<gst_video::VideoInfo>>,
 }
 
 impl State {
@@ -164,6 +253,7 @@ impl State {
         settings: &Settings,
         metrics: StreamMetrics,
         textfile: Option<TextfileLease>,
+        scorer: Option<Arc<Scorer>>,
     ) -> Self {
         State {
             stream_id,
@@ -186,7 +276,93 @@ impl State {
             metrics,
             next_metrics: 0,
             _textfile: textfile,
+            scorer,
+            scoring_config: settings.scoring_config(),
+            sampler: None,
+            workers: None,
+            info_shared: None,
         }
+    }
+
+    /// The stall figures of a scoring window, for streaming prompts.
+    fn window_stalls(stall: &StallTracker, window: Window) -> Option<StallFigures> {
+        let w = stall.within(window.start, window.end);
+        let s = |n: Nanos| n as f64 * 1e-9;
+        Some(StallFigures {
+            count: w.count,
+            total: s(w.total),
+            durations: w.durations.iter().map(|d| s(*d)).collect(),
+            initial: s(w.initial_buffering),
+            ratio: w.ratio,
+            since: s(w.since_last_stall),
+            sequence: w.sequence,
+        })
+    }
+
+    /// Jobs for the scoring workers from this frame (none without a model).
+    fn sample(&mut self, buffer: &gst::Buffer, time: Nanos) -> Vec<Job> {
+        let (Some(sampler), Some(info)) = (self.sampler.as_mut(), self.info_shared.as_ref())
+        else {
+            return Vec::new();
+        };
+        let stall = &self.stall;
+        sampler.on_frame(
+            buffer,
+            info,
+            time,
+            self.frame_period.or(buffer.duration().map(|d| d.nseconds())),
+            |w| Self::window_stalls(stall, w),
+        )
+    }
+
+    /// The `qoe-quality` structure of a scored window; also feeds the metrics.
+    fn quality_message(&mut self, q: &super::scoring::Quality) -> gst::Structure {
+        let ns = gst::ClockTime::from_nseconds;
+        if !q.stale {
+            let levels: Vec<(&str, f64)> = q
+                .probabilities
+                .iter()
+                .map(|(l, p)| (l.as_str(), *p))
+                .collect();
+            let stages = [
+                ("preprocess", q.times.preprocess),
+                ("vision", q.times.vision),
+                ("motion", q.times.motion),
+                ("decoder", q.times.decoder),
+            ];
+            self.metrics.quality(&QualityFigures {
+                score: q.score,
+                levels: &levels,
+                stages: &stages,
+                provider: q.provider,
+            });
+        }
+        self.metrics.stale(q.stale);
+        let mut probabilities = gst::Structure::new_empty("probabilities");
+        for (level, p) in &q.probabilities {
+            probabilities.set(level.as_str(), *p);
+        }
+        let times = gst::Structure::builder("inference-times")
+            .field("preprocess", q.times.preprocess)
+            .field("vision", q.times.vision)
+            .field("motion", q.times.motion)
+            .field("decoder", q.times.decoder)
+            .build();
+        gst::Structure::builder("qoe-quality")
+            .field("score", q.score)
+            .field("level", &q.level)
+            .field("probabilities", probabilities)
+            .field("window-start", self.stream_time(q.window.start))
+            .field("window-end", self.stream_time(q.window.end))
+            .field("running-time", ns(q.running_time))
+            .field("stream-id", &self.stream_id)
+            .field("keyframes", q.keyframes as u32)
+            .field("motion-frames", q.motion_frames as u32)
+            .field("inference-time", q.times.total())
+            .field("inference-times", times)
+            .field("provider", q.provider)
+            .field("stale", q.stale)
+            .build()
     }
 
     /// Brings the Prometheus series up to date with the trackers.
@@ -268,6 +444,19 @@ impl State {
             .field("freezes", self.freeze.count())
             .field("frozen-time", ns(self.freeze.total()))
             .field("frozen", self.freeze.is_frozen())
+            .field_if_some(
+                "windows-scored",
+                self.workers.as_ref().map(|w| w.counts().0),
+            )
+            .field_if_some(
+                "windows-dropped",
+                self.workers.as_ref().map(|w| w.counts().1),
+            )
+            .field_if_some(
+                "frames-dropped",
+                self.workers.as_ref().map(|w| w.counts().2),
+            )
+            .field_if_some("stale", self.workers.as_ref().map(|w| w.counts().3))
             .build()
     }
 }
@@ -297,6 +486,89 @@ impl QoeMonitor {
         for s in structures {
             // No bus (a bare element in a test) is not an error for the stream.
             let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
+        }
+    }
+
+    /// The workers' channel back to this element. It holds no strong reference: the element
+    /// stops (and joins) its workers before it can go away.
+    fn report_sink(&self) -> ReportSink {
+        let weak = self.obj().downgrade();
+        Arc::new(move |report| {
+            if let Some(element) = weak.upgrade() {
+                element.imp().on_report(report);
+            }
+        })
+    }
+
+    /// A worker's report: a message on the bus, the metrics, a warning.
+    fn on_report(&self, report: Report) {
+        let message = {
+            let mut guard = self.lock_state();
+            let Some(state) = guard.as_mut() else { return };
+            match report {
+                Report::Quality(q) => Some(state.quality_message(&q)),
+                Report::Dropped { reason } => {
+                    gst::debug!(CAT, imp = self, "Window not scored: {reason}");
+                    state.metrics.window_dropped();
+                    None
+                }
+                Report::Failed { error, warn } => {
+                    state.metrics.stale(true);
+                    drop(guard);
+                    if warn {
+                        gst::element_imp_warning!(
+                            self,
+                            gst::LibraryError::Failed,
+                            ("Quality scoring failed; scores are stale until it recovers"),
+                            ["{}", error]
+                        );
+                    }
+                    return;
+                }
+                Report::Explanation {
+                    window,
+                    running_time,
+                    text,
+                    seconds,
+                } => Some(
+                    gst::Structure::builder("qoe-explanation")
+                        .field("text", text)
+                        .field("window-start", state.stream_time(window.start))
+                        .field("window-end", state.stream_time(window.end))
+                        .field("running-time", gst::ClockTime::from_nseconds(running_time))
+                        .field("stream-id", &state.stream_id)
+                        .field("inference-time", seconds)
+                        .build(),
+                ),
+            }
+        };
+        self.post(message.into_iter().collect());
+    }
+
+    /// Starts the sampler and workers once the stream's frame rate is known.
+    fn start_scoring(&self, state: &mut State) {
+        if state.workers.is_some() {
+            return;
+        }
+        let Some(scorer) = state.scorer.clone() else {
+            return;
+        };
+        let fps = state.frame_period.map(|p| 1e9 / p as f64);
+        match Workers::start(
+            scorer.clone(),
+            &state.scoring_config,
+            fps,
+            self.report_sink(),
+        ) {
+            Ok(workers) => {
+                state.sampler = Some(Sampler::new(&scorer, state.scoring_config.clone()));
+                state.workers = Some(Arc::new(workers));
+            }
+            Err(err) => gst::element_imp_warning!(
+                self,
+                gst::LibraryError::Init,
+                ("Quality scoring not started: {}", err)
+            ),
         }
     }
 
@@ -370,12 +642,13 @@ impl QoeMonitor {
         self.obj().sink_pad().peer_query(&mut query) && query.result().0
     }
 
+    /// Tracks a frame; returns its time (running time of its PTS, else of its arrival).
     fn observe_frame(
         &self,
         state: &mut State,
         buffer: &gst::BufferRef,
         messages: &mut Vec<gst::Structure>,
-    ) {
+    ) -> Option<Nanos> {
         let arrival = if state.playing {
             self.obj().current_running_time().map(|t| t.nseconds())
         } else {
@@ -403,7 +676,7 @@ impl QoeMonitor {
         }
         state.metrics.frames(1);
 
-        let Some(time) = pts.or(arrival) else { return };
+        let time = pts.or(arrival)?;
         if time >= state.next_metrics {
             state.sync_metrics(Some(time));
             state.next_metrics = time + METRICS_TICK;
@@ -419,6 +692,7 @@ impl QoeMonitor {
             }
         }
         self.schedule_arrival_check(state);
+        Some(time)
     }
 
     fn detect_freeze(
@@ -550,6 +824,89 @@ impl ObjectImpl for QoeMonitor {
                     .default_value(DEFAULT_STATS_INTERVAL.nseconds())
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecString::builder("bundle")
+                    .nick("Model bundle")
+                    .blurb("Folder of a model bundle (bundle.json and its graphs) to score quality with (unset: no quality scores, only stalls and freezes). Loaded on the way to PAUSED; a bad bundle fails that state change with an error saying why. Needs ORT_DYLIB_PATH to name libonnxruntime.so")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("window")
+                    .nick("Window")
+                    .blurb("Nanoseconds of video each quality score covers")
+                    .minimum(gst::ClockTime::SECOND.nseconds())
+                    .maximum(gst::ClockTime::from_seconds(600).nseconds())
+                    .default_value(DEFAULT_WINDOW.nseconds())
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("hop")
+                    .nick("Hop")
+                    .blurb("Nanoseconds between the ends of consecutive windows, rounded up to whole seconds so that windows share their keyframes' features (a window shorter than the hop is made as long)")
+                    .minimum(gst::ClockTime::SECOND.nseconds())
+                    .maximum(gst::ClockTime::from_seconds(600).nseconds())
+                    .default_value(DEFAULT_HOP.nseconds())
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("execution-provider", ExecutionProvider::Cpu)
+                    .nick("Execution provider")
+                    .blurb("Where ONNX Runtime runs the model: cpu, cuda, tensorrt, or auto (TensorRT, else CUDA, else CPU). An explicitly asked-for provider that cannot start fails the start with the reason; the provider in use is the provider property")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("provider")
+                    .nick("Provider in use")
+                    .blurb("The execution provider the model actually runs on (NULL without a model or before start)")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecInt::builder("device-id")
+                    .nick("Device ID")
+                    .blurb("GPU ordinal for the cuda and tensorrt providers")
+                    .minimum(0)
+                    .maximum(64)
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("threads")
+                    .nick("Threads")
+                    .blurb("ONNX Runtime intra-op threads per graph (0: its default, one per core). A model shared by several elements keeps the value of the first to load it")
+                    .maximum(256)
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("tensorrt-cache")
+                    .nick("TensorRT engine cache")
+                    .blurb("Folder where TensorRT engines are kept between runs, in subfolders keyed by model hash, ONNX Runtime library, GPU and precision (unset: engines are rebuilt on each start)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("leaky")
+                    .nick("Leaky")
+                    .blurb("When the model falls behind, drop the oldest waiting frames and windows (counted in qoe-stats and qoe_windows_dropped_total) so that the pipeline never waits. Set to false for offline analysis of files, where every window should be scored and the pipeline may slow down to the model's pace")
+                    .default_value(true)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("explain", Explain::Never)
+                    .nick("Explain")
+                    .blurb("When to generate a text explanation of a window (bundles with a generation graph, e.g. VQA²-Assistant): never, on-drop (the quality level got worse) or always; at most one per explain-interval. It arrives later in its own qoe-explanation message and never delays scores")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("explain-interval")
+                    .nick("Explain interval")
+                    .blurb("Least nanoseconds of stream time between two explanations")
+                    .maximum(gst::ClockTime::from_seconds(86400).nseconds())
+                    .default_value(DEFAULT_EXPLAIN_INTERVAL.nseconds())
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("explain-question")
+                    .nick("Explain question")
+                    .blurb("The question put to the model for explanations (for prompts with a {question} slot)")
+                    .default_value(Some(DEFAULT_EXPLAIN_QUESTION))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("explain-max-tokens")
+                    .nick("Explain max tokens")
+                    .blurb("Most tokens generated per explanation")
+                    .minimum(1)
+                    .maximum(4096)
+                    .default_value(DEFAULT_EXPLAIN_MAX_TOKENS)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("The figures of the latest qoe-stats message, computed now (NULL before the element starts)")
@@ -597,6 +954,37 @@ impl ObjectImpl for QoeMonitor {
                         .set_min_duration(settings.freeze_min_duration.nseconds());
                 }
             }
+            "bundle" => {
+                settings.bundle = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .map(PathBuf::from)
+            }
+            "window" => settings.window = ns(value),
+            "hop" => settings.hop = ns(value),
+            "execution-provider" => {
+                settings.execution_provider = value.get().expect("type checked upstream")
+            }
+            "device-id" => settings.device_id = value.get().expect("type checked upstream"),
+            "threads" => settings.threads = value.get().expect("type checked upstream"),
+            "tensorrt-cache" => {
+                settings.tensorrt_cache = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .map(PathBuf::from)
+            }
+            "leaky" => settings.leaky = value.get().expect("type checked upstream"),
+            "explain" => settings.explain = value.get().expect("type checked upstream"),
+            "explain-interval" => settings.explain_interval = ns(value),
+            "explain-question" => {
+                settings.explain_question = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_EXPLAIN_QUESTION.into())
+            }
+            "explain-max-tokens" => {
+                settings.explain_max_tokens = value.get().expect("type checked upstream")
+            }
             "stats-interval" => {
                 settings.stats_interval = ns(value);
                 if let Some(state) = state.as_mut() {
@@ -623,6 +1011,34 @@ impl ObjectImpl for QoeMonitor {
             "metrics-address" => settings.metrics_address.to_value(),
             "metrics-file" => settings.metrics_file.to_value(),
             "metrics-file-interval" => settings.metrics_file_interval.nseconds().to_value(),
+            "bundle" => settings
+                .bundle
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .to_value(),
+            "window" => settings.window.nseconds().to_value(),
+            "hop" => settings.hop.nseconds().to_value(),
+            "execution-provider" => settings.execution_provider.to_value(),
+            "device-id" => settings.device_id.to_value(),
+            "threads" => settings.threads.to_value(),
+            "tensorrt-cache" => settings
+                .tensorrt_cache
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .to_value(),
+            "leaky" => settings.leaky.to_value(),
+            "explain" => settings.explain.to_value(),
+            "explain-interval" => settings.explain_interval.nseconds().to_value(),
+            "explain-question" => settings.explain_question.to_value(),
+            "explain-max-tokens" => settings.explain_max_tokens.to_value(),
+            "provider" => {
+                drop(settings);
+                self.lock_state()
+                    .as_ref()
+                    .and_then(|s| s.scorer.as_ref())
+                    .map(|s| s.provider().as_str())
+                    .to_value()
+            }
             "stats" => {
                 drop(settings);
                 let now = self.obj().current_running_time().map(|t| t.nseconds());
@@ -754,15 +1170,47 @@ impl BaseTransformImpl for QoeMonitor {
                 })
                 .ok()
         });
-        *self.lock_state() = Some(State::new(stream_id, &settings, metrics, textfile));
+        let scorer = match &settings.bundle {
+            None => None,
+            Some(dir) => {
+                let options = settings.session_options();
+                let scorer = crate::model::runtime::shared_scorer(dir, &options).map_err(|e| {
+                    gst::error_msg!(
+                        gst::ResourceError::OpenRead,
+                        ("Cannot load the model bundle {}", dir.display()),
+                        ["{}", e]
+                    )
+                })?;
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "Bundle {} on {}",
+                    scorer.bundle().manifest.name,
+                    scorer.provider().as_str()
+                );
+                if scorer.mode() == "none" && settings.explain == Explain::Never {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::LibraryError::Settings,
+                        ("Bundle {} does not score and explain=never: it will say nothing", dir.display()),
+                        ["Set explain=always or on-drop to get explanations from an Assistant bundle"]
+                    );
+                }
+                Some(scorer)
+            }
+        };
+        *self.lock_state() = Some(State::new(stream_id, &settings, metrics, textfile, scorer));
         gst::debug!(CAT, imp = self, "Started with {settings:?}");
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Some(mut state) = self.lock_state().take() {
+        let state = self.lock_state().take();
+        if let Some(mut state) = state {
             Self::cancel_arrival_check(&mut state);
             state.sync_metrics(None);
+            // Joined with no lock held: a worker may be reporting right now.
+            drop(state.workers.take());
             *self.parked_metrics.lock().unwrap() = Some(state.metrics);
         }
         Ok(())
@@ -812,8 +1260,10 @@ impl BaseTransformImpl for QoeMonitor {
             }
             state.frame_period = frame_period(&info);
             state.stall.set_nominal_period(state.frame_period);
+            state.info_shared = Some(Arc::new(info.clone()));
             state.info = Some(info);
             state.luma = Some(luma);
+            self.start_scoring(state);
         }
         self.post(messages);
         self.parent_set_caps(incaps, outcaps)
@@ -821,6 +1271,33 @@ impl BaseTransformImpl for QoeMonitor {
 
     fn sink_event(&self, event: gst::Event) -> bool {
         use gst::EventView;
+        // Scoring first, with no lock held: the final window at EOS (waited for, so that its
+        // score comes before EOS), a fresh start after a flush or a new stream.
+        let scoring = {
+            let mut guard = self.lock_state();
+            guard.as_mut().and_then(|state| {
+                let workers = state.workers.clone()?;
+                let sampler = state.sampler.as_mut()?;
+                let jobs = match event.view() {
+                    EventView::Eos(_) => {
+                        let stall = &state.stall;
+                        sampler.finish(|w| State::window_stalls(stall, w))
+                    }
+                    EventView::FlushStop(_) | EventView::StreamStart(_) => {
+                        workers.flush();
+                        vec![sampler.reset()]
+                    }
+                    _ => return None,
+                };
+                Some((workers, jobs))
+            })
+        };
+        if let Some((workers, jobs)) = scoring {
+            workers.submit(jobs);
+            if event.type_() == gst::EventType::Eos {
+                workers.drain();
+            }
+        }
         let mut messages = Vec::new();
         if let Some(state) = self.lock_state().as_mut() {
             match event.view() {
@@ -886,14 +1363,32 @@ impl BaseTransformImpl for QoeMonitor {
             .check_live
             .swap(false, Ordering::SeqCst)
             .then(|| self.upstream_is_live());
+        let mut jobs = Vec::new();
+        let mut workers = None;
         if let Some(state) = self.lock_state().as_mut() {
             if let Some(live) = live {
                 gst::debug!(CAT, imp = self, "Upstream live: {live}");
                 state.stall.set_live(live);
             }
-            self.observe_frame(state, buf.as_ref(), &mut messages);
+            if let Some(time) = self.observe_frame(state, buf.as_ref(), &mut messages) {
+                jobs = state.sample(buf, time);
+                workers = state.workers.clone();
+            }
         }
         self.post(messages);
+        // Handed over with no lock held: a non-leaky hand-over may wait for the workers.
+        if let Some(workers) = workers
+            && !jobs.is_empty()
+        {
+            let dropped = workers.submit(jobs);
+            if dropped > 0
+                && let Some(state) = self.lock_state().as_ref()
+            {
+                for _ in 0..dropped {
+                    state.metrics.window_dropped();
+                }
+            }
+        }
         Ok(gst::FlowSuccess::Ok)
     }
 }

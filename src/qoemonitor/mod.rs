@@ -6,6 +6,9 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod scoring;
+
+pub use scoring::{Explain, SLOW_DECODER_ENV};
 
 glib::wrapper! {
     pub struct QoeMonitor(ObjectSubclass<imp::QoeMonitor>) @extends gst_base::BaseTransform, gst::Element, gst::Object;

@@ -1,0 +1,661 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Quality scoring off the streaming thread.
+//!
+//! The streaming thread only decides which frames are sampled and when a window is due, and
+//! hands over references to the sampled buffers (no copy, no conversion). A feature thread
+//! converts them to RGB with GStreamer's converter, computes each keyframe's and each frame's
+//! features once ([`StreamScorer`]) and passes complete windows on; a scoring thread runs
+//! the per-window decoder; an explanation thread (only when asked for) generates text. Each
+//! hand-over is a [`BoundedQueue`]: leaky by default, so the watched pipeline never waits.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst_video::prelude::*;
+
+use crate::model::runtime::{Layout, Scorer, StallFigures};
+use crate::model::stream::{ReadyWindow, StageTimes, StreamScorer, Unscorable};
+use crate::preprocess::RgbImage;
+use crate::queue::BoundedQueue;
+use crate::sampling::{KeyframeSampler, SECOND, Window, WindowScheduler};
+use crate::stall::Nanos;
+
+/// Sampled frames (and window marks) waiting for the feature thread.
+const INTAKE_CAPACITY: usize = 48;
+/// Complete windows waiting for the decoder.
+const WINDOW_CAPACITY: usize = 2;
+/// Milliseconds the decoder stage sleeps per window, for tests of a slow model.
+pub const SLOW_DECODER_ENV: &str = "GST_QOE_TEST_DECODER_DELAY_MS";
+/// How long end of stream waits for the last windows to be scored.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, glib::Enum, Default)]
+#[repr(u32)]
+#[enum_type(name = "GstQoeExplain")]
+pub enum Explain {
+    #[default]
+    #[enum_value(name = "Never", nick = "never")]
+    Never,
+    #[enum_value(name = "When the quality level drops", nick = "on-drop")]
+    OnDrop,
+    #[enum_value(name = "Every window (rate-limited)", nick = "always")]
+    Always,
+}
+
+/// What the workers tell the element.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Quality(Quality),
+    /// A window could not be scored; `warn` once per distinct error.
+    Failed { error: String, warn: bool },
+    /// A window was not scored: the queue overflowed or its frames were lost.
+    Dropped { reason: &'static str },
+    Explanation {
+        window: Window,
+        running_time: Nanos,
+        text: String,
+        seconds: f64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Quality {
+    pub window: Window,
+    /// Running time at which the window was due.
+    pub running_time: Nanos,
+    pub score: f64,
+    pub level: String,
+    /// Level word → probability (VQA² level logits only).
+    pub probabilities: Vec<(String, f64)>,
+    pub keyframes: usize,
+    pub motion_frames: usize,
+    pub times: StageTimes,
+    pub provider: &'static str,
+    /// The model failed since the last good score (this one then repeats the last good one).
+    pub stale: bool,
+}
+
+pub type ReportSink = Arc<dyn Fn(Report) + Send + Sync>;
+
+/// Settings the workers need.
+#[derive(Debug, Clone)]
+pub struct ScoringConfig {
+    pub window: Nanos,
+    pub hop: Nanos,
+    pub leaky: bool,
+    pub explain: Explain,
+    pub explain_interval: Nanos,
+    pub explain_question: String,
+    pub explain_max_tokens: usize,
+}
+
+struct ExplainJob {
+    ready: ReadyWindow,
+}
+
+/// Counters and flags the threads share.
+#[derive(Default)]
+struct Shared {
+    /// Stream time of the newest frame dropped from the intake (+1, 0: none).
+    lost_at: AtomicU64,
+    frames_dropped: AtomicU64,
+    windows_dropped: AtomicU64,
+    windows_scored: AtomicU64,
+    stale: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    last_good: Mutex<Option<Quality>>,
+    /// A test hook: extra seconds the decoder stage sleeps per window.
+    slow_decoder: Mutex<Option<Duration>>,
+}
+
+/// The streaming thread's side: which frames are sampled and when windows are due. Lives
+/// under the element's state lock; it only produces jobs, which [`Workers::submit`] hands
+/// over after that lock is released (a non-leaky hand-over may wait).
+pub struct Sampler {
+    config: ScoringConfig,
+    layout: Layout,
+    keyframes: KeyframeSampler,
+    scheduler: WindowScheduler,
+    motion_stride: usize,
+    frame_index: u64,
+    last_end: Option<Nanos>,
+}
+
+/// Work for the feature thread.
+pub struct Job(JobKind);
+
+enum JobKind {
+    Frame {
+        buffer: gst::Buffer,
+        info: Arc<gst_video::VideoInfo>,
+        time: Nanos,
+        keyframe: bool,
+        motion: bool,
+    },
+    Window {
+        window: Window,
+        stall: Option<StallFigures>,
+        running_time: Nanos,
+    },
+    End,
+    Reset,
+}
+
+impl Sampler {
+    pub fn new(scorer: &Scorer, config: ScoringConfig) -> Sampler {
+        let motion_stride = scorer
+            .bundle()
+            .manifest
+            .sampling
+            .motion
+            .as_ref()
+            .filter(|m| m.mode == "frames")
+            .map_or(1, |m| m.stride.max(1));
+        Sampler {
+            layout: scorer.layout(),
+            keyframes: KeyframeSampler::default(),
+            scheduler: WindowScheduler::new(config.window, config.hop),
+            config,
+            motion_stride,
+            frame_index: 0,
+            last_end: None,
+        }
+    }
+
+    /// A frame at running time `time`: a few comparisons, and a buffer reference when the
+    /// frame is sampled. `stall` gives a window's stall figures.
+    pub fn on_frame(
+        &mut self,
+        buffer: &gst::Buffer,
+        info: &Arc<gst_video::VideoInfo>,
+        time: Nanos,
+        duration: Option<Nanos>,
+        stall: impl Fn(Window) -> Option<StallFigures>,
+    ) -> Vec<Job> {
+        let mut jobs: Vec<Job> = self
+            .scheduler
+            .on_frame(time)
+            .into_iter()
+            .map(|window| {
+                Job(JobKind::Window {
+                    window,
+                    stall: stall(window),
+                    running_time: time,
+                })
+            })
+            .collect();
+        let keyframe = self.keyframes.is_keyframe(time);
+        let motion = match self.layout {
+            Layout::FrameScores => false,
+            Layout::KeyframesAndChunks => true,
+            Layout::KeyframesAndFrames => self.frame_index % self.motion_stride as u64 == 0,
+        };
+        self.frame_index += 1;
+        self.last_end = Some(time + duration.unwrap_or(0));
+        if keyframe || motion {
+            jobs.push(Job(JobKind::Frame {
+                buffer: buffer.clone(),
+                info: info.clone(),
+                time,
+                keyframe,
+                motion,
+            }));
+        }
+        jobs
+    }
+
+    /// End of stream: the final (partial) window, then the end mark.
+    pub fn finish(&mut self, stall: impl Fn(Window) -> Option<StallFigures>) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        if let Some(end) = self.last_end
+            && let Some(window) = self.scheduler.finish(end)
+        {
+            jobs.push(Job(JobKind::Window {
+                window,
+                stall: stall(window),
+                running_time: end,
+            }));
+        }
+        jobs.push(Job(JobKind::End));
+        jobs
+    }
+
+    /// A flushing seek or a new stream: sampling starts afresh; the job tells the workers.
+    pub fn reset(&mut self) -> Job {
+        self.keyframes = KeyframeSampler::default();
+        self.scheduler = WindowScheduler::new(self.config.window, self.config.hop);
+        self.frame_index = 0;
+        self.last_end = None;
+        Job(JobKind::Reset)
+    }
+}
+
+/// The worker threads of one stream and the queues to them.
+pub struct Workers {
+    leaky: bool,
+    intake: Arc<BoundedQueue<JobKind>>,
+    windows: Arc<BoundedQueue<(ReadyWindow, Nanos)>>,
+    explains: Arc<BoundedQueue<ExplainJob>>,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Workers {
+    /// Starts the worker threads for one stream of `fps` frames per second.
+    pub fn start(
+        scorer: Arc<Scorer>,
+        config: &ScoringConfig,
+        fps: Option<f64>,
+        sink: ReportSink,
+    ) -> Result<Workers, String> {
+        let scheduler = WindowScheduler::new(config.window, config.hop);
+        // One fast-pathway run per hop of frames keeps the context overhead small.
+        let fps = fps.unwrap_or(30.0).max(1.0);
+        let chunk = ((scheduler.hop() / SECOND) as f64 * fps).round().max(1.0) as usize;
+        let stream = StreamScorer::new(scorer.clone(), scheduler.window(), chunk)?;
+        let intake = Arc::new(BoundedQueue::new(INTAKE_CAPACITY));
+        let windows = Arc::new(BoundedQueue::new(WINDOW_CAPACITY));
+        let explains = Arc::new(BoundedQueue::new(1));
+        let shared = Arc::new(Shared::default());
+        // Test hook: a model made slow on purpose, to show that the pipeline does not wait.
+        *shared.slow_decoder.lock().unwrap() = std::env::var(SLOW_DECODER_ENV)
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis);
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| format!("cannot start the {name} thread: {e}"))
+        };
+        threads.push(spawn(
+            "qoe-features",
+            Box::new({
+                let (intake, windows, shared, sink, leaky) = (
+                    intake.clone(),
+                    windows.clone(),
+                    shared.clone(),
+                    sink.clone(),
+                    config.leaky,
+                );
+                move || feature_thread(stream, &intake, &windows, &shared, &sink, leaky)
+            }),
+        )?);
+        threads.push(spawn(
+            "qoe-score",
+            Box::new({
+                let (windows, explains, shared, sink, scorer, config) = (
+                    windows.clone(),
+                    explains.clone(),
+                    shared.clone(),
+                    sink.clone(),
+                    scorer.clone(),
+                    config.clone(),
+                );
+                move || score_thread(&scorer, &config, &windows, &explains, &shared, &sink)
+            }),
+        )?);
+        if config.explain != Explain::Never {
+            threads.push(spawn(
+                "qoe-explain",
+                Box::new({
+                    let (explains, sink, scorer, config) =
+                        (explains.clone(), sink.clone(), scorer.clone(), config.clone());
+                    move || explain_thread(&scorer, &config, &explains, &sink)
+                }),
+            )?);
+        }
+        Ok(Workers {
+            leaky: config.leaky,
+            intake,
+            windows,
+            explains,
+            shared,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Hands jobs over; call with no element lock held (a non-leaky hand-over may wait).
+    /// Returns how many windows were dropped on the way.
+    pub fn submit(&self, jobs: Vec<Job>) -> u64 {
+        let mut dropped_windows = 0;
+        for Job(job) in jobs {
+            // End and reset marks are never dropped.
+            let leaky = self.leaky && matches!(job, JobKind::Frame { .. } | JobKind::Window { .. });
+            match self.intake.push(job, leaky) {
+                None | Some(JobKind::End | JobKind::Reset) => {}
+                Some(JobKind::Frame { time, .. }) => {
+                    self.shared.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    self.shared.lost_at.fetch_max(time + 1, Ordering::SeqCst);
+                }
+                Some(JobKind::Window { .. }) => {
+                    self.shared.windows_dropped.fetch_add(1, Ordering::Relaxed);
+                    dropped_windows += 1;
+                }
+            }
+        }
+        dropped_windows
+    }
+
+    /// Waits (bounded) until every submitted window is scored: at end of stream, so that
+    /// the last scores come before EOS.
+    pub fn drain(&self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        self.intake
+            .wait_idle(deadline.saturating_duration_since(Instant::now()));
+        self.windows
+            .wait_idle(deadline.saturating_duration_since(Instant::now()));
+    }
+
+    /// Forgets queued work (flushing seek); the reset job from [`Sampler::reset`] follows.
+    pub fn flush(&self) {
+        self.intake.clear();
+        self.windows.clear();
+    }
+
+    /// Windows scored, windows dropped, frames dropped, and whether the model is stale.
+    pub fn counts(&self) -> (u64, u64, u64, bool) {
+        (
+            self.shared.windows_scored.load(Ordering::Relaxed),
+            self.shared.windows_dropped.load(Ordering::Relaxed),
+            self.shared.frames_dropped.load(Ordering::Relaxed),
+            self.shared.stale.load(Ordering::Relaxed),
+        )
+    }
+
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.intake.close();
+        self.windows.close();
+        self.explains.close();
+        for thread in self.threads.lock().unwrap().drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Converts a sampled frame to packed RGB with GStreamer's converter (any accepted format).
+struct ToRgb {
+    converter: Option<(gst_video::VideoInfo, gst_video::VideoConverter, gst_video::VideoInfo)>,
+}
+
+impl ToRgb {
+    fn convert(
+        &mut self,
+        buffer: gst::Buffer,
+        info: &gst_video::VideoInfo,
+    ) -> Result<RgbImage, String> {
+        if self.converter.as_ref().is_none_or(|(i, _, _)| i != info) {
+            let out = gst_video::VideoInfo::builder(
+                gst_video::VideoFormat::Rgb,
+                info.width(),
+                info.height(),
+            )
+            .fps(info.fps())
+            .par(info.par())
+            .interlace_mode(info.interlace_mode())
+            .build()
+            .map_err(|e| format!("no RGB layout for {info:?}: {e}"))?;
+            let converter = gst_video::VideoConverter::new(info, &out, None)
+                .map_err(|e| format!("cannot convert {} to RGB: {e}", info.format()))?;
+            self.converter = Some((info.clone(), converter, out));
+        }
+        let (_, converter, out_info) = self.converter.as_ref().expect("just made");
+        let frame = gst_video::VideoFrame::from_buffer_readable(buffer, info)
+            .map_err(|_| "a sampled frame cannot be mapped for reading".to_string())?;
+        let out = gst::Buffer::with_size(out_info.size()).map_err(|e| e.to_string())?;
+        let mut out = gst_video::VideoFrame::from_buffer_writable(out, out_info)
+            .map_err(|_| "cannot map the RGB frame".to_string())?;
+        converter.frame(&frame, &mut out);
+        let (width, height) = (out.width() as usize, out.height() as usize);
+        let stride = out.plane_stride()[0] as usize;
+        let plane = out.plane_data(0).map_err(|e| e.to_string())?;
+        let mut data = Vec::with_capacity(width * height * 3);
+        for row in plane.chunks(stride).take(height) {
+            data.extend_from_slice(&row[..width * 3]);
+        }
+        Ok(RgbImage {
+            width,
+            height,
+            data,
+        })
+    }
+}
+
+fn report_failure(shared: &Shared, sink: &ReportSink, error: String) {
+    shared.stale.store(true, Ordering::SeqCst);
+    let mut last = shared.last_error.lock().unwrap();
+    let warn = last.as_deref() != Some(error.as_str());
+    *last = Some(error.clone());
+    drop(last);
+    sink(Report::Failed { error, warn });
+}
+
+fn feature_thread(
+    mut stream: StreamScorer,
+    intake: &BoundedQueue<JobKind>,
+    windows: &BoundedQueue<(ReadyWindow, Nanos)>,
+    shared: &Shared,
+    sink: &ReportSink,
+    leaky: bool,
+) {
+    let mut rgb = ToRgb { converter: None };
+    let mut lost_seen = 0;
+    // Running time each requested window was due at, by tag.
+    let mut due: std::collections::HashMap<u64, Nanos> = Default::default();
+    let mut next_tag = 0u64;
+    while let Some(job) = intake.pop() {
+        let lost = shared.lost_at.load(Ordering::SeqCst);
+        if lost != lost_seen {
+            lost_seen = lost;
+            stream.lose(lost - 1);
+        }
+        match job {
+            JobKind::Frame {
+                buffer,
+                info,
+                time,
+                keyframe,
+                motion,
+            } => {
+                let result = rgb
+                    .convert(buffer, &info)
+                    .and_then(|image| stream.add_frame(time, &image, keyframe, motion));
+                if let Err(error) = result {
+                    stream.lose(time);
+                    report_failure(shared, sink, error);
+                }
+            }
+            JobKind::Window {
+                window,
+                stall,
+                running_time,
+            } => {
+                next_tag += 1;
+                match stream.request(window, stall, next_tag) {
+                    Ok(()) => {
+                        due.insert(next_tag, running_time);
+                    }
+                    Err(_) => {
+                        shared.windows_dropped.fetch_add(1, Ordering::Relaxed);
+                        sink(Report::Dropped {
+                            reason: "frames of the window were lost",
+                        });
+                    }
+                }
+            }
+            JobKind::End => {
+                if let Err(error) = stream.finish() {
+                    report_failure(shared, sink, error);
+                }
+            }
+            JobKind::Reset => {
+                stream.reset();
+                due.clear();
+            }
+        }
+        for ready in stream.ready() {
+            match ready {
+                Ok(ready) => {
+                    let running_time = due.remove(&ready.tag).unwrap_or(ready.window.end);
+                    if windows.push((ready, running_time), leaky).is_some() {
+                        shared.windows_dropped.fetch_add(1, Ordering::Relaxed);
+                        sink(Report::Dropped {
+                            reason: "the scorer fell behind",
+                        });
+                    }
+                }
+                Err((_, Unscorable::Empty)) | Err((_, Unscorable::Hole)) => {
+                    shared.windows_dropped.fetch_add(1, Ordering::Relaxed);
+                    sink(Report::Dropped {
+                        reason: "no sampled frame in the window",
+                    });
+                }
+            }
+        }
+        intake.done();
+    }
+}
+
+/// The level a score falls in: the most probable level word when the model gives
+/// probabilities, else five equal bins of the score's range (VQA²'s 20-point MOS bins).
+fn level_of(scorer: &Scorer, score: f64, probabilities: &[f64]) -> String {
+    let levels = &scorer.bundle().manifest.score.levels;
+    if !probabilities.is_empty() && probabilities.len() == levels.len() {
+        let best = probabilities
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, p)| if *p > probabilities[b] { i } else { b });
+        return levels[best].word.trim().to_owned();
+    }
+    const BINS: [&str; 5] = ["low", "poor", "fair", "good", "high"];
+    BINS[((score * 5.0).floor().max(0.0) as usize).min(4)].to_owned()
+}
+
+fn score_thread(
+    scorer: &Scorer,
+    config: &ScoringConfig,
+    windows: &BoundedQueue<(ReadyWindow, Nanos)>,
+    explains: &BoundedQueue<ExplainJob>,
+    shared: &Shared,
+    sink: &ReportSink,
+) {
+    let mut last_level: Option<usize> = None;
+    let mut last_explained: Option<Nanos> = None;
+    let levels: Vec<String> = scorer
+        .bundle()
+        .manifest
+        .score
+        .levels
+        .iter()
+        .map(|l| l.word.trim().to_owned())
+        .collect();
+    let scores = scorer.mode() != "none";
+    while let Some((ready, running_time)) = windows.pop() {
+        let t0 = Instant::now();
+        if let Some(extra) = *shared.slow_decoder.lock().unwrap() {
+            std::thread::sleep(extra);
+        }
+        let result = if scores {
+            scorer.score_window(&ready.features).and_then(|s| {
+                s.score
+                    .map(|score| (score, s.probabilities))
+                    .ok_or_else(|| "the model's answer holds no score".to_string())
+            })
+        } else {
+            Err(String::new())
+        };
+        let decoder = t0.elapsed().as_secs_f64();
+        let mut explain_now = config.explain == Explain::Always;
+        match result {
+            Ok((score, probabilities)) => {
+                shared.stale.store(false, Ordering::SeqCst);
+                *shared.last_error.lock().unwrap() = None;
+                shared.windows_scored.fetch_add(1, Ordering::Relaxed);
+                let level = level_of(scorer, score, &probabilities);
+                let rank = ["high", "good", "fair", "poor", "low"]
+                    .iter()
+                    .position(|l| *l == level);
+                if config.explain == Explain::OnDrop
+                    && let (Some(now), Some(before)) = (rank, last_level)
+                {
+                    explain_now = now > before;
+                }
+                last_level = rank.or(last_level);
+                let quality = Quality {
+                    window: ready.window,
+                    running_time,
+                    score,
+                    level,
+                    probabilities: levels.iter().cloned().zip(probabilities).collect(),
+                    keyframes: ready.features.keyframes.len(),
+                    motion_frames: ready.motion_frames,
+                    times: StageTimes {
+                        decoder,
+                        ..ready.spent
+                    },
+                    provider: scorer.provider().as_str(),
+                    stale: false,
+                };
+                *shared.last_good.lock().unwrap() = Some(quality.clone());
+                sink(Report::Quality(quality));
+            }
+            Err(error) if error.is_empty() => {} // an Assistant bundle: explanations only
+            Err(error) => {
+                report_failure(shared, sink, error);
+                // The last good figures again, flagged stale, so that readers see the gap.
+                if let Some(last) = shared.last_good.lock().unwrap().clone() {
+                    sink(Report::Quality(Quality {
+                        window: ready.window,
+                        running_time,
+                        stale: true,
+                        ..last
+                    }));
+                }
+            }
+        }
+        let rested = last_explained
+            .is_none_or(|t| ready.window.end >= t + config.explain_interval);
+        if explain_now && rested && scorer.can_generate() {
+            last_explained = Some(ready.window.end);
+            // Leaky whatever the mode: explanations never hold up scores.
+            explains.push(ExplainJob { ready }, true);
+        }
+        windows.done();
+    }
+}
+
+fn explain_thread(
+    scorer: &Scorer,
+    config: &ScoringConfig,
+    explains: &BoundedQueue<ExplainJob>,
+    sink: &ReportSink,
+) {
+    while let Some(ExplainJob { ready }) = explains.pop() {
+        let t0 = Instant::now();
+        match scorer.explain_window(
+            &ready.features,
+            &config.explain_question,
+            config.explain_max_tokens,
+            None,
+        ) {
+            Ok((_, text)) => sink(Report::Explanation {
+                window: ready.window,
+                running_time: ready.window.end,
+                text,
+                seconds: t0.elapsed().as_secs_f64(),
+            }),
+            Err(error) => sink(Report::Failed {
+                error: format!("explanation: {error}"),
+                warn: true,
+            }),
+        }
+        explains.done();
+    }
+}
