@@ -181,7 +181,10 @@ mod tests {
         q.push(1, true);
         assert!(!q.wait_idle(Duration::from_millis(10)), "an item waits");
         q.pop();
-        assert!(!q.wait_idle(Duration::from_millis(10)), "the consumer is busy");
+        assert!(
+            !q.wait_idle(Duration::from_millis(10)),
+            "the consumer is busy"
+        );
         q.done();
         assert!(q.wait_idle(Duration::from_millis(10)));
     }

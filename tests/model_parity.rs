@@ -8,48 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use gstqoe::model::runtime::{Scored, Scorer, StallFigures};
-use gstqoe::preprocess::RgbImage;
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn init_ort() {
-    if std::env::var_os("ORT_DYLIB_PATH").is_some() {
-        return;
-    }
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/lib");
-    let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
-        dirs.flatten()
-            .map(|d| {
-                d.path()
-                    .join("site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1")
-            })
-            .find(|p| p.exists())
-    });
-    let path = found.expect("ONNX Runtime: set ORT_DYLIB_PATH or run tests/run.sh (it installs onnxruntime in .cache/venv)");
-    // SAFETY: set before any thread of this test binary reads the environment for ORT.
-    unsafe { std::env::set_var("ORT_DYLIB_PATH", path) };
-}
-
-fn frames(golden_dir: &Path, spec: &Value) -> Vec<RgbImage> {
-    let shape: Vec<usize> = spec["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as usize)
-        .collect();
-    let data = std::fs::read(golden_dir.join(spec["file"].as_str().unwrap())).unwrap();
-    let (n, h, w) = (shape[0], shape[1], shape[2]);
-    (0..n)
-        .map(|i| RgbImage {
-            width: w,
-            height: h,
-            data: data[i * h * w * 3..][..h * w * 3].to_vec(),
-        })
-        .collect()
-}
+mod common;
+use common::{fixtures, golden_frames, init_ort};
 
 fn f32_file(path: &Path) -> Vec<f32> {
     std::fs::read(path)
@@ -99,7 +61,7 @@ fn score_golden(name: &str) -> Vec<(String, Scored, Value, PathBuf)> {
     });
     let mut out = Vec::new();
     for (seq, g) in golden["sequences"].as_object().unwrap() {
-        let clip = frames(&dir, &g["frames"]);
+        let clip = golden_frames(&dir, &g["frames"]);
         let scored = scorer
             .score(&clip, g["fps"].as_f64().unwrap(), stall.as_ref())
             .unwrap();
@@ -168,7 +130,7 @@ fn assistant_bundle_explains_like_the_pytorch_reference() {
     let scorer = Scorer::open(&fixtures().join("bundles/vqa2-tiny-assistant"), 2).unwrap();
     let question = golden["question"].as_str().unwrap();
     for (seq, g) in golden["sequences"].as_object().unwrap() {
-        let clip = frames(&dir, &g["frames"]);
+        let clip = golden_frames(&dir, &g["frames"]);
         let max = g["max_new_tokens"].as_u64().unwrap() as usize;
         let (ids, _text) = scorer
             .explain(&clip, g["fps"].as_f64().unwrap(), question, max, None)
@@ -180,7 +142,7 @@ fn assistant_bundle_explains_like_the_pytorch_reference() {
         );
     }
     // An Assistant bundle explains; it does not score.
-    let clip = frames(&dir, &golden["sequences"]["a"]["frames"]);
+    let clip = golden_frames(&dir, &golden["sequences"]["a"]["frames"]);
     let e = scorer.score(&clip, 8.0, None).unwrap_err();
     assert!(e.contains("does not score (score.mode none)"), "{e}");
 }

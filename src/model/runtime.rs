@@ -1229,6 +1229,23 @@ struct SharedEntry {
 
 static SHARED: Mutex<Vec<SharedEntry>> = Mutex::new(Vec::new());
 
+/// How many times each bundle folder (canonical) was opened by [`shared_scorer`].
+static OPENED: Mutex<Vec<(PathBuf, usize)>> = Mutex::new(Vec::new());
+
+/// How many times [`shared_scorer`] opened the bundle in `dir` in this process: one per
+/// model in memory at a time, however many elements use it.
+pub fn times_opened(dir: &Path) -> usize {
+    let Ok(key) = std::fs::canonicalize(dir) else {
+        return 0;
+    };
+    OPENED
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(d, _)| *d == key)
+        .map_or(0, |(_, n)| *n)
+}
+
 /// The process's scorer for the bundle in `dir` opened with `options`, opened on first use
 /// and shared while anyone holds it. (Threads count only at the first opening.)
 pub fn shared_scorer(dir: &Path, options: &SessionOptions) -> Result<SharedScorer, String> {
@@ -1249,6 +1266,12 @@ pub fn shared_scorer(dir: &Path, options: &SessionOptions) -> Result<SharedScore
         return Ok(scorer);
     }
     let scorer = Arc::new(Scorer::open_with(&key, requested)?);
+    let mut opened = OPENED.lock().unwrap();
+    match opened.iter_mut().find(|(d, _)| *d == key) {
+        Some((_, n)) => *n += 1,
+        None => opened.push((key.clone(), 1)),
+    }
+    drop(opened);
     shared.push(SharedEntry {
         dir: key,
         options,

@@ -115,10 +115,7 @@ impl StreamScorer {
     pub fn new(scorer: Arc<Scorer>, window: Nanos, chunk: usize) -> Result<Self, String> {
         let layout = scorer.layout();
         let motion = scorer.bundle().manifest.sampling.motion.clone();
-        let context = motion
-            .as_ref()
-            .and_then(|m| m.context_frames)
-            .unwrap_or(0);
+        let context = motion.as_ref().and_then(|m| m.context_frames).unwrap_or(0);
         let chunk_frames = match layout {
             Layout::KeyframesAndChunks => scorer.chunk_frames()?,
             _ => 0,
@@ -250,7 +247,12 @@ impl StreamScorer {
             let feats = self.scorer.motion_features(&frames)?;
             self.spent.motion += t0.elapsed().as_secs_f64();
             let skip = output.0 - input.0;
-            for (i, feat) in feats.into_iter().skip(skip).take(output.1 - output.0).enumerate() {
+            for (i, feat) in feats
+                .into_iter()
+                .skip(skip)
+                .take(output.1 - output.0)
+                .enumerate()
+            {
                 let time = self.inputs[from + skip + i].0;
                 self.motion.push_back((time, feat));
             }
@@ -360,8 +362,8 @@ impl StreamScorer {
     pub fn ready(&mut self) -> Vec<Result<ReadyWindow, (Window, Unscorable)>> {
         let mut out = Vec::new();
         while let Some(p) = self.pending.front() {
-            let motion_done = self.chunker.done() >= p.motion_needed
-                || self.layout != Layout::KeyframesAndFrames;
+            let motion_done =
+                self.chunker.done() >= p.motion_needed || self.layout != Layout::KeyframesAndFrames;
             let chunks_done = self.layout != Layout::KeyframesAndChunks
                 || self
                     .open_chunks
@@ -392,8 +394,8 @@ impl StreamScorer {
             Layout::KeyframesAndChunks => inside(&self.chunks),
             Layout::FrameScores => Vec::new(),
         };
-        let empty = keyframes.is_empty()
-            || (self.layout != Layout::FrameScores && motion.is_empty());
+        let empty =
+            keyframes.is_empty() || (self.layout != Layout::FrameScores && motion.is_empty());
         if empty {
             return Err((w, Unscorable::Empty));
         }

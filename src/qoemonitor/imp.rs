@@ -17,8 +17,8 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use crate::freeze::{FreezeDetector, FreezeEvent, LumaLayout, LumaPlane};
 use super::scoring::{Explain, Job, Report, ReportSink, Sampler, ScoringConfig, Workers};
+use crate::freeze::{FreezeDetector, FreezeEvent, LumaLayout, LumaPlane};
 use crate::metrics::{QualityFigures, StreamFigures, StreamMetrics, TextfileLease};
 use crate::model::runtime::{Provider, Scorer, SessionOptions, StallFigures};
 use crate::sampling::Window;
@@ -301,8 +301,7 @@ impl State {
 
     /// Jobs for the scoring workers from this frame (none without a model).
     fn sample(&mut self, buffer: &gst::Buffer, time: Nanos) -> Vec<Job> {
-        let (Some(sampler), Some(info)) = (self.sampler.as_mut(), self.info_shared.as_ref())
-        else {
+        let (Some(sampler), Some(info)) = (self.sampler.as_mut(), self.info_shared.as_ref()) else {
             return Vec::new();
         };
         let stall = &self.stall;
@@ -310,7 +309,8 @@ impl State {
             buffer,
             info,
             time,
-            self.frame_period.or(buffer.duration().map(|d| d.nseconds())),
+            self.frame_period
+                .or(buffer.duration().map(|d| d.nseconds())),
             |w| Self::window_stalls(stall, w),
         )
     }
@@ -1192,8 +1192,13 @@ impl BaseTransformImpl for QoeMonitor {
                     gst::element_imp_warning!(
                         self,
                         gst::LibraryError::Settings,
-                        ("Bundle {} does not score and explain=never: it will say nothing", dir.display()),
-                        ["Set explain=always or on-drop to get explanations from an Assistant bundle"]
+                        (
+                            "Bundle {} does not score and explain=never: it will say nothing",
+                            dir.display()
+                        ),
+                        [
+                            "Set explain=always or on-drop to get explanations from an Assistant bundle"
+                        ]
                     );
                 }
                 Some(scorer)

@@ -50,9 +50,14 @@ pub enum Explain {
 pub enum Report {
     Quality(Quality),
     /// A window could not be scored; `warn` once per distinct error.
-    Failed { error: String, warn: bool },
+    Failed {
+        error: String,
+        warn: bool,
+    },
     /// A window was not scored: the queue overflowed or its frames were lost.
-    Dropped { reason: &'static str },
+    Dropped {
+        reason: &'static str,
+    },
     Explanation {
         window: Window,
         running_time: Nanos,
@@ -303,8 +308,12 @@ impl Workers {
             threads.push(spawn(
                 "qoe-explain",
                 Box::new({
-                    let (explains, sink, scorer, config) =
-                        (explains.clone(), sink.clone(), scorer.clone(), config.clone());
+                    let (explains, sink, scorer, config) = (
+                        explains.clone(),
+                        sink.clone(),
+                        scorer.clone(),
+                        config.clone(),
+                    );
                     move || explain_thread(&scorer, &config, &explains, &sink)
                 }),
             )?);
@@ -366,7 +375,6 @@ impl Workers {
             self.shared.stale.load(Ordering::Relaxed),
         )
     }
-
 }
 
 impl Drop for Workers {
@@ -382,7 +390,11 @@ impl Drop for Workers {
 
 /// Converts a sampled frame to packed RGB with GStreamer's converter (any accepted format).
 struct ToRgb {
-    converter: Option<(gst_video::VideoInfo, gst_video::VideoConverter, gst_video::VideoInfo)>,
+    converter: Option<(
+        gst_video::VideoInfo,
+        gst_video::VideoConverter,
+        gst_video::VideoInfo,
+    )>,
 }
 
 impl ToRgb {
@@ -620,8 +632,7 @@ fn score_thread(
                 }
             }
         }
-        let rested = last_explained
-            .is_none_or(|t| ready.window.end >= t + config.explain_interval);
+        let rested = last_explained.is_none_or(|t| ready.window.end >= t + config.explain_interval);
         if explain_now && rested && scorer.can_generate() {
             last_explained = Some(ready.window.end);
             // Leaky whatever the mode: explanations never hold up scores.

@@ -154,3 +154,59 @@ pub fn test_video(container: &str) -> PathBuf {
         ],
     )
 }
+
+/// The committed fixtures: bundles and golden data.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A tiny fixture bundle's folder.
+pub fn bundle(name: &str) -> PathBuf {
+    fixtures().join("bundles").join(name)
+}
+
+/// Points `ORT_DYLIB_PATH` at the ONNX Runtime that `tests/run.sh` installs in `.cache/venv`,
+/// unless it is set already.
+pub fn init_ort() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+            return;
+        }
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/lib");
+        let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
+            dirs.flatten()
+                .map(|d| {
+                    d.path()
+                        .join("site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1")
+                })
+                .find(|p| p.exists())
+        });
+        let path = found.expect("ONNX Runtime: set ORT_DYLIB_PATH or run tests/run.sh (it installs onnxruntime in .cache/venv)");
+        // SAFETY: set once, before this process starts ONNX Runtime or reads the variable.
+        unsafe { std::env::set_var("ORT_DYLIB_PATH", path) };
+    });
+}
+
+/// Golden frames (`tests/fixtures/golden/frames`) as RGB pictures: `spec` is a golden
+/// sequence's `frames` entry, relative to `golden_dir`.
+pub fn golden_frames(
+    golden_dir: &Path,
+    spec: &serde_json::Value,
+) -> Vec<gstqoe::preprocess::RgbImage> {
+    let shape: Vec<usize> = spec["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let data = std::fs::read(golden_dir.join(spec["file"].as_str().unwrap())).unwrap();
+    let (n, h, w) = (shape[0], shape[1], shape[2]);
+    (0..n)
+        .map(|i| gstqoe::preprocess::RgbImage {
+            width: w,
+            height: h,
+            data: data[i * h * w * 3..][..h * w * 3].to_vec(),
+        })
+        .collect()
+}

@@ -1,0 +1,426 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Quality scoring inside `qoemonitor`, on real ONNX Runtime sessions of the tiny fixture
+//! bundles: golden parity through the element, window timing, cached features equal to a
+//! whole-stream computation, stall figures in streaming prompts, bad bundles, sharing.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use gst::prelude::*;
+use gst_check::Harness;
+use gst_video::prelude::*;
+use gstqoe::model::runtime::{
+    Scorer, SessionOptions, StallFigures, WindowFeatures, shared_scorer, times_opened,
+};
+use gstqoe::preprocess::RgbImage;
+use serde_json::Value;
+
+mod common;
+use common::{MS, bundle, clip, fixtures, golden_frames, init, init_ort};
+
+const SECOND: u64 = 1_000_000_000;
+
+/// A frame with its presentation time.
+struct Frame {
+    pts: u64,
+    image: RgbImage,
+}
+
+/// Pushes RGB `frames` at `fps` through `qoemonitor` with `props`, then EOS; returns the
+/// `qoe-quality` messages.
+fn score_frames(frames: &[Frame], fps: u32, props: &[(&str, &dyn ToValue)]) -> Vec<gst::Structure> {
+    init();
+    init_ort();
+    let element = gst::ElementFactory::make("qoemonitor").build().unwrap();
+    element.set_property("leaky", false);
+    for (name, value) in props {
+        element.set_property_from_value(name, &value.to_value());
+    }
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    let mut h = Harness::with_element(&element, Some("sink"), Some("src"));
+    let (w, hgt) = (frames[0].image.width, frames[0].image.height);
+    h.set_src_caps_str(&format!(
+        "video/x-raw,format=RGB,width={w},height={hgt},framerate={fps}/1"
+    ));
+    for frame in frames {
+        // RGB rows are padded to 4 bytes in GStreamer's layout.
+        let stride = (w * 3).div_ceil(4) * 4;
+        let mut data = vec![0u8; stride * hgt];
+        for (row, src) in data.chunks_mut(stride).zip(frame.image.data.chunks(w * 3)) {
+            row[..w * 3].copy_from_slice(src);
+        }
+        let mut buffer = gst::Buffer::from_mut_slice(data);
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_nseconds(frame.pts));
+            b.set_duration(gst::ClockTime::from_nseconds(SECOND / fps as u64));
+        }
+        h.push(buffer).unwrap();
+    }
+    // EOS waits until the final window is scored.
+    assert!(h.push_event(gst::event::Eos::new()));
+    let messages: Vec<gst::Structure> = std::iter::from_fn(|| bus.pop())
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Element(e) => e.structure().map(|s| s.to_owned()),
+            gst::MessageView::Warning(w) => panic!("warning: {} {:?}", w.error(), w.debug()),
+            _ => None,
+        })
+        .filter(|s| s.name() == "qoe-quality")
+        .collect();
+    drop(h);
+    messages
+}
+
+fn golden(name: &str) -> (PathBuf, Value) {
+    let dir = fixtures().join("golden").join(name);
+    let text = std::fs::read_to_string(dir.join("golden.json")).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
+/// Every golden clip pushed through the element as one stream ends in one final window whose
+/// score is the PyTorch reference's.
+fn element_matches_golden(name: &str) {
+    let (dir, golden) = golden(name);
+    for (seq, g) in golden["sequences"].as_object().unwrap() {
+        let Some(want) = g["score"].as_f64() else {
+            continue; // the reference's answer held no number
+        };
+        let fps = g["fps"].as_f64().unwrap() as u32;
+        let frames: Vec<Frame> = golden_frames(&dir, &g["frames"])
+            .into_iter()
+            .enumerate()
+            .map(|(i, image)| Frame {
+                pts: i as u64 * SECOND / fps as u64,
+                image,
+            })
+            .collect();
+        let quality = score_frames(&frames, fps, &[("bundle", &bundle(name).to_str().unwrap())]);
+        assert_eq!(
+            quality.len(),
+            1,
+            "{name}/{seq}: one final window: {quality:?}"
+        );
+        let q = &quality[0];
+        let got = q.get::<f64>("score").unwrap();
+        assert!(
+            (got - want).abs() < 1e-4,
+            "{name}/{seq}: element {got} vs reference {want}"
+        );
+        assert_eq!(q.get::<u64>("window-start").unwrap(), 0);
+        assert_eq!(
+            q.get::<u64>("window-end").unwrap(),
+            frames.len() as u64 * SECOND / fps as u64
+        );
+        assert!(!q.get::<bool>("stale").unwrap());
+        assert_eq!(q.get::<&str>("provider").unwrap(), "cpu");
+    }
+}
+
+#[test]
+fn element_scores_like_the_pytorch_reference_vqa2() {
+    element_matches_golden("vqa2-tiny-ugc");
+}
+
+#[test]
+fn element_scores_like_the_pytorch_reference_lmm_vqa() {
+    element_matches_golden("lmm-vqa-tiny");
+}
+
+#[test]
+fn element_scores_like_the_pytorch_reference_cp_llm() {
+    element_matches_golden("cp-llm-tiny");
+}
+
+/// 9 s of real x264 video at 8 fps, decoded to RGB.
+fn decoded_clip() -> Vec<Frame> {
+    init();
+    let path = clip(
+        "scoring-8fps.mkv",
+        "testsrc2=size=96x72:rate=8:duration=9",
+        &["-c:v", "libx264", "-g", "16", "-pix_fmt", "yuv420p"],
+    );
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! fakesink name=sink signal-handoffs=true sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let sink = pipeline.by_name("sink").unwrap();
+    let collected = frames.clone();
+    sink.connect("handoff", false, move |args| {
+        let buffer = args[1].get::<gst::Buffer>().unwrap();
+        let pad = args[2].get::<gst::Pad>().unwrap();
+        let info = gst_video::VideoInfo::from_caps(&pad.current_caps().unwrap()).unwrap();
+        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(&buffer, &info).unwrap();
+        let (w, h) = (info.width() as usize, info.height() as usize);
+        let stride = frame.plane_stride()[0] as usize;
+        let data = frame
+            .plane_data(0)
+            .unwrap()
+            .chunks(stride)
+            .take(h)
+            .flat_map(|row| row[..w * 3].to_vec())
+            .collect();
+        collected.lock().unwrap().push(Frame {
+            pts: buffer.pts().unwrap().nseconds(),
+            image: RgbImage {
+                width: w,
+                height: h,
+                data,
+            },
+        });
+        None
+    });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(30)) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{}", e.error()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let frames = std::mem::take(&mut *frames.lock().unwrap());
+    assert_eq!(frames.len(), 72);
+    frames
+}
+
+/// The features of window `[start, end)` taken from one whole-stream computation, as the
+/// reference would compute the stream in one go.
+fn uncached_window(
+    scorer: &Scorer,
+    whole: &WindowFeatures,
+    frames: &[Frame],
+    start: u64,
+    end: u64,
+    stall: Option<StallFigures>,
+) -> WindowFeatures {
+    let inside: Vec<usize> = (0..frames.len())
+        .filter(|&i| frames[i].pts >= start && frames[i].pts < end)
+        .collect();
+    // The golden rule: one keyframe per second of stream time, the first frame of each.
+    let keyframes = inside
+        .iter()
+        .filter(|&&i| i % 8 == 0)
+        .map(|&i| whole.keyframes[i / 8].clone())
+        .collect();
+    let mut motion: Vec<_> = inside.iter().map(|&i| whole.motion[i].clone()).collect();
+    motion.truncate(motion.len() / 4 * 4);
+    let _ = scorer;
+    WindowFeatures {
+        keyframes,
+        motion,
+        stall,
+    }
+}
+
+#[test]
+fn windows_come_at_their_times_and_cached_features_equal_a_whole_stream_computation() {
+    init_ort();
+    let frames = decoded_clip();
+    let dir = bundle("vqa2-tiny-ugc");
+    let quality = score_frames(
+        &frames,
+        8,
+        &[
+            ("bundle", &dir.to_str().unwrap()),
+            ("window", &(4 * SECOND)),
+            ("hop", &(2 * SECOND)),
+        ],
+    );
+    let spans: Vec<(u64, u64)> = quality
+        .iter()
+        .map(|q| {
+            (
+                q.get::<u64>("window-start").unwrap(),
+                q.get::<u64>("window-end").unwrap(),
+            )
+        })
+        .collect();
+    // A window every 2 s once 4 s have passed; at EOS a final one ends with the last frame.
+    assert_eq!(
+        spans,
+        vec![
+            (0, 4 * SECOND),
+            (2 * SECOND, 6 * SECOND),
+            (4 * SECOND, 8 * SECOND),
+            (5 * SECOND, 9 * SECOND)
+        ]
+    );
+    for q in &quality {
+        assert_eq!(q.get::<u32>("keyframes").unwrap(), 4, "{q}");
+        assert_eq!(q.get::<u32>("motion-frames").unwrap(), 32, "{q}");
+        assert!(q.get::<f64>("inference-time").unwrap() > 0.0);
+    }
+
+    let scorer = Scorer::open(&dir, 2).unwrap();
+    let images: Vec<RgbImage> = frames.iter().map(|f| f.image.clone()).collect();
+    let whole = scorer.clip_features(&images, 8.0).unwrap();
+    for (q, (start, end)) in quality.iter().zip(spans) {
+        let features = uncached_window(&scorer, &whole, &frames, start, end, None);
+        let want = scorer.score_window(&features).unwrap().score.unwrap();
+        let got = q.get::<f64>("score").unwrap();
+        assert!(
+            (got - want).abs() < 1e-5,
+            "window {start}..{end}: cached {got} vs whole-stream {want}"
+        );
+    }
+}
+
+#[test]
+fn streaming_prompt_carries_the_windows_stalls() {
+    init_ort();
+    // The same clip with a 1.5 s hole in its timestamps after 3 s (a stall).
+    let mut frames = decoded_clip();
+    frames.truncate(48);
+    for f in frames.iter_mut().skip(24) {
+        f.pts += 1500 * MS;
+    }
+    let dir = bundle("vqa2-tiny-streaming");
+    let quality = score_frames(
+        &frames,
+        8,
+        &[
+            ("bundle", &dir.to_str().unwrap()),
+            ("window", &(8 * SECOND)),
+            ("hop", &(2 * SECOND)),
+        ],
+    );
+    assert_eq!(quality.len(), 1, "{quality:?}");
+    let q = &quality[0];
+    assert_eq!(q.get::<u64>("window-end").unwrap(), 7500 * MS);
+
+    let scorer = Scorer::open(&dir, 2).unwrap();
+    let images: Vec<RgbImage> = frames.iter().map(|f| f.image.clone()).collect();
+    let whole = scorer.clip_features(&images, 8.0).unwrap();
+    // What the tracker saw: one stall of 1.5 s (the hole less nothing: the threshold only
+    // decides whether it counts), ended 3 s before the window's end.
+    let stall = StallFigures {
+        count: 1,
+        total: 1.5,
+        durations: vec![1.5],
+        initial: 0.0,
+        ratio: 1.5 / 7.5,
+        since: 3.0,
+        sequence: Vec::new(),
+    };
+    // Keyframes: the first frame of each second of stream time, so after the hole frames
+    // 24 (4.5 s), 28 (5 s), 36 and 44 as well as 0, 8 and 16.
+    let keyframe_images: Vec<RgbImage> = [0, 8, 16, 24, 28, 36, 44]
+        .iter()
+        .map(|&i| scorer.prepare("keyframe_encoder", &images[i]).unwrap())
+        .collect();
+    let keyframes = scorer
+        .encode_pictures(
+            "keyframe_encoder",
+            &keyframe_images.iter().collect::<Vec<_>>(),
+        )
+        .unwrap();
+    assert_eq!(q.get::<u32>("keyframes").unwrap(), 7);
+    let features = WindowFeatures {
+        keyframes,
+        motion: whole.motion.clone(),
+        stall: Some(stall.clone()),
+    };
+    let want = scorer.score_window(&features).unwrap().score.unwrap();
+    let without = scorer
+        .score_window(&WindowFeatures {
+            stall: None,
+            ..features
+        })
+        .unwrap()
+        .score
+        .unwrap();
+    let got = q.get::<f64>("score").unwrap();
+    assert!(
+        (got - want).abs() < 1e-5,
+        "element {got} vs prompt with the stall {want} (without: {without})"
+    );
+    assert!(
+        (want - without).abs() > 1e-6,
+        "the stall text changes the score"
+    );
+}
+
+/// A copy of fixture bundle `name`, in a folder tagged `tag`.
+fn copied_bundle(name: &str, tag: &str) -> PathBuf {
+    let dst = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{tag}-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(bundle(name)).unwrap().flatten() {
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    dst
+}
+
+/// A copy of fixture bundle `name` with `file` cut to half its length.
+fn truncated_bundle(name: &str, file: &str) -> PathBuf {
+    let src = bundle(name);
+    let dst = copied_bundle(name, "truncated");
+    let bytes = std::fs::read(src.join(file)).unwrap();
+    std::fs::write(dst.join(file), &bytes[..bytes.len() / 2]).unwrap();
+    dst
+}
+
+#[test]
+fn a_corrupt_bundle_fails_the_state_change_with_the_reason() {
+    init();
+    init_ort();
+    let dir = truncated_bundle("vqa2-tiny-ugc", "decoder_score.onnx");
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=5 ! qoemonitor bundle={} ! fakesink",
+        dir.display()
+    ))
+    .unwrap();
+    assert!(pipeline.set_state(gst::State::Paused).is_err());
+    let bus = pipeline.bus().unwrap();
+    let error = bus
+        .iter_timed(gst::ClockTime::from_seconds(5))
+        .find_map(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(format!("{} {:?}", e.error(), e.debug())),
+            _ => None,
+        })
+        .expect("an error message");
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(error.contains("Cannot load the model bundle"), "{error}");
+    assert!(
+        error.contains("decoder_score.onnx: not a usable ONNX model"),
+        "{error}"
+    );
+}
+
+#[test]
+fn elements_with_the_same_bundle_share_one_model() {
+    init();
+    init_ort();
+    // A copy of its own, so that no other test shares this model.
+    let dir = copied_bundle("cp-llm-tiny", "shared");
+    let branch = |i: usize| {
+        format!(
+            "videotestsrc num-buffers=30 ! qoemonitor name=m{i} bundle={} ! fakesink ",
+            dir.display()
+        )
+    };
+    let pipeline = gst::parse::launch(&(0..3).map(branch).collect::<String>())
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    pipeline.set_state(gst::State::Paused).unwrap();
+    assert!(pipeline.state(gst::ClockTime::from_seconds(30)).0.is_ok());
+    assert_eq!(times_opened(&dir), 1, "three elements, one model");
+    for i in 0..3 {
+        let m = pipeline.by_name(&format!("m{i}")).unwrap();
+        assert_eq!(
+            m.property::<Option<String>>("provider").as_deref(),
+            Some("cpu")
+        );
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    // Released at NULL: the next user opens it again.
+    drop(shared_scorer(&dir, &SessionOptions::default()).unwrap());
+    assert_eq!(times_opened(&dir), 2);
+}
