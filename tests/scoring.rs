@@ -424,3 +424,117 @@ fn elements_with_the_same_bundle_share_one_model() {
     drop(shared_scorer(&dir, &SessionOptions::default()).unwrap());
     assert_eq!(times_opened(&dir), 2);
 }
+
+#[test]
+fn gst_launch_scores_a_real_video() {
+    init_ort();
+    let video = common::test_video("mkv");
+    let output = std::process::Command::new("gst-launch-1.0")
+        .env("GST_PLUGIN_PATH", common::plugin_dir())
+        .args(["-m", "filesrc", &format!("location={}", video.display())])
+        .args(["!", "decodebin", "!", "videoconvert", "!", "qoemonitor"])
+        .arg(format!(
+            "bundle={}",
+            bundle("vqa2-tiny-streaming").display()
+        ))
+        .args(["leaky=false", "stream-id=lobby-cam", "!", "fakesink"])
+        .output()
+        .expect("gst-launch-1.0 (Debian package gstreamer1.0-tools)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "gst-launch failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let quality: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("qoe-quality"))
+        .collect();
+    // 9.5 s of video (8 s of frames and a 1.5 s hole): windows end at 8 s and at the end.
+    assert_eq!(quality.len(), 2, "{stdout}");
+    for line in &quality {
+        for field in [
+            "score=(double)",
+            "level=(string)",
+            "probabilities=(structure)",
+            "stream-id=(string)lobby-cam",
+            "provider=(string)cpu",
+            "stale=(boolean)false",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+    }
+    let stall = stdout.find("qoe-stall, event=(string)start").unwrap();
+    assert!(
+        stall < stdout.find("qoe-quality").unwrap(),
+        "stalls are reported at once"
+    );
+}
+
+#[test]
+fn assistant_bundles_explain_in_their_own_message() {
+    init();
+    init_ort();
+    let (dir, golden) = golden("vqa2-tiny-assistant");
+    let g = &golden["sequences"]["a"];
+    let frames: Vec<Frame> = golden_frames(&dir, &g["frames"])
+        .into_iter()
+        .enumerate()
+        .map(|(i, image)| Frame {
+            pts: i as u64 * SECOND / 8,
+            image,
+        })
+        .collect();
+    let element = gst::ElementFactory::make("qoemonitor")
+        .property("bundle", bundle("vqa2-tiny-assistant").to_str().unwrap())
+        .property_from_str("explain", "always")
+        .property("explain-question", golden["question"].as_str().unwrap())
+        .property(
+            "explain-max-tokens",
+            g["max_new_tokens"].as_u64().unwrap() as u32,
+        )
+        .property("leaky", false)
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    let mut h = Harness::with_element(&element, Some("sink"), Some("src"));
+    h.set_src_caps_str("video/x-raw,format=RGB,width=64,height=48,framerate=8/1");
+    for frame in &frames {
+        let stride = 64 * 3;
+        let mut buffer = gst::Buffer::from_mut_slice(frame.image.data.clone());
+        assert_eq!(frame.image.data.len(), stride * 48);
+        buffer
+            .get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_nseconds(frame.pts));
+        h.push(buffer).unwrap();
+    }
+    h.push_event(gst::event::Eos::new());
+    let explanation = bus
+        .iter_timed(gst::ClockTime::from_seconds(30))
+        .find_map(|m| match m.view() {
+            gst::MessageView::Element(e) => e
+                .structure()
+                .filter(|s| s.name() == "qoe-explanation")
+                .map(|s| s.to_owned()),
+            _ => None,
+        })
+        .expect("a qoe-explanation message");
+    let text = explanation.get::<String>("text").unwrap();
+    let ids: Vec<u32> = g["generated_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(bundle("vqa2-tiny-assistant").join("tokenizer.json"))
+            .unwrap();
+    assert_eq!(
+        text,
+        tokenizer.decode(&ids, true).unwrap(),
+        "the reference's answer"
+    );
+    assert_eq!(explanation.get::<u64>("window-end").unwrap(), 2500 * MS);
+}
