@@ -219,3 +219,74 @@ fn realtime_run_serves_metrics_and_ctrl_c_still_summarises() {
         .unwrap();
     assert!(shown < 200, "stopped early by Ctrl-C, {shown} frames");
 }
+
+#[test]
+fn scores_quality_with_a_bundle() {
+    init_ort();
+    let video = test_video("mkv");
+    let report = tmp("scored.svg");
+    let bundle = bundle("vqa2-tiny-streaming");
+    let out = probe(&[
+        video.to_str().unwrap(),
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let quality: Vec<&str> = stdout.lines().filter(|l| l.contains(" quality ")).collect();
+    // 9.5 s of stream: a window ends at 8 s, the final one at 9.5 s.
+    assert_eq!(quality.len(), 2, "{stdout}");
+    assert!(quality[0].contains("for 0.000–8.000 s"), "{stdout}");
+    assert!(quality[1].contains("for 1.500–9.500 s"), "{stdout}");
+    let summary = stdout
+        .lines()
+        .find(|l| l.contains("quality: 2 windows, mean"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    // Time in level covers the 9.5 s of stream once.
+    let seconds: f64 = summary
+        .split("time in level: ")
+        .nth(1)
+        .unwrap()
+        .split(", ")
+        .map(|part| part.split(' ').nth(1).unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!((seconds - 9.5).abs() < 0.05, "{summary}");
+    let svg = std::fs::read_to_string(&report).unwrap();
+    assert!(svg.contains("<polyline"), "the score line is drawn");
+
+    let json = probe(&[
+        video.to_str().unwrap(),
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--json",
+    ]);
+    let (stdout, _) = text(&json);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let scored: Vec<&serde_json::Value> = lines.iter().filter(|l| l["type"] == "quality").collect();
+    assert_eq!(scored.len(), 2);
+    let p = scored[0]["probabilities"].as_object().unwrap();
+    assert_eq!(p.len(), 5);
+    let total: f64 = p.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-4);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["quality"]["windows"], 2);
+}
+
+#[test]
+fn a_bad_bundle_is_a_clear_error() {
+    init_ort();
+    let video = test_video("mkv");
+    let dir = tmp("not-a-bundle");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bundle.json"), "{\"format\": \"gst-qoe-bundle\"").unwrap();
+    let out = probe(&[video.to_str().unwrap(), "--bundle", dir.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("Cannot load the model bundle"), "{stderr}");
+    assert!(stderr.contains("bundle.json"), "{stderr}");
+}

@@ -18,8 +18,8 @@ use gstqoe::report::{Span, Timeline};
 const USAGE: &str = "\
 usage: qoe-probe <file|URI> [options]
 
-Watches a video with the qoemonitor element and reports playback stalls and content
-freezes, then a summary.
+Watches a video with the qoemonitor element and reports quality scores (with --bundle),
+playback stalls and content freezes, then a summary.
 
 options:
   --json                   one JSON object per line on stdout instead of text
@@ -29,8 +29,10 @@ options:
   --stream-id ID           name of the stream in messages and metrics (default: input name)
   --report FILE.svg        draw the timeline (stalls, freezes, score) as an SVG picture
   --stall-threshold MS     lateness in milliseconds that counts as a stall (default 250)
-  --bundle DIR             model bundle for quality scores (not available yet: scoring in
-                           qoemonitor is still to come)
+  --bundle DIR             model bundle for quality scores (needs ORT_DYLIB_PATH to name
+                           libonnxruntime.so); every window is scored, the run waiting for
+                           the model if need be, unless --realtime
+  --provider NAME          where the model runs: cpu (default), cuda, tensorrt, auto
   -h, --help               this text
 
 Ctrl-C ends the run early and still prints the summary.";
@@ -44,6 +46,8 @@ struct Options {
     stream_id: Option<String>,
     report: Option<PathBuf>,
     stall_threshold_ms: Option<u64>,
+    bundle: Option<PathBuf>,
+    provider: Option<String>,
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
@@ -75,11 +79,23 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
                 ))?);
             }
             "--bundle" => {
-                let dir = value("--bundle")?;
-                return Err(format!(
-                    "--bundle {dir}: quality scoring is not available yet (qoemonitor does not score yet); \
-                     run without --bundle to monitor stalls and freezes"
-                ));
+                let dir = PathBuf::from(value("--bundle")?);
+                if !dir.join("bundle.json").is_file() {
+                    return Err(format!(
+                        "--bundle {}: not a model bundle (no bundle.json in it)",
+                        dir.display()
+                    ));
+                }
+                o.bundle = Some(dir);
+            }
+            "--provider" => {
+                let p = value("--provider")?;
+                if !["cpu", "cuda", "tensorrt", "auto"].contains(&p.as_str()) {
+                    return Err(format!(
+                        "--provider {p}: not one of cpu, cuda, tensorrt, auto"
+                    ));
+                }
+                o.provider = Some(p);
             }
             other if other.starts_with('-') && other.len() > 1 => {
                 return Err(format!("unknown option {other}"));
@@ -254,6 +270,15 @@ fn build(options: &Options, uri: &str, stream_id: &str) -> Result<Built, String>
     if let Some(ms) = options.stall_threshold_ms {
         monitor.set_property("stall-threshold", ms * 1_000_000);
     }
+    if let Some(bundle) = &options.bundle {
+        monitor.set_property("bundle", bundle.to_str().ok_or("bundle path is not UTF-8")?);
+        // Files are analysed whole: every window scored, at the model's pace. At real speed
+        // the monitor behaves as in a live pipeline and drops what the model cannot keep up with.
+        monitor.set_property("leaky", options.realtime);
+        if let Some(provider) = &options.provider {
+            monitor.set_property_from_str("execution-provider", provider);
+        }
+    }
     let sink = make("fakesink")?;
     sink.set_property("sync", options.realtime);
     pipeline
@@ -285,6 +310,43 @@ struct Run {
     freezes: Vec<Span>,
     end: f64,
     last_stats: Option<gst::Structure>,
+    windows: Vec<Scored>,
+}
+
+/// A scored window, as the summary needs it.
+#[derive(Debug, Clone)]
+struct Scored {
+    start: f64,
+    end: f64,
+    score: f64,
+    level: String,
+    stale: bool,
+}
+
+/// Mean and minimum score over fresh windows, and seconds in each level: each window's
+/// level stands for the stretch it adds to the timeline (the first window for its whole
+/// length, later ones from the previous window's end).
+fn quality_summary(windows: &[Scored]) -> Option<(f64, f64, Vec<(String, f64)>)> {
+    let fresh: Vec<&Scored> = windows.iter().filter(|w| !w.stale).collect();
+    if fresh.is_empty() {
+        return None;
+    }
+    let mean = fresh.iter().map(|w| w.score).sum::<f64>() / fresh.len() as f64;
+    let min = fresh.iter().map(|w| w.score).fold(f64::INFINITY, f64::min);
+    let mut levels: Vec<(String, f64)> = Vec::new();
+    let mut covered: Option<f64> = None;
+    for w in &fresh {
+        let from = covered.map_or(w.start, |c| c.max(w.start));
+        let seconds = (w.end - from).max(0.0);
+        covered = Some(covered.map_or(w.end, |c| c.max(w.end)));
+        match levels.iter_mut().find(|(l, _)| *l == w.level) {
+            Some((_, t)) => *t += seconds,
+            None => levels.push((w.level.clone(), seconds)),
+        }
+    }
+    const ORDER: [&str; 5] = ["high", "good", "fair", "poor", "low"];
+    levels.sort_by_key(|(l, _)| ORDER.iter().position(|o| o == l).unwrap_or(ORDER.len()));
+    Some((mean, min, levels))
 }
 
 fn run(options: &Options) -> Result<(), String> {
@@ -301,7 +363,10 @@ fn run(options: &Options) -> Result<(), String> {
         let detail = bus
             .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
             .map(|m| match m.view() {
-                gst::MessageView::Error(e) => e.error().to_string(),
+                gst::MessageView::Error(e) => match e.debug() {
+                    Some(debug) => format!("{} ({debug})", e.error()),
+                    None => e.error().to_string(),
+                },
                 _ => unreachable!(),
             })
             .unwrap_or_else(|| "the pipeline would not start".into());
@@ -388,7 +453,7 @@ fn run(options: &Options) -> Result<(), String> {
     }
     let summary = summary_lines(&stats, &result);
     if options.json {
-        println!("{}", summary_json(&stats, &stream_id));
+        println!("{}", summary_json(&stats, &stream_id, &result));
     } else {
         println!("summary:");
         for line in &summary {
@@ -403,8 +468,16 @@ fn run(options: &Options) -> Result<(), String> {
                 .max(secs(stats.get::<u64>("stream-time").unwrap_or(0))),
             stalls: result.stalls.clone(),
             freezes: result.freezes.clone(),
-            scores: Vec::new(),
-            no_scores_reason: Some("quality not scored: qoemonitor does not score yet".into()),
+            scores: result
+                .windows
+                .iter()
+                .filter(|w| !w.stale)
+                .map(|w| (w.end, w.score))
+                .collect(),
+            no_scores_reason: Some(match options.bundle {
+                None => "quality not scored: run with --bundle DIR".into(),
+                Some(_) => "no window was scored".into(),
+            }),
             summary,
         };
         std::fs::write(path, timeline.svg())
@@ -431,6 +504,20 @@ fn report_event(options: &Options, s: &gst::StructureRef, run: &mut Run) {
         "qoe-freeze" => "freeze",
         "qoe-stats" => {
             run.last_stats = Some(s.to_owned());
+            return;
+        }
+        "qoe-quality" => return report_quality(options, s, run),
+        "qoe-explanation" => {
+            let text = s.get::<&str>("text").unwrap_or_default();
+            let end = time("window-end").unwrap_or(0.0);
+            if options.json {
+                println!(
+                    "{{\"type\":\"explanation\",\"window_end\":{end:.3},\"text\":{}}}",
+                    json_string(text)
+                );
+            } else {
+                println!("{end:9.3} s  explanation: {}", text.trim());
+            }
             return;
         }
         _ => return,
@@ -471,6 +558,65 @@ fn report_event(options: &Options, s: &gst::StructureRef, run: &mut Run) {
     let _ = std::io::stdout().flush();
 }
 
+fn report_quality(options: &Options, s: &gst::StructureRef, run: &mut Run) {
+    let time = |field: &str| {
+        s.get::<u64>(field)
+            .ok()
+            .filter(|t| *t != u64::MAX)
+            .map(secs)
+    };
+    let w = Scored {
+        start: time("window-start").unwrap_or(0.0),
+        end: time("window-end").unwrap_or(0.0),
+        score: s.get::<f64>("score").unwrap_or(f64::NAN),
+        level: s.get::<&str>("level").unwrap_or("?").to_owned(),
+        stale: s.get::<bool>("stale").unwrap_or(false),
+    };
+    run.end = run.end.max(w.end);
+    let seconds = s.get::<f64>("inference-time").unwrap_or(0.0);
+    if options.json {
+        let probabilities = s
+            .get::<gst::Structure>("probabilities")
+            .map(|p| {
+                p.iter()
+                    .filter_map(|(k, v)| {
+                        v.get::<f64>()
+                            .ok()
+                            .map(|v| format!("{}:{v:.6}", json_string(k)))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        println!(
+            "{{\"type\":\"quality\",\"window_start\":{:.3},\"window_end\":{:.3},\"score\":{:.6},\"level\":{},\
+             \"probabilities\":{{{probabilities}}},\"stale\":{},\"inference_time\":{seconds:.4},\"stream_id\":{}}}",
+            w.start,
+            w.end,
+            w.score,
+            json_string(&w.level),
+            w.stale,
+            json_string(s.get::<&str>("stream-id").unwrap_or_default()),
+        );
+    } else {
+        println!(
+            "{:9.3} s  quality {:.3} ({}) for {:.3}–{:.3} s{}",
+            w.end,
+            w.score,
+            w.level,
+            w.start,
+            w.end,
+            if w.stale {
+                ", STALE: the model is failing"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = std::io::stdout().flush();
+    run.windows.push(w);
+}
+
 fn summary_lines(stats: &gst::Structure, run: &Run) -> Vec<String> {
     let u = |f: &str| stats.get::<u64>(f).unwrap_or(0);
     let t = |f: &str| {
@@ -501,11 +647,34 @@ fn summary_lines(stats: &gst::Structure, run: &Run) -> Vec<String> {
     if let Some(initial) = t("initial-buffering") {
         lines.push(format!("initial buffering: {initial:.3} s"));
     }
-    lines.push("quality: not scored (qoemonitor does not score yet)".into());
+    lines.push(match quality_summary(&run.windows) {
+        Some((mean, min, levels)) => format!(
+            "quality: {} windows, mean {mean:.3}, min {min:.3}; time in level: {}",
+            run.windows.iter().filter(|w| !w.stale).count(),
+            levels
+                .iter()
+                .map(|(l, t)| format!("{l} {t:.1} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "quality: not scored (no --bundle given, or no window scored)".into(),
+    });
     lines
 }
 
-fn summary_json(stats: &gst::Structure, stream_id: &str) -> String {
+fn summary_json(stats: &gst::Structure, stream_id: &str, run: &Run) -> String {
+    let quality = match quality_summary(&run.windows) {
+        Some((mean, min, levels)) => format!(
+            "{{\"windows\":{},\"mean\":{mean:.6},\"min\":{min:.6},\"time_in_level\":{{{}}}}}",
+            run.windows.iter().filter(|w| !w.stale).count(),
+            levels
+                .iter()
+                .map(|(l, t)| format!("{}:{t:.3}", json_string(l)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => "null".into(),
+    };
     let u = |f: &str| stats.get::<u64>(f).unwrap_or(0);
     let t = |f: &str| match stats.get::<u64>(f).ok().filter(|v| *v != u64::MAX) {
         Some(v) => format!("{:.3}", secs(v)),
@@ -513,7 +682,7 @@ fn summary_json(stats: &gst::Structure, stream_id: &str) -> String {
     };
     format!(
         "{{\"type\":\"summary\",\"stream_id\":{},\"frames\":{},\"stalls\":{},\"stall_time\":{},\"stall_ratio\":{:.6},\
-         \"initial_buffering\":{},\"freezes\":{},\"frozen_time\":{},\"quality\":null}}",
+         \"initial_buffering\":{},\"freezes\":{},\"frozen_time\":{},\"quality\":{quality}}}",
         json_string(stream_id),
         u("frames"),
         u("stalls"),
@@ -571,11 +740,48 @@ mod tests {
                 .contains("positive")
         );
         assert!(
-            args(&["a", "--bundle", "dir"])
+            args(&["a", "--bundle", "/nonexistent"])
                 .unwrap_err()
-                .contains("not available yet")
+                .contains("/nonexistent: not a model bundle")
+        );
+        assert!(
+            args(&["a", "--provider", "metal"])
+                .unwrap_err()
+                .contains("not one of cpu, cuda, tensorrt, auto")
         );
         assert_eq!(args(&["-h"]).unwrap_err(), "");
+    }
+
+    #[test]
+    fn quality_summary_partitions_the_timeline() {
+        let w = |start, end, score, level: &str| Scored {
+            start,
+            end,
+            score,
+            level: level.into(),
+            stale: false,
+        };
+        let windows = [
+            w(0.0, 8.0, 0.9, "high"),
+            w(2.0, 10.0, 0.5, "fair"),
+            w(4.0, 12.0, 0.7, "good"),
+            Scored {
+                stale: true,
+                ..w(6.0, 14.0, 0.7, "good")
+            },
+        ];
+        let (mean, min, levels) = quality_summary(&windows).unwrap();
+        assert!((mean - 0.7).abs() < 1e-9, "stale windows do not count");
+        assert_eq!(min, 0.5);
+        assert_eq!(
+            levels,
+            vec![
+                ("high".to_string(), 8.0),
+                ("good".to_string(), 2.0),
+                ("fair".to_string(), 2.0)
+            ]
+        );
+        assert!(quality_summary(&[]).is_none());
     }
 
     #[test]
