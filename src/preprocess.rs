@@ -8,8 +8,6 @@
 //! (antialiasing), fixed-point coefficients with 22 fractional bits, and an 8-bit
 //! intermediate image. This module follows `libImaging/Resample.c` step for step, so its output
 //! equals Pillow's exactly (checked against `tests/fixtures/golden/pillow`).
-//!
-//! Not wired into the element yet: the scoring runtime will call it on sampled frames.
 
 /// An 8-bit RGB picture, rows of `width * 3` bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 //! are keyframes, when a window is due, and how to compute per-frame motion features in
 //! chunks that equal a whole-clip computation.
 //!
-//! Not wired into the element yet; the scoring worker will drive it.
+//! The element's streaming thread drives the keyframe sampler and the window scheduler; the
+//! feature thread drives the motion chunker (`crate::model::stream`).
 //!
 //! - **Keyframes**: the first frame of every second of stream time, counted from the first
 //!   frame: with a constant frame rate these are the reference's indices 0, R, 2R… (R =

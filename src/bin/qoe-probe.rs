@@ -323,10 +323,13 @@ struct Scored {
     stale: bool,
 }
 
+/// Seconds spent in each level, best level first.
+type LevelTimes = Vec<(String, f64)>;
+
 /// Mean and minimum score over fresh windows, and seconds in each level: each window's
 /// level stands for the stretch it adds to the timeline (the first window for its whole
 /// length, later ones from the previous window's end).
-fn quality_summary(windows: &[Scored]) -> Option<(f64, f64, Vec<(String, f64)>)> {
+fn quality_summary(windows: &[Scored]) -> Option<(f64, f64, LevelTimes)> {
     let fresh: Vec<&Scored> = windows.iter().filter(|w| !w.stale).collect();
     if fresh.is_empty() {
         return None;

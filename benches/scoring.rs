@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: MPL-2.0
+//! What rolling-window scoring costs, in one run: `cargo bench --bench scoring`.
+//!
+//! 20 s of 720p30 `testsrc2` (x264, made with FFmpeg) are decoded to RGB, then scored with a
+//! tiny fixture bundle (window 8 s, hop 2 s) two ways:
+//! - **cached** (what `qoemonitor` does): each keyframe's and each frame's features once, in
+//!   chunks with the motion context, then only the decoder per window;
+//! - **uncached**: every window recomputed from its frames.
+//!
+//! It prints per-stage latency per window, the saving from feature reuse (encoder time
+//! uncached / cached; expect about window/hop), and the real-time factor: seconds of video
+//! scored per second of process CPU. The element's streaming-thread cost with scoring on is
+//! in `cargo bench --bench element_cost`.
+//!
+//! Environment: `QOE_BENCH_BUNDLE` (default the tiny VQA²-UGC fixture), `ORT_DYLIB_PATH`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use gst::prelude::*;
+use gst_video::prelude::*;
+use gstqoe::model::runtime::Scorer;
+use gstqoe::model::stream::{StageTimes, StreamScorer};
+use gstqoe::preprocess::RgbImage;
+use gstqoe::sampling::{KeyframeSampler, SECOND, WindowScheduler};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+const FPS: u64 = 30;
+const WINDOW: u64 = 8 * SECOND;
+const HOP: u64 = 2 * SECOND;
+
+fn cpu_seconds() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// The decoded clip as RGB pictures.
+fn decode(path: &std::path::Path) -> Vec<RgbImage> {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! fakesink name=sink signal-handoffs=true sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let frames = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let collected = frames.clone();
+    pipeline
+        .by_name("sink")
+        .unwrap()
+        .connect("handoff", false, move |args| {
+            let buffer = args[1].get::<gst::Buffer>().unwrap();
+            let pad = args[2].get::<gst::Pad>().unwrap();
+            let info = gst_video::VideoInfo::from_caps(&pad.current_caps().unwrap()).unwrap();
+            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(&buffer, &info).unwrap();
+            let (w, h) = (info.width() as usize, info.height() as usize);
+            let stride = frame.plane_stride()[0] as usize;
+            let data = frame
+                .plane_data(0)
+                .unwrap()
+                .chunks(stride)
+                .take(h)
+                .flat_map(|row| row[..w * 3].to_vec())
+                .collect();
+            collected.lock().unwrap().push(RgbImage {
+                width: w,
+                height: h,
+                data,
+            });
+            None
+        });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for msg in pipeline.bus().unwrap().iter_timed(gst::ClockTime::NONE) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{}", e.error()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    std::mem::take(&mut *frames.lock().unwrap())
+}
+
+fn main() {
+    gst::init().unwrap();
+    common::init_ort();
+    let bundle = std::env::var("QOE_BENCH_BUNDLE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| common::bundle("vqa2-tiny-ugc"));
+    eprintln!("encoding and decoding 20 s of 720p30 (once) ...");
+    let clip = common::clip(
+        "bench-720p30-20s.mp4",
+        "testsrc2=size=1280x720:rate=30:duration=20",
+        &[
+            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+        ],
+    );
+    let frames = decode(&clip);
+    let seconds = frames.len() as f64 / FPS as f64;
+    let scorer = Arc::new(Scorer::open(&bundle, 0).unwrap());
+    let time = |i: usize| i as u64 * SECOND / FPS;
+
+    // Cached, as the element does it.
+    let cpu0 = cpu_seconds();
+    let mut stream =
+        StreamScorer::new(scorer.clone(), WINDOW, (HOP / SECOND * FPS) as usize).unwrap();
+    let mut keyframes = KeyframeSampler::default();
+    let mut scheduler = WindowScheduler::new(WINDOW, HOP);
+    let (mut cached, mut decoder, mut windows) = (StageTimes::default(), 0.0, Vec::new());
+    let mut score_ready =
+        |stream: &mut StreamScorer, cached: &mut StageTimes, decoder: &mut f64| {
+            for ready in stream.ready() {
+                let ready = ready.expect("a full window");
+                let t0 = Instant::now();
+                let scored = scorer.score_window(&ready.features).unwrap();
+                *decoder += t0.elapsed().as_secs_f64();
+                cached.preprocess += ready.spent.preprocess;
+                cached.vision += ready.spent.vision;
+                cached.motion += ready.spent.motion;
+                windows.push((ready.window, scored.score.unwrap()));
+            }
+        };
+    for (i, frame) in frames.iter().enumerate() {
+        for w in scheduler.on_frame(time(i)) {
+            stream.request(w, None, 0).unwrap();
+        }
+        let keyframe = keyframes.is_keyframe(time(i));
+        stream.add_frame(time(i), frame, keyframe, true).unwrap();
+        score_ready(&mut stream, &mut cached, &mut decoder);
+    }
+    if let Some(w) = scheduler.finish(time(frames.len())) {
+        stream.request(w, None, 0).unwrap();
+    }
+    stream.finish().unwrap();
+    score_ready(&mut stream, &mut cached, &mut decoder);
+    let cached_cpu = cpu_seconds() - cpu0;
+    let n = windows.len() as f64;
+
+    // Uncached: every window from its own frames.
+    let cpu0 = cpu_seconds();
+    let (mut features_uncached, mut decoder_uncached) = (0.0, 0.0);
+    for (w, _) in &windows {
+        let inside: Vec<RgbImage> = (0..frames.len())
+            .filter(|&i| time(i) >= w.start && time(i) < w.end)
+            .map(|i| frames[i].clone())
+            .collect();
+        let t0 = Instant::now();
+        let features = scorer.clip_features(&inside, FPS as f64).unwrap();
+        features_uncached += t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        scorer.score_window(&features).unwrap();
+        decoder_uncached += t0.elapsed().as_secs_f64();
+    }
+    let uncached_cpu = cpu_seconds() - cpu0;
+
+    let ms = |s: f64| s / n * 1e3;
+    println!(
+        "{} on {} frames of 720p30 ({seconds:.0} s), window 8 s, hop 2 s: {} windows",
+        scorer.bundle().manifest.name,
+        frames.len(),
+        windows.len()
+    );
+    println!("per window, cached (as qoemonitor runs it; features spread over the windows):");
+    println!("  preprocess (resize)  {:8.1} ms", ms(cached.preprocess));
+    println!("  vision               {:8.1} ms", ms(cached.vision));
+    println!("  motion               {:8.1} ms", ms(cached.motion));
+    println!("  decoder              {:8.1} ms", ms(decoder));
+    let encoders_cached = cached.preprocess + cached.vision + cached.motion;
+    println!("per window, uncached (every window from its frames):");
+    println!("  features             {:8.1} ms", ms(features_uncached));
+    println!("  decoder              {:8.1} ms", ms(decoder_uncached));
+    println!(
+        "feature reuse saving: {:.2}x less encoder time (expect about window/hop = 4), \
+         {:.2}x less process CPU",
+        features_uncached / encoders_cached,
+        uncached_cpu / cached_cpu
+    );
+    println!(
+        "real-time factor (cached): {:.2} s of video per CPU second ({:.2} per wall second of one stream's work)",
+        seconds / cached_cpu,
+        seconds / (encoders_cached + decoder)
+    );
+}
