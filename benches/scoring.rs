@@ -17,8 +17,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use gst::prelude::*;
-use gst_video::prelude::*;
 use gstqoe::model::runtime::Scorer;
 use gstqoe::model::stream::{StageTimes, StreamScorer};
 use gstqoe::preprocess::RgbImage;
@@ -38,53 +36,6 @@ fn cpu_seconds() -> f64 {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// The decoded clip as RGB pictures.
-fn decode(path: &std::path::Path) -> Vec<RgbImage> {
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! fakesink name=sink signal-handoffs=true sync=false",
-        path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let frames = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let collected = frames.clone();
-    pipeline
-        .by_name("sink")
-        .unwrap()
-        .connect("handoff", false, move |args| {
-            let buffer = args[1].get::<gst::Buffer>().unwrap();
-            let pad = args[2].get::<gst::Pad>().unwrap();
-            let info = gst_video::VideoInfo::from_caps(&pad.current_caps().unwrap()).unwrap();
-            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(&buffer, &info).unwrap();
-            let (w, h) = (info.width() as usize, info.height() as usize);
-            let stride = frame.plane_stride()[0] as usize;
-            let data = frame
-                .plane_data(0)
-                .unwrap()
-                .chunks(stride)
-                .take(h)
-                .flat_map(|row| row[..w * 3].to_vec())
-                .collect();
-            collected.lock().unwrap().push(RgbImage {
-                width: w,
-                height: h,
-                data,
-            });
-            None
-        });
-    pipeline.set_state(gst::State::Playing).unwrap();
-    for msg in pipeline.bus().unwrap().iter_timed(gst::ClockTime::NONE) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("{}", e.error()),
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    std::mem::take(&mut *frames.lock().unwrap())
-}
-
 fn main() {
     gst::init().unwrap();
     common::init_ort();
@@ -99,7 +50,10 @@ fn main() {
             "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
         ],
     );
-    let frames = decode(&clip);
+    let frames: Vec<RgbImage> = common::decode_rgb(&clip)
+        .into_iter()
+        .map(|(_, image)| image)
+        .collect();
     let seconds = frames.len() as f64 / FPS as f64;
     let scorer = Arc::new(Scorer::open(&bundle, 0).unwrap());
     let time = |i: usize| i as u64 * SECOND / FPS;

@@ -158,7 +158,9 @@ fn bad_inputs_fail_clearly() {
     assert!(
         text(&bundle)
             .1
-            .contains("quality scoring is not available yet")
+            .contains("--bundle models/vqa2: not a model bundle (no bundle.json in it)"),
+        "{:?}",
+        text(&bundle)
     );
 }
 

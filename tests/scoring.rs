@@ -4,11 +4,9 @@
 //! whole-stream computation, stall figures in streaming prompts, bad bundles, sharing.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
 use gst_check::Harness;
-use gst_video::prelude::*;
 use gstqoe::model::runtime::{
     Scorer, SessionOptions, StallFigures, WindowFeatures, shared_scorer, times_opened,
 };
@@ -140,51 +138,10 @@ fn decoded_clip() -> Vec<Frame> {
         "testsrc2=size=96x72:rate=8:duration=9",
         &["-c:v", "libx264", "-g", "16", "-pix_fmt", "yuv420p"],
     );
-    let pipeline = gst::parse::launch(&format!(
-        "filesrc location={} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! fakesink name=sink signal-handoffs=true sync=false",
-        path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
-    let frames = Arc::new(Mutex::new(Vec::new()));
-    let sink = pipeline.by_name("sink").unwrap();
-    let collected = frames.clone();
-    sink.connect("handoff", false, move |args| {
-        let buffer = args[1].get::<gst::Buffer>().unwrap();
-        let pad = args[2].get::<gst::Pad>().unwrap();
-        let info = gst_video::VideoInfo::from_caps(&pad.current_caps().unwrap()).unwrap();
-        let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(&buffer, &info).unwrap();
-        let (w, h) = (info.width() as usize, info.height() as usize);
-        let stride = frame.plane_stride()[0] as usize;
-        let data = frame
-            .plane_data(0)
-            .unwrap()
-            .chunks(stride)
-            .take(h)
-            .flat_map(|row| row[..w * 3].to_vec())
-            .collect();
-        collected.lock().unwrap().push(Frame {
-            pts: buffer.pts().unwrap().nseconds(),
-            image: RgbImage {
-                width: w,
-                height: h,
-                data,
-            },
-        });
-        None
-    });
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    for msg in bus.iter_timed(gst::ClockTime::from_seconds(30)) {
-        match msg.view() {
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("{}", e.error()),
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    let frames = std::mem::take(&mut *frames.lock().unwrap());
+    let frames: Vec<Frame> = common::decode_rgb(&path)
+        .into_iter()
+        .map(|(pts, image)| Frame { pts, image })
+        .collect();
     assert_eq!(frames.len(), 72);
     frames
 }

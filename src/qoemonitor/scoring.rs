@@ -196,7 +196,9 @@ impl Sampler {
         let motion = match self.layout {
             Layout::FrameScores => false,
             Layout::KeyframesAndChunks => true,
-            Layout::KeyframesAndFrames => self.frame_index.is_multiple_of(self.motion_stride as u64),
+            Layout::KeyframesAndFrames => {
+                self.frame_index.is_multiple_of(self.motion_stride as u64)
+            }
         };
         self.frame_index += 1;
         self.last_end = Some(time + duration.unwrap_or(0));

@@ -210,3 +210,56 @@ pub fn golden_frames(
         })
         .collect()
 }
+
+/// Decodes the video file at `path` to RGB pictures with their PTS (nanoseconds).
+pub fn decode_rgb(path: &Path) -> Vec<(u64, gstqoe::preprocess::RgbImage)> {
+    use gst_video::prelude::*;
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! videoconvert ! video/x-raw,format=RGB ! fakesink name=sink signal-handoffs=true sync=false",
+        path.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let frames = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let collected = frames.clone();
+    pipeline
+        .by_name("sink")
+        .unwrap()
+        .connect("handoff", false, move |args| {
+            let buffer = args[1].get::<gst::Buffer>().unwrap();
+            let pad = args[2].get::<gst::Pad>().unwrap();
+            let info = gst_video::VideoInfo::from_caps(&pad.current_caps().unwrap()).unwrap();
+            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(&buffer, &info).unwrap();
+            let (w, h) = (info.width() as usize, info.height() as usize);
+            let stride = frame.plane_stride()[0] as usize;
+            let data = frame
+                .plane_data(0)
+                .unwrap()
+                .chunks(stride)
+                .take(h)
+                .flat_map(|row| row[..w * 3].to_vec())
+                .collect();
+            let image = gstqoe::preprocess::RgbImage {
+                width: w,
+                height: h,
+                data,
+            };
+            collected
+                .lock()
+                .unwrap()
+                .push((buffer.pts().unwrap().nseconds(), image));
+            None
+        });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for msg in pipeline.bus().unwrap().iter_timed(gst::ClockTime::NONE) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{}: {}", path.display(), e.error()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    std::mem::take(&mut *frames.lock().unwrap())
+}
