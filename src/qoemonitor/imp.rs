@@ -515,6 +515,7 @@ impl QoeMonitor {
                 Report::Failed { error, warn } => {
                     state.metrics.stale(true);
                     drop(guard);
+                    gst::debug!(CAT, imp = self, "Scoring failed: {error}");
                     if warn {
                         gst::element_imp_warning!(
                             self,

@@ -29,6 +29,8 @@ const INTAKE_CAPACITY: usize = 48;
 const WINDOW_CAPACITY: usize = 2;
 /// Milliseconds the decoder stage sleeps per window, for tests of a slow model.
 pub const SLOW_DECODER_ENV: &str = "GST_QOE_TEST_DECODER_DELAY_MS";
+/// Windows from this number on (1 is the first) fail, for tests of a failing model.
+pub const FAIL_FROM_ENV: &str = "GST_QOE_TEST_FAIL_FROM_WINDOW";
 /// How long end of stream waits for the last windows to be scored.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -49,7 +51,7 @@ pub enum Explain {
 #[derive(Debug, Clone)]
 pub enum Report {
     Quality(Quality),
-    /// A window could not be scored; `warn` once per distinct error.
+    /// A window could not be scored; `warn` on the first failure after a good score.
     Failed {
         error: String,
         warn: bool,
@@ -110,10 +112,11 @@ struct Shared {
     windows_dropped: AtomicU64,
     windows_scored: AtomicU64,
     stale: AtomicBool,
-    last_error: Mutex<Option<String>>,
     last_good: Mutex<Option<Quality>>,
     /// A test hook: extra seconds the decoder stage sleeps per window.
     slow_decoder: Mutex<Option<Duration>>,
+    /// A test hook: windows from this number on fail.
+    fail_from: Option<u64>,
 }
 
 /// The streaming thread's side: which frames are sampled and when windows are due. Lives
@@ -266,7 +269,12 @@ impl Workers {
         let intake = Arc::new(BoundedQueue::new(INTAKE_CAPACITY));
         let windows = Arc::new(BoundedQueue::new(WINDOW_CAPACITY));
         let explains = Arc::new(BoundedQueue::new(1));
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            fail_from: std::env::var(FAIL_FROM_ENV)
+                .ok()
+                .and_then(|n| n.parse().ok()),
+            ..Default::default()
+        });
         // Test hook: a model made slow on purpose, to show that the pipeline does not wait.
         *shared.slow_decoder.lock().unwrap() = std::env::var(SLOW_DECODER_ENV)
             .ok()
@@ -442,12 +450,10 @@ impl ToRgb {
     }
 }
 
+/// A failure: warns once per stale episode (the first failure after a good score), so that a
+/// model that keeps failing does not flood the bus.
 fn report_failure(shared: &Shared, sink: &ReportSink, error: String) {
-    shared.stale.store(true, Ordering::SeqCst);
-    let mut last = shared.last_error.lock().unwrap();
-    let warn = last.as_deref() != Some(error.as_str());
-    *last = Some(error.clone());
-    drop(last);
+    let warn = !shared.stale.swap(true, Ordering::SeqCst);
     sink(Report::Failed { error, warn });
 }
 
@@ -571,12 +577,16 @@ fn score_thread(
         .map(|l| l.word.trim().to_owned())
         .collect();
     let scores = scorer.mode() != "none";
+    let mut number = 0u64;
     while let Some((ready, running_time)) = windows.pop() {
+        number += 1;
         let t0 = Instant::now();
         if let Some(extra) = *shared.slow_decoder.lock().unwrap() {
             std::thread::sleep(extra);
         }
-        let result = if scores {
+        let result = if shared.fail_from.is_some_and(|from| number >= from) {
+            Err(format!("test hook {FAIL_FROM_ENV}: window {number} fails"))
+        } else if scores {
             scorer.score_window(&ready.features).and_then(|s| {
                 s.score
                     .map(|score| (score, s.probabilities))
@@ -590,7 +600,6 @@ fn score_thread(
         match result {
             Ok((score, probabilities)) => {
                 shared.stale.store(false, Ordering::SeqCst);
-                *shared.last_error.lock().unwrap() = None;
                 shared.windows_scored.fetch_add(1, Ordering::Relaxed);
                 let level = level_of(scorer, score, &probabilities);
                 let rank = ["high", "good", "fair", "poor", "low"]
