@@ -495,3 +495,48 @@ fn assistant_bundles_explain_in_their_own_message() {
     );
     assert_eq!(explanation.get::<u64>("window-end").unwrap(), 2500 * MS);
 }
+
+#[test]
+fn feature_caches_stay_bounded_on_a_long_stream() {
+    use gstqoe::model::stream::StreamScorer;
+    use gstqoe::sampling::{KeyframeSampler, WindowScheduler};
+    init_ort();
+    let scorer = std::sync::Arc::new(Scorer::open(&bundle("vqa2-tiny-ugc"), 2).unwrap());
+    let (fps, window, hop, chunk) = (2u64, 4 * SECOND, 2 * SECOND, 4);
+    let mut stream = StreamScorer::new(scorer, window, chunk).unwrap();
+    let (mut keyframes, mut scheduler) = (
+        KeyframeSampler::default(),
+        WindowScheduler::new(window, hop),
+    );
+    let image = RgbImage {
+        width: 32,
+        height: 24,
+        data: (0..32 * 24 * 3).map(|i| (i * 7 % 251) as u8).collect(),
+    };
+    let (mut requested, mut scored, mut most) = (0, 0, (0, 0, 0));
+    // A minute of stream: far more than any window holds.
+    for i in 0..60 * fps {
+        let t = i * SECOND / fps;
+        for w in scheduler.on_frame(t) {
+            stream.request(w, None, 0).unwrap();
+            requested += 1;
+        }
+        stream
+            .add_frame(t, &image, keyframes.is_keyframe(t), true)
+            .unwrap();
+        scored += stream.ready().into_iter().filter(|r| r.is_ok()).count();
+        let held = stream.held();
+        most = (most.0.max(held.0), most.1.max(held.1), most.2.max(held.2));
+    }
+    assert_eq!(requested, 28, "a window every 2 s after the first 4 s");
+    // The last windows still wait for their motion context (18 frames = 9 s here).
+    assert!(scored >= requested - 6, "{scored} of {requested} scored");
+    // What the oldest waiting window needs, plus one chunk of inputs with its context.
+    let waiting = (18 + chunk) as u64 / fps + window / SECOND + 1;
+    assert!(most.0 as u64 <= waiting + 1, "keyframes held: {most:?}");
+    assert!(
+        most.1 as u64 <= waiting * fps + 1,
+        "motion features held: {most:?}"
+    );
+    assert!(most.2 <= chunk + 2 * 18 + 1, "motion inputs held: {most:?}");
+}
