@@ -57,8 +57,8 @@ pub struct ReadyWindow {
     pub motion_frames: usize,
     /// Feature time spent since the previous ready window.
     pub spent: StageTimes,
-    /// The caller's tag (e.g. the running time at which the window was due).
-    pub tag: u64,
+    /// The caller's time at which the window was due (the element: running time).
+    pub due: Nanos,
 }
 
 /// Why a requested window will not be scored.
@@ -74,7 +74,7 @@ pub enum Unscorable {
 struct Pending {
     window: Window,
     stall: Option<StallFigures>,
-    tag: u64,
+    due: Nanos,
     /// Motion features (VQA²) that must exist first: motion frames added before the request.
     motion_needed: usize,
 }
@@ -142,15 +142,6 @@ impl StreamScorer {
             max_frames: motion.as_ref().and_then(|m| m.max_frames),
             multiple: motion.as_ref().map_or(1, |m| m.multiple.max(1)),
         })
-    }
-
-    pub fn scorer(&self) -> &Arc<Scorer> {
-        &self.scorer
-    }
-
-    /// Whether frames of this kind are needed at all: the element skips the others.
-    pub fn wants(&self, keyframe: bool, motion: bool) -> bool {
-        keyframe || (motion && self.layout != Layout::FrameScores)
     }
 
     /// A sampled frame at stream time `time`. On error the frame counts as lost (a hole).
@@ -310,7 +301,7 @@ impl StreamScorer {
         &mut self,
         window: Window,
         stall: Option<StallFigures>,
-        tag: u64,
+        due: Nanos,
     ) -> Result<(), Unscorable> {
         if self.hole.is_some_and(|hole| window.start < hole) {
             return Err(Unscorable::Hole);
@@ -318,7 +309,7 @@ impl StreamScorer {
         self.pending.push_back(Pending {
             window,
             stall,
-            tag,
+            due,
             motion_needed: self.added,
         });
         Ok(())
@@ -408,7 +399,7 @@ impl StreamScorer {
                 stall: p.stall,
             },
             spent: self.spent.take(),
-            tag: p.tag,
+            due: p.due,
         })
     }
 
@@ -447,12 +438,5 @@ impl StreamScorer {
             self.motion.len(),
             self.inputs.len() + self.open_chunks.iter().map(|(_, f)| f.len()).sum::<usize>(),
         )
-    }
-
-    /// Scores a ready window: the per-window work (projectors, prompt, decoder).
-    pub fn score(&self, ready: &ReadyWindow) -> Result<(super::runtime::Scored, f64), String> {
-        let t0 = Instant::now();
-        let scored = self.scorer.score_window(&ready.features)?;
-        Ok((scored, t0.elapsed().as_secs_f64()))
     }
 }

@@ -428,6 +428,7 @@ impl State {
         let summary = self.stall.summary(now);
         let ns = gst::ClockTime::from_nseconds;
         let durations = gst::Array::new(summary.durations.iter().map(|d| ns(*d).to_send_value()));
+        let counts = self.workers.as_ref().map(|w| w.counts());
         gst::Structure::builder("qoe-stats")
             .field("stream-id", &self.stream_id)
             .field("running-time", now.map(ns))
@@ -444,19 +445,10 @@ impl State {
             .field("freezes", self.freeze.count())
             .field("frozen-time", ns(self.freeze.total()))
             .field("frozen", self.freeze.is_frozen())
-            .field_if_some(
-                "windows-scored",
-                self.workers.as_ref().map(|w| w.counts().0),
-            )
-            .field_if_some(
-                "windows-dropped",
-                self.workers.as_ref().map(|w| w.counts().1),
-            )
-            .field_if_some(
-                "frames-dropped",
-                self.workers.as_ref().map(|w| w.counts().2),
-            )
-            .field_if_some("stale", self.workers.as_ref().map(|w| w.counts().3))
+            .field_if_some("windows-scored", counts.map(|c| c.0))
+            .field_if_some("windows-dropped", counts.map(|c| c.1))
+            .field_if_some("frames-dropped", counts.map(|c| c.2))
+            .field_if_some("stale", counts.map(|c| c.3))
             .build()
     }
 }

@@ -247,7 +247,7 @@ impl Sampler {
 pub struct Workers {
     leaky: bool,
     intake: Arc<BoundedQueue<JobKind>>,
-    windows: Arc<BoundedQueue<(ReadyWindow, Nanos)>>,
+    windows: Arc<BoundedQueue<ReadyWindow>>,
     explains: Arc<BoundedQueue<ExplainJob>>,
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -457,19 +457,22 @@ fn report_failure(shared: &Shared, sink: &ReportSink, error: String) {
     sink(Report::Failed { error, warn });
 }
 
+/// A window the workers will not score: counted, and reported for the metrics.
+fn window_dropped(shared: &Shared, sink: &ReportSink, reason: &'static str) {
+    shared.windows_dropped.fetch_add(1, Ordering::Relaxed);
+    sink(Report::Dropped { reason });
+}
+
 fn feature_thread(
     mut stream: StreamScorer,
     intake: &BoundedQueue<JobKind>,
-    windows: &BoundedQueue<(ReadyWindow, Nanos)>,
+    windows: &BoundedQueue<ReadyWindow>,
     shared: &Shared,
     sink: &ReportSink,
     leaky: bool,
 ) {
     let mut rgb = ToRgb { converter: None };
     let mut lost_seen = 0;
-    // Running time each requested window was due at, by tag.
-    let mut due: std::collections::HashMap<u64, Nanos> = Default::default();
-    let mut next_tag = 0u64;
     while let Some(job) = intake.pop() {
         let lost = shared.lost_at.load(Ordering::SeqCst);
         if lost != lost_seen {
@@ -484,11 +487,15 @@ fn feature_thread(
                 keyframe,
                 motion,
             } => {
-                let result = rgb
-                    .convert(buffer, &info)
-                    .and_then(|image| stream.add_frame(time, &image, keyframe, motion));
+                // A frame that fails counts as lost (`add_frame` marks its own failures).
+                let result = match rgb.convert(buffer, &info) {
+                    Ok(image) => stream.add_frame(time, &image, keyframe, motion),
+                    Err(error) => {
+                        stream.lose(time);
+                        Err(error)
+                    }
+                };
                 if let Err(error) = result {
-                    stream.lose(time);
                     report_failure(shared, sink, error);
                 }
             }
@@ -497,17 +504,8 @@ fn feature_thread(
                 stall,
                 running_time,
             } => {
-                next_tag += 1;
-                match stream.request(window, stall, next_tag) {
-                    Ok(()) => {
-                        due.insert(next_tag, running_time);
-                    }
-                    Err(_) => {
-                        shared.windows_dropped.fetch_add(1, Ordering::Relaxed);
-                        sink(Report::Dropped {
-                            reason: "frames of the window were lost",
-                        });
-                    }
+                if stream.request(window, stall, running_time).is_err() {
+                    window_dropped(shared, sink, "frames of the window were lost");
                 }
             }
             JobKind::End => {
@@ -515,27 +513,17 @@ fn feature_thread(
                     report_failure(shared, sink, error);
                 }
             }
-            JobKind::Reset => {
-                stream.reset();
-                due.clear();
-            }
+            JobKind::Reset => stream.reset(),
         }
         for ready in stream.ready() {
             match ready {
                 Ok(ready) => {
-                    let running_time = due.remove(&ready.tag).unwrap_or(ready.window.end);
-                    if windows.push((ready, running_time), leaky).is_some() {
-                        shared.windows_dropped.fetch_add(1, Ordering::Relaxed);
-                        sink(Report::Dropped {
-                            reason: "the scorer fell behind",
-                        });
+                    if windows.push(ready, leaky).is_some() {
+                        window_dropped(shared, sink, "the scorer fell behind");
                     }
                 }
                 Err((_, Unscorable::Empty)) | Err((_, Unscorable::Hole)) => {
-                    shared.windows_dropped.fetch_add(1, Ordering::Relaxed);
-                    sink(Report::Dropped {
-                        reason: "no sampled frame in the window",
-                    });
+                    window_dropped(shared, sink, "no sampled frame in the window");
                 }
             }
         }
@@ -561,7 +549,7 @@ fn level_of(scorer: &Scorer, score: f64, probabilities: &[f64]) -> String {
 fn score_thread(
     scorer: &Scorer,
     config: &ScoringConfig,
-    windows: &BoundedQueue<(ReadyWindow, Nanos)>,
+    windows: &BoundedQueue<ReadyWindow>,
     explains: &BoundedQueue<ExplainJob>,
     shared: &Shared,
     sink: &ReportSink,
@@ -578,7 +566,8 @@ fn score_thread(
         .collect();
     let scores = scorer.mode() != "none";
     let mut number = 0u64;
-    while let Some((ready, running_time)) = windows.pop() {
+    while let Some(ready) = windows.pop() {
+        let running_time = ready.due;
         number += 1;
         let t0 = Instant::now();
         if let Some(extra) = *shared.slow_decoder.lock().unwrap() {
