@@ -7,7 +7,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -244,24 +243,17 @@ fn metrics_file_is_written_for_the_textfile_collector() {
 fn port_in_use_is_a_warning_not_an_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let output = Command::new("gst-launch-1.0")
-        .env("GST_PLUGIN_PATH", plugin_dir())
-        .args([
-            "videotestsrc",
-            "num-buffers=30",
-            "!",
-            "qoemonitor",
-            &format!("metrics-address=127.0.0.1:{port}"),
-        ])
-        .args(["!", "fakesink"])
-        .output()
-        .unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{all}");
+    let address = format!("metrics-address=127.0.0.1:{port}");
+    let (stdout, stderr) = gst_launch(&[
+        "videotestsrc",
+        "num-buffers=30",
+        "!",
+        "qoemonitor",
+        &address,
+        "!",
+        "fakesink",
+    ]);
+    let all = format!("{stdout}{stderr}");
     assert!(
         all.contains(&format!(
             "Metrics endpoint not opened: cannot listen on 127.0.0.1:{port}"

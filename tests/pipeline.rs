@@ -2,8 +2,6 @@
 //! `qoemonitor` in real pipelines on real encoded video.
 //! The test video is described at `common::test_video`.
 
-use std::process::Command;
-
 use gst::prelude::*;
 
 mod common;
@@ -137,26 +135,19 @@ fn stream_time_follows_a_seek_segment() {
 #[test]
 fn gst_launch_prints_the_messages_as_a_user_sees_them() {
     let video = test_video("mkv");
-    let plugin_dir = plugin_dir();
-    let output = Command::new("gst-launch-1.0")
-        .env("GST_PLUGIN_PATH", &plugin_dir)
-        .args([
-            "-m",
-            "filesrc",
-            &format!("location={}", video.display()),
-            "!",
-            "decodebin",
-            "!",
-        ])
-        .args(["qoemonitor", "stream-id=lobby-cam", "!", "fakesink"])
-        .output()
-        .expect("gst-launch-1.0 (Debian package gstreamer1.0-tools)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "gst-launch failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let location = format!("location={}", video.display());
+    let (stdout, _) = gst_launch(&[
+        "-m",
+        "filesrc",
+        &location,
+        "!",
+        "decodebin",
+        "!",
+        "qoemonitor",
+        "stream-id=lobby-cam",
+        "!",
+        "fakesink",
+    ]);
     let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("qoe-")).collect();
     assert!(
         lines

@@ -149,7 +149,6 @@ fn decoded_clip() -> Vec<Frame> {
 /// The features of window `[start, end)` taken from one whole-stream computation, as the
 /// reference would compute the stream in one go.
 fn uncached_window(
-    scorer: &Scorer,
     whole: &WindowFeatures,
     frames: &[Frame],
     start: u64,
@@ -167,7 +166,6 @@ fn uncached_window(
         .collect();
     let mut motion: Vec<_> = inside.iter().map(|&i| whole.motion[i].clone()).collect();
     motion.truncate(motion.len() / 4 * 4);
-    let _ = scorer;
     WindowFeatures {
         keyframes,
         motion,
@@ -218,7 +216,7 @@ fn windows_come_at_their_times_and_cached_features_equal_a_whole_stream_computat
     let images: Vec<RgbImage> = frames.iter().map(|f| f.image.clone()).collect();
     let whole = scorer.clip_features(&images, 8.0).unwrap();
     for (q, (start, end)) in quality.iter().zip(spans) {
-        let features = uncached_window(&scorer, &whole, &frames, start, end, None);
+        let features = uncached_window(&whole, &frames, start, end, None);
         let want = scorer.score_window(&features).unwrap().score.unwrap();
         let got = q.get::<f64>("score").unwrap();
         assert!(
@@ -386,23 +384,24 @@ fn elements_with_the_same_bundle_share_one_model() {
 fn gst_launch_scores_a_real_video() {
     init_ort();
     let video = common::test_video("mkv");
-    let output = std::process::Command::new("gst-launch-1.0")
-        .env("GST_PLUGIN_PATH", common::plugin_dir())
-        .args(["-m", "filesrc", &format!("location={}", video.display())])
-        .args(["!", "decodebin", "!", "videoconvert", "!", "qoemonitor"])
-        .arg(format!(
-            "bundle={}",
-            bundle("vqa2-tiny-streaming").display()
-        ))
-        .args(["leaky=false", "stream-id=lobby-cam", "!", "fakesink"])
-        .output()
-        .expect("gst-launch-1.0 (Debian package gstreamer1.0-tools)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "gst-launch failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let location = format!("location={}", video.display());
+    let bundle = format!("bundle={}", bundle("vqa2-tiny-streaming").display());
+    let (stdout, _) = common::gst_launch(&[
+        "-m",
+        "filesrc",
+        &location,
+        "!",
+        "decodebin",
+        "!",
+        "videoconvert",
+        "!",
+        "qoemonitor",
+        &bundle,
+        "leaky=false",
+        "stream-id=lobby-cam",
+        "!",
+        "fakesink",
+    ]);
     let quality: Vec<&str> = stdout
         .lines()
         .filter(|l| l.contains("qoe-quality"))

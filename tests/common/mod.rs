@@ -56,6 +56,25 @@ pub fn plugin_dir() -> PathBuf {
     .clone()
 }
 
+/// Runs `gst-launch-1.0 args…` with this build's plugin, as a user would, and returns its
+/// stdout and stderr; it must succeed.
+pub fn gst_launch(args: &[&str]) -> (String, String) {
+    let output = Command::new("gst-launch-1.0")
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .args(args)
+        .output()
+        .expect("gst-launch-1.0 (Debian package gstreamer1.0-tools)");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    assert!(
+        output.status.success(),
+        "gst-launch failed: {stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
 /// Runs `pipeline` to EOS and returns the `qoe-*` element messages in bus order.
 pub fn run(description: &str) -> Vec<gst::Structure> {
     init();
