@@ -11,7 +11,7 @@ use gstqoe::model::runtime::{Scored, Scorer, StallFigures};
 use serde_json::Value;
 
 mod common;
-use common::{fixtures, golden_frames, init_ort};
+use common::{bundle_copy, fixtures, golden_frames, init_ort};
 
 fn f32_file(path: &Path) -> Vec<f32> {
     std::fs::read(path)
@@ -178,17 +178,6 @@ fn cp_llm_shaped_bundle_scores_like_the_pytorch_reference() {
     }
 }
 
-fn broken_copy(name: &str, tag: &str) -> PathBuf {
-    let src = fixtures().join("bundles").join(name);
-    let dst = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dst);
-    std::fs::create_dir_all(&dst).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap().flatten() {
-        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-    }
-    dst
-}
-
 fn open_error(dir: &Path) -> String {
     init_ort();
     match Scorer::open(dir, 1) {
@@ -199,7 +188,7 @@ fn open_error(dir: &Path) -> String {
 
 #[test]
 fn bad_bundles_are_refused_naming_file_and_field() {
-    let dir = broken_copy("vqa2-tiny-ugc", "truncated");
+    let dir = bundle_copy("vqa2-tiny-ugc", "truncated");
     std::fs::write(dir.join("motion_fast.onnx"), b"not a model").unwrap();
     let e = open_error(&dir);
     assert!(
@@ -207,7 +196,7 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         "{e}"
     );
 
-    let dir = broken_copy("vqa2-tiny-ugc", "missing");
+    let dir = bundle_copy("vqa2-tiny-ugc", "missing");
     std::fs::remove_file(dir.join("decoder_score.onnx")).unwrap();
     let e = open_error(&dir);
     assert!(
@@ -215,7 +204,7 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         "{e}"
     );
 
-    let dir = broken_copy("vqa2-tiny-ugc", "version");
+    let dir = bundle_copy("vqa2-tiny-ugc", "version");
     let manifest = std::fs::read_to_string(dir.join("bundle.json"))
         .unwrap()
         .replace("\"format_version\": 1", "\"format_version\": 7");
@@ -226,7 +215,7 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         "{e}"
     );
 
-    let dir = broken_copy("vqa2-tiny-ugc", "io");
+    let dir = bundle_copy("vqa2-tiny-ugc", "io");
     let manifest = std::fs::read_to_string(dir.join("bundle.json"))
         .unwrap()
         .replace("\"level_logits\"", "\"logits\"");
@@ -239,7 +228,18 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         "{e}"
     );
 
-    let dir = broken_copy("vqa2-tiny-ugc", "constant");
+    let dir = bundle_copy("vqa2-tiny-ugc", "resize");
+    let manifest = std::fs::read_to_string(dir.join("bundle.json"))
+        .unwrap()
+        .replacen("\"pillow-bicubic\"", "\"bilinear\"", 1);
+    std::fs::write(dir.join("bundle.json"), manifest).unwrap();
+    let e = open_error(&dir);
+    assert!(
+        e.contains(".resize is \"bilinear\"; gst-qoe implements \"pillow-bicubic\" only"),
+        "{e}"
+    );
+
+    let dir = bundle_copy("vqa2-tiny-ugc", "constant");
     std::fs::write(dir.join("image_newline.f32"), [0u8; 12]).unwrap();
     let e = open_error(&dir);
     assert!(
@@ -247,7 +247,7 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         "{e}"
     );
 
-    let dir = broken_copy("vqa2-tiny-ugc", "tokenizer");
+    let dir = bundle_copy("vqa2-tiny-ugc", "tokenizer");
     std::fs::write(dir.join("tokenizer.json"), b"{").unwrap();
     let e = open_error(&dir);
     assert!(

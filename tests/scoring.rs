@@ -301,21 +301,10 @@ fn streaming_prompt_carries_the_windows_stalls() {
     );
 }
 
-/// A copy of fixture bundle `name`, in a folder tagged `tag`.
-fn copied_bundle(name: &str, tag: &str) -> PathBuf {
-    let dst = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{tag}-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dst).unwrap();
-    for entry in std::fs::read_dir(bundle(name)).unwrap().flatten() {
-        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
-    }
-    dst
-}
-
 /// A copy of fixture bundle `name` with `file` cut to half its length.
 fn truncated_bundle(name: &str, file: &str) -> PathBuf {
     let src = bundle(name);
-    let dst = copied_bundle(name, "truncated");
+    let dst = common::bundle_copy(name, "truncated");
     let bytes = std::fs::read(src.join(file)).unwrap();
     std::fs::write(dst.join(file), &bytes[..bytes.len() / 2]).unwrap();
     dst
@@ -353,7 +342,7 @@ fn elements_with_the_same_bundle_share_one_model() {
     init();
     init_ort();
     // A copy of its own, so that no other test shares this model.
-    let dir = copied_bundle("cp-llm-tiny", "shared");
+    let dir = common::bundle_copy("cp-llm-tiny", "shared");
     let branch = |i: usize| {
         format!(
             "videotestsrc num-buffers=30 ! qoemonitor name=m{i} bundle={} ! fakesink ",

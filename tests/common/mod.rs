@@ -184,6 +184,19 @@ pub fn bundle(name: &str) -> PathBuf {
     fixtures().join("bundles").join(name)
 }
 
+/// A fresh copy of fixture bundle `name` in this process's scratch folder, tagged `tag`
+/// (for tests that break or own a bundle).
+pub fn bundle_copy(name: &str, tag: &str) -> PathBuf {
+    let dst =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(bundle(name)).unwrap().flatten() {
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    dst
+}
+
 /// Points `ORT_DYLIB_PATH` at the ONNX Runtime that `tests/run.sh` installs in `.cache/venv`,
 /// unless it is set already.
 pub fn init_ort() {
