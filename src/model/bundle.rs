@@ -128,6 +128,9 @@ pub struct Decoder {
     pub head_dim: usize,
     pub vocab_size: usize,
     pub generation: Option<Generation>,
+    /// `decoder_score` takes a past: the prompt's opening is prefilled once and reused.
+    #[serde(default)]
+    pub prefix_cache: bool,
 }
 
 /// One prompt segment: text tokenised on its own, or an embedding block.

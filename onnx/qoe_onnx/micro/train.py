@@ -1,0 +1,407 @@
+"""Training of the micro VQA² (the VQA² recipe, scaled down), resumable from checkpoints.
+
+  stage 1  distortion recognition: the vision tower on keyframes of spatially distorted clips
+           (family and strength), the motion branch on dense frames of temporally distorted
+           clips (family and strength). Linear heads, discarded afterwards.
+  stage 2  scoring through the frozen SmolLM2 decoder: prompt "How would you evaluate the
+           quality of this video?", answer "The quality of this video is [level]". The two
+           projectors are trained (towers frozen, their features computed once), with the
+           cross-entropy of the level word over the whole vocabulary plus the squared error of
+           the softmax-weighted score against pseudo-MOS/100. Half the samples use the
+           streaming prompt with a random stall sentence and a label lowered by the stalls
+           (`stall_factor`), so one set of weights serves the UGC and the streaming bundle.
+
+    python -m qoe_onnx.micro.train --data .cache/micro --work .cache/micro/train --out models/micro-vqa2
+Each stage saves a checkpoint (WORK/stage1.pt, WORK/stage2.pt, and every 50 steps of stage 2
+WORK/stage2-partial.pt); a rerun skips what is done and resumes a partial stage 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as micro_data
+from . import smollm
+from .towers import (KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower,
+                     motion_pool, normalise, KEYFRAME_FEATURES, MOTION_FEATURES)
+
+LEVEL_WORDS = [" high", " good", " fair", " poor", " low"]
+LEVEL_WEIGHTS = [1.0, 0.75, 0.5, 0.25, 0.0]
+PREFIX = "<|im_start|>user\nHow would you evaluate the quality of this video?\n"
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\nThe quality of this video is"
+STALL_TEXT = " The playback stalled {count} times, {total} seconds in total, after {initial} seconds of initial buffering."
+
+
+def stall_factor(count: int, total: float, initial: float) -> float:
+    """P.1203-like stalling degradation (ITU-T P.1203.3 lowers quality with the number and total
+    length of stalls, and less with initial loading): a multiplicative factor on the pseudo-MOS."""
+    return math.exp(-(0.35 * count + 0.12 * total + 0.04 * initial))
+
+
+def stall_sentence(count: int, total: float, initial: float) -> str:
+    """As the element fills the manifest's template (one decimal, as Rust's {:.1})."""
+    return STALL_TEXT.format(count=count, total=f"{total:.1f}", initial=f"{initial:.1f}")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_clips(data: Path) -> tuple[list[dict], dict[str, dict]]:
+    """Every finished source under DATA/clips (a partial data run is usable as it stands)."""
+    rows, arrays = [], {}
+    for meta in sorted((data / "clips").glob("*.json")):
+        if meta.with_suffix(".npz").exists():
+            rows += json.loads(meta.read_text())
+    for name in sorted({r["source"] for r in rows}):
+        with np.load(data / "clips" / f"{name}.npz") as z:
+            arrays[name] = {"keyframes": z["keyframes"], "motion": z["motion"]}
+    return rows, arrays
+
+
+SPATIAL_CLASSES = ["pristine"] + micro_data.SPATIAL
+TEMPORAL_CLASSES = ["pristine"] + micro_data.TEMPORAL
+
+
+def severity(row: dict) -> float:
+    levels = next(d[2] for d in micro_data.DISTORTIONS if d[0] == row["family"]) if row["strength"] else [0]
+    return row["strength"] / len(levels)
+
+
+# ---------------------------------------------------------------- stage 1
+
+
+def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
+    ckpt = work / "stage1.pt"
+    if ckpt.exists():
+        log(f"stage 1: {ckpt} is there, skipped")
+        return torch.load(ckpt)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    train = [r for r in rows if r["split"] == "train"]
+
+    # Vision tower: keyframes of spatially distorted and pristine clips.
+    tower = VisionTower()
+    head = nn.Linear(KEYFRAME_FEATURES, len(SPATIAL_CLASSES) + 1)
+    items = [(r, k) for r in train if r["family"] in SPATIAL_CLASSES
+             for k in range(arrays[r["source"]]["keyframes"].shape[1])]
+    opt = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), 2e-3, weight_decay=1e-4)
+    steps = epochs * len(items) // 32
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    tower.train()
+    started, step = time.time(), 0
+    for epoch in range(epochs):
+        order = rng.permutation(len(items))
+        correct = total = 0
+        for b in range(0, len(order) - 31, 32):
+            batch = [items[i] for i in order[b:b + 32]]
+            pix = torch.from_numpy(np.stack([arrays[r["source"]]["keyframes"][r["index"], k] for r, k in batch]))
+            if rng.random() < 0.5:
+                pix = pix.flip(2)
+            out = head(tower(normalise(pix)))
+            cls = torch.tensor([SPATIAL_CLASSES.index(r["family"]) for r, _ in batch])
+            sev = torch.tensor([severity(r) for r, _ in batch], dtype=torch.float32)
+            loss = F.cross_entropy(out[:, :-1], cls) + F.mse_loss(out[:, -1], sev)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            correct += (out[:, :-1].argmax(1) == cls).sum().item()
+            total += len(batch)
+        log(f"stage 1 vision: epoch {epoch + 1}/{epochs}, family accuracy {correct / total:.3f}, "
+            f"loss {loss.item():.3f}, {time.time() - started:.0f} s")
+
+    # Motion branch: dense frames of temporally distorted clips, and of the others as "none".
+    branch = MotionBranch()
+    mhead = nn.Linear(3 * MOTION_FEATURES, len(TEMPORAL_CLASSES) + 1)
+    clips = [r for r in train if r["family"] in TEMPORAL_CLASSES or r["strength"] == 1]
+    opt = torch.optim.AdamW(list(branch.parameters()) + list(mhead.parameters()), 2e-3, weight_decay=1e-4)
+    window = 48
+    for epoch in range(epochs * 2):
+        correct = total = 0
+        for i in rng.permutation(len(clips)):
+            r = clips[i]
+            frames = arrays[r["source"]]["motion"][r["index"]]
+            s = rng.integers(0, max(1, len(frames) - window))
+            x = normalise(torch.from_numpy(frames[s:s + window])).permute(1, 0, 2, 3).unsqueeze(0)
+            out = mhead(motion_pool(branch(x)))
+            fam = r["family"] if r["family"] in TEMPORAL_CLASSES else "pristine"
+            cls = torch.tensor([TEMPORAL_CLASSES.index(fam)])
+            sev = torch.tensor([severity(r) if fam != "pristine" else 0.0])
+            loss = F.cross_entropy(out[None, :-1], cls) + F.mse_loss(out[-1:], sev)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            correct += int(out[:-1].argmax().item() == cls.item())
+            total += 1
+        log(f"stage 1 motion: epoch {epoch + 1}/{epochs * 2}, family accuracy {correct / total:.3f}, "
+            f"{time.time() - started:.0f} s")
+    state = {"tower": tower.state_dict(), "branch": branch.state_dict()}
+    torch.save(state, ckpt)
+    return state
+
+
+# ---------------------------------------------------------------- the frozen decoder
+
+
+class FrozenDecoder(nn.Module):
+    """SmolLM2 in PyTorch from the GGUF's weights (the same math as smollm.decoder_model)."""
+
+    def __init__(self, cfg: smollm.Config, weights: dict[str, np.ndarray]):
+        super().__init__()
+        self.cfg = cfg
+        for name, w in weights.items():
+            self.register_buffer("w_" + name.replace(".", "__"), torch.from_numpy(w), persistent=False)
+        hd = cfg.head_dim
+        self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, hd, 2).float() / hd),
+                             persistent=False)
+
+    def w(self, name):
+        return getattr(self, "w_" + name.replace(".", "__"))
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        return self.w("embed_tokens")[torch.tensor(ids)]
+
+    def norm(self, x, weight):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.cfg.eps) * weight
+
+    def forward(self, x: torch.Tensor, past: list | None = None):
+        """x [B, S, D]; past: per layer (k, v) [B, kv, P, hd]. Returns hidden [B, S, D], present."""
+        cfg, hd = self.cfg, self.cfg.head_dim
+        b, s, _ = x.shape
+        p = past[0][0].shape[2] if past else 0
+        pos = torch.arange(p, p + s, dtype=torch.float32)
+        ang = torch.cat([pos[:, None] * self.inv_freq[None]] * 2, dim=-1)
+        cos, sin = ang.cos(), ang.sin()
+
+        def rope(t):
+            half = hd // 2
+            return t * cos + torch.cat([-t[..., half:], t[..., :half]], dim=-1) * sin
+
+        mask = torch.arange(p + s)[None, :] <= (torch.arange(s) + p)[:, None]
+        present = []
+        for l in range(cfg.layers):
+            pre = f"layers.{l}."
+            h = self.norm(x, self.w(pre + "input_layernorm"))
+            q = (h @ self.w(pre + "self_attn.q_proj").T).view(b, s, cfg.heads, hd).transpose(1, 2)
+            k = (h @ self.w(pre + "self_attn.k_proj").T).view(b, s, cfg.kv_heads, hd).transpose(1, 2)
+            v = (h @ self.w(pre + "self_attn.v_proj").T).view(b, s, cfg.kv_heads, hd).transpose(1, 2)
+            q, k = rope(q), rope(k)
+            if past:
+                k = torch.cat([past[l][0].expand(b, -1, -1, -1), k], dim=2)
+                v = torch.cat([past[l][1].expand(b, -1, -1, -1), v], dim=2)
+            present.append((k, v))
+            rep = cfg.heads // cfg.kv_heads
+            a = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
+                                               attn_mask=mask)
+            x = x + a.transpose(1, 2).reshape(b, s, -1) @ self.w(pre + "self_attn.o_proj").T
+            h = self.norm(x, self.w(pre + "post_attention_layernorm"))
+            x = x + (F.silu(h @ self.w(pre + "mlp.gate_proj").T) * (h @ self.w(pre + "mlp.up_proj").T)) \
+                @ self.w(pre + "mlp.down_proj").T
+        return self.norm(x, self.w("norm")), present
+
+
+# ---------------------------------------------------------------- stage 2
+
+
+@torch.no_grad()
+def tower_features(state, rows, arrays):
+    """Per clip: keyframe features [K, 256] and per-frame motion features [F, 48] (frozen)."""
+    tower, branch = VisionTower(), MotionBranch()
+    tower.load_state_dict(state["tower"])
+    branch.load_state_dict(state["branch"])
+    tower.eval()
+    branch.eval()
+    feats = []
+    for r in rows:
+        a = arrays[r["source"]]
+        kf = tower(normalise(torch.from_numpy(a["keyframes"][r["index"]])))
+        mo = branch(normalise(torch.from_numpy(a["motion"][r["index"]])).permute(1, 0, 2, 3).unsqueeze(0))
+        feats.append((kf, mo))
+    return feats
+
+
+class Scorer2(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.keyframe = Projector(KEYFRAME_FEATURES, hidden)
+        self.motion = Projector(3 * MOTION_FEATURES, hidden)
+
+
+def random_stalls(rng) -> tuple[int, float, float]:
+    initial = float(np.round(rng.choice([0.0, rng.uniform(0.2, 3.0)]), 1))
+    if rng.random() < 0.5:
+        return 0, 0.0, initial
+    count = int(rng.integers(1, 4))
+    total = float(np.round(sum(rng.uniform(0.3, 3.0) for _ in range(count)), 1))
+    return count, total, initial
+
+
+class Prompting:
+    """Token embeddings of the prompt's text segments, each tokenized on its own as the element does."""
+
+    def __init__(self, decoder: FrozenDecoder, tokenizer):
+        self.decoder, self.tokenizer = decoder, tokenizer
+        self.cache: dict[str, torch.Tensor] = {}
+        self.level_ids = [tokenizer.encode(w).ids[0] for w in LEVEL_WORDS]
+
+    def text(self, s: str) -> torch.Tensor:
+        if s not in self.cache:
+            self.cache[s] = self.decoder.embed(self.tokenizer.encode(s).ids)
+        return self.cache[s]
+
+
+def sample_sequence(model: Scorer2, prompting: Prompting, kf, mo, stall_text: str | None):
+    parts = [model.keyframe(kf), model.motion(motion_pool(mo)).unsqueeze(0)]
+    if stall_text is not None:
+        parts.append(prompting.text(stall_text))
+    parts.append(prompting.text(SUFFIX))
+    return torch.cat(parts)
+
+
+def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0):
+    ckpt = work / "stage2.pt"
+    if ckpt.exists():
+        log(f"stage 2: {ckpt} is there, skipped")
+        return torch.load(ckpt)
+    from tokenizers import Tokenizer
+
+    cfg, weights, reader = smollm.load()
+    decoder = FrozenDecoder(cfg, weights).eval()
+    prompting = Prompting(decoder, Tokenizer.from_str(smollm.tokenizer_json(reader)))
+    with torch.no_grad():
+        _, prefix_kv = decoder(prompting.text(PREFIX)[None])
+    train_idx = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    log(f"stage 2: tower features of {len(rows)} clips")
+    feats = tower_features(state, rows, arrays)
+    model = Scorer2(cfg.hidden)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=0.1)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    start = 0
+    partial = work / "stage2-partial.pt"
+    if partial.exists():
+        saved = torch.load(partial)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        start = saved["step"]
+        rng = np.random.default_rng(seed + start)
+        log(f"stage 2: resumed at step {start}")
+    weights_t = torch.tensor(LEVEL_WEIGHTS)
+    level_ids = torch.tensor(prompting.level_ids)
+    started = time.time()
+    for step in range(start, steps):
+        seqs, targets, mos = [], [], []
+        for i in rng.choice(train_idx, batch):
+            r = rows[i]
+            kf, mo = feats[i]
+            k = kf.shape[0]
+            # A window of 4 to all keyframes (and their motion frames), as the element's windows.
+            w = int(rng.integers(min(4, k), k + 1))
+            s0 = int(rng.integers(0, k - w + 1))
+            per_kf = mo.shape[0] / k
+            kf_w, mo_w = kf[s0:s0 + w], mo[int(s0 * per_kf):int((s0 + w) * per_kf)]
+            label = r["mos"]
+            stall = None
+            if rng.random() < 0.5:
+                count, total, initial = random_stalls(rng)
+                stall = stall_sentence(count, total, initial)
+                label = label * stall_factor(count, total, initial)
+            seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
+            targets.append(micro_data.level_of(label))
+            mos.append(label / 100.0)
+        lengths = [s.shape[0] for s in seqs]
+        x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        hidden, _ = decoder(x, prefix_kv)
+        last = hidden[torch.arange(len(seqs)), torch.tensor(lengths) - 1]
+        logits = last @ decoder.w("embed_tokens").T
+        ce = F.cross_entropy(logits, level_ids[torch.tensor(targets)])
+        probs = logits[:, level_ids].softmax(-1)
+        score = probs @ weights_t
+        mse = F.mse_loss(score, torch.tensor(mos, dtype=torch.float32))
+        loss = ce + 4.0 * mse
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % 10 == 0:
+            log(f"stage 2: step {step + 1}/{steps}, ce {ce.item():.3f}, score rmse {mse.sqrt().item():.3f}, "
+                f"{(time.time() - started) / (step + 1 - start):.1f} s/step")
+        if (step + 1) % 50 == 0 and step + 1 < steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "step": step + 1}, partial)
+    state2 = {"model": model.state_dict()}
+    torch.save(state2, ckpt)
+    partial.unlink(missing_ok=True)
+    return state2
+
+
+# ---------------------------------------------------------------- export
+
+
+def export(state1, state2, out: Path):
+    """The committed small graphs: keyframe encoder (tower + projector), motion branch, motion projector."""
+    out.mkdir(parents=True, exist_ok=True)
+    tower, branch = VisionTower(), MotionBranch()
+    tower.load_state_dict(state1["tower"])
+    branch.load_state_dict(state1["branch"])
+    model = Scorer2(576)
+    model.load_state_dict(state2["model"])
+    for m in (tower, branch, model):
+        m.eval()
+    kw = dict(opset_version=17, dynamo=False)
+    with torch.no_grad():
+        torch.onnx.export(KeyframeEncoder(tower, model.keyframe), (torch.zeros(2, 3, 160, 160),),
+                          str(out / "keyframe_encoder.onnx"), input_names=["pixel_values"],
+                          output_names=["keyframe_embeds"],
+                          dynamic_axes={"pixel_values": {0: "keyframes"}, "keyframe_embeds": {0: "keyframes"}}, **kw)
+        torch.onnx.export(branch, (torch.zeros(1, 3, 16, 64, 64),), str(out / "motion_fast.onnx"),
+                          input_names=["frames"], output_names=["motion_feat"],
+                          dynamic_axes={"frames": {2: "frames"}, "motion_feat": {0: "frames"}}, **kw)
+        torch.onnx.export(MotionProjector(model.motion), (torch.zeros(16, MOTION_FEATURES),),
+                          str(out / "motion_projector.onnx"), input_names=["motion_feat"],
+                          output_names=["motion_embeds"], dynamic_axes={"motion_feat": {0: "frames"}}, **kw)
+    log(f"exported the small graphs to {out}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path(".cache/micro"))
+    ap.add_argument("--work", type=Path, default=Path(".cache/micro/train"))
+    ap.add_argument("--out", type=Path, default=Path("models/micro-vqa2"))
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    rows, arrays = load_clips(args.data)
+    log(f"{len(rows)} clips, {sum(r['split'] == 'train' for r in rows)} for training")
+    s1 = stage1(rows, arrays, args.work, args.epochs)
+    s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch)
+    export(s1, s2, args.out)
+    log(f"training done in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

