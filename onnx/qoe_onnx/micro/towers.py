@@ -3,7 +3,8 @@
 - VisionTower: a small CNN on 160x160 keyframes (SigLIP's place), one feature per keyframe
   (global mean and standard deviation of the last feature map).
 - MotionBranch: a SlowFast-fast-pathway-style 3D CNN on dense 64x64 frames, one feature per
-  frame; three temporal 3-tap convolutions, so 3 frames of context on each side.
+  frame, from the frames and their differences to the previous frame (computed in the graph);
+  three temporal 3-tap convolutions, so 4 frames of context before and 3 after.
 - Projector: mlp2x_gelu (Linear, GELU, Linear) into the decoder's 576-d embedding space.
   The motion projector first pools the window's per-frame features over time (mean, max and
   standard deviation), so the motion block is one token whatever the window's length.
@@ -16,7 +17,7 @@ from torch import nn
 
 KEYFRAME_FEATURES = 256
 MOTION_FEATURES = 48
-MOTION_CONTEXT = 3
+MOTION_CONTEXT = 4
 MEAN, STD = 0.5, 0.5
 
 
@@ -50,10 +51,12 @@ def conv3d(cin: int, cout: int) -> nn.Sequential:
 class MotionBranch(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(conv3d(3, 16), conv3d(16, 32), conv3d(32, MOTION_FEATURES))
+        self.body = nn.Sequential(conv3d(6, 16), conv3d(16, 32), conv3d(32, MOTION_FEATURES))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:  # [1, 3, F, 64, 64] -> [F, 48]
-        y = self.body(frames)  # [1, C, F, 8, 8]
+        # Differences to the previous frame make repeats, drops and jitter plain to see.
+        diff = torch.cat([torch.zeros_like(frames[:, :, :1]), frames[:, :, 1:] - frames[:, :, :-1]], dim=2)
+        y = self.body(torch.cat([frames, diff], dim=1))  # [1, C, F, 8, 8]
         return y.mean(dim=(3, 4))[0].transpose(0, 1)
 
 

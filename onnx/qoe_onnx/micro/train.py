@@ -1,8 +1,8 @@
 """Training of the micro VQA² (the VQA² recipe, scaled down), resumable from checkpoints.
 
   stage 1  distortion recognition: the vision tower on keyframes of spatially distorted clips
-           (family and strength), the motion branch on dense frames of temporally distorted
-           clips (family and strength). Linear heads, discarded afterwards.
+           (family, strength and pseudo-MOS), the motion branch on dense frames of temporally
+           distorted clips (family, strength and pseudo-MOS). Linear heads, discarded afterwards.
   stage 2  scoring through the frozen SmolLM2 decoder: prompt "How would you evaluate the
            quality of this video?", answer "The quality of this video is [level]". The two
            projectors are trained (towers frozen, their features computed once), with the
@@ -95,7 +95,7 @@ def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
 
     # Vision tower: keyframes of spatially distorted and pristine clips.
     tower = VisionTower()
-    head = nn.Linear(KEYFRAME_FEATURES, len(SPATIAL_CLASSES) + 1)
+    head = nn.Linear(KEYFRAME_FEATURES, len(SPATIAL_CLASSES) + 2)
     items = [(r, k) for r in train if r["family"] in SPATIAL_CLASSES
              for k in range(arrays[r["source"]]["keyframes"].shape[1])]
     opt = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), 2e-3, weight_decay=1e-4)
@@ -114,26 +114,28 @@ def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
             out = head(tower(normalise(pix)))
             cls = torch.tensor([SPATIAL_CLASSES.index(r["family"]) for r, _ in batch])
             sev = torch.tensor([severity(r) for r, _ in batch], dtype=torch.float32)
-            loss = F.cross_entropy(out[:, :-1], cls) + F.mse_loss(out[:, -1], sev)
+            mos = torch.tensor([r["mos"] / 100 for r, _ in batch], dtype=torch.float32)
+            loss = F.cross_entropy(out[:, :-2], cls) + F.mse_loss(out[:, -2], sev) + 4 * F.mse_loss(out[:, -1], mos)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             step += 1
-            correct += (out[:, :-1].argmax(1) == cls).sum().item()
+            correct += (out[:, :-2].argmax(1) == cls).sum().item()
             total += len(batch)
         log(f"stage 1 vision: epoch {epoch + 1}/{epochs}, family accuracy {correct / total:.3f}, "
             f"loss {loss.item():.3f}, {time.time() - started:.0f} s")
 
     # Motion branch: dense frames of temporally distorted clips, and of the others as "none".
     branch = MotionBranch()
-    mhead = nn.Linear(3 * MOTION_FEATURES, len(TEMPORAL_CLASSES) + 1)
+    mhead = nn.Linear(3 * MOTION_FEATURES, len(TEMPORAL_CLASSES) + 2)
     clips = [r for r in train if r["family"] in TEMPORAL_CLASSES or r["strength"] == 1]
-    opt = torch.optim.AdamW(list(branch.parameters()) + list(mhead.parameters()), 2e-3, weight_decay=1e-4)
-    window = 48
+    opt = torch.optim.AdamW(list(branch.parameters()) + list(mhead.parameters()), 1e-3, weight_decay=1e-4)
+    window, accumulate = 48, 8
     for epoch in range(epochs * 2):
         correct = total = 0
-        for i in rng.permutation(len(clips)):
+        opt.zero_grad()
+        for n, i in enumerate(rng.permutation(len(clips))):
             r = clips[i]
             frames = arrays[r["source"]]["motion"][r["index"]]
             s = rng.integers(0, max(1, len(frames) - window))
@@ -142,11 +144,13 @@ def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
             fam = r["family"] if r["family"] in TEMPORAL_CLASSES else "pristine"
             cls = torch.tensor([TEMPORAL_CLASSES.index(fam)])
             sev = torch.tensor([severity(r) if fam != "pristine" else 0.0])
-            loss = F.cross_entropy(out[None, :-1], cls) + F.mse_loss(out[-1:], sev)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            correct += int(out[:-1].argmax().item() == cls.item())
+            mos = torch.tensor([r["mos"] / 100])
+            loss = F.cross_entropy(out[None, :-2], cls) + F.mse_loss(out[-2:-1], sev) + 4 * F.mse_loss(out[-1:], mos)
+            (loss / accumulate).backward()
+            if (n + 1) % accumulate == 0:
+                opt.step()
+                opt.zero_grad()
+            correct += int(out[:-2].argmax().item() == cls.item())
             total += 1
         log(f"stage 1 motion: epoch {epoch + 1}/{epochs * 2}, family accuracy {correct / total:.3f}, "
             f"{time.time() - started:.0f} s")
@@ -289,8 +293,8 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
     log(f"stage 2: tower features of {len(rows)} clips")
     feats = tower_features(state, rows, arrays)
     model = Scorer2(cfg.hidden)
-    opt = torch.optim.AdamW(model.parameters(), 1e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps, pct_start=0.1)
+    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     start = 0
@@ -386,9 +390,9 @@ def main():
     ap.add_argument("--data", type=Path, default=Path(".cache/micro"))
     ap.add_argument("--work", type=Path, default=Path(".cache/micro/train"))
     ap.add_argument("--out", type=Path, default=Path("models/micro-vqa2"))
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = ap.parse_args()
     if args.threads:
