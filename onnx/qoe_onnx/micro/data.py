@@ -74,7 +74,7 @@ def pseudo_mos(ssim: float) -> float:
 
 def level_of(mos: float) -> int:
     """Five levels in 20-point bins, as VQA² did with MOS: 0 high (80-100) ... 4 low (0-20)."""
-    return int(min(4, max(0, (100.0 - mos) // 20)))
+    return 4 - min(4, max(0, int(mos // 20)))
 
 
 # ---------------------------------------------------------------- sources
@@ -112,6 +112,14 @@ def photo_sources(debs: Path) -> list[Path]:
     return usable
 
 
+# scikit-image test pictures that are drawings or binary masks, not photographs.
+NOT_NATURAL = ("horse", "bw_text", "logo", "text")
+
+
+def is_natural(source: str) -> bool:
+    return not any(source == f"photo_dist_packages_{n}" for n in NOT_NATURAL)
+
+
 def all_sources(videos: Path, debs: Path) -> list[dict]:
     """Every source with its split. Test: every fourth photo and carphone (content-disjoint)."""
     sources = [
@@ -128,7 +136,7 @@ def all_sources(videos: Path, debs: Path) -> list[dict]:
             {"name": f"photo_{stem}", "photo": str(photo), "seconds": PHOTO_SECONDS,
              "split": "test" if i % 4 == 3 else "train", "seed": i}
         )
-    return sources
+    return [s for s in sources if is_natural(s["name"])]
 
 
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:

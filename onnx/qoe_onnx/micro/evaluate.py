@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 from scipy.stats import pearsonr, spearmanr
 
+from . import data as micro_data
 from . import train as T
 
 
@@ -160,7 +161,8 @@ def main():
     ap.add_argument("--no-baselines", action="store_true")
     args = ap.parse_args()
     rows, arrays = T.load_clips(args.data)
-    rows = [r for r in rows if r["split"] == "test" and clip_path(r, args.data).exists()]
+    rows = [r for r in rows if r["split"] == "test" and clip_path(r, args.data).exists()
+            and micro_data.is_natural(r["source"])]
     log(f"{len(rows)} test clips from {len({r['source'] for r in rows})} sources")
     model = Model(args.bundle)
     started = time.time()

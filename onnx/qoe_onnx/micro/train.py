@@ -7,7 +7,9 @@
            quality of this video?", answer "The quality of this video is [level]". The two
            projectors are trained (towers frozen, their features computed once), with the
            cross-entropy of the level word over the whole vocabulary plus the squared error of
-           the softmax-weighted score against pseudo-MOS/100. Half the samples use the
+           the softmax-weighted score against pseudo-MOS/100, plus a margin ranking loss
+           between two clips of the same source (as CP-LLM's comparative training: the order
+           within a source is what a monitor must get right). Half the pairs use the
            streaming prompt with a random stall sentence and a label lowered by the stalls
            (`stall_factor`), so one set of weights serves the UGC and the streaming bundle.
 
@@ -290,6 +292,9 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
     with torch.no_grad():
         _, prefix_kv = decoder(prompting.text(PREFIX)[None])
     train_idx = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    by_source: dict[str, list[int]] = {}
+    for i in train_idx:
+        by_source.setdefault(rows[i]["source"], []).append(i)
     log(f"stage 2: tower features of {len(rows)} clips")
     feats = tower_features(state, rows, arrays)
     model = Scorer2(cfg.hidden)
@@ -312,24 +317,26 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
     started = time.time()
     for step in range(start, steps):
         seqs, targets, mos = [], [], []
-        for i in rng.choice(train_idx, batch):
-            r = rows[i]
-            kf, mo = feats[i]
-            k = kf.shape[0]
+        for first in rng.choice(train_idx, batch // 2):
+            # A pair from one source: the same window and the same stalls for both clips.
+            second = int(rng.choice(by_source[rows[first]["source"]]))
+            k = min(feats[first][0].shape[0], feats[second][0].shape[0])
             # A window of 4 to all keyframes (and their motion frames), as the element's windows.
             w = int(rng.integers(min(4, k), k + 1))
             s0 = int(rng.integers(0, k - w + 1))
-            per_kf = mo.shape[0] / k
-            kf_w, mo_w = kf[s0:s0 + w], mo[int(s0 * per_kf):int((s0 + w) * per_kf)]
-            label = r["mos"]
-            stall = None
+            stall, factor = None, 1.0
             if rng.random() < 0.5:
                 count, total, initial = random_stalls(rng)
                 stall = stall_sentence(count, total, initial)
-                label = label * stall_factor(count, total, initial)
-            seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
-            targets.append(micro_data.level_of(label))
-            mos.append(label / 100.0)
+                factor = stall_factor(count, total, initial)
+            for i in (first, second):
+                kf, mo = feats[i]
+                per_kf = mo.shape[0] / kf.shape[0]
+                kf_w, mo_w = kf[s0:s0 + w], mo[int(s0 * per_kf):int((s0 + w) * per_kf)]
+                label = rows[i]["mos"] * factor
+                seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
+                targets.append(micro_data.level_of(label))
+                mos.append(label / 100.0)
         lengths = [s.shape[0] for s in seqs]
         x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
         hidden, _ = decoder(x, prefix_kv)
@@ -338,8 +345,11 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
         ce = F.cross_entropy(logits, level_ids[torch.tensor(targets)])
         probs = logits[:, level_ids].softmax(-1)
         score = probs @ weights_t
-        mse = F.mse_loss(score, torch.tensor(mos, dtype=torch.float32))
-        loss = ce + 4.0 * mse
+        target = torch.tensor(mos, dtype=torch.float32)
+        mse = F.mse_loss(score, target)
+        order = torch.sign(target[0::2] - target[1::2])
+        rank = F.relu(0.05 - order * (score[0::2] - score[1::2]))[order != 0].sum() / max(1, len(order))
+        loss = ce + 4.0 * mse + 4.0 * rank
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -347,6 +357,7 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
         sched.step()
         if (step + 1) % 10 == 0:
             log(f"stage 2: step {step + 1}/{steps}, ce {ce.item():.3f}, score rmse {mse.sqrt().item():.3f}, "
+                f"rank {rank.item():.3f}, "
                 f"{(time.time() - started) / (step + 1 - start):.1f} s/step")
         if (step + 1) % 50 == 0 and step + 1 < steps:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
