@@ -9,8 +9,9 @@ the element cuts a window). Table 1: SRCC/PLCC against the pseudo-MOS, per disto
 overall (UGC prompt), plus the streaming prompt with random stalls against the stall-lowered
 labels. Table 2: flip rate over same-source pairs at different compression levels (pristine,
 CRF 33/39/45/51). Table 3: the same figures for BRISQUE (the brisque package's SVR), NIQE
-(scikit-video's parameters) and FFmpeg's blockdetect and blurdetect (signs flipped so that higher
-means better).
+(scikit-video's parameters; frames upscaled 2x, as it needs more than 192 rows), each on two
+keyframes a clip, and FFmpeg's blockdetect and blurdetect on one frame in 25 (signs flipped so
+that higher means better).
 """
 
 from __future__ import annotations
@@ -120,23 +121,42 @@ def brisque_scores(rows, arrays, data: Path):
 
 
 def niqe_scores(rows, data: Path):
+    import scipy.misc
     import skvideo.measure
+    from PIL import Image as _Image
+
+    def imresize(img, size, interp="bicubic", mode="F"):
+        # scikit-video 1.1.11 calls scipy.misc.imresize, gone from SciPy since 1.3: the same
+        # float bicubic resize through Pillow (what SciPy's did).
+        h, w = img.shape
+        return np.asarray(_Image.fromarray(img.astype(np.float32), "F").resize(
+            (int(w * size), int(h * size)), _Image.BICUBIC))
+
+    scipy.misc.imresize = imresize
+    for alias, real in (("int", int), ("float", float), ("bool", bool)):  # numpy 2 dropped these
+        if alias not in np.__dict__:
+            setattr(np, alias, real)
+
+    from PIL import Image
 
     out = []
     for frames in clip_frames(rows, data):
-        grey = np.stack([f @ np.array([0.299, 0.587, 0.114]) for f in frames])
+        # scikit-video's NIQE needs frames over 192 pixels high: 2x bicubic up from 320x180.
+        grey = np.stack([np.asarray(Image.fromarray(f).resize((2 * f.shape[1], 2 * f.shape[0]), Image.BICUBIC))
+                         @ np.array([0.299, 0.587, 0.114]) for f in frames])
         out.append(-float(np.mean(skvideo.measure.niqe(grey))))
     return out
 
 
 def clip_frames(rows, data: Path):
-    """The keyframes of each kept test clip at its delivered resolution (first frame per second)."""
+    """Two keyframes of each kept test clip at its delivered resolution: the first and the
+    middle second's first frames (BRISQUE and NIQE take about half a second a picture)."""
     from .data import decode
 
     for r in rows:
         frames, fps = decode(str(clip_path(r, data)))
-        step = max(1, round(fps))
-        yield frames[::step]
+        keyframes = frames[::max(1, round(fps))]
+        yield keyframes[[0, len(keyframes) // 2]]
 
 
 def clip_path(r, data: Path) -> Path:
@@ -147,7 +167,7 @@ def ffmpeg_detect(rows, data: Path):
     block, blur = [], []
     for r in rows:
         err = subprocess.run(["ffmpeg", "-v", "info", "-nostats", "-i", str(clip_path(r, data)), "-vf",
-                              "blockdetect,blurdetect", "-f", "null", "-"], capture_output=True, text=True).stderr
+                              "select='not(mod(n\\,25))',blockdetect,blurdetect", "-f", "null", "-"], capture_output=True, text=True).stderr
         block.append(-float(re.search(r"block mean: ([0-9.]+)", err)[1]))
         blur.append(-float(re.search(r"blur mean: ([0-9.]+)", err)[1]))
     return block, blur
