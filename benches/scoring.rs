@@ -174,6 +174,9 @@ fn first_start() {
         Ok(s) if s.success() => println!(
             "first start: building the decoder graphs from the GGUF took {wall:.1} s (once per machine)"
         ),
-        _ => println!("first start: not measured ({} cannot build the decoder graphs)", python.display()),
+        _ => println!(
+            "first start: not measured ({} cannot build the decoder graphs)",
+            python.display()
+        ),
     }
 }

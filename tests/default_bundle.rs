@@ -23,7 +23,12 @@ fn default_bundle() -> PathBuf {
 /// The whole-clip score of `video`: qoe-probe's JSON lines, the mean of its quality windows.
 fn score(video: &Path, bundle: &Path) -> f64 {
     let out = Command::new(env!("CARGO_BIN_EXE_qoe-probe"))
-        .args([video.to_str().unwrap(), "--bundle", bundle.to_str().unwrap(), "--json"])
+        .args([
+            video.to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--json",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -39,7 +44,11 @@ fn score(video: &Path, bundle: &Path) -> f64 {
         .filter(|l| l["type"] == "quality" && l["stale"] == false)
         .map(|l| l["score"].as_f64().unwrap())
         .collect();
-    assert!(!scores.is_empty(), "{}: no quality window: {stdout}", video.display());
+    assert!(
+        !scores.is_empty(),
+        "{}: no quality window: {stdout}",
+        video.display()
+    );
     scores.iter().sum::<f64>() / scores.len() as f64
 }
 
@@ -59,13 +68,18 @@ fn orders_the_compression_ladder_of_every_test_source() {
         })
         .collect();
     sources.sort();
-    assert!(sources.len() >= 4, "evaluation clips missing in {}", eval.display());
+    assert!(
+        sources.len() >= 4,
+        "evaluation clips missing in {}",
+        eval.display()
+    );
     let mut report = String::new();
     let mut wrong = Vec::new();
     for source in &sources {
         let [pristine, crf45, crf51] = ["pristine", "crf45", "crf51"]
             .map(|level| score(&eval.join(format!("{source}__{level}.mp4")), &bundle));
-        report += &format!("{source}: pristine {pristine:.3} > CRF45 {crf45:.3} > CRF51 {crf51:.3}\n");
+        report +=
+            &format!("{source}: pristine {pristine:.3} > CRF45 {crf45:.3} > CRF51 {crf51:.3}\n");
         if !(pristine > crf45 && crf45 > crf51) {
             wrong.push(source.clone());
         }
@@ -93,7 +107,10 @@ fn carphone_pristine_scores_above_carphone_distorted() {
     let pristine = score(&videos.join("carphone_pristine.mp4"), &bundle);
     let distorted = score(&videos.join("carphone_distorted.mp4"), &bundle);
     eprintln!("carphone: pristine {pristine:.3}, distorted {distorted:.3}");
-    assert!(pristine > distorted, "pristine {pristine:.3} <= distorted {distorted:.3}");
+    assert!(
+        pristine > distorted,
+        "pristine {pristine:.3} <= distorted {distorted:.3}"
+    );
 }
 
 /// The cached prompt prefix (the decoder's keys and values for the prompt's opening, computed
@@ -102,20 +119,28 @@ fn carphone_pristine_scores_above_carphone_distorted() {
 fn the_prefix_cache_changes_nothing() {
     init_ort();
     let bundle = default_bundle();
-    let uncached = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nocache-{}", std::process::id()));
+    let uncached =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nocache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&uncached);
     std::fs::create_dir_all(&uncached).unwrap();
     for entry in std::fs::read_dir(&bundle).unwrap().flatten() {
         if entry.file_name() != "bundle.json" {
-            std::os::unix::fs::symlink(entry.path().canonicalize().unwrap(), uncached.join(entry.file_name()))
-                .unwrap();
+            std::os::unix::fs::symlink(
+                entry.path().canonicalize().unwrap(),
+                uncached.join(entry.file_name()),
+            )
+            .unwrap();
         }
     }
     let mut manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap())
+            .unwrap();
     manifest["decoder"]["prefix_cache"] = serde_json::Value::Bool(false);
     std::fs::write(uncached.join("bundle.json"), manifest.to_string()).unwrap();
     let video = fixtures().join("eval/photo_flow_5120x2880__crf45.mp4");
     let (cached, whole) = (score(&video, &bundle), score(&video, &uncached));
-    assert!((cached - whole).abs() < 1e-4, "cached prefix {cached} vs whole prefill {whole}");
+    assert!(
+        (cached - whole).abs() < 1e-4,
+        "cached prefix {cached} vs whole prefill {whole}"
+    );
 }

@@ -300,11 +300,14 @@ pub struct Scorer {
     /// The decoder's keys and values for the prompt's constant opening (the text before the
     /// first embedded block) with that opening's embeddings, for decoders that take a past:
     /// each window then prefills only its own tokens.
-    prefix_cache: Mutex<Option<(Vec<f32>, Arc<Vec<Values>>)>>,
+    prefix_cache: Mutex<Option<PrefixPast>>,
 }
 
 /// A tensor's shape and values.
 type Values = (Vec<i64>, Vec<f32>);
+
+/// A prompt opening's embeddings and the decoder's past for it.
+type PrefixPast = (Vec<f32>, Arc<Vec<Values>>);
 
 /// Prompt texts kept embedded; the stall sentence varies, so the cache is emptied when full.
 const TEXT_CACHE_ENTRIES: usize = 64;
@@ -915,12 +918,19 @@ impl Scorer {
             .as_ref()
             .ok_or("this bundle has no decoder")?;
         let shape = vec![1, decoder.kv_heads as i64, 0, decoder.head_dim as i64];
-        Ok(past_names.iter().map(|_| (shape.clone(), Vec::new())).collect())
+        Ok(past_names
+            .iter()
+            .map(|_| (shape.clone(), Vec::new()))
+            .collect())
     }
 
     /// The decoder's keys and values for the prompt opening `prefix` (embeddings), computed
     /// once and kept while the opening stays the same.
-    fn prefix_past(&self, prefix: Vec<f32>, past_names: &[String]) -> Result<Arc<Vec<Values>>, String> {
+    fn prefix_past(
+        &self,
+        prefix: Vec<f32>,
+        past_names: &[String],
+    ) -> Result<Arc<Vec<Values>>, String> {
         let mut cache = self.prefix_cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((embeds, past)) = cache.as_ref()
             && *embeds == prefix
