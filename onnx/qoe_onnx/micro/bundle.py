@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 from .. import bundle as B
-from . import data as micro_data
 from . import smollm
-from .towers import KEYFRAME_FEATURES, MOTION_CONTEXT, MOTION_FEATURES  # noqa: F401
-from .train import LEVEL_WEIGHTS, LEVEL_WORDS, PREFIX, STALL_TEXT, SUFFIX
+from . import spec
+from .spec import LEVEL_WEIGHTS, LEVEL_WORDS, MOTION_CONTEXT, MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX
 
 DECODER_FILES = ("decoder_score.onnx", "embed_tokens.onnx", "tokenizer.json")
 LAYERS, KV_HEADS, HEAD_DIM, HIDDEN = 30, 3, 64, 576
@@ -55,7 +54,7 @@ def manifest(variant: str) -> dict:
         },
         "sampling": {
             "keyframes": {"per_second": 1, "rule": "first-frame-of-each-second", "count": None},
-            "motion": {"mode": "frames", "stride": micro_data.MOTION_STRIDE, "trim_before_stride": 1,
+            "motion": {"mode": "frames", "stride": spec.MOTION_STRIDE, "trim_before_stride": 1,
                        "multiple": 1, "max_frames": 256, "context_frames": MOTION_CONTEXT},
         },
         "parts": {
@@ -86,8 +85,8 @@ def manifest(variant: str) -> dict:
             },
         },
         "preprocess": {
-            "keyframe_encoder": {**pre, "size": [micro_data.KEYFRAME_SIZE] * 2},
-            "motion_encoder": {**pre, "size": [micro_data.MOTION_SIZE] * 2},
+            "keyframe_encoder": {**pre, "size": [spec.KEYFRAME_SIZE] * 2},
+            "motion_encoder": {**pre, "size": [spec.MOTION_SIZE] * 2},
         },
         "tokens": {"keyframe_tokens": 1, "motion_tokens": 1, "motion_pooling": "mean-max-std over the window"},
         "decoder": {

@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .spec import KEYFRAME_SIZE, MOTION_SIZE, MOTION_STRIDE
+
 WIDTH, HEIGHT = 320, 180
-KEYFRAME_SIZE = 160
-MOTION_SIZE = 64
-MOTION_STRIDE = 2
 PHOTO_SECONDS, PHOTO_FPS = 8, 25
 MAX_PHOTOS = 36
 

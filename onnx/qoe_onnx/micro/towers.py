@@ -15,9 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-KEYFRAME_FEATURES = 256
-MOTION_FEATURES = 48
-MOTION_CONTEXT = 4
+from .spec import KEYFRAME_FEATURES, MOTION_FEATURES
+
 MEAN, STD = 0.5, 0.5
 
 

@@ -34,14 +34,10 @@ from torch import nn
 
 from . import data as micro_data
 from . import smollm
-from .towers import (KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower,
-                     motion_pool, normalise, KEYFRAME_FEATURES, MOTION_FEATURES)
+from .spec import (KEYFRAME_FEATURES, LEVEL_WEIGHTS, LEVEL_WORDS, MOTION_FEATURES, PREFIX, STALL_TEXT,
+                   SUFFIX)
+from .towers import KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower, motion_pool, normalise
 
-LEVEL_WORDS = [" high", " good", " fair", " poor", " low"]
-LEVEL_WEIGHTS = [1.0, 0.75, 0.5, 0.25, 0.0]
-PREFIX = "<|im_start|>user\nHow would you evaluate the quality of this video?\n"
-SUFFIX = "<|im_end|>\n<|im_start|>assistant\nThe quality of this video is"
-STALL_TEXT = " The playback stalled {count} times, {total} seconds in total, after {initial} seconds of initial buffering."
 
 
 def stall_factor(count: int, total: float, initial: float) -> float:
