@@ -458,17 +458,9 @@ impl Scorer {
         role: &str,
         inputs: Vec<(&'static str, ort::value::DynValue)>,
     ) -> Result<(Vec<i64>, Vec<f32>), String> {
-        let mut session = self
-            .sessions
-            .get(role)
-            .ok_or_else(|| format!("this bundle has no part {role}"))?
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let outputs = session.run(inputs).map_err(|e| format!("{role}: {e}"))?;
-        let (shape, data) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| format!("{role}: {e}"))?;
-        Ok((shape.to_vec(), data.to_vec()))
+        let inputs = inputs.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
+        let mut outputs = self.run_all(role, inputs)?;
+        Ok(outputs.swap_remove(0))
     }
 
     /// Runs graph `role`; returns all its outputs.
