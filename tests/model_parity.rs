@@ -239,6 +239,21 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         "{e}"
     );
 
+    let dir = bundle_copy("vqa2-tiny-ugc", "prefix");
+    let manifest = std::fs::read_to_string(dir.join("bundle.json"))
+        .unwrap()
+        .replacen(
+            "\"decoder\": {",
+            "\"decoder\": {\n    \"prefix_cache\": true,",
+            1,
+        );
+    std::fs::write(dir.join("bundle.json"), manifest).unwrap();
+    let e = open_error(&dir);
+    assert!(
+        e.contains("decoder.prefix_cache is true, but parts.decoder_score declares no past_key_values.* inputs"),
+        "{e}"
+    );
+
     let dir = bundle_copy("vqa2-tiny-ugc", "constant");
     std::fs::write(dir.join("image_newline.f32"), [0u8; 12]).unwrap();
     let e = open_error(&dir);

@@ -292,6 +292,19 @@ impl Bundle {
                 here.display()
             ));
         }
+        if let Some(decoder) = &m.decoder
+            && decoder.prefix_cache
+            && !m.parts.get("decoder_score").is_some_and(|p| {
+                p.inputs
+                    .iter()
+                    .any(|i| i.name.starts_with("past_key_values."))
+            })
+        {
+            return err(format!(
+                "{}: decoder.prefix_cache is true, but parts.decoder_score declares no past_key_values.* inputs",
+                here.display()
+            ));
+        }
         if !self.dir.join(&m.tokenizer).is_file() {
             return err(format!(
                 "{}: tokenizer \"{}\" does not exist",

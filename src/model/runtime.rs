@@ -860,14 +860,7 @@ impl Scorer {
         } else {
             (sequence, Arc::new(self.empty_past(&past_names)?))
         };
-        let n = embeds.len() / self.hidden;
-        let mut inputs = vec![(
-            "inputs_embeds".to_owned(),
-            f32_tensor(vec![1, n as i64, self.hidden as i64], embeds)?,
-        )];
-        for (name, (shape, data)) in past_names.iter().zip(past.iter()) {
-            inputs.push((name.clone(), f32_tensor(shape.clone(), data.clone())?));
-        }
+        let inputs = self.prefill_inputs(embeds, &past_names, past.iter().cloned())?;
         let logits = self.run_all("decoder_score", inputs)?.swap_remove(0).1;
         let logits: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
         let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -916,6 +909,24 @@ impl Scorer {
             .collect())
     }
 
+    /// A `decoder_score` prefill's inputs: `embeds` after `past` (one per `past_names`).
+    fn prefill_inputs(
+        &self,
+        embeds: Vec<f32>,
+        past_names: &[String],
+        past: impl IntoIterator<Item = Values>,
+    ) -> Result<Vec<(String, ort::value::DynValue)>, String> {
+        let n = embeds.len() / self.hidden;
+        let mut inputs = vec![(
+            "inputs_embeds".to_owned(),
+            f32_tensor(vec![1, n as i64, self.hidden as i64], embeds)?,
+        )];
+        for (name, (shape, data)) in past_names.iter().zip(past) {
+            inputs.push((name.clone(), f32_tensor(shape, data)?));
+        }
+        Ok(inputs)
+    }
+
     /// The decoder's keys and values for the prompt opening `prefix` (embeddings), computed
     /// once and kept while the opening stays the same.
     fn prefix_past(
@@ -929,14 +940,8 @@ impl Scorer {
         {
             return Ok(past.clone());
         }
-        let n = prefix.len() / self.hidden;
-        let mut inputs = vec![(
-            "inputs_embeds".to_owned(),
-            f32_tensor(vec![1, n as i64, self.hidden as i64], prefix.clone())?,
-        )];
-        for (name, (shape, data)) in past_names.iter().zip(self.empty_past(past_names)?) {
-            inputs.push((name.clone(), f32_tensor(shape, data)?));
-        }
+        let inputs =
+            self.prefill_inputs(prefix.clone(), past_names, self.empty_past(past_names)?)?;
         let mut outputs = self.run_all("decoder_score", inputs)?;
         let past = Arc::new(outputs.split_off(1));
         *cache = Some((prefix, past.clone()));
