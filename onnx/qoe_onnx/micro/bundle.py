@@ -108,7 +108,7 @@ def manifest(variant: str) -> dict:
             "blocks": {"keyframes": ["keyframes"], "motion": ["motion"]},
             "segments": segments,
             "stall_format": "summary",
-            "stall_text": {"summary": STALL_TEXT.replace("{total}", "{total}")},
+            "stall_text": {"summary": STALL_TEXT},
         },
         "score": {
             "mode": "level-logits",
@@ -135,14 +135,13 @@ def build_decoder(folder: Path, int8: bool = False) -> None:
     started = time.time()
     print(f"micro-vqa2: reading and dequantizing {smollm.gguf_path().name}", file=sys.stderr, flush=True)
     cfg, weights, reader = smollm.load()
-    ids = [smollm_token for smollm_token in LEVEL_IDS]
     (folder / "tokenizer.json").write_text(smollm.tokenizer_json(reader))
     print(f"micro-vqa2: writing embed_tokens.onnx ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
     onnx.save(smollm.embed_model(weights), str(folder / "embed_tokens.onnx"))
     print(f"micro-vqa2: writing decoder_score.onnx ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
     target = folder / "decoder_score.onnx"
     tmp = folder / "decoder_score.onnx.part"
-    onnx.save(smollm.decoder_model(cfg, weights, ids), str(tmp))
+    onnx.save(smollm.decoder_model(cfg, weights, LEVEL_IDS), str(tmp))
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -307,6 +307,11 @@ def model_inputs(frames: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray
     return np.stack(keyframes), np.stack(motion)
 
 
+def test_clip_path(out: Path, source: str, family: str, strength: int) -> Path:
+    """Where a test-split clip is kept (for the no-reference baselines)."""
+    return out / "test_clips" / f"{source}__{family}_{strength}.mp4"
+
+
 def variants():
     yield "pristine", "none", 0, None
     for family, kind, levels in DISTORTIONS:
@@ -342,7 +347,7 @@ def make_source(job: tuple[dict, str]) -> list[dict]:
             deliver(distorted, fps, crf, clip)
             ssim, psnr = compare(clip, reference)
             if source["split"] == "test":  # kept for the no-reference baselines (Table 3)
-                kept = Path(out) / "test_clips" / f"{source['name']}__{family}_{strength}.mp4"
+                kept = test_clip_path(Path(out), source["name"], family, strength)
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(clip, kept)
             decoded, _ = decode(clip, size=(WIDTH, HEIGHT))

@@ -160,7 +160,7 @@ def clip_frames(rows, data: Path):
 
 
 def clip_path(r, data: Path) -> Path:
-    return data / "test_clips" / f"{r['source']}__{r['family']}_{r['strength']}.mp4"
+    return micro_data.test_clip_path(data, r["source"], r["family"], r["strength"])
 
 
 def ffmpeg_detect(rows, data: Path):

@@ -169,7 +169,6 @@ def _rotate(g: _Graph, x: str, cos: str, sin: str, half: int) -> str:
 
 def decoder_model(cfg: Config, weights: dict[str, np.ndarray], level_ids: list[int]):
     """The decoder as an ONNX model (see the module doc)."""
-    import onnx
     from onnx import TensorProto, helper
 
     g = _Graph()
@@ -239,7 +238,6 @@ def decoder_model(cfg: Config, weights: dict[str, np.ndarray], level_ids: list[i
 
 
 def embed_model(weights: dict[str, np.ndarray]):
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     table = numpy_helper.from_array(weights["embed_tokens"], "embed_tokens")
