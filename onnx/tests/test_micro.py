@@ -98,3 +98,12 @@ def test_labels_and_stalls():
     # The sentence is the manifest's template filled as the element fills it ({:.1}).
     assert train.stall_sentence(2, 3.0, 0.25) == (
         " The playback stalled 2 times, 3.0 seconds in total, after 0.2 seconds of initial buffering.")
+
+
+def test_missing_sources_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="bigbuckbunny.mp4: missing"):
+        data.all_sources(tmp_path, tmp_path)
+    for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(SystemExit, match="no extracted Debian wallpaper packages"):
+        data.all_sources(tmp_path, tmp_path / "debs")

@@ -121,6 +121,11 @@ def is_natural(source: str) -> bool:
 
 def all_sources(videos: Path, debs: Path) -> list[dict]:
     """Every source with its split. Test: every fourth photo and carphone (content-disjoint)."""
+    for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
+        if not (videos / name).is_file():
+            raise SystemExit(f"{videos / name}: missing (bash pipelines/sample-videos.sh fetches it)")
+    if not (debs / "usr/share/wallpapers").is_dir():
+        raise SystemExit(f"{debs}: no extracted Debian wallpaper packages (onnx/README.md, 'Reproduce')")
     sources = [
         {"name": "bigbuckbunny", "video": str(videos / "bigbuckbunny.mp4"), "start": 0.0, "seconds": 5},
         {"name": "bikes_a", "video": str(videos / "bikes.mp4"), "start": 0.0, "seconds": 5},
