@@ -107,3 +107,24 @@ def test_missing_sources_are_named(tmp_path):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(SystemExit, match="no extracted Debian wallpaper packages"):
         data.all_sources(tmp_path, tmp_path / "debs")
+
+
+def test_committed_bundles_are_what_bundle_py_writes():
+    """The committed manifests come from bundle.manifest (nothing edited by hand) and the
+    committed small graphs take the sizes spec.py gives, so data, training and element agree."""
+    import json
+    from pathlib import Path
+
+    from qoe_onnx.micro import bundle, spec
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    for variant in ("streaming", "ugc"):
+        committed = json.loads((models / f"micro-vqa2-{variant}" / "bundle.json").read_text())
+        assert committed == json.loads(json.dumps(bundle.manifest(variant))), variant
+    folder = models / "micro-vqa2-streaming"
+    shapes = {f: [d if isinstance(d, int) else None for d in
+                  ort.InferenceSession(str(folder / f), providers=["CPUExecutionProvider"]).get_inputs()[0].shape]
+              for f in ("keyframe_encoder.onnx", "motion_fast.onnx", "motion_projector.onnx")}
+    assert shapes["keyframe_encoder.onnx"] == [None, 3, spec.KEYFRAME_HEIGHT, spec.KEYFRAME_WIDTH]
+    assert shapes["motion_fast.onnx"] == [1, 3, None, spec.MOTION_SIZE, spec.MOTION_SIZE]
+    assert shapes["motion_projector.onnx"] == [None, spec.MOTION_FEATURES]

@@ -60,12 +60,12 @@ def manifest(variant: str) -> dict:
         "parts": {
             "keyframe_encoder": {
                 "file": "keyframe_encoder.onnx",
-                "inputs": [B.tensor("pixel_values", ["keyframes", 3, 160, 160])],
+                "inputs": [B.tensor("pixel_values", ["keyframes", 3, spec.KEYFRAME_HEIGHT, spec.KEYFRAME_WIDTH])],
                 "outputs": [B.tensor("keyframe_embeds", ["keyframes", 1, HIDDEN])],
             },
             "motion_encoder": {
                 "file": "motion_fast.onnx",
-                "inputs": [B.tensor("frames", [1, 3, "frames", 64, 64])],
+                "inputs": [B.tensor("frames", [1, 3, "frames", spec.MOTION_SIZE, spec.MOTION_SIZE])],
                 "outputs": [B.tensor("motion_feat", ["frames", MOTION_FEATURES])],
             },
             "motion_projector": {
@@ -85,7 +85,7 @@ def manifest(variant: str) -> dict:
             },
         },
         "preprocess": {
-            "keyframe_encoder": {**pre, "size": [spec.KEYFRAME_SIZE] * 2},
+            "keyframe_encoder": {**pre, "size": [spec.KEYFRAME_WIDTH, spec.KEYFRAME_HEIGHT]},
             "motion_encoder": {**pre, "size": [spec.MOTION_SIZE] * 2},
         },
         "tokens": {"keyframe_tokens": 1, "motion_tokens": 1, "motion_pooling": "mean-max-std over the window"},

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .spec import KEYFRAME_SIZE, MOTION_SIZE, MOTION_STRIDE
+from .spec import KEYFRAME_HEIGHT, KEYFRAME_WIDTH, MOTION_SIZE, MOTION_STRIDE
 
 WIDTH, HEIGHT = 320, 180
 PHOTO_SECONDS, PHOTO_FPS = 8, 25
-MAX_PHOTOS = 36
+MAX_PHOTOS = 36  # photographs the split rule covers (evenly spread); the rest are training content
 
 # (family, kind, levels): kind "spatial" distorts each frame, "temporal" the frame order or
 # position, "codec" the delivery encoding. Three graded strengths each, four for the CRF ladder.
@@ -105,9 +105,11 @@ def photo_sources(debs: Path) -> list[Path]:
                         usable.append(f)
         except OSError:
             continue
-    # Evenly spread over the packages when there are more than MAX_PHOTOS.
+    # First MAX_PHOTOS evenly spread over the packages (the split rule and the seeds of runs 1-3
+    # refer to their order), then the others (training content added by run 4).
     if len(usable) > MAX_PHOTOS:
-        usable = [usable[round(i * (len(usable) - 1) / (MAX_PHOTOS - 1))] for i in range(MAX_PHOTOS)]
+        spread = [usable[round(i * (len(usable) - 1) / (MAX_PHOTOS - 1))] for i in range(MAX_PHOTOS)]
+        usable = spread + [f for f in usable if f not in spread]
     return usable
 
 
@@ -120,7 +122,8 @@ def is_natural(source: str) -> bool:
 
 
 def all_sources(videos: Path, debs: Path) -> list[dict]:
-    """Every source with its split. Test: every fourth photo and carphone (content-disjoint)."""
+    """Every source with its split. Test: carphone and every fourth of the first MAX_PHOTOS photos
+    (content-disjoint); the photos after those are training content only."""
     for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
         if not (videos / name).is_file():
             raise SystemExit(f"{videos / name}: missing (bash pipelines/sample-videos.sh fetches it)")
@@ -138,7 +141,7 @@ def all_sources(videos: Path, debs: Path) -> list[dict]:
         stem = re.sub(r"[^a-z0-9]+", "_", f"{photo.parent.parent.parent.name}_{photo.stem}".lower())
         sources.append(
             {"name": f"photo_{stem}", "photo": str(photo), "seconds": PHOTO_SECONDS,
-             "split": "test" if i % 4 == 3 else "train", "seed": i}
+             "split": "test" if i < MAX_PHOTOS and i % 4 == 3 else "train", "seed": i}
         )
     return [s for s in sources if is_natural(s["name"])]
 
@@ -305,7 +308,7 @@ def compare(distorted: str, reference: str) -> tuple[float, float]:
 def model_inputs(frames: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
     """Keyframes (first frame of each second) and motion frames, resized as the element does."""
     per_second = max(1, round(fps))
-    keyframes = [np.asarray(Image.fromarray(frames[i]).resize((KEYFRAME_SIZE, KEYFRAME_SIZE), Image.BICUBIC))
+    keyframes = [np.asarray(Image.fromarray(frames[i]).resize((KEYFRAME_WIDTH, KEYFRAME_HEIGHT), Image.BICUBIC))
                  for i in range(0, len(frames) - per_second + 1, per_second)]
     motion = [np.asarray(Image.fromarray(f).resize((MOTION_SIZE, MOTION_SIZE), Image.BICUBIC))
               for f in frames[::MOTION_STRIDE]]

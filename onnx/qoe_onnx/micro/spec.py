@@ -1,12 +1,12 @@
 """What the micro VQA² bundle is, in one place (no PyTorch, no Pillow): sizes, sampling, prompt
 and levels, shared by data.py, towers.py, train.py and bundle.py."""
 
-KEYFRAME_SIZE = 160  # keyframes resized to 160x160
+KEYFRAME_WIDTH, KEYFRAME_HEIGHT = 320, 180  # keyframes resized to 320x180 (the clips' own size)
 MOTION_SIZE = 64  # motion frames resized to 64x64
 MOTION_STRIDE = 2  # every 2nd frame feeds the motion branch
 MOTION_FEATURES = 48  # per-frame feature of the motion branch
 MOTION_CONTEXT = 4  # frames of context the motion branch needs (4 before, 3 after)
-KEYFRAME_FEATURES = 256  # per-keyframe feature of the vision tower
+KEYFRAME_FEATURES = 704  # per-keyframe feature of the vision tower (5 stages' mean and std)
 
 LEVEL_WORDS = [" high", " good", " fair", " poor", " low"]
 LEVEL_WEIGHTS = [1.0, 0.75, 0.5, 0.25, 0.0]

@@ -1,7 +1,8 @@
 """The micro VQA² encoders (PyTorch): VQA²'s topology at micro scale.
 
-- VisionTower: a small CNN on 160x160 keyframes (SigLIP's place), one feature per keyframe
-  (global mean and standard deviation of the last feature map).
+- VisionTower: a small CNN on 320x180 keyframes (SigLIP's place), one feature per keyframe
+  (global mean and standard deviation of every stage's feature map); fully convolutional, so
+  stage 1 trains it on crops.
 - MotionBranch: a SlowFast-fast-pathway-style 3D CNN on dense 64x64 frames, one feature per
   frame, from the frames and their differences to the previous frame (computed in the graph);
   three temporal 3-tap convolutions, so 4 frames of context before and 3 after.
@@ -31,16 +32,23 @@ def conv(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class VisionTower(nn.Module):
+    """Five stride-2 stages after a full-resolution one; every stage's mean and standard deviation
+    are pooled, so the fine-scale statistics that noise, blocking and blur change reach the
+    feature directly, not only through the coarse last map."""
+
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(conv(3, 32, 1), conv(32, 32, 2), conv(32, 64, 2), conv(64, 96, 2),
-                                  conv(96, 128, 2))
+        self.stages = nn.ModuleList([conv(3, 32, 1), conv(32, 32, 2), conv(32, 64, 2), conv(64, 96, 2),
+                                     conv(96, 128, 2)])
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [K, 3, 160, 160] -> [K, 256]
-        y = self.body(pixel_values)
-        mean = y.mean(dim=(2, 3))
-        std = (y.pow(2).mean(dim=(2, 3)) - mean.pow(2)).clamp_min(1e-6).sqrt()
-        return torch.cat([mean, std], dim=1)
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [K, 3, H, W] -> [K, 704]
+        pooled, y = [], pixel_values
+        for stage in self.stages:
+            y = stage(y)
+            mean = y.mean(dim=(2, 3))
+            std = (y.pow(2).mean(dim=(2, 3)) - mean.pow(2)).clamp_min(1e-6).sqrt()
+            pooled += [mean, std]
+        return torch.cat(pooled, dim=1)
 
 
 def conv3d(cin: int, cout: int) -> nn.Sequential:

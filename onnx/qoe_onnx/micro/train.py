@@ -34,8 +34,8 @@ from torch import nn
 
 from . import data as micro_data
 from . import smollm
-from .spec import (KEYFRAME_FEATURES, LEVEL_WEIGHTS, LEVEL_WORDS, MOTION_FEATURES, PREFIX, STALL_TEXT,
-                   SUFFIX)
+from .spec import (KEYFRAME_FEATURES, KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LEVEL_WEIGHTS, LEVEL_WORDS,
+                   MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX)
 from .towers import KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower, motion_pool, normalise
 
 
@@ -71,6 +71,7 @@ def load_clips(data: Path) -> tuple[list[dict], dict[str, dict]]:
 
 
 SPATIAL_CLASSES = ["pristine"] + micro_data.SPATIAL
+CROP = 128  # stage 1 trains the (fully convolutional) vision tower on 128x128 crops of keyframes
 TEMPORAL_CLASSES = ["pristine"] + micro_data.TEMPORAL
 
 
@@ -91,38 +92,56 @@ def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     train = [r for r in rows if r["split"] == "train"]
 
-    # Vision tower: keyframes of spatially distorted and pristine clips.
+    # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
+    # of the same source, keyframe and crop, so what tells them apart is the distortion, not the
+    # content (a margin ranking loss on the pseudo-MOS head). Random crops multiply the content.
     tower = VisionTower()
     head = nn.Linear(KEYFRAME_FEATURES, len(SPATIAL_CLASSES) + 2)
     items = [(r, k) for r in train if r["family"] in SPATIAL_CLASSES
              for k in range(arrays[r["source"]]["keyframes"].shape[1])]
+    versions: dict[str, list[dict]] = {}
+    for r in train:
+        if r["family"] in SPATIAL_CLASSES:
+            versions.setdefault(r["source"], []).append(r)
     opt = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), 2e-3, weight_decay=1e-4)
-    steps = epochs * len(items) // 32
+    pairs = 16
+    steps = epochs * len(items) // (2 * pairs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
     tower.train()
-    started, step = time.time(), 0
+    started = time.time()
     for epoch in range(epochs):
         order = rng.permutation(len(items))
         correct = total = 0
-        for b in range(0, len(order) - 31, 32):
-            batch = [items[i] for i in order[b:b + 32]]
-            pix = torch.from_numpy(np.stack([arrays[r["source"]]["keyframes"][r["index"], k] for r, k in batch]))
+        for b in range(0, steps // epochs * pairs, pairs):
+            batch, pix = [], []
+            for i in order[b:b + pairs]:
+                r, k = items[i]
+                other = versions[r["source"]][rng.integers(len(versions[r["source"]]))]
+                y0 = int(rng.integers(0, KEYFRAME_HEIGHT - CROP + 1))
+                x0 = int(rng.integers(0, KEYFRAME_WIDTH - CROP + 1))
+                for v in (r, other):
+                    batch.append(v)
+                    pix.append(arrays[v["source"]]["keyframes"][v["index"], k, y0:y0 + CROP, x0:x0 + CROP])
+            pix = torch.from_numpy(np.stack(pix))
             if rng.random() < 0.5:
                 pix = pix.flip(2)
             out = head(tower(normalise(pix)))
-            cls = torch.tensor([SPATIAL_CLASSES.index(r["family"]) for r, _ in batch])
-            sev = torch.tensor([severity(r) for r, _ in batch], dtype=torch.float32)
-            mos = torch.tensor([r["mos"] / 100 for r, _ in batch], dtype=torch.float32)
-            loss = F.cross_entropy(out[:, :-2], cls) + F.mse_loss(out[:, -2], sev) + 4 * F.mse_loss(out[:, -1], mos)
+            cls = torch.tensor([SPATIAL_CLASSES.index(r["family"]) for r in batch])
+            sev = torch.tensor([severity(r) for r in batch], dtype=torch.float32)
+            mos = torch.tensor([r["mos"] / 100 for r in batch], dtype=torch.float32)
+            order_sign = torch.sign(mos[0::2] - mos[1::2])
+            rank = F.relu(0.05 - order_sign * (out[0::2, -1] - out[1::2, -1]))[order_sign != 0].mean() \
+                if (order_sign != 0).any() else torch.zeros(())
+            loss = (F.cross_entropy(out[:, :-2], cls) + F.mse_loss(out[:, -2], sev) + 4 * F.mse_loss(out[:, -1], mos)
+                    + 4 * rank)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-            step += 1
             correct += (out[:, :-2].argmax(1) == cls).sum().item()
             total += len(batch)
         log(f"stage 1 vision: epoch {epoch + 1}/{epochs}, family accuracy {correct / total:.3f}, "
-            f"loss {loss.item():.3f}, {time.time() - started:.0f} s")
+            f"loss {loss.item():.3f}, rank {rank.item():.3f}, {time.time() - started:.0f} s")
 
     # Motion branch: dense frames of temporally distorted clips, and of the others as "none".
     branch = MotionBranch()
@@ -379,7 +398,7 @@ def export(state1, state2, out: Path):
         m.eval()
     kw = dict(opset_version=17, dynamo=False)
     with torch.no_grad():
-        torch.onnx.export(KeyframeEncoder(tower, model.keyframe), (torch.zeros(2, 3, 160, 160),),
+        torch.onnx.export(KeyframeEncoder(tower, model.keyframe), (torch.zeros(2, 3, KEYFRAME_HEIGHT, KEYFRAME_WIDTH),),
                           str(out / "keyframe_encoder.onnx"), input_names=["pixel_values"],
                           output_names=["keyframe_embeds"],
                           dynamic_axes={"pixel_values": {0: "keyframes"}, "keyframe_embeds": {0: "keyframes"}}, **kw)
