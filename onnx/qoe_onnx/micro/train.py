@@ -416,7 +416,7 @@ def main():
     ap.add_argument("--data", type=Path, default=Path(".cache/micro"))
     ap.add_argument("--work", type=Path, default=Path(".cache/micro/train"))
     ap.add_argument("--out", type=Path, default=Path("models/micro-vqa2"))
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
