@@ -27,6 +27,12 @@ def normalise(pixels_uint8: torch.Tensor) -> torch.Tensor:
     return ((x - MEAN) / STD).movedim(-1, -3)
 
 
+def mean_and_std(y: torch.Tensor, dim) -> list[torch.Tensor]:
+    """Mean and standard deviation over `dim` (the pooling of both towers)."""
+    mean = y.mean(dim=dim)
+    return [mean, (y.pow(2).mean(dim=dim) - mean.pow(2)).clamp_min(1e-6).sqrt()]
+
+
 def conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -45,9 +51,7 @@ class VisionTower(nn.Module):
         pooled, y = [], pixel_values
         for stage in self.stages:
             y = stage(y)
-            mean = y.mean(dim=(2, 3))
-            std = (y.pow(2).mean(dim=(2, 3)) - mean.pow(2)).clamp_min(1e-6).sqrt()
-            pooled += [mean, std]
+            pooled += mean_and_std(y, dim=(2, 3))
         return torch.cat(pooled, dim=1)
 
 
@@ -80,8 +84,7 @@ class Projector(nn.Module):
 
 def motion_pool(per_frame: torch.Tensor) -> torch.Tensor:
     """[F, C] -> [3C]: mean, max and standard deviation over the window's frames."""
-    mean = per_frame.mean(dim=0)
-    std = (per_frame.pow(2).mean(dim=0) - mean.pow(2)).clamp_min(1e-6).sqrt()
+    mean, std = mean_and_std(per_frame, dim=0)
     return torch.cat([mean, per_frame.max(dim=0).values, std])
 
 

@@ -80,6 +80,13 @@ def severity(row: dict) -> float:
     return row["strength"] / len(levels)
 
 
+def pair_hinges(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
+    """Margin ranking hinges of the consecutive pairs (0, 1), (2, 3), ...: how far each pair
+    whose targets differ is from being ordered as they are by `margin`; equal targets are left out."""
+    order = torch.sign(target[0::2] - target[1::2])
+    return F.relu(margin - order * (pred[0::2] - pred[1::2]))[order != 0]
+
+
 # ---------------------------------------------------------------- stage 1
 
 
@@ -129,9 +136,8 @@ def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
             cls = torch.tensor([SPATIAL_CLASSES.index(r["family"]) for r in batch])
             sev = torch.tensor([severity(r) for r in batch], dtype=torch.float32)
             mos = torch.tensor([r["mos"] / 100 for r in batch], dtype=torch.float32)
-            order_sign = torch.sign(mos[0::2] - mos[1::2])
-            rank = F.relu(0.05 - order_sign * (out[0::2, -1] - out[1::2, -1]))[order_sign != 0].mean() \
-                if (order_sign != 0).any() else torch.zeros(())
+            hinges = pair_hinges(out[:, -1], mos)
+            rank = hinges.mean() if len(hinges) else torch.zeros(())
             loss = (F.cross_entropy(out[:, :-2], cls) + F.mse_loss(out[:, -2], sev) + 4 * F.mse_loss(out[:, -1], mos)
                     + 4 * rank)
             opt.zero_grad()
@@ -362,8 +368,7 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
         score = probs @ weights_t
         target = torch.tensor(mos, dtype=torch.float32)
         mse = F.mse_loss(score, target)
-        order = torch.sign(target[0::2] - target[1::2])
-        rank = F.relu(0.05 - order * (score[0::2] - score[1::2]))[order != 0].sum() / max(1, len(order))
+        rank = pair_hinges(score, target).sum() / max(1, len(target) // 2)
         loss = ce + 4.0 * mse + 4.0 * rank
         opt.zero_grad()
         loss.backward()
