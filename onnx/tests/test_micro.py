@@ -128,3 +128,35 @@ def test_committed_bundles_are_what_bundle_py_writes():
     assert shapes["keyframe_encoder.onnx"] == [None, 3, spec.KEYFRAME_HEIGHT, spec.KEYFRAME_WIDTH]
     assert shapes["motion_fast.onnx"] == [1, 3, None, spec.MOTION_SIZE, spec.MOTION_SIZE]
     assert shapes["motion_projector.onnx"] == [None, spec.MOTION_FEATURES]
+
+
+def test_an_interrupted_stage1_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """Killed after its first epoch, a rerun of stage 1 ends with the very weights of a run that
+    was never stopped (the epoch checkpoint keeps the optimisers and the random streams)."""
+    rng = np.random.default_rng(1)
+    rows = [{"source": "s", "split": "train", "family": family, "strength": strength, "index": i,
+             "mos": 100.0 - 20 * i}
+            for i, (family, strength) in enumerate([("pristine", 0), ("noise", 1), ("noise", 2), ("stutter", 1)])]
+    arrays = {"s": {"keyframes": rng.integers(0, 256, (4, 12, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH, 3),
+                                              dtype=np.uint8),
+                    "motion": rng.integers(0, 256, (4, 20, 64, 64, 3), dtype=np.uint8)}}
+    for run in ("whole", "resumed"):
+        (tmp_path / run).mkdir()
+    whole = train.stage1(rows, arrays, tmp_path / "whole", epochs=2, motion_epochs=2)
+
+    save = train.EpochCheckpoint.save
+
+    def save_then_die(self, part, epoch, **modules):
+        save(self, part, epoch, **modules)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.EpochCheckpoint, "save", save_then_die)
+    for _ in range(3):  # stopped after vision epoch 1, after vision epoch 2, after motion epoch 1
+        with pytest.raises(KeyboardInterrupt):
+            train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2)
+    monkeypatch.setattr(train.EpochCheckpoint, "save", save)
+    resumed = train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2)
+    assert not (tmp_path / "resumed" / "stage1-partial.pt").exists()
+    for module in ("tower", "branch"):
+        for name, tensor in whole[module].items():
+            assert torch.equal(tensor, resumed[module][name]), f"{module}.{name}"

@@ -90,13 +90,41 @@ def pair_hinges(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.05) 
 # ---------------------------------------------------------------- stage 1
 
 
-def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
+class EpochCheckpoint:
+    """WORK/stage1-partial.pt after every epoch of stage 1: the modules, optimisers and random
+    states, so a rerun resumes at the next epoch with the same random stream."""
+
+    def __init__(self, path: Path, rng: np.random.Generator):
+        self.path, self.rng = path, rng
+        self.saved = torch.load(path, weights_only=False) if path.exists() else {}
+
+    def done(self, part: str) -> int:
+        """Epochs of `part` finished so far (and every module and optimiser of it restored by `restore`)."""
+        return self.saved.get(part, {}).get("epoch", 0)
+
+    def restore(self, part: str, **modules) -> None:
+        if part not in self.saved:
+            return
+        for name, m in modules.items():
+            m.load_state_dict(self.saved[part][name])
+        self.rng.bit_generator.state = self.saved[part]["numpy_rng"]
+        torch.set_rng_state(self.saved[part]["torch_rng"])
+        log(f"stage 1 {part}: resumed after epoch {self.done(part)}")
+
+    def save(self, part: str, epoch: int, **modules) -> None:
+        self.saved[part] = {name: m.state_dict() for name, m in modules.items()} | {
+            "epoch": epoch, "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        torch.save(self.saved, self.path)
+
+
+def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, seed: int = 0):
     ckpt = work / "stage1.pt"
     if ckpt.exists():
         log(f"stage 1: {ckpt} is there, skipped")
         return torch.load(ckpt)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    resume = EpochCheckpoint(work / "stage1-partial.pt", rng)
     train = [r for r in rows if r["split"] == "train"]
 
     # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
@@ -114,9 +142,11 @@ def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
     pairs = 16
     steps = epochs * len(items) // (2 * pairs)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    vision = dict(tower=tower, head=head, opt=opt, sched=sched)
+    resume.restore("vision", **vision)
     tower.train()
     started = time.time()
-    for epoch in range(epochs):
+    for epoch in range(resume.done("vision"), epochs):
         order = rng.permutation(len(items))
         correct = total = 0
         for b in range(0, steps // epochs * pairs, pairs):
@@ -148,6 +178,7 @@ def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
             total += len(batch)
         log(f"stage 1 vision: epoch {epoch + 1}/{epochs}, family accuracy {correct / total:.3f}, "
             f"loss {loss.item():.3f}, rank {rank.item():.3f}, {time.time() - started:.0f} s")
+        resume.save("vision", epoch + 1, **vision)
 
     # Motion branch: dense frames of temporally distorted clips, and of the others as "none".
     branch = MotionBranch()
@@ -155,7 +186,9 @@ def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
     clips = [r for r in train if r["family"] in TEMPORAL_CLASSES or r["strength"] == 1]
     opt = torch.optim.AdamW(list(branch.parameters()) + list(mhead.parameters()), 1e-3, weight_decay=1e-4)
     window, accumulate = 48, 8
-    for epoch in range(epochs * 2):
+    motion = dict(branch=branch, head=mhead, opt=opt)
+    resume.restore("motion", **motion)
+    for epoch in range(resume.done("motion"), motion_epochs):
         correct = total = 0
         opt.zero_grad()
         for n, i in enumerate(rng.permutation(len(clips))):
@@ -175,10 +208,12 @@ def stage1(rows, arrays, work: Path, epochs: int, seed: int = 0):
                 opt.zero_grad()
             correct += int(out[:-2].argmax().item() == cls.item())
             total += 1
-        log(f"stage 1 motion: epoch {epoch + 1}/{epochs * 2}, family accuracy {correct / total:.3f}, "
+        log(f"stage 1 motion: epoch {epoch + 1}/{motion_epochs}, family accuracy {correct / total:.3f}, "
             f"{time.time() - started:.0f} s")
+        resume.save("motion", epoch + 1, **motion)
     state = {"tower": tower.state_dict(), "branch": branch.state_dict()}
     torch.save(state, ckpt)
+    resume.path.unlink(missing_ok=True)
     return state
 
 
@@ -421,7 +456,8 @@ def main():
     ap.add_argument("--data", type=Path, default=Path(".cache/micro"))
     ap.add_argument("--work", type=Path, default=Path(".cache/micro/train"))
     ap.add_argument("--out", type=Path, default=Path("models/micro-vqa2"))
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=4, help="stage 1 epochs of the vision tower")
+    ap.add_argument("--motion-epochs", type=int, default=8, help="stage 1 epochs of the motion branch")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -432,7 +468,7 @@ def main():
     started = time.time()
     rows, arrays = load_clips(args.data)
     log(f"{len(rows)} clips, {sum(r['split'] == 'train' for r in rows)} for training")
-    s1 = stage1(rows, arrays, args.work, args.epochs)
+    s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs)
     s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
