@@ -130,33 +130,67 @@ def test_committed_bundles_are_what_bundle_py_writes():
     assert shapes["motion_projector.onnx"] == [None, spec.MOTION_FEATURES]
 
 
-def test_an_interrupted_stage1_resumes_where_it_stopped(tmp_path, monkeypatch):
-    """Killed after its first epoch, a rerun of stage 1 ends with the very weights of a run that
-    was never stopped (the epoch checkpoint keeps the optimisers and the random streams)."""
+def tiny_training_set(keyframes: int):
+    """Four clips of one random source: pristine, two strengths of noise, stutter."""
     rng = np.random.default_rng(1)
     rows = [{"source": "s", "split": "train", "family": family, "strength": strength, "index": i,
              "mos": 100.0 - 20 * i}
             for i, (family, strength) in enumerate([("pristine", 0), ("noise", 1), ("noise", 2), ("stutter", 1)])]
-    arrays = {"s": {"keyframes": rng.integers(0, 256, (4, 12, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH, 3),
+    arrays = {"s": {"keyframes": rng.integers(0, 256, (4, keyframes, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH, 3),
                                               dtype=np.uint8),
-                    "motion": rng.integers(0, 256, (4, 20, 64, 64, 3), dtype=np.uint8)}}
+                    "motion": rng.integers(0, 256, (4, 5 * keyframes, 64, 64, 3), dtype=np.uint8)}}
+    return rows, arrays
+
+
+def die_after_each_save(monkeypatch):
+    save = train.Progress.save
+
+    def save_then_die(self, part, done, **modules):
+        save(self, part, done, **modules)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.Progress, "save", save_then_die)
+    return lambda: monkeypatch.setattr(train.Progress, "save", save)
+
+
+def assert_same_weights(whole: dict, resumed: dict):
+    for module in whole:
+        for name, tensor in whole[module].items():
+            assert torch.equal(tensor, resumed[module][name]), f"{module}.{name}"
+
+
+def test_an_interrupted_stage1_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """Killed after each epoch, a rerun of stage 1 ends with the very weights of a run that
+    was never stopped (the saved progress keeps the optimisers and the random streams)."""
+    rows, arrays = tiny_training_set(keyframes=12)
     for run in ("whole", "resumed"):
         (tmp_path / run).mkdir()
     whole = train.stage1(rows, arrays, tmp_path / "whole", epochs=2, motion_epochs=2)
-
-    save = train.EpochCheckpoint.save
-
-    def save_then_die(self, part, epoch, **modules):
-        save(self, part, epoch, **modules)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train.EpochCheckpoint, "save", save_then_die)
+    live_again = die_after_each_save(monkeypatch)
     for _ in range(3):  # stopped after vision epoch 1, after vision epoch 2, after motion epoch 1
         with pytest.raises(KeyboardInterrupt):
             train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2)
-    monkeypatch.setattr(train.EpochCheckpoint, "save", save)
+    live_again()
     resumed = train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2)
     assert not (tmp_path / "resumed" / "stage1-partial.pt").exists()
-    for module in ("tower", "branch"):
-        for name, tensor in whole[module].items():
-            assert torch.equal(tensor, resumed[module][name]), f"{module}.{name}"
+    assert_same_weights(whole, resumed)
+
+
+def test_an_interrupted_stage2_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """The same for stage 2 (the projectors through the frozen SmolLM2), stopped after step 2 of 4."""
+    from qoe_onnx.micro.towers import MotionBranch, VisionTower
+
+    torch.manual_seed(0)
+    towers = {"tower": VisionTower().state_dict(), "branch": MotionBranch().state_dict()}
+    rows, arrays = tiny_training_set(keyframes=4)
+    monkeypatch.setattr(train, "SAVE_EVERY", 2)
+    for run in ("whole", "resumed"):
+        (tmp_path / run).mkdir()
+    whole = train.stage2(towers, rows, arrays, tmp_path / "whole", steps=4, batch=2)
+    live_again = die_after_each_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train.stage2(towers, rows, arrays, tmp_path / "resumed", steps=4, batch=2)
+    live_again()
+    resumed = train.stage2(towers, rows, arrays, tmp_path / "resumed", steps=4, batch=2)
+    assert not (tmp_path / "resumed" / "stage2-partial.pt").exists()
+    assert_same_weights(whole, resumed)

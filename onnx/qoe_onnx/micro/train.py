@@ -14,8 +14,9 @@
            (`stall_factor`), so one set of weights serves the UGC and the streaming bundle.
 
     python -m qoe_onnx.micro.train --data .cache/micro --work .cache/micro/train --out models/micro-vqa2
-Each stage saves a checkpoint (WORK/stage1.pt, WORK/stage2.pt, and every 50 steps of stage 2
-WORK/stage2-partial.pt); a rerun skips what is done and resumes a partial stage 2.
+Each stage saves a checkpoint (WORK/stage1.pt, WORK/stage2.pt) and its progress on the way
+(WORK/stage1-partial.pt after every epoch, WORK/stage2-partial.pt every 50 steps); a rerun skips
+what is done and resumes a stopped stage exactly (the same weights as a run never stopped).
 """
 
 from __future__ import annotations
@@ -90,17 +91,18 @@ def pair_hinges(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.05) 
 # ---------------------------------------------------------------- stage 1
 
 
-class EpochCheckpoint:
-    """WORK/stage1-partial.pt after every epoch of stage 1: the modules, optimisers and random
-    states, so a rerun resumes at the next epoch with the same random stream."""
+class Progress:
+    """WORK/<stage>-partial.pt: a stage's modules, optimisers and random states, saved after every
+    epoch of stage 1 and every `SAVE_EVERY` steps of stage 2, so that a rerun resumes after the last
+    save with the same random stream and ends with the weights of a run that was never stopped."""
 
     def __init__(self, path: Path, rng: np.random.Generator):
         self.path, self.rng = path, rng
         self.saved = torch.load(path, weights_only=False) if path.exists() else {}
 
     def done(self, part: str) -> int:
-        """Epochs of `part` finished so far (and every module and optimiser of it restored by `restore`)."""
-        return self.saved.get(part, {}).get("epoch", 0)
+        """Epochs or steps of `part` done so far (and its modules and optimisers, by `restore`)."""
+        return self.saved.get(part, {}).get("done", 0)
 
     def restore(self, part: str, **modules) -> None:
         if part not in self.saved:
@@ -109,12 +111,15 @@ class EpochCheckpoint:
             m.load_state_dict(self.saved[part][name])
         self.rng.bit_generator.state = self.saved[part]["numpy_rng"]
         torch.set_rng_state(self.saved[part]["torch_rng"])
-        log(f"stage 1 {part}: resumed after epoch {self.done(part)}")
+        log(f"{part}: resumed from {self.path} after {self.done(part)}")
 
-    def save(self, part: str, epoch: int, **modules) -> None:
+    def save(self, part: str, done: int, **modules) -> None:
         self.saved[part] = {name: m.state_dict() for name, m in modules.items()} | {
-            "epoch": epoch, "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+            "done": done, "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
         torch.save(self.saved, self.path)
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, seed: int = 0):
@@ -124,7 +129,7 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, seed: int 
         return torch.load(ckpt)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    resume = EpochCheckpoint(work / "stage1-partial.pt", rng)
+    resume = Progress(work / "stage1-partial.pt", rng)
     train = [r for r in rows if r["split"] == "train"]
 
     # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
@@ -213,7 +218,7 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, seed: int 
         resume.save("motion", epoch + 1, **motion)
     state = {"tower": tower.state_dict(), "branch": branch.state_dict()}
     torch.save(state, ckpt)
-    resume.path.unlink(missing_ok=True)
+    resume.finish()
     return state
 
 
@@ -335,6 +340,9 @@ def sample_sequence(model: Scorer2, prompting: Prompting, kf, mo, stall_text: st
     return torch.cat(parts)
 
 
+SAVE_EVERY = 50  # stage 2 steps between two saves of its progress
+
+
 def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0):
     ckpt = work / "stage2.pt"
     if ckpt.exists():
@@ -353,21 +361,15 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
         by_source.setdefault(rows[i]["source"], []).append(i)
     log(f"stage 2: tower features of {len(rows)} clips")
     feats = tower_features(state, rows, arrays)
+    torch.manual_seed(seed)  # the projectors' initial weights, whether stage 1 ran in this process or not
     model = Scorer2(cfg.hidden)
     opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
     rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    start = 0
-    partial = work / "stage2-partial.pt"
-    if partial.exists():
-        saved = torch.load(partial)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        start = saved["step"]
-        rng = np.random.default_rng(seed + start)
-        log(f"stage 2: resumed at step {start}")
+    resume = Progress(work / "stage2-partial.pt", rng)
+    scoring = dict(model=model, opt=opt, sched=sched)
+    resume.restore("stage 2", **scoring)
+    start = resume.done("stage 2")
     weights_t = torch.tensor(LEVEL_WEIGHTS)
     level_ids = torch.tensor(prompting.level_ids)
     started = time.time()
@@ -414,12 +416,11 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
             log(f"stage 2: step {step + 1}/{steps}, ce {ce.item():.3f}, score rmse {mse.sqrt().item():.3f}, "
                 f"rank {rank.item():.3f}, "
                 f"{(time.time() - started) / (step + 1 - start):.1f} s/step")
-        if (step + 1) % 50 == 0 and step + 1 < steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": step + 1}, partial)
+        if (step + 1) % SAVE_EVERY == 0 and step + 1 < steps:
+            resume.save("stage 2", step + 1, **scoring)
     state2 = {"model": model.state_dict()}
     torch.save(state2, ckpt)
-    partial.unlink(missing_ok=True)
+    resume.finish()
     return state2
 
 
