@@ -108,7 +108,7 @@ def table(rows, pred) -> dict:
 # ---------------------------------------------------------------- baselines
 
 
-def brisque_scores(rows, arrays, data: Path):
+def brisque_scores(rows, data: Path):
     from brisque import BRISQUE
 
     class Fixed(BRISQUE):  # the package's features come as 1-element arrays under numpy 2
@@ -163,17 +163,24 @@ def clip_path(r, data: Path) -> Path:
     return micro_data.test_clip_path(data, r["source"], r["family"], r["strength"])
 
 
-def ffmpeg_detect(rows, data: Path):
-    block, blur = [], []
+def ffmpeg_detect(rows, data: Path, detector: str):
+    """FFmpeg's blockdetect or blurdetect, mean over one frame in 25 of each clip."""
+    out = []
     for r in rows:
         err = subprocess.run(["ffmpeg", "-v", "info", "-nostats", "-i", str(clip_path(r, data)), "-vf",
-                              "select='not(mod(n\\,25))',blockdetect,blurdetect", "-f", "null", "-"], capture_output=True, text=True).stderr
-        block.append(-float(re.search(r"block mean: ([0-9.]+)", err)[1]))
-        blur.append(-float(re.search(r"blur mean: ([0-9.]+)", err)[1]))
-    return block, blur
+                              f"select='not(mod(n\\,25))',{detector}", "-f", "null", "-"],
+                             capture_output=True, text=True).stderr
+        out.append(-float(re.search(rf"{detector.removesuffix('detect')} mean: ([0-9.]+)", err)[1]))
+    return out
 
 
-BASELINES = ["BRISQUE", "NIQE", "FFmpeg blockdetect", "FFmpeg blurdetect"]
+# Each classic no-reference baseline of Table 3: scores of the test clips, higher meaning better.
+BASELINES = {
+    "BRISQUE": brisque_scores,
+    "NIQE": niqe_scores,
+    "FFmpeg blockdetect": lambda rows, data: ffmpeg_detect(rows, data, "blockdetect"),
+    "FFmpeg blurdetect": lambda rows, data: ffmpeg_detect(rows, data, "blurdetect"),
+}
 
 
 def main():
@@ -214,13 +221,10 @@ def main():
             results.update({name: previous[name] for name in kept})
             log(f"baselines kept from {args.out}: {', '.join(kept) or 'none there'}")
     else:
-        started = time.time()
-        results["BRISQUE"] = table(rows, brisque_scores(rows, arrays, args.data))
-        results["NIQE"] = table(rows, niqe_scores(rows, args.data))
-        block, blur = ffmpeg_detect(rows, args.data)
-        results["FFmpeg blockdetect"] = table(rows, block)
-        results["FFmpeg blurdetect"] = table(rows, blur)
-        log(f"baselines in {time.time() - started:.0f} s")
+        for name, scores in BASELINES.items():
+            started = time.time()
+            results[name] = table(rows, scores(rows, args.data))
+            log(f"{name} in {time.time() - started:.0f} s")
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     for name, t in results.items():
         if isinstance(t, dict) and "overall" in t:
