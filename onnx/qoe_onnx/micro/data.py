@@ -36,6 +36,12 @@ from .spec import KEYFRAME_HEIGHT, KEYFRAME_WIDTH, MOTION_SIZE, MOTION_STRIDE
 WIDTH, HEIGHT = 320, 180
 PHOTO_SECONDS, PHOTO_FPS = 8, 25
 MAX_PHOTOS = 36  # photographs the split rule covers (evenly spread); the rest are training content
+# Low-resolution pristine content (run 6): training sources whose pristine clip was itself small
+# (LOWRES_WIDTH wide, carphone's QCIF width) and upscaled, as old or mobile video is. Without them
+# every soft pristine picture in training is a blur or downscale distortion, and the model cannot
+# order the distortions of such content (carphone, the test video, is QCIF).
+LOWRES_WIDTH = 176
+LOWRES_PHOTO_EVERY = 8  # of the training photographs, every 8th gets a low-resolution version too
 
 # (family, kind, levels): kind "spatial" distorts each frame, "temporal" the frame order or
 # position, "codec" the delivery encoding. Three graded strengths each, four for the CRF ladder.
@@ -143,7 +149,25 @@ def all_sources(videos: Path, debs: Path) -> list[dict]:
             {"name": f"photo_{stem}", "photo": str(photo), "seconds": PHOTO_SECONDS,
              "split": "test" if i < MAX_PHOTOS and i % 4 == 3 else "train", "seed": i}
         )
-    return [s for s in sources if is_natural(s["name"])]
+    sources = [s for s in sources if is_natural(s["name"])]
+    return sources + lowres_sources(sources)
+
+
+def lowres_sources(sources: list[dict]) -> list[dict]:
+    """Low-resolution versions of the training videos and of some training photographs (a
+    different pan over the photograph), training content only, so the test split stays disjoint."""
+    train = [s for s in sources if s["split"] == "train"]
+    photos = [s for s in train if "photo" in s]
+    return [s | {"name": f"{s['name']}_lowres", "lowres": LOWRES_WIDTH, "seed": s.get("seed", 0) + 1000}
+            for s in [s for s in train if "video" in s] + photos[::LOWRES_PHOTO_EVERY]]
+
+
+def shrink(frames: np.ndarray, width: int) -> np.ndarray:
+    """Each frame down to `width` (anti-aliased, as a small camera sees) and back up, bicubic, as
+    the element's sizes are reached from a small video."""
+    size = (width, round(width * HEIGHT / WIDTH))
+    return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.LANCZOS).resize((WIDTH, HEIGHT), Image.BICUBIC))
+                     for f in frames])
 
 
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -184,6 +208,11 @@ def probe_size(path: str) -> tuple[int, int]:
 
 
 def pristine_frames(source: dict) -> tuple[np.ndarray, float]:
+    frames, fps = full_size_frames(source)
+    return (shrink(frames, source["lowres"]) if "lowres" in source else frames), fps
+
+
+def full_size_frames(source: dict) -> tuple[np.ndarray, float]:
     if "video" in source:
         frames, fps = decode(source["video"], source["start"], source["seconds"])
         return np.stack([np.asarray(fit(Image.fromarray(f), WIDTH, HEIGHT)) for f in frames]), fps
