@@ -163,23 +163,24 @@ def clip_path(r, data: Path) -> Path:
     return micro_data.test_clip_path(data, r["source"], r["family"], r["strength"])
 
 
-def ffmpeg_detect(rows, data: Path, detector: str):
-    """FFmpeg's blockdetect or blurdetect, mean over one frame in 25 of each clip."""
-    out = []
+def ffmpeg_detect(rows, data: Path) -> list[list[float]]:
+    """FFmpeg's blockdetect and blurdetect in one pass over each clip, mean over one frame in 25."""
+    block, blur = [], []
     for r in rows:
         err = subprocess.run(["ffmpeg", "-v", "info", "-nostats", "-i", str(clip_path(r, data)), "-vf",
-                              f"select='not(mod(n\\,25))',{detector}", "-f", "null", "-"],
+                              "select='not(mod(n\\,25))',blockdetect,blurdetect", "-f", "null", "-"],
                              capture_output=True, text=True).stderr
-        out.append(-float(re.search(rf"{detector.removesuffix('detect')} mean: ([0-9.]+)", err)[1]))
-    return out
+        block.append(-float(re.search(r"block mean: ([0-9.]+)", err)[1]))
+        blur.append(-float(re.search(r"blur mean: ([0-9.]+)", err)[1]))
+    return [block, blur]
 
 
-# Each classic no-reference baseline of Table 3: scores of the test clips, higher meaning better.
+# Table 3's classic no-reference metrics: each scorer gives the test clips' scores (higher meaning
+# better) for each of the names beside it, in their order.
 BASELINES = {
-    "BRISQUE": brisque_scores,
-    "NIQE": niqe_scores,
-    "FFmpeg blockdetect": lambda rows, data: ffmpeg_detect(rows, data, "blockdetect"),
-    "FFmpeg blurdetect": lambda rows, data: ffmpeg_detect(rows, data, "blurdetect"),
+    ("BRISQUE",): lambda rows, data: [brisque_scores(rows, data)],
+    ("NIQE",): lambda rows, data: [niqe_scores(rows, data)],
+    ("FFmpeg blockdetect", "FFmpeg blurdetect"): ffmpeg_detect,
 }
 
 
@@ -217,14 +218,14 @@ def main():
     if args.no_baselines:
         previous = json.loads(args.out.read_text()) if args.out.exists() else {}
         if (previous.get("clips"), previous.get("sources")) == (results["clips"], results["sources"]):
-            kept = [name for name in BASELINES if name in previous]
+            kept = [name for names in BASELINES for name in names if name in previous]
             results.update({name: previous[name] for name in kept})
             log(f"baselines kept from {args.out}: {', '.join(kept) or 'none there'}")
     else:
-        for name, scores in BASELINES.items():
+        for names, scorer in BASELINES.items():
             started = time.time()
-            results[name] = table(rows, scores(rows, args.data))
-            log(f"{name} in {time.time() - started:.0f} s")
+            results.update({name: table(rows, scores) for name, scores in zip(names, scorer(rows, args.data), strict=True)})
+            log(f"{', '.join(names)} in {time.time() - started:.0f} s")
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     for name, t in results.items():
         if isinstance(t, dict) and "overall" in t:
