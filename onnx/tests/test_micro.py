@@ -219,13 +219,13 @@ def test_an_interrupted_stage1_resumes_where_it_stopped(tmp_path, monkeypatch):
     rows, arrays, stills = tiny_training_set(keyframes=12)
     for run in ("whole", "resumed"):
         (tmp_path / run).mkdir()
-    whole = train.stage1(rows, arrays, tmp_path / "whole", epochs=2, motion_epochs=2, stills=stills)
+    whole = train.stage1(rows, arrays, tmp_path / "whole", epochs=2, motion_epochs=2, online_pairs=6, stills=stills)
     live_again = die_after_each_save(monkeypatch)
     for _ in range(3):  # stopped after vision epoch 1, after vision epoch 2, after motion epoch 1
         with pytest.raises(KeyboardInterrupt):
-            train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2, stills=stills)
+            train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2, online_pairs=6, stills=stills)
     live_again()
-    resumed = train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2, stills=stills)
+    resumed = train.stage1(rows, arrays, tmp_path / "resumed", epochs=2, motion_epochs=2, online_pairs=6, stills=stills)
     assert not (tmp_path / "resumed" / "stage1-partial.pt").exists()
     assert_same_weights(whole, resumed)
 

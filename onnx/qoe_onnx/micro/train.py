@@ -3,8 +3,8 @@
   stage 1  distortion recognition: the vision tower on keyframes of spatially distorted clips
            (family, strength and pseudo-MOS), the motion branch on dense frames of temporally
            distorted clips (family, strength and pseudo-MOS). Linear heads, discarded afterwards.
-           A share of the vision pairs are new crops of the training photographs, distorted
-           and labelled on the fly (online.py), so the tower sees far more content.
+           Optionally (--online-pairs) a share of the vision pairs are new crops of the training
+           photographs, distorted and labelled on the fly (online.py; off by default: run 7).
   stage 2  scoring through the frozen SmolLM2 decoder: prompt "How would you evaluate the
            quality of this video?", answer "The quality of this video is [level]". The two
            projectors are trained (towers frozen, their features computed once), with the
@@ -124,10 +124,8 @@ class Progress:
         self.path.unlink(missing_ok=True)
 
 
-ONLINE_PAIRS = 6  # of stage 1's 16 vision pairs a step, new crops of the training stills (online.py)
-
-
-def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, stills: list[np.ndarray], seed: int = 0):
+def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pairs: int = 0,
+           stills: list[np.ndarray] | None = None, seed: int = 0):
     ckpt = work / "stage1.pt"
     if ckpt.exists():
         log(f"stage 1: {ckpt} is there, skipped")
@@ -139,9 +137,9 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, stills: li
 
     # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
     # of the same source, keyframe and crop, so what tells them apart is the distortion, not the
-    # content (a margin ranking loss on the pseudo-MOS head). Random crops multiply the content,
-    # and ONLINE_PAIRS pairs a step are new crops of the training photographs at new scales,
-    # distorted and labelled on the fly (online.py): far more content than the stored clips hold.
+    # content (a margin ranking loss on the pseudo-MOS head). Random crops multiply the content.
+    # With `online_pairs`, that many of the 16 pairs a step are new crops of the training stills,
+    # distorted and labelled on the fly (online.py; run 7 tried 6 and was worse, so 0 by default).
     tower = VisionTower()
     head = nn.Linear(KEYFRAME_FEATURES, len(SPATIAL_CLASSES) + 2)
     items = [(r, k) for r in train if r["family"] in SPATIAL_CLASSES
@@ -152,7 +150,7 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, stills: li
             versions.setdefault(r["source"], []).append(r)
     opt = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), 2e-3, weight_decay=1e-4)
     pairs = 16
-    stored = pairs - ONLINE_PAIRS if stills else pairs
+    stored = pairs - online_pairs
     steps = epochs * len(items) // (2 * pairs)  # an epoch: the steps 16 stored pairs a step would take
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
     vision = dict(tower=tower, head=head, opt=opt, sched=sched)
@@ -172,7 +170,7 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, stills: li
                 for v in (r, other):
                     batch.append(v)
                     pix.append(arrays[v["source"]]["keyframes"][v["index"], k, y0:y0 + CROP, x0:x0 + CROP])
-            for _ in range(pairs - stored):
+            for _ in range(online_pairs):
                 for crop, label in online.random_pair(stills, CROP, rng):
                     batch.append(label)
                     pix.append(crop)
@@ -471,6 +469,9 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("models/micro-vqa2"))
     ap.add_argument("--epochs", type=int, default=10, help="stage 1 epochs of the vision tower")
     ap.add_argument("--motion-epochs", type=int, default=8, help="stage 1 epochs of the motion branch")
+    ap.add_argument("--online-pairs", type=int, default=0, choices=range(16), metavar="0-15",
+                    help="stage 1: of the vision tower's 16 pairs a step, how many are online crops of the "
+                         "training stills (online.py; run 7 used 6 and was worse than run 6's 0)")
     ap.add_argument("--steps", type=int, default=500, help="stage 2 steps")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -481,7 +482,8 @@ def main():
     started = time.time()
     rows, arrays = load_clips(args.data)
     log(f"{len(rows)} clips, {sum(r['split'] == 'train' for r in rows)} for training")
-    s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, online.load_stills(args.data))
+    stills = online.load_stills(args.data) if args.online_pairs else None
+    s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills)
     s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
