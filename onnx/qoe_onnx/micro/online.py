@@ -12,7 +12,6 @@ computes on yuv420p (x264's 8x8 windows on a 4-pixel grid; Y, U and V weighted 4
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,7 @@ def load_stills(data: Path) -> list[np.ndarray]:
 def level_at(family: str, strength: float):
     """A family's level at a continuous strength in [0, 3]: linear between its graded levels,
     strength 0 being no distortion."""
-    points = [UNDISTORTED[family]] + next(d[2] for d in micro_data.DISTORTIONS if d[0] == family)
+    points = [UNDISTORTED[family]] + micro_data.LEVELS[family]
     i = min(int(strength), len(points) - 2)
     level = points[i] + (points[i + 1] - points[i]) * (strength - i)
     return int(round(level)) if family in INTEGER_LEVELS else float(level)
@@ -55,12 +54,6 @@ def random_crop(still: np.ndarray, size: int, rng) -> np.ndarray:
     side = min(h, int(w * np.exp(rng.uniform(*np.log(REGION)))))
     y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     return np.asarray(Image.fromarray(still[y0:y0 + side, x0:x0 + side]).resize((size, size), Image.BICUBIC))
-
-
-def jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(buf).convert("RGB"))
 
 
 def yuv420(rgb: np.ndarray) -> list[np.ndarray]:
@@ -109,7 +102,7 @@ def random_version(crop: np.ndarray, rng) -> tuple[np.ndarray, dict]:
         family = FAMILIES[int(rng.integers(len(FAMILIES)))]
         strength = float(rng.uniform(0.25, 3.0))
         pixels = micro_data.spatial(family, level_at(family, strength), crop, rng)
-    delivered = jpeg(pixels, DELIVERY_JPEG)
+    delivered = micro_data.jpeg(pixels, DELIVERY_JPEG)
     return delivered, {"family": family, "strength": strength,
                        "mos": micro_data.pseudo_mos(ffmpeg_ssim(delivered, crop))}
 

@@ -79,7 +79,7 @@ TEMPORAL_CLASSES = ["pristine"] + micro_data.TEMPORAL
 
 
 def severity(row: dict) -> float:
-    levels = next(d[2] for d in micro_data.DISTORTIONS if d[0] == row["family"]) if row["strength"] else [0]
+    levels = micro_data.LEVELS[row["family"]] if row["strength"] else [0]
     return row["strength"] / len(levels)
 
 
