@@ -474,6 +474,9 @@ def main():
                          "training stills (online.py; run 7 used 6 and was worse than run 6's 0)")
     ap.add_argument("--steps", type=int, default=500, help="stage 2 steps")
     ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of both stages' initial weights and random streams (run 6: 0); another seed "
+                         "measures run-to-run variation")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = ap.parse_args()
     if args.threads:
@@ -483,8 +486,9 @@ def main():
     rows, arrays = load_clips(args.data)
     log(f"{len(rows)} clips, {sum(r['split'] == 'train' for r in rows)} for training")
     stills = online.load_stills(args.data) if args.online_pairs else None
-    s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills)
-    s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch)
+    s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
+               args.seed)
+    s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
