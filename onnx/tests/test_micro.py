@@ -141,6 +141,20 @@ def test_stills_are_training_photographs_only(tmp_path):
     assert [s.shape for s in online.load_stills(tmp_path / "data")] == [(1024, data.STILL_WIDTH, 3)]
 
 
+def test_low_resolution_copies_are_training_content_only():
+    """Every training video and every N-th training photograph gets a low-resolution copy (a new
+    pan, so seeds differ); a test source never does, so the split stays content-disjoint."""
+    sources = ([{"name": "clip", "split": "train", "video": "v.mp4"},
+                {"name": "held_out_clip", "split": "test", "video": "c.mp4"}]
+               + [{"name": f"p{i}", "split": "test" if i % 4 == 3 else "train", "photo": "x.png", "seed": i}
+                  for i in range(12)])
+    for every, photos in ((8, ["p0", "p10"]), (2, ["p0", "p2", "p5", "p8", "p10"])):
+        lowres = data.lowres_sources(sources, every)
+        assert [s["name"] for s in lowres] == ["clip_lowres"] + [f"{p}_lowres" for p in photos]
+        assert all(s["split"] == "train" and s["lowres"] == data.LOWRES_WIDTH for s in lowres)
+        assert [s["seed"] for s in lowres[1:]] == [int(p[1:]) + 1000 for p in photos]
+
+
 def test_missing_stills_are_named(tmp_path):
     with pytest.raises(SystemExit, match="stills: no training stills"):
         online.load_stills(tmp_path)

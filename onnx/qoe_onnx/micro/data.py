@@ -129,7 +129,7 @@ def is_natural(source: str) -> bool:
     return not any(source == f"photo_dist_packages_{n}" for n in NOT_NATURAL)
 
 
-def all_sources(videos: Path, debs: Path) -> list[dict]:
+def all_sources(videos: Path, debs: Path, lowres_every: int = LOWRES_PHOTO_EVERY) -> list[dict]:
     """Every source with its split. Test: carphone and every fourth of the first MAX_PHOTOS photos
     (content-disjoint); the photos after those are training content only."""
     for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
@@ -152,16 +152,16 @@ def all_sources(videos: Path, debs: Path) -> list[dict]:
              "split": "test" if i < MAX_PHOTOS and i % 4 == 3 else "train", "seed": i}
         )
     sources = [s for s in sources if is_natural(s["name"])]
-    return sources + lowres_sources(sources)
+    return sources + lowres_sources(sources, lowres_every)
 
 
-def lowres_sources(sources: list[dict]) -> list[dict]:
+def lowres_sources(sources: list[dict], every: int = LOWRES_PHOTO_EVERY) -> list[dict]:
     """Low-resolution versions of the training videos and of some training photographs (a
     different pan over the photograph), training content only, so the test split stays disjoint."""
     train = [s for s in sources if s["split"] == "train"]
     photos = [s for s in train if "photo" in s]
     return [s | {"name": f"{s['name']}_lowres", "lowres": LOWRES_WIDTH, "seed": s.get("seed", 0) + 1000}
-            for s in [s for s in train if "video" in s] + photos[::LOWRES_PHOTO_EVERY]]
+            for s in [s for s in train if "video" in s] + photos[::every]]
 
 
 STILL_WIDTH = 2048  # the training photographs kept for stage 1's online crops (online.py), at most this wide
@@ -441,9 +441,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(".cache/micro"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--limit", type=int, default=None, help="only the first N sources (a quick check)")
+    ap.add_argument("--lowres-every", type=int, default=LOWRES_PHOTO_EVERY, metavar="N",
+                    help="every N-th training photograph also gets a low-resolution version "
+                         f"(default {LOWRES_PHOTO_EVERY}; the training videos always do)")
     args = ap.parse_args()
     (args.out / "clips").mkdir(parents=True, exist_ok=True)
-    sources = all_sources(args.videos, args.debs)[: args.limit]
+    sources = all_sources(args.videos, args.debs, args.lowres_every)[: args.limit]
     print(f"{len(sources)} sources ({sum(s['split'] == 'test' for s in sources)} test), "
           f"{sum(1 for _ in variants())} clips each", file=sys.stderr)
     write_stills(sources, args.out)
