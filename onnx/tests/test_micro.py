@@ -153,6 +153,9 @@ def test_low_resolution_copies_are_training_content_only():
         assert [s["name"] for s in lowres] == ["clip_lowres"] + [f"{p}_lowres" for p in photos]
         assert all(s["split"] == "train" and s["lowres"] == data.LOWRES_WIDTH for s in lowres)
         assert [s["seed"] for s in lowres[1:]] == [int(p[1:]) + 1000 for p in photos]
+    for every in (0, -2):
+        with pytest.raises(SystemExit, match=f"--lowres-every {every}: must be 1 or more"):
+            data.lowres_sources(sources, every)
 
 
 def test_missing_stills_are_named(tmp_path):

@@ -158,6 +158,8 @@ def all_sources(videos: Path, debs: Path, lowres_every: int = LOWRES_PHOTO_EVERY
 def lowres_sources(sources: list[dict], every: int = LOWRES_PHOTO_EVERY) -> list[dict]:
     """Low-resolution versions of the training videos and of some training photographs (a
     different pan over the photograph), training content only, so the test split stays disjoint."""
+    if every < 1:  # a slice step of 0 would fail obscurely, a negative one pick photographs backwards
+        raise SystemExit(f"--lowres-every {every}: must be 1 or more (every N-th training photograph)")
     train = [s for s in sources if s["split"] == "train"]
     photos = [s for s in train if "photo" in s]
     return [s | {"name": f"{s['name']}_lowres", "lowres": LOWRES_WIDTH, "seed": s.get("seed", 0) + 1000}
