@@ -258,3 +258,53 @@ def test_an_interrupted_stage2_resumes_where_it_stopped(tmp_path, monkeypatch):
     resumed = train.stage2(towers, rows, arrays, tmp_path / "resumed", steps=4, batch=2)
     assert not (tmp_path / "resumed" / "stage2-partial.pt").exists()
     assert_same_weights(whole, resumed)
+
+
+def test_stage3_window_features_equal_the_whole_clips():
+    """Stage 3 runs the towers on a window's keyframes and frames only (with the motion context
+    its receptive field reaches); that must give what the towers give on the whole clip, at the
+    clip's edges too."""
+    from qoe_onnx.micro.towers import MotionBranch, VisionTower
+
+    torch.manual_seed(0)
+    state = {"tower": VisionTower().state_dict(), "branch": MotionBranch().state_dict()}
+    rows, arrays, _ = tiny_training_set(keyframes=6)
+    whole_kf, whole_mo = train.tower_features(state, rows[:1], arrays)[0]
+    tower, branch = train.load_towers(state)
+    keyframes, frames = arrays["s"]["keyframes"][0], arrays["s"]["motion"][0]
+    with torch.no_grad():
+        for s0, w in [(0, 4), (1, 4), (2, 4), (0, 6), (3, 3)]:
+            kf, mo = train.tuned_window_features(tower, branch, keyframes, frames, s0, w)
+            f0, f1 = train.window_span(6, 30, s0, w)
+            assert torch.allclose(kf, whole_kf[s0:s0 + w], atol=1e-5), (s0, w)
+            assert mo.shape == whole_mo[f0:f1].shape and torch.allclose(mo, whole_mo[f0:f1], atol=1e-5), (s0, w)
+
+
+def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """Stage 3 (towers and projectors through the frozen SmolLM2) stopped after step 2 of 4 and
+    rerun ends with the weights of a run never stopped; it does change the towers; 0 steps is
+    stages 1 and 2 unchanged."""
+    from qoe_onnx.micro.towers import MotionBranch, VisionTower
+
+    torch.manual_seed(0)
+    towers = {"tower": VisionTower().state_dict(), "branch": MotionBranch().state_dict()}
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    monkeypatch.setattr(train, "SAVE_EVERY", 2)
+    for run in ("whole", "resumed"):
+        (tmp_path / run).mkdir()
+    projectors = train.stage2(towers, rows, arrays, tmp_path / "whole", steps=4, batch=2)
+    assert train.stage3(towers, projectors, rows, arrays, tmp_path / "whole", steps=0, batch=2) == (towers, projectors)
+    whole = train.stage3(towers, projectors, rows, arrays, tmp_path / "whole", steps=4, batch=2)
+    live_again = die_after_each_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train.stage3(towers, projectors, rows, arrays, tmp_path / "resumed", steps=4, batch=2)
+    live_again()
+    resumed = train.stage3(towers, projectors, rows, arrays, tmp_path / "resumed", steps=4, batch=2)
+    assert not (tmp_path / "resumed" / "stage3-partial.pt").exists()
+    assert (tmp_path / "resumed" / "stage3.pt").exists()
+    for a, b in zip(whole, resumed):
+        assert_same_weights(a, b)
+    tuned_tower = whole[0]["tower"]
+    assert any(not torch.equal(t, towers["tower"][n]) for n, t in tuned_tower.items() if t.is_floating_point())
+    assert all(torch.equal(t, towers["tower"][n]) for n, t in tuned_tower.items() if "running" in n), \
+        "batch norm statistics stay stage 1's"

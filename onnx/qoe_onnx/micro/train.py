@@ -14,10 +14,12 @@
            within a source is what a monitor must get right). Half the pairs use the
            streaming prompt with a random stall sentence and a label lowered by the stalls
            (`stall_factor`), so one set of weights serves the UGC and the streaming bundle.
+  stage 3  optional (--tune-steps N, 0 by default): the same scoring steps with the towers'
+           weights tuned too (batch norm statistics kept), from stages 1 and 2, at lower rates.
 
     python -m qoe_onnx.micro.train --data .cache/micro --work .cache/micro/train --out models/micro-vqa2
-Each stage saves a checkpoint (WORK/stage1.pt, WORK/stage2.pt) and its progress on the way
-(WORK/stage1-partial.pt after every epoch, WORK/stage2-partial.pt every 50 steps); a rerun skips
+Each stage saves a checkpoint (WORK/stage1.pt, stage2.pt, stage3.pt) and its progress on the way
+(WORK/stage1-partial.pt after every epoch, stage2- and stage3-partial.pt every 50 steps); a rerun skips
 what is done and resumes a stopped stage exactly (the same weights as a run never stopped).
 """
 
@@ -38,7 +40,7 @@ from torch import nn
 from . import data as micro_data
 from . import online, smollm
 from .spec import (KEYFRAME_FEATURES, KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LEVEL_WEIGHTS, LEVEL_WORDS,
-                   MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX)
+                   MOTION_CONTEXT, MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX)
 from .towers import KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower, motion_pool, normalise
 
 
@@ -292,24 +294,43 @@ class FrozenDecoder(nn.Module):
         return self.norm(x, self.w("norm")), present
 
 
-# ---------------------------------------------------------------- stage 2
+# ---------------------------------------------------------------- stages 2 and 3
 
 
 @torch.no_grad()
 def tower_features(state, rows, arrays):
-    """Per clip: keyframe features [K, 256] and per-frame motion features [F, 48] (frozen)."""
+    """Per clip: keyframe features [K, 704] and per-frame motion features [F, 48] (frozen)."""
+    tower, branch = load_towers(state)
+    return [(tower(normalise(torch.from_numpy(arrays[r["source"]]["keyframes"][r["index"]]))),
+             branch(normalise(torch.from_numpy(arrays[r["source"]]["motion"][r["index"]])).permute(1, 0, 2, 3)
+                    .unsqueeze(0)))
+            for r in rows]
+
+
+def load_towers(state) -> tuple[VisionTower, MotionBranch]:
+    """Stage 1's towers in eval mode: batch norm keeps stage 1's statistics (the exported graphs'),
+    also while stage 3 tunes their weights."""
     tower, branch = VisionTower(), MotionBranch()
     tower.load_state_dict(state["tower"])
     branch.load_state_dict(state["branch"])
-    tower.eval()
-    branch.eval()
-    feats = []
-    for r in rows:
-        a = arrays[r["source"]]
-        kf = tower(normalise(torch.from_numpy(a["keyframes"][r["index"]])))
-        mo = branch(normalise(torch.from_numpy(a["motion"][r["index"]])).permute(1, 0, 2, 3).unsqueeze(0))
-        feats.append((kf, mo))
-    return feats
+    return tower.eval(), branch.eval()
+
+
+def window_span(keyframes: int, frames: int, s0: int, w: int) -> tuple[int, int]:
+    """The motion frames [f0, f1) that go with keyframes [s0, s0 + w) of a clip."""
+    per_kf = frames / keyframes
+    return int(s0 * per_kf), int((s0 + w) * per_kf)
+
+
+def tuned_window_features(tower: VisionTower, branch: MotionBranch, keyframes: np.ndarray, frames: np.ndarray,
+                          s0: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 3's features of keyframes [s0, s0 + w) and their motion frames, with gradients: the
+    tower on those keyframes only, the branch on those frames and the context its receptive field
+    reaches, so they equal the whole clip's (`tower_features`) for far less work."""
+    f0, f1 = window_span(len(keyframes), len(frames), s0, w)
+    c0, c1 = max(0, f0 - MOTION_CONTEXT), min(len(frames), f1 + MOTION_CONTEXT - 1)
+    mo = branch(normalise(torch.from_numpy(frames[c0:c1])).permute(1, 0, 2, 3).unsqueeze(0))
+    return tower(normalise(torch.from_numpy(keyframes[s0:s0 + w]))), mo[f0 - c0:f1 - c0]
 
 
 class Scorer2(nn.Module):
@@ -350,14 +371,16 @@ def sample_sequence(model: Scorer2, prompting: Prompting, kf, mo, stall_text: st
     return torch.cat(parts)
 
 
-SAVE_EVERY = 50  # stage 2 steps between two saves of its progress
+SAVE_EVERY = 50  # steps of stage 2 or 3 between two saves of its progress
 
 
-def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0):
-    ckpt = work / "stage2.pt"
-    if ckpt.exists():
-        log(f"stage 2: {ckpt} is there, skipped")
-        return torch.load(ckpt)
+def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
+                  opt, sched, trained: dict, steps: int, batch: int, rng) -> dict:
+    """The scoring steps of stages 2 and 3 through the frozen SmolLM2: level word cross-entropy,
+    squared error of the weighted score and a ranking hinge within same-source pairs.
+    `window_features(i, s0, w)` gives clip i's keyframe and motion features for keyframes
+    [s0, s0 + w); `trained` are the modules whose weights this part changes (saved with its progress,
+    then in WORK/stageN.pt, whose dictionary of their weights it returns)."""
     from tokenizers import Tokenizer
 
     cfg, weights, reader = smollm.load()
@@ -369,26 +392,20 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
     by_source: dict[str, list[int]] = {}
     for i in train_idx:
         by_source.setdefault(rows[i]["source"], []).append(i)
-    log(f"stage 2: tower features of {len(rows)} clips")
-    feats = tower_features(state, rows, arrays)
-    torch.manual_seed(seed)  # the projectors' initial weights, whether stage 1 ran in this process or not
-    model = Scorer2(cfg.hidden)
-    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
-    rng = np.random.default_rng(seed)
-    resume = Progress(work / "stage2-partial.pt", rng)
-    scoring = dict(model=model, opt=opt, sched=sched)
-    resume.restore("stage 2", **scoring)
-    start = resume.done("stage 2")
+    resume = Progress(work / f"{part.replace(' ', '')}-partial.pt", rng)
+    progress = dict(trained, opt=opt, sched=sched)
+    resume.restore(part, **progress)
+    start = resume.done(part)
     weights_t = torch.tensor(LEVEL_WEIGHTS)
     level_ids = torch.tensor(prompting.level_ids)
+    parameters = [p for g in opt.param_groups for p in g["params"]]
     started = time.time()
     for step in range(start, steps):
         seqs, targets, mos = [], [], []
         for first in rng.choice(train_idx, batch // 2):
             # A pair from one source: the same window and the same stalls for both clips.
             second = int(rng.choice(by_source[rows[first]["source"]]))
-            k = min(feats[first][0].shape[0], feats[second][0].shape[0])
+            k = min(keyframe_counts[first], keyframe_counts[second])
             # A window of 4 to all keyframes (and their motion frames), as the element's windows.
             w = int(rng.integers(min(4, k), k + 1))
             s0 = int(rng.integers(0, k - w + 1))
@@ -398,9 +415,7 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
                 stall = stall_sentence(count, total, initial)
                 factor = stall_factor(count, total, initial)
             for i in (first, second):
-                kf, mo = feats[i]
-                per_kf = mo.shape[0] / kf.shape[0]
-                kf_w, mo_w = kf[s0:s0 + w], mo[int(s0 * per_kf):int((s0 + w) * per_kf)]
+                kf_w, mo_w = window_features(i, s0, w)
                 label = rows[i]["mos"] * factor
                 seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
                 targets.append(micro_data.level_of(label))
@@ -419,19 +434,73 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
         loss = ce + 4.0 * mse + 4.0 * rank
         opt.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        nn.utils.clip_grad_norm_(parameters, 1.0)
         opt.step()
         sched.step()
         if (step + 1) % 10 == 0:
-            log(f"stage 2: step {step + 1}/{steps}, ce {ce.item():.3f}, score rmse {mse.sqrt().item():.3f}, "
+            log(f"{part}: step {step + 1}/{steps}, ce {ce.item():.3f}, score rmse {mse.sqrt().item():.3f}, "
                 f"rank {rank.item():.3f}, "
                 f"{(time.time() - started) / (step + 1 - start):.1f} s/step")
         if (step + 1) % SAVE_EVERY == 0 and step + 1 < steps:
-            resume.save("stage 2", step + 1, **scoring)
-    state2 = {"model": model.state_dict()}
-    torch.save(state2, ckpt)
+            resume.save(part, step + 1, **progress)
+    done = {name: m.state_dict() for name, m in trained.items()}
+    torch.save(done, work / f"{part.replace(' ', '')}.pt")
     resume.finish()
-    return state2
+    return done
+
+
+def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0):
+    """The projectors, towers frozen (their features computed once)."""
+    ckpt = work / "stage2.pt"
+    if ckpt.exists():
+        log(f"stage 2: {ckpt} is there, skipped")
+        return torch.load(ckpt)
+    log(f"stage 2: tower features of {len(rows)} clips")
+    feats = tower_features(state, rows, arrays)
+
+    def window_features(i, s0, w):
+        kf, mo = feats[i]
+        f0, f1 = window_span(kf.shape[0], mo.shape[0], s0, w)
+        return kf[s0:s0 + w], mo[f0:f1]
+
+    torch.manual_seed(seed)  # the projectors' initial weights, whether stage 1 ran in this process or not
+    model = Scorer2(576)
+    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
+    return train_scoring("stage 2", work, rows, window_features, [kf.shape[0] for kf, _ in feats], model, opt,
+                         sched, dict(model=model), steps, batch, np.random.default_rng(seed))
+
+
+def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0):
+    """Towers and projectors together, through the frozen decoder (VQA²'s stage 2 tunes its
+    vision side too), starting from stages 1 and 2, at a twentieth (towers) and a tenth (projectors)
+    of their peak learning rates, so the tuning refines what they learned rather than undoes it. Returns
+    stage 1's and 2's dictionaries with the tuned weights; with 0 steps, the two unchanged."""
+    if steps == 0:
+        return state1, state2
+    ckpt = work / "stage3.pt"
+    if ckpt.exists():
+        log(f"stage 3: {ckpt} is there, skipped")
+        tuned = torch.load(ckpt)
+        return {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
+    tower, branch = load_towers(state1)
+    torch.manual_seed(seed)
+    model = Scorer2(576)
+    model.load_state_dict(state2["model"])
+
+    def window_features(i, s0, w):
+        a, r = arrays[rows[i]["source"]], rows[i]
+        return tuned_window_features(tower, branch, a["keyframes"][r["index"]], a["motion"][r["index"]], s0, w)
+
+    groups = [{"params": list(tower.parameters()) + list(branch.parameters()), "weight_decay": 1e-4},
+              {"params": list(model.parameters()), "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, 1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [1e-4, 2e-4], total_steps=steps, pct_start=0.1)
+    tuned = train_scoring("stage 3", work, rows, window_features,
+                          [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
+                          dict(tower=tower, branch=branch, model=model), steps, batch,
+                          np.random.default_rng([seed, 3]))
+    return {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
 
 
 # ---------------------------------------------------------------- export
@@ -473,6 +542,9 @@ def main():
                     help="stage 1: of the vision tower's 16 pairs a step, how many are online crops of the "
                          "training stills (online.py; run 7 used 6 and was worse than run 6's 0)")
     ap.add_argument("--steps", type=int, default=500, help="stage 2 steps")
+    ap.add_argument("--tune-steps", type=int, default=0,
+                    help="stage 3 steps: towers and projectors tuned together through the frozen decoder, "
+                         "after stage 2 (0, the default: none, run 6's recipe)")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of both stages' initial weights and random streams (run 6: 0); another seed "
@@ -489,6 +561,7 @@ def main():
     s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                args.seed)
     s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed)
+    s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
