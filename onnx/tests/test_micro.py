@@ -308,3 +308,15 @@ def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert any(not torch.equal(t, towers["tower"][n]) for n, t in tuned_tower.items() if t.is_floating_point())
     assert all(torch.equal(t, towers["tower"][n]) for n, t in tuned_tower.items() if "running" in n), \
         "batch norm statistics stay stage 1's"
+
+
+def test_evaluate_scores_the_test_split_or_every_nth_training_source():
+    from qoe_onnx.micro import evaluate
+
+    rows = [{"source": s, "split": split, "family": "pristine"} for s, split in
+            [("a", "train"), ("b", "train"), ("c", "train"), ("t", "test"), ("photo_dist_packages_horse", "test")]]
+    assert [r["source"] for r in evaluate.scored_rows(rows)] == ["t"]
+    assert [r["source"] for r in evaluate.scored_rows(rows, 2)] == ["a", "c"]
+    assert [r["source"] for r in evaluate.scored_rows(rows, 1)] == ["a", "b", "c"]
+    with pytest.raises(SystemExit, match="--train-every -1"):
+        evaluate.scored_rows(rows, -1)

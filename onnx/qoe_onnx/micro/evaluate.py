@@ -72,6 +72,17 @@ class Model:
         return float(p @ np.array(T.LEVEL_WEIGHTS))
 
 
+def scored_rows(rows, train_every: int = 0) -> list[dict]:
+    """The test split's rows; with `train_every` N, those of every N-th training source instead
+    (sorted by name), to measure how well the model fits what it was trained on."""
+    if train_every < 0:
+        raise SystemExit(f"--train-every {train_every}: must be 1 or more (every N-th training source), or 0")
+    if not train_every:
+        return [r for r in rows if r["split"] == "test" and micro_data.is_natural(r["source"])]
+    sources = sorted({r["source"] for r in rows if r["split"] == "train"})[::train_every]
+    return [r for r in rows if r["source"] in sources]
+
+
 def correlations(pred, mos) -> dict:
     pred, mos = np.asarray(pred), np.asarray(mos)
     if len(pred) < 3 or np.std(pred) == 0:
@@ -188,15 +199,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(".cache/micro"))
     ap.add_argument("--bundle", type=Path, default=Path("models/micro-vqa2-streaming"))
-    ap.add_argument("--out", type=Path, default=Path("onnx/micro-results.json"))
+    ap.add_argument("--out", type=Path,
+                    help="results (default onnx/micro-results.json; with --train-every, onnx/micro-train-fit.json)")
     ap.add_argument("--no-baselines", action="store_true",
                     help="skip the classic baselines (8 min); those already in --out are kept when it "
                          "holds the same test clips (they do not depend on the bundle)")
+    ap.add_argument("--train-every", type=int, default=0, metavar="N",
+                    help="score every N-th training source instead of the test split: how well the model "
+                         "fits what it was trained on (baselines skipped)")
     args = ap.parse_args()
+    args.out = args.out or Path("onnx/micro-train-fit.json" if args.train_every else "onnx/micro-results.json")
     rows, arrays = T.load_clips(args.data)
-    rows = [r for r in rows if r["split"] == "test" and clip_path(r, args.data).exists()
-            and micro_data.is_natural(r["source"])]
-    log(f"{len(rows)} test clips from {len({r['source'] for r in rows})} sources")
+    # The baselines need the test clips' video files (data.py keeps only those); the model, the arrays.
+    rows = [r for r in scored_rows(rows, args.train_every) if args.train_every or clip_path(r, args.data).exists()]
+    split = f"training (every {args.train_every}th source)" if args.train_every else "test"
+    log(f"{len(rows)} {split} clips from {len({r['source'] for r in rows})} sources")
     model = Model(args.bundle)
     started = time.time()
     rng = np.random.default_rng(1)
@@ -209,13 +226,13 @@ def main():
         streaming.append(model.score(kf, mo, T.stall_sentence(count, total, initial)))
         lowered.append(r["mos"] * T.stall_factor(count, total, initial))
     log(f"scored in {time.time() - started:.0f} s")
-    results = {"clips": len(rows), "sources": sorted({r["source"] for r in rows}),
+    results = {"split": split, "clips": len(rows), "sources": sorted({r["source"] for r in rows}),
                "micro-vqa2 (ugc prompt)": table(rows, ugc),
                "micro-vqa2 (streaming prompt, random stalls)": {
                    "overall": correlations(streaming, lowered)},
                "per_clip": [{"source": r["source"], "family": r["family"], "strength": r["strength"],
                              "mos": r["mos"], "score": s} for r, s in zip(rows, ugc)]}
-    if args.no_baselines:
+    if args.no_baselines or args.train_every:
         previous = json.loads(args.out.read_text()) if args.out.exists() else {}
         if (previous.get("clips"), previous.get("sources")) == (results["clips"], results["sources"]):
             kept = [name for names in BASELINES for name in names if name in previous]

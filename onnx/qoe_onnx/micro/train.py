@@ -14,8 +14,9 @@
            within a source is what a monitor must get right). Half the pairs use the
            streaming prompt with a random stall sentence and a label lowered by the stalls
            (`stall_factor`), so one set of weights serves the UGC and the streaming bundle.
-  stage 3  optional (--tune-steps N, 0 by default): the same scoring steps with the towers'
-           weights tuned too (batch norm statistics kept), from stages 1 and 2, at lower rates.
+  stage 3  tuning (--tune-steps N, 300 by default, 0 for none): the same scoring steps with
+           the towers' weights tuned too (batch norm statistics kept), from stages 1 and 2, at
+           lower rates.
 
     python -m qoe_onnx.micro.train --data .cache/micro --work .cache/micro/train --out models/micro-vqa2
 Each stage saves a checkpoint (WORK/stage1.pt, stage2.pt, stage3.pt) and its progress on the way
@@ -542,12 +543,12 @@ def main():
                     help="stage 1: of the vision tower's 16 pairs a step, how many are online crops of the "
                          "training stills (online.py; run 7 used 6 and was worse than run 6's 0)")
     ap.add_argument("--steps", type=int, default=500, help="stage 2 steps")
-    ap.add_argument("--tune-steps", type=int, default=0,
+    ap.add_argument("--tune-steps", type=int, default=300,
                     help="stage 3 steps: towers and projectors tuned together through the frozen decoder, "
-                         "after stage 2 (0, the default: none, run 6's recipe)")
+                         "after stage 2 (300: run 12, the committed bundle; 0: no stage 3, run 6's recipe)")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0,
-                    help="seed of both stages' initial weights and random streams (run 6: 0); another seed "
+                    help="seed of every stage's initial weights and random streams (runs 6 and 12: 0); another seed "
                          "measures run-to-run variation")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = ap.parse_args()
