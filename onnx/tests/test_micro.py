@@ -240,16 +240,26 @@ def test_an_interrupted_stage1_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert_same_weights(whole, resumed)
 
 
-def test_an_interrupted_stage2_resumes_where_it_stopped(tmp_path, monkeypatch):
-    """The same for stage 2 (the projectors through the frozen SmolLM2), stopped after step 2 of 4."""
+def untrained_towers() -> dict:
+    """A stage-1 checkpoint's dictionary with untrained towers (seed 0)."""
     from qoe_onnx.micro.towers import MotionBranch, VisionTower
 
     torch.manual_seed(0)
-    towers = {"tower": VisionTower().state_dict(), "branch": MotionBranch().state_dict()}
-    rows, arrays, _ = tiny_training_set(keyframes=4)
+    return {"tower": VisionTower().state_dict(), "branch": MotionBranch().state_dict()}
+
+
+def scoring_runs(tmp_path, monkeypatch):
+    """Work folders `whole` and `resumed` for stages 2 and 3, their progress saved every 2 steps."""
     monkeypatch.setattr(train, "SAVE_EVERY", 2)
     for run in ("whole", "resumed"):
         (tmp_path / run).mkdir()
+
+
+def test_an_interrupted_stage2_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """The same for stage 2 (the projectors through the frozen SmolLM2), stopped after step 2 of 4."""
+    towers = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    scoring_runs(tmp_path, monkeypatch)
     whole = train.stage2(towers, rows, arrays, tmp_path / "whole", steps=4, batch=2)
     live_again = die_after_each_save(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
@@ -264,10 +274,7 @@ def test_stage3_window_features_equal_the_whole_clips():
     """Stage 3 runs the towers on a window's keyframes and frames only (with the motion context
     its receptive field reaches); that must give what the towers give on the whole clip, at the
     clip's edges too."""
-    from qoe_onnx.micro.towers import MotionBranch, VisionTower
-
-    torch.manual_seed(0)
-    state = {"tower": VisionTower().state_dict(), "branch": MotionBranch().state_dict()}
+    state = untrained_towers()
     rows, arrays, _ = tiny_training_set(keyframes=6)
     whole_kf, whole_mo = train.tower_features(state, rows[:1], arrays)[0]
     tower, branch = train.load_towers(state)
@@ -284,14 +291,9 @@ def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
     """Stage 3 (towers and projectors through the frozen SmolLM2) stopped after step 2 of 4 and
     rerun ends with the weights of a run never stopped; it does change the towers; 0 steps is
     stages 1 and 2 unchanged."""
-    from qoe_onnx.micro.towers import MotionBranch, VisionTower
-
-    torch.manual_seed(0)
-    towers = {"tower": VisionTower().state_dict(), "branch": MotionBranch().state_dict()}
+    towers = untrained_towers()
     rows, arrays, _ = tiny_training_set(keyframes=4)
-    monkeypatch.setattr(train, "SAVE_EVERY", 2)
-    for run in ("whole", "resumed"):
-        (tmp_path / run).mkdir()
+    scoring_runs(tmp_path, monkeypatch)
     projectors = train.stage2(towers, rows, arrays, tmp_path / "whole", steps=4, batch=2)
     assert train.stage3(towers, projectors, rows, arrays, tmp_path / "whole", steps=0, batch=2) == (towers, projectors)
     whole = train.stage3(towers, projectors, rows, arrays, tmp_path / "whole", steps=4, batch=2)
@@ -311,12 +313,12 @@ def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 
 def test_evaluate_scores_the_test_split_or_every_nth_training_source():
-    from qoe_onnx.micro import evaluate
-
+    """`evaluate`'s clips (`data.scored_rows`): the natural test sources, or with
+    --train-every N every N-th training source."""
     rows = [{"source": s, "split": split, "family": "pristine"} for s, split in
             [("a", "train"), ("b", "train"), ("c", "train"), ("t", "test"), ("photo_dist_packages_horse", "test")]]
-    assert [r["source"] for r in evaluate.scored_rows(rows)] == ["t"]
-    assert [r["source"] for r in evaluate.scored_rows(rows, 2)] == ["a", "c"]
-    assert [r["source"] for r in evaluate.scored_rows(rows, 1)] == ["a", "b", "c"]
+    assert [r["source"] for r in data.scored_rows(rows)] == ["t"]
+    assert [r["source"] for r in data.scored_rows(rows, 2)] == ["a", "c"]
+    assert [r["source"] for r in data.scored_rows(rows, 1)] == ["a", "b", "c"]
     with pytest.raises(SystemExit, match="--train-every -1"):
-        evaluate.scored_rows(rows, -1)
+        data.scored_rows(rows, -1)

@@ -129,6 +129,17 @@ def is_natural(source: str) -> bool:
     return not any(source == f"photo_dist_packages_{n}" for n in NOT_NATURAL)
 
 
+def scored_rows(rows: list[dict], train_every: int = 0) -> list[dict]:
+    """The test split's rows; with `train_every` N, those of every N-th training source instead
+    (sorted by name), to measure how well the model fits what it was trained on."""
+    if train_every < 0:
+        raise SystemExit(f"--train-every {train_every}: must be 1 or more (every N-th training source), or 0")
+    if not train_every:
+        return [r for r in rows if r["split"] == "test" and is_natural(r["source"])]
+    sources = sorted({r["source"] for r in rows if r["split"] == "train"})[::train_every]
+    return [r for r in rows if r["source"] in sources]
+
+
 def all_sources(videos: Path, debs: Path, lowres_every: int = LOWRES_PHOTO_EVERY) -> list[dict]:
     """Every source with its split. Test: carphone and every fourth of the first MAX_PHOTOS photos
     (content-disjoint); the photos after those are training content only."""

@@ -72,17 +72,6 @@ class Model:
         return float(p @ np.array(T.LEVEL_WEIGHTS))
 
 
-def scored_rows(rows, train_every: int = 0) -> list[dict]:
-    """The test split's rows; with `train_every` N, those of every N-th training source instead
-    (sorted by name), to measure how well the model fits what it was trained on."""
-    if train_every < 0:
-        raise SystemExit(f"--train-every {train_every}: must be 1 or more (every N-th training source), or 0")
-    if not train_every:
-        return [r for r in rows if r["split"] == "test" and micro_data.is_natural(r["source"])]
-    sources = sorted({r["source"] for r in rows if r["split"] == "train"})[::train_every]
-    return [r for r in rows if r["source"] in sources]
-
-
 def correlations(pred, mos) -> dict:
     pred, mos = np.asarray(pred), np.asarray(mos)
     if len(pred) < 3 or np.std(pred) == 0:
@@ -211,8 +200,8 @@ def main():
     args.out = args.out or Path("onnx/micro-train-fit.json" if args.train_every else "onnx/micro-results.json")
     rows, arrays = T.load_clips(args.data)
     # The baselines need the test clips' video files (data.py keeps only those); the model, the arrays.
-    rows = [r for r in scored_rows(rows, args.train_every) if args.train_every or clip_path(r, args.data).exists()]
-    split = f"training (every {args.train_every}th source)" if args.train_every else "test"
+    rows = [r for r in micro_data.scored_rows(rows, args.train_every) if args.train_every or clip_path(r, args.data).exists()]
+    split = f"training (every {args.train_every}-th source)" if args.train_every else "test"
     log(f"{len(rows)} {split} clips from {len({r['source'] for r in rows})} sources")
     model = Model(args.bundle)
     started = time.time()
