@@ -473,10 +473,11 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
 
 
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0):
-    """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower and
-    SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from stages 1 and 2, at a twentieth (towers) and a tenth (projectors)
-    of their peak learning rates, so the tuning refines what they learned rather than undoes it. Returns
-    stage 1's and 2's dictionaries with the tuned weights; with 0 steps, the two unchanged."""
+    """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
+    and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
+    stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
+    rates, so the tuning refines what they learned rather than undoes it. Returns stage 1's and
+    2's dictionaries with the tuned weights; with 0 steps, the two unchanged."""
     if steps == 0:
         return state1, state2
     ckpt = work / "stage3.pt"
