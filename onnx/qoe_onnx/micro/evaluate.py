@@ -198,6 +198,7 @@ def main():
                          "fits what it was trained on (baselines skipped)")
     args = ap.parse_args()
     args.out = args.out or Path("onnx/micro-train-fit.json" if args.train_every else "onnx/micro-results.json")
+    micro_data.scored_rows([], args.train_every)  # a bad --train-every is refused before a minute of loading
     rows, arrays = T.load_clips(args.data)
     # The baselines need the test clips' video files (data.py keeps only those); the model, the arrays.
     rows = [r for r in micro_data.scored_rows(rows, args.train_every) if args.train_every or clip_path(r, args.data).exists()]
