@@ -96,9 +96,23 @@ def pair_hinges(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.05) 
 # ---------------------------------------------------------------- stage 1
 
 
+def checkpoint(work: Path, part: str, suffix: str = "") -> Path:
+    """WORK/stage2.pt for part "stage 2"; with suffix "-partial", where its progress is kept."""
+    return work / f"{part.replace(' ', '')}{suffix}.pt"
+
+
+def finished(work: Path, part: str) -> dict | None:
+    """The part's checkpoint when an earlier run finished it (the part is then skipped), else None."""
+    ckpt = checkpoint(work, part)
+    if not ckpt.exists():
+        return None
+    log(f"{part}: {ckpt} is there, skipped")
+    return torch.load(ckpt)
+
+
 class Progress:
     """WORK/<stage>-partial.pt: a stage's modules, optimisers and random states, saved after every
-    epoch of stage 1 and every `SAVE_EVERY` steps of stage 2, so that a rerun resumes after the last
+    epoch of stage 1 and every `SAVE_EVERY` steps of stages 2 and 3, so that a rerun resumes after the last
     save with the same random stream and ends with the weights of a run that was never stopped."""
 
     def __init__(self, path: Path, rng: np.random.Generator):
@@ -129,13 +143,11 @@ class Progress:
 
 def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pairs: int = 0,
            stills: list[np.ndarray] | None = None, seed: int = 0):
-    ckpt = work / "stage1.pt"
-    if ckpt.exists():
-        log(f"stage 1: {ckpt} is there, skipped")
-        return torch.load(ckpt)
+    if (done := finished(work, "stage 1")) is not None:
+        return done
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    resume = Progress(work / "stage1-partial.pt", rng)
+    resume = Progress(checkpoint(work, "stage 1", "-partial"), rng)
     train = [r for r in rows if r["split"] == "train"]
 
     # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
@@ -230,7 +242,7 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
             f"{time.time() - started:.0f} s")
         resume.save("motion", epoch + 1, **motion)
     state = {"tower": tower.state_dict(), "branch": branch.state_dict()}
-    torch.save(state, ckpt)
+    torch.save(state, checkpoint(work, "stage 1"))
     resume.finish()
     return state
 
@@ -381,7 +393,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     squared error of the weighted score and a ranking hinge within same-source pairs.
     `window_features(i, s0, w)` gives clip i's keyframe and motion features for keyframes
     [s0, s0 + w); `trained` are the modules whose weights this part changes (saved with its progress,
-    then in WORK/stageN.pt, whose dictionary of their weights it returns)."""
+    then in its `checkpoint`, whose dictionary of their weights it returns)."""
     from tokenizers import Tokenizer
 
     cfg, weights, reader = smollm.load()
@@ -393,7 +405,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     by_source: dict[str, list[int]] = {}
     for i in train_idx:
         by_source.setdefault(rows[i]["source"], []).append(i)
-    resume = Progress(work / f"{part.replace(' ', '')}-partial.pt", rng)
+    resume = Progress(checkpoint(work, part, "-partial"), rng)
     progress = dict(trained, opt=opt, sched=sched)
     resume.restore(part, **progress)
     start = resume.done(part)
@@ -445,17 +457,15 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
         if (step + 1) % SAVE_EVERY == 0 and step + 1 < steps:
             resume.save(part, step + 1, **progress)
     done = {name: m.state_dict() for name, m in trained.items()}
-    torch.save(done, work / f"{part.replace(' ', '')}.pt")
+    torch.save(done, checkpoint(work, part))
     resume.finish()
     return done
 
 
 def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0):
     """The projectors, towers frozen (their features computed once)."""
-    ckpt = work / "stage2.pt"
-    if ckpt.exists():
-        log(f"stage 2: {ckpt} is there, skipped")
-        return torch.load(ckpt)
+    if (done := finished(work, "stage 2")) is not None:
+        return done
     log(f"stage 2: tower features of {len(rows)} clips")
     feats = tower_features(state, rows, arrays)
 
@@ -480,14 +490,16 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
     2's dictionaries with the tuned weights; with 0 steps, the two unchanged."""
     if steps == 0:
         return state1, state2
-    ckpt = work / "stage3.pt"
-    if ckpt.exists():
-        log(f"stage 3: {ckpt} is there, skipped")
-        tuned = torch.load(ckpt)
-        return {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
+    tuned = finished(work, "stage 3")
+    if tuned is None:
+        tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed)
+    return {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
+
+
+def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int) -> dict:
+    """Stage 3's steps; the tuned tower, branch and projectors (`model`)."""
     tower, branch = load_towers(state1)
-    torch.manual_seed(seed)
-    model = Scorer2(576)
+    model = Scorer2(576)  # its initial weights are overwritten at once: no seed needed
     model.load_state_dict(state2["model"])
 
     def window_features(i, s0, w):
@@ -498,11 +510,10 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
               {"params": list(model.parameters()), "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, 1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, [1e-4, 2e-4], total_steps=steps, pct_start=0.1)
-    tuned = train_scoring("stage 3", work, rows, window_features,
-                          [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
-                          dict(tower=tower, branch=branch, model=model), steps, batch,
-                          np.random.default_rng([seed, 3]))
-    return {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
+    return train_scoring("stage 3", work, rows, window_features,
+                         [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
+                         dict(tower=tower, branch=branch, model=model), steps, batch,
+                         np.random.default_rng([seed, 3]))
 
 
 # ---------------------------------------------------------------- export
