@@ -289,8 +289,8 @@ def test_stage3_window_features_equal_the_whole_clips():
 
 def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
     """Stage 3 (towers and projectors through the frozen SmolLM2) stopped after step 2 of 4 and
-    rerun ends with the weights of a run never stopped; it does change the towers; 0 steps is
-    stages 1 and 2 unchanged."""
+    rerun ends with the weights of a run never stopped; it does change the towers (only the
+    later stages of the vision tower with `frozen_stages`); 0 steps is stages 1 and 2 unchanged."""
     towers = untrained_towers()
     rows, arrays, _ = tiny_training_set(keyframes=4)
     scoring_runs(tmp_path, monkeypatch)
@@ -310,6 +310,14 @@ def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert any(not torch.equal(t, towers["tower"][n]) for n, t in tuned_tower.items() if t.is_floating_point())
     assert all(torch.equal(t, towers["tower"][n]) for n, t in tuned_tower.items() if "running" in n), \
         "batch norm statistics stay stage 1's"
+    # With the first two stages frozen, only the later stages of the tower change.
+    (tmp_path / "frozen").mkdir()
+    frozen = train.stage3(towers, projectors, rows, arrays, tmp_path / "frozen", steps=4, batch=2,
+                          frozen_stages=2)[0]["tower"]
+    early = {n for n in frozen if n.startswith(("stages.0.", "stages.1."))}
+    assert early and all(torch.equal(frozen[n], towers["tower"][n]) for n in early)
+    assert any(not torch.equal(t, towers["tower"][n]) for n, t in frozen.items()
+               if n not in early and t.is_floating_point())
 
 
 def test_evaluate_scores_the_test_split_or_every_nth_training_source():

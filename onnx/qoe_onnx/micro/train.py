@@ -482,7 +482,7 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
                          sched, dict(model=model), steps, batch, np.random.default_rng(seed))
 
 
-def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0):
+def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0):
     """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
     and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
     stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
@@ -492,13 +492,17 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
         return state1, state2
     tuned = finished(work, "stage 3")
     if tuned is None:
-        tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed)
+        tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages)
     return {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
 
 
-def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int) -> dict:
-    """Stage 3's steps; the tuned tower, branch and projectors (`model`)."""
+def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int = 0) -> dict:
+    """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
+    `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
+    tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper."""
     tower, branch = load_towers(state1)
+    for p in tower.stages[:frozen_stages].parameters():
+        p.requires_grad_(False)  # no gradient graph through them at all: their input needs none
     model = Scorer2(576)  # its initial weights are overwritten at once: no seed needed
     model.load_state_dict(state2["model"])
 
@@ -506,7 +510,8 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
         a, r = arrays[rows[i]["source"]], rows[i]
         return tuned_window_features(tower, branch, a["keyframes"][r["index"]], a["motion"][r["index"]], s0, w)
 
-    groups = [{"params": list(tower.parameters()) + list(branch.parameters()), "weight_decay": 1e-4},
+    towers = [p for p in list(tower.parameters()) + list(branch.parameters()) if p.requires_grad]
+    groups = [{"params": towers, "weight_decay": 1e-4},
               {"params": list(model.parameters()), "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, 1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, [1e-4, 2e-4], total_steps=steps, pct_start=0.1)
@@ -558,6 +563,10 @@ def main():
     ap.add_argument("--tune-steps", type=int, default=300,
                     help="stage 3 steps: towers and projectors tuned together through the frozen decoder, "
                          "after stage 2 (300: run 12, the committed bundle; 0: no stage 3, run 6's recipe)")
+    ap.add_argument("--tune-frozen-stages", type=int, default=0, choices=range(len(VisionTower().stages) + 1),
+                    metavar=f"0-{len(VisionTower().stages)}",
+                    help="stage 3: how many of the vision tower's first stages keep stage 1's weights "
+                         "(the full-resolution stages cost most to tune)")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of every stage's initial weights and random streams (runs 6 and 12: 0); another seed "
@@ -574,7 +583,8 @@ def main():
     s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                args.seed)
     s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed)
-    s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed)
+    s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
+                    args.tune_frozen_stages)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
