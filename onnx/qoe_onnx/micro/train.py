@@ -16,7 +16,7 @@
            (`stall_factor`), so one set of weights serves the UGC and the streaming bundle.
   stage 3  tuning (--tune-steps N, 300 by default, 0 for none): the same scoring steps with
            the towers' weights tuned too (batch norm statistics kept), from stages 1 and 2, at
-           lower rates.
+           lower rates; --tune-frozen-stages N keeps the vision tower's first N stages as they are.
 
     python -m qoe_onnx.micro.train --data .cache/micro --work .cache/micro/train --out models/micro-vqa2
 Each stage saves a checkpoint (WORK/stage1.pt, stage2.pt, stage3.pt) and its progress on the way
@@ -563,8 +563,9 @@ def main():
     ap.add_argument("--tune-steps", type=int, default=300,
                     help="stage 3 steps: towers and projectors tuned together through the frozen decoder, "
                          "after stage 2 (300: run 12, the committed bundle; 0: no stage 3, run 6's recipe)")
-    ap.add_argument("--tune-frozen-stages", type=int, default=0, choices=range(len(VisionTower().stages) + 1),
-                    metavar=f"0-{len(VisionTower().stages)}",
+    tower_stages = len(VisionTower().stages)
+    ap.add_argument("--tune-frozen-stages", type=int, default=0, choices=range(tower_stages + 1),
+                    metavar=f"0-{tower_stages}",
                     help="stage 3: how many of the vision tower's first stages keep stage 1's weights "
                          "(the full-resolution stages cost most to tune)")
     ap.add_argument("--batch", type=int, default=12)
