@@ -1,0 +1,103 @@
+"""Where the micro VQA²'s rank errors come from, read from evaluate's results (no model run).
+
+Per distortion class (family and strength): the clips' mean label, their mean score (×100) and
+the difference; then three figures that split the overall SRCC into its parts:
+
+  class means      SRCC of each clip's class-mean score against the labels: how well the model
+                   orders the classes on average, its content variation taken out
+  training means   SRCC of each clip's class-mean training label against the labels: a
+                   content-blind recogniser that knows every clip's class exactly (the ceiling
+                   for a model that sees the distortion and not the content)
+  within class     Pearson correlation of score and label once each class's mean is taken from
+                   both: how well the model follows the content's effect inside a class
+
+    python -m qoe_onnx.micro.errors --data .cache/micro onnx/micro-results.json [onnx/micro-train-fit.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def average_ranks(x) -> np.ndarray:
+    """Ranks from 0, ties given their average rank (as scipy's rankdata, less one)."""
+    values, inverse, counts = np.unique(np.asarray(x, dtype=float), return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts
+    return (first + (counts - 1) / 2)[inverse]
+
+
+def pearson(a, b) -> float:
+    """Pearson's correlation; nan where either side is constant (nothing to correlate)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def srcc(a, b) -> float:
+    return pearson(average_ranks(a), average_ranks(b))
+
+
+def class_means(keys: list, values) -> np.ndarray:
+    """Each item's value replaced by the mean over the items with its key."""
+    values = np.asarray(values, dtype=float)
+    groups: dict = {}
+    for k, v in zip(keys, values):
+        groups.setdefault(k, []).append(v)
+    return np.array([np.mean(groups[k]) for k in keys])
+
+
+def analyse(per_clip: list[dict], training_rows: list[dict]) -> dict:
+    """The class table and the three figures of the module's docstring."""
+    keys = [(c["family"], c["strength"]) for c in per_clip]
+    mos = np.array([c["mos"] for c in per_clip], dtype=float)
+    score = np.array([c["score"] for c in per_clip], dtype=float) * 100
+    trained: dict = {}
+    for r in training_rows:
+        trained.setdefault((r["family"], r["strength"]), []).append(r["mos"])
+    missing = sorted({k for k in keys if k not in trained})
+    if missing:
+        raise ValueError(f"no training clips of class {missing[0]} (family, strength): wrong --data?")
+    mean_mos, mean_score = class_means(keys, mos), class_means(keys, score)
+    classes = {}
+    for k, m, s in sorted(zip(keys, mean_mos, mean_score)):
+        classes[f"{k[0]} {k[1]}"] = {"label": round(float(m), 1), "score": round(float(s), 1),
+                                     "training_label": round(float(np.mean(trained[k])), 1)}
+    return {"overall": srcc(score, mos), "class_means": srcc(mean_score, mos),
+            "training_means": srcc([np.mean(trained[k]) for k in keys], mos),
+            "within_class": pearson(score - mean_score, mos - mean_mos),
+            "classes": classes}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path(".cache/micro"), help="the data folder (its clips.jsonl)")
+    ap.add_argument("results", type=Path, nargs="+", help="evaluate's results files (their per_clip)")
+    args = ap.parse_args()
+    rows_file = args.data / "clips.jsonl"
+    if not rows_file.exists():
+        raise SystemExit(f"{rows_file}: not there (the data run writes it; --data names its folder)")
+    training = [r for r in map(json.loads, rows_file.read_text().splitlines()) if r["split"] == "train"]
+    tables = {}
+    for path in args.results:
+        per_clip = json.loads(path.read_text()).get("per_clip")
+        if not per_clip:
+            raise SystemExit(f"{path}: no per_clip list (not a results file of qoe_onnx.micro.evaluate?)")
+        tables[path] = analyse(per_clip, training)
+    first = tables[args.results[0]]["classes"]
+    print(f"{'class':18s}{'training label':>15s}" + "".join(f"{'label':>8s}{'score':>7s}{'error':>7s}" for _ in tables))
+    for name in sorted(first, key=lambda n: first[n]["score"] - first[n]["label"]):
+        cells = [t["classes"].get(name) for t in tables.values()]
+        print(f"{name:18s}{first[name]['training_label']:15.1f}" + "".join(
+            f"{c['label']:8.1f}{c['score']:7.1f}{c['score'] - c['label']:+7.1f}" if c else f"{'-':>22s}" for c in cells))
+    for path, t in tables.items():
+        print(f"{path}: SRCC {t['overall']:.3f}; class means {t['class_means']:.3f}, training means "
+              f"{t['training_means']:.3f}, within class {t['within_class']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The micro VQA²'s error analysis (qoe_onnx.micro.errors): pure arithmetic on evaluate's results."""
+
+import json
+import sys
+
+import pytest
+
+from qoe_onnx.micro import errors
+
+
+def test_ties_share_their_average_rank():
+    assert errors.average_ranks([3, 1, 3, 2]).tolist() == [2.5, 0, 2.5, 1]
+    assert errors.srcc([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert errors.srcc([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+
+
+def clip(family, strength, mos, score):
+    return {"source": "s", "family": family, "strength": strength, "mos": mos, "score": score}
+
+
+def test_the_figures_split_class_order_from_content():
+    """A model that orders the two classes the wrong way round but follows the content inside
+    each exactly: its class means are reversed, within a class it is perfect, and the training
+    labels' class means order the classes right."""
+    per_clip = [clip("noise", 1, 80, 0.30), clip("noise", 1, 90, 0.40),
+                clip("noise", 3, 20, 0.80), clip("noise", 3, 30, 0.90)]
+    training = [{"family": "noise", "strength": 1, "mos": 85.0}, {"family": "noise", "strength": 3, "mos": 25.0}]
+    out = errors.analyse(per_clip, training)
+    # Class-mean ranks 0.5 0.5 2.5 2.5 against the labels' 2 3 0 1: -4 / (2 * sqrt(5)).
+    assert out["class_means"] == pytest.approx(-2 / 5 ** 0.5)
+    assert out["training_means"] == pytest.approx(2 / 5 ** 0.5)
+    assert out["within_class"] == pytest.approx(1)
+    assert out["classes"]["noise 1"] == {"label": 85.0, "score": 35.0, "training_label": 85.0}
+    with pytest.raises(ValueError, match=r"\('noise', 3\)"):
+        errors.analyse(per_clip, training[:1])
+
+
+def test_the_command_names_what_is_missing(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"per_clip": [clip("noise", 1, 80, 0.3), clip("pristine", 0, 98, 0.9)]}))
+    monkeypatch.setattr(sys, "argv", ["errors", "--data", str(tmp_path), str(results)])
+    with pytest.raises(SystemExit, match="clips.jsonl: not there"):
+        errors.main()
+    (tmp_path / "clips.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"split": "train", "family": "noise", "strength": 1, "mos": 82.0},
+        {"split": "train", "family": "pristine", "strength": 0, "mos": 99.0},
+        {"split": "test", "family": "blur", "strength": 1, "mos": 50.0}]))
+    errors.main()
+    out = capsys.readouterr().out
+    assert "noise 1" in out and "SRCC 1.000" in out
+    assert "within class nan" in out  # one clip a class: no content variation to follow
+    (tmp_path / "other.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["errors", "--data", str(tmp_path), str(tmp_path / "other.json")])
+    with pytest.raises(SystemExit, match="other.json: no per_clip"):
+        errors.main()
