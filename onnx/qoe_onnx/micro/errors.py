@@ -25,7 +25,7 @@ import numpy as np
 
 def average_ranks(x) -> np.ndarray:
     """Ranks from 0, ties given their average rank (as scipy's rankdata, less one)."""
-    values, inverse, counts = np.unique(np.asarray(x, dtype=float), return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(np.asarray(x, dtype=float), return_inverse=True, return_counts=True)
     first = np.cumsum(counts) - counts
     return (first + (counts - 1) / 2)[inverse]
 
@@ -59,16 +59,17 @@ def analyse(per_clip: list[dict], training_rows: list[dict]) -> dict:
     trained: dict = {}
     for r in training_rows:
         trained.setdefault((r["family"], r["strength"]), []).append(r["mos"])
-    missing = sorted({k for k in keys if k not in trained})
+    training_label = {k: float(np.mean(v)) for k, v in trained.items()}
+    missing = sorted({k for k in keys if k not in training_label})
     if missing:
         raise ValueError(f"no training clips of class {missing[0]} (family, strength): wrong --data?")
     mean_mos, mean_score = class_means(keys, mos), class_means(keys, score)
     classes = {}
     for k, m, s in sorted(zip(keys, mean_mos, mean_score)):
         classes[f"{k[0]} {k[1]}"] = {"label": round(float(m), 1), "score": round(float(s), 1),
-                                     "training_label": round(float(np.mean(trained[k])), 1)}
+                                     "training_label": round(training_label[k], 1)}
     return {"overall": srcc(score, mos), "class_means": srcc(mean_score, mos),
-            "training_means": srcc([np.mean(trained[k]) for k in keys], mos),
+            "training_means": srcc([training_label[k] for k in keys], mos),
             "within_class": pearson(score - mean_score, mos - mean_mos),
             "classes": classes}
 
