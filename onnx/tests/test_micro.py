@@ -218,7 +218,8 @@ def die_after_each_save(monkeypatch):
 
 
 def assert_same_weights(whole: dict, resumed: dict):
-    for module in whole:
+    assert whole.get("recipe") == resumed.get("recipe")
+    for module in whole.keys() - {"recipe"}:
         for name, tensor in whole[module].items():
             assert torch.equal(tensor, resumed[module][name]), f"{module}.{name}"
 
@@ -318,6 +319,76 @@ def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert early and all(torch.equal(frozen[n], towers["tower"][n]) for n in early)
     assert any(not torch.equal(t, towers["tower"][n]) for n, t in frozen.items()
                if n not in early and t.is_floating_point())
+
+
+def test_a_checkpoint_of_another_recipe_stops_the_run(tmp_path, monkeypatch):
+    """A stage's checkpoint (or its saved progress) is reused only by a run asking for the same
+    recipe: other options, other training data or another earlier stage stop the run with the
+    file and what differs, instead of silently building on weights that recipe did not make."""
+    towers = untrained_towers() | {"recipe": {"seed": 0}}
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    scoring_runs(tmp_path, monkeypatch)
+    work = tmp_path / "whole"
+    first = train.stage2(towers, rows, arrays, work, steps=2, batch=2)
+    assert first["recipe"] == {"stage 1": {"seed": 0}, "steps": 2, "batch": 2, "seed": 0}
+    assert_same_weights(first, train.stage2(towers, rows, arrays, work, steps=2, batch=2))  # skipped
+    with pytest.raises(SystemExit, match=r"stage2\.pt was made by another recipe \(steps 2 there, 3 asked\)"):
+        train.stage2(towers, rows, arrays, work, steps=3, batch=2)
+    with pytest.raises(SystemExit, match=r"stage 1: seed 0 there, 1 asked"):
+        train.stage2(towers | {"recipe": {"seed": 1}}, rows, arrays, work, steps=2, batch=2)
+    train.stage3(towers, first, rows, arrays, work, steps=2, batch=2)
+    with pytest.raises(SystemExit, match=r"stage3\.pt was made by another recipe \(stage 2: steps 2 there, 3 asked\)"):
+        train.stage3(towers, first | {"recipe": first["recipe"] | {"steps": 3}}, rows, arrays, work, steps=2, batch=2)
+    # Saved progress too: a stage stopped half way is not resumed by another recipe.
+    live_again = die_after_each_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train.stage2(towers, rows, arrays, tmp_path / "resumed", steps=4, batch=2)
+    live_again()
+    with pytest.raises(SystemExit, match=r"stage2-partial\.pt was made by another recipe \(batch 2 there, 4 asked\)"):
+        train.stage2(towers, rows, arrays, tmp_path / "resumed", steps=4, batch=4)
+    # The training data is part of stage 1's recipe.
+    relabelled = [r | {"mos": r["mos"] - 1} if r["family"] == "noise" else r for r in rows]
+    assert train.data_fingerprint(relabelled) != train.data_fingerprint(rows)
+    assert train.data_fingerprint(rows + [rows[0] | {"split": "test", "source": "t"}]) == train.data_fingerprint(rows)
+
+
+def test_the_committed_graphs_load_back_for_stage3(tmp_path):
+    """`train --from-bundle`: the committed small graphs' weights, loaded back into the towers and
+    projectors (batch norm folded into the convolutions), exported again, compute what the
+    committed graphs compute; a bundle folder without them, or with a foreign graph, is refused
+    with the file named."""
+    import shutil
+
+    import onnxruntime as ort
+
+    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
+    state1, state2 = train.from_bundle(committed)
+    assert state1["recipe"] == state2["recipe"] and str(committed) in state1["recipe"]["bundle"]
+    train.export(state1, state2, tmp_path / "again")
+    rng = np.random.default_rng(0)
+    inputs = {"keyframe_encoder.onnx": rng.normal(size=(2, 3, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH)),
+              "motion_fast.onnx": rng.normal(size=(1, 3, 20, 64, 64)),
+              "motion_projector.onnx": rng.normal(size=(12, train.MOTION_FEATURES))}
+    for name, x in inputs.items():
+        outs = [ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
+                .run(None, {"pixel_values" if "keyframe" in name else "frames" if "fast" in name else "motion_feat":
+                            x.astype(np.float32)})[0] for folder in (committed, tmp_path / "again")]
+        assert outs[0].shape == outs[1].shape and np.abs(outs[0]).max() > 0.1, name
+        np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4, err_msg=name)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in train.BUNDLE_GRAPHS:
+        shutil.copy(committed / name, broken / name)
+    (broken / "motion_projector.onnx").unlink()
+    with pytest.raises(SystemExit, match=r"broken/motion_projector\.onnx is missing"):
+        train.from_bundle(broken)
+    shutil.copy(committed / "motion_fast.onnx", broken / "keyframe_encoder.onnx")
+    with pytest.raises(SystemExit, match=r"broken/keyframe_encoder\.onnx has 3 layers where the micro VQA² has 5"):
+        train.from_bundle(broken)
+    (broken / "keyframe_encoder.onnx").write_bytes(b"not onnx")
+    with pytest.raises(SystemExit, match=r"keyframe_encoder\.onnx is not a readable ONNX graph"):
+        train.from_bundle(broken)
 
 
 def test_evaluate_scores_the_test_split_or_every_nth_training_source():

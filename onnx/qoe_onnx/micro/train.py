@@ -21,12 +21,15 @@
     python -m qoe_onnx.micro.train --data .cache/micro --work .cache/micro/train --out models/micro-vqa2
 Each stage saves a checkpoint (WORK/stage1.pt, stage2.pt, stage3.pt) and its progress on the way
 (WORK/stage1-partial.pt after every epoch, stage2- and stage3-partial.pt every 50 steps); a rerun skips
-what is done and resumes a stopped stage exactly (the same weights as a run never stopped).
+what is done and resumes a stopped stage exactly (the same weights as a run never stopped). Each
+of those files records its recipe (the options, the training data and the earlier stages it was
+made from); a rerun that asks for another recipe in the same WORK stops and says what differs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -101,13 +104,47 @@ def checkpoint(work: Path, part: str, suffix: str = "") -> Path:
     return work / f"{part.replace(' ', '')}{suffix}.pt"
 
 
-def finished(work: Path, part: str) -> dict | None:
-    """The part's checkpoint when an earlier run finished it (the part is then skipped), else None."""
+def data_fingerprint(rows: list[dict]) -> str:
+    """Which training clips and labels a stage learned from (a changed data folder changes it)."""
+    train = sorted((r["source"], r["family"], r["strength"], round(r["mos"], 3)) for r in rows if r["split"] == "train")
+    return f"{len(train)} clips, " + hashlib.sha256(json.dumps(train).encode()).hexdigest()[:16]
+
+
+def recipe_differences(saved: dict, wanted: dict, within: str = "") -> list[str]:
+    """`name: saved -> wanted` for every option that differs, nested recipes (a stage's
+    recipe holds the one of the stage it started from) named by their path."""
+    out = []
+    for key in sorted(set(saved) | set(wanted), key=str):
+        a, b = saved.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += recipe_differences(a, b, f"{within}{key}: ")
+        elif a != b:
+            out.append(f"{within}{key} {a!r} there, {b!r} asked")
+    return out
+
+
+def check_recipe(path: Path, saved: dict | None, wanted: dict) -> None:
+    """A checkpoint or a stage's saved progress is only reused by a run that asks for the same
+    stage (the same options, data and earlier stages); otherwise stop, naming what differs,
+    rather than silently build on weights another recipe made."""
+    if saved is None:
+        log(f"{path}: made before checkpoints recorded their options; taken as it is")
+        return
+    if differences := recipe_differences(saved, wanted):
+        raise SystemExit(f"{path} was made by another recipe ({'; '.join(differences)}): give another --work, "
+                         f"or remove it and the later stages' checkpoints to train them again")
+
+
+def finished(work: Path, part: str, recipe: dict) -> dict | None:
+    """The part's checkpoint when an earlier run finished it with the same `recipe` (the part
+    is then skipped), else None; one made by another recipe stops the run (`check_recipe`)."""
     ckpt = checkpoint(work, part)
     if not ckpt.exists():
         return None
+    done = torch.load(ckpt)
+    check_recipe(ckpt, done.get("recipe"), recipe)
     log(f"{part}: {ckpt} is there, skipped")
-    return torch.load(ckpt)
+    return done
 
 
 class Progress:
@@ -115,9 +152,12 @@ class Progress:
     epoch of stage 1 and every `SAVE_EVERY` steps of stages 2 and 3, so that a rerun resumes after the last
     save with the same random stream and ends with the weights of a run that was never stopped."""
 
-    def __init__(self, path: Path, rng: np.random.Generator):
+    def __init__(self, path: Path, rng: np.random.Generator, recipe: dict):
         self.path, self.rng = path, rng
         self.saved = torch.load(path, weights_only=False) if path.exists() else {}
+        if self.saved:
+            check_recipe(path, self.saved.get("recipe"), recipe)
+        self.saved["recipe"] = recipe
 
     def done(self, part: str) -> int:
         """Epochs or steps of `part` done so far (and its modules and optimisers, by `restore`)."""
@@ -143,11 +183,13 @@ class Progress:
 
 def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pairs: int = 0,
            stills: list[np.ndarray] | None = None, seed: int = 0):
-    if (done := finished(work, "stage 1")) is not None:
+    recipe = dict(data=data_fingerprint(rows), epochs=epochs, motion_epochs=motion_epochs,
+                  online_pairs=online_pairs, seed=seed)
+    if (done := finished(work, "stage 1", recipe)) is not None:
         return done
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    resume = Progress(checkpoint(work, "stage 1", "-partial"), rng)
+    resume = Progress(checkpoint(work, "stage 1", "-partial"), rng, recipe)
     train = [r for r in rows if r["split"] == "train"]
 
     # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
@@ -241,7 +283,7 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
         log(f"stage 1 motion: epoch {epoch + 1}/{motion_epochs}, family accuracy {correct / total:.3f}, "
             f"{time.time() - started:.0f} s")
         resume.save("motion", epoch + 1, **motion)
-    state = {"tower": tower.state_dict(), "branch": branch.state_dict()}
+    state = {"tower": tower.state_dict(), "branch": branch.state_dict(), "recipe": recipe}
     torch.save(state, checkpoint(work, "stage 1"))
     resume.finish()
     return state
@@ -388,12 +430,12 @@ SAVE_EVERY = 50  # steps of stage 2 or 3 between two saves of its progress
 
 
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
-                  opt, sched, trained: dict, steps: int, batch: int, rng) -> dict:
+                  opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict) -> dict:
     """The scoring steps of stages 2 and 3 through the frozen SmolLM2: level word cross-entropy,
     squared error of the weighted score and a ranking hinge within same-source pairs.
     `window_features(i, s0, w)` gives clip i's keyframe and motion features for keyframes
     [s0, s0 + w); `trained` are the modules whose weights this part changes (saved with its progress,
-    then in its `checkpoint`, whose dictionary of their weights it returns)."""
+    then in its `checkpoint`, whose dictionary of their weights and `recipe` it returns)."""
     from tokenizers import Tokenizer
 
     cfg, weights, reader = smollm.load()
@@ -405,7 +447,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     by_source: dict[str, list[int]] = {}
     for i in train_idx:
         by_source.setdefault(rows[i]["source"], []).append(i)
-    resume = Progress(checkpoint(work, part, "-partial"), rng)
+    resume = Progress(checkpoint(work, part, "-partial"), rng, recipe)
     progress = dict(trained, opt=opt, sched=sched)
     resume.restore(part, **progress)
     start = resume.done(part)
@@ -456,7 +498,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
                 f"{(time.time() - started) / (step + 1 - start):.1f} s/step")
         if (step + 1) % SAVE_EVERY == 0 and step + 1 < steps:
             resume.save(part, step + 1, **progress)
-    done = {name: m.state_dict() for name, m in trained.items()}
+    done = {name: m.state_dict() for name, m in trained.items()} | {"recipe": recipe}
     torch.save(done, checkpoint(work, part))
     resume.finish()
     return done
@@ -464,7 +506,8 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
 
 def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0):
     """The projectors, towers frozen (their features computed once)."""
-    if (done := finished(work, "stage 2")) is not None:
+    recipe = {"stage 1": state.get("recipe"), "steps": steps, "batch": batch, "seed": seed}
+    if (done := finished(work, "stage 2", recipe)) is not None:
         return done
     log(f"stage 2: tower features of {len(rows)} clips")
     feats = tower_features(state, rows, arrays)
@@ -479,7 +522,7 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
     opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
     return train_scoring("stage 2", work, rows, window_features, [kf.shape[0] for kf, _ in feats], model, opt,
-                         sched, dict(model=model), steps, batch, np.random.default_rng(seed))
+                         sched, dict(model=model), steps, batch, np.random.default_rng(seed), recipe)
 
 
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0):
@@ -490,13 +533,16 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
     2's dictionaries with the tuned weights; with 0 steps, the two unchanged."""
     if steps == 0:
         return state1, state2
-    tuned = finished(work, "stage 3")
+    recipe = {"stage 2": state2.get("recipe"), "steps": steps, "batch": batch, "seed": seed,
+              "frozen_stages": frozen_stages}
+    tuned = finished(work, "stage 3", recipe)
     if tuned is None:
-        tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages)
+        tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe)
     return {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
 
 
-def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int = 0) -> dict:
+def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int,
+         recipe: dict) -> dict:
     """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
     tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper."""
@@ -518,7 +564,87 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     return train_scoring("stage 3", work, rows, window_features,
                          [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
                          dict(tower=tower, branch=branch, model=model), steps, batch,
-                         np.random.default_rng([seed, 3]))
+                         np.random.default_rng([seed, 3]), recipe)
+
+
+# ---------------------------------------------------------------- from a bundle
+
+
+BUNDLE_GRAPHS = ("keyframe_encoder.onnx", "motion_fast.onnx", "motion_projector.onnx")
+
+
+def from_bundle(folder: Path) -> tuple[dict, dict]:
+    """Stage 1's and stage 2's dictionaries holding a bundle's small graphs' weights (`export`'s
+    inverse), so stage 3 can go on from a committed bundle without its training checkpoints.
+    The export folded every batch norm into its convolution; the convolution takes the folded
+    weights and the batch norm becomes the identity (mean 0, variance 1 - eps, scale 1, shift 0),
+    the same function the graphs compute."""
+    import onnx
+    from onnx import numpy_helper
+
+    def graph(name: str):
+        path = folder / name
+        if not path.exists():
+            raise SystemExit(f"--from-bundle: {path} is missing (a micro VQA² bundle holds {', '.join(BUNDLE_GRAPHS)})")
+        try:
+            g = onnx.load(str(path)).graph
+        except Exception as e:  # a truncated or foreign file
+            raise SystemExit(f"--from-bundle: {path} is not a readable ONNX graph: {e}") from e
+        weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in g.initializer}
+        return g, weights
+
+    def linear_inputs(g, weights, op: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight, bias) of the graph's `op` nodes (Conv or Gemm: bias as the node's third input;
+        MatMul: [in, out] weight, bias from the Add that follows), in the order they run."""
+        found, adds = [], {}
+        for n in g.node:
+            if n.op_type == "Add" and len(n.input) == 2:
+                a, b = n.input
+                if a in weights or b in weights:
+                    adds[b if a in weights else a] = a if a in weights else b
+        for n in g.node:
+            if n.op_type == op:
+                if op == "MatMul":
+                    found.append((weights[n.input[1]].T, weights[adds[n.output[0]]]))
+                else:
+                    found.append((weights[n.input[1]], weights[n.input[2]]))
+        return found
+
+    def load(module: nn.Module, convs, name: str) -> None:
+        state = module.state_dict()
+        layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.Linear))]
+        if len(convs) != len(layers):
+            raise SystemExit(f"--from-bundle: {folder / name} has {len(convs)} layers where the micro VQA² has "
+                             f"{len(layers)}: not a micro VQA² bundle of this version")
+        by_module = {id(m): n for n, m in module.named_modules()}
+        for layer, (w, b) in zip(layers, convs):
+            prefix = by_module[id(layer)]
+            if state[f"{prefix}.weight"].shape != w.shape:
+                raise SystemExit(f"--from-bundle: {folder / name}: {prefix}.weight is {list(w.shape)}, "
+                                 f"the micro VQA²'s {list(state[prefix + '.weight'].shape)}")
+            state[f"{prefix}.weight"], state[f"{prefix}.bias"] = w, b
+        for n, m in module.named_modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+                state[f"{n}.weight"], state[f"{n}.bias"] = torch.ones_like(m.weight), torch.zeros_like(m.bias)
+                state[f"{n}.running_mean"] = torch.zeros_like(m.running_mean)
+                state[f"{n}.running_var"] = torch.full_like(m.running_var, 1 - m.eps)
+        module.load_state_dict(state)
+
+    digest = hashlib.sha256()
+    for name in BUNDLE_GRAPHS:
+        digest.update((folder / name).read_bytes() if (folder / name).exists() else b"")
+    recipe = {"bundle": f"{folder} ({digest.hexdigest()[:16]})"}
+    tower, branch, model = VisionTower(), MotionBranch(), Scorer2(576)
+    g, w = graph("keyframe_encoder.onnx")
+    load(tower, linear_inputs(g, w, "Conv"), "keyframe_encoder.onnx")
+    load(model.keyframe, linear_inputs(g, w, "Gemm"), "keyframe_encoder.onnx")
+    g, w = graph("motion_fast.onnx")
+    load(branch, linear_inputs(g, w, "Conv"), "motion_fast.onnx")
+    g, w = graph("motion_projector.onnx")
+    load(model.motion, linear_inputs(g, w, "MatMul"), "motion_projector.onnx")
+    log(f"stages 1 and 2: the weights of {folder}")
+    return ({"tower": tower.state_dict(), "branch": branch.state_dict(), "recipe": recipe},
+            {"model": model.state_dict(), "recipe": recipe})
 
 
 # ---------------------------------------------------------------- export
@@ -572,6 +698,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of every stage's initial weights and random streams (runs 6 and 12: 0); another seed "
                          "measures run-to-run variation")
+    ap.add_argument("--from-bundle", type=Path, metavar="DIR",
+                    help="no stages 1 and 2: stage 3 starts from the weights of the bundle DIR's small graphs "
+                         "(models/micro-vqa2-streaming: the committed run; its checkpoints are not committed)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = ap.parse_args()
     if args.threads:
@@ -581,9 +710,12 @@ def main():
     rows, arrays = load_clips(args.data)
     log(f"{len(rows)} clips, {sum(r['split'] == 'train' for r in rows)} for training")
     stills = online.load_stills(args.data) if args.online_pairs else None
-    s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
-               args.seed)
-    s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed)
+    if args.from_bundle:
+        s1, s2 = from_bundle(args.from_bundle)
+    else:
+        s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
+                    args.seed)
+        s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages)
     export(s1, s2, args.out)
