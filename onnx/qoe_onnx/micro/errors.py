@@ -11,6 +11,11 @@ the difference; then three figures that split the overall SRCC into its parts:
   within class     Pearson correlation of score and label once each class's mean is taken from
                    both: how well the model follows the content's effect inside a class
 
+and how much the overall SRCC depends on which content the test split happened to get: its 90 %
+interval when the test sources are drawn again with replacement (a source drawn twice counts its
+clips twice), 2,000 draws. That is the test content's share of the uncertainty; the training
+run's own (another seed) is measured by retraining (onnx/README, run 15).
+
     python -m qoe_onnx.micro.errors --data .cache/micro onnx/micro-results.json [onnx/micro-train-fit.json]
 """
 
@@ -51,6 +56,19 @@ def class_means(keys: list, values) -> np.ndarray:
     return np.array([np.mean(groups[k]) for k in keys])
 
 
+def source_interval(per_clip: list[dict], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 5th and 95th percentile of the SRCC over `draws` resamplings of the sources."""
+    sources = sorted({c["source"] for c in per_clip})
+    by_source = {s: [c for c in per_clip if c["source"] == s] for s in sources}
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        clips = [c for s in rng.choice(sources, len(sources)) for c in by_source[s]]
+        values.append(srcc([c["score"] for c in clips], [c["mos"] for c in clips]))
+    low, high = np.nanpercentile(values, [5, 95])
+    return float(low), float(high)
+
+
 def analyse(per_clip: list[dict], training_rows: list[dict]) -> dict:
     """The class table and the three figures of the module's docstring."""
     keys = [(c["family"], c["strength"]) for c in per_clip]
@@ -88,7 +106,7 @@ def main():
         per_clip = json.loads(path.read_text()).get("per_clip")
         if not per_clip:
             raise SystemExit(f"{path}: no per_clip list (not a results file of qoe_onnx.micro.evaluate?)")
-        tables[path] = analyse(per_clip, training)
+        tables[path] = analyse(per_clip, training) | {"source_interval": source_interval(per_clip)}
     first = tables[args.results[0]]["classes"]
     print(f"{'class':18s}{'training label':>15s}" + "".join(f"{'label':>8s}{'score':>7s}{'error':>7s}" for _ in tables))
     for name in sorted(first, key=lambda n: first[n]["score"] - first[n]["label"]):
@@ -96,8 +114,10 @@ def main():
         print(f"{name:18s}{first[name]['training_label']:15.1f}" + "".join(
             f"{c['label']:8.1f}{c['score']:7.1f}{c['score'] - c['label']:+7.1f}" if c else f"{'-':>22s}" for c in cells))
     for path, t in tables.items():
-        print(f"{path}: SRCC {t['overall']:.3f}; class means {t['class_means']:.3f}, training means "
-              f"{t['training_means']:.3f}, within class {t['within_class']:.3f}")
+        low, high = t["source_interval"]
+        print(f"{path}: SRCC {t['overall']:.3f} (90 % interval over resampled sources {low:.3f}–{high:.3f}); "
+              f"class means {t['class_means']:.3f}, training means {t['training_means']:.3f}, "
+              f"within class {t['within_class']:.3f}")
 
 
 if __name__ == "__main__":

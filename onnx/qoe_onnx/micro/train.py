@@ -69,10 +69,7 @@ def log(*a):
 
 def load_clips(data: Path) -> tuple[list[dict], dict[str, dict]]:
     """Every finished source under DATA/clips (a partial data run is usable as it stands)."""
-    rows, arrays = [], {}
-    for meta in sorted((data / "clips").glob("*.json")):
-        if meta.with_suffix(".npz").exists():
-            rows += json.loads(meta.read_text())
+    rows, arrays = micro_data.finished_rows(data), {}
     for name in sorted({r["source"] for r in rows}):
         with np.load(data / "clips" / f"{name}.npz") as z:
             arrays[name] = {"keyframes": z["keyframes"], "motion": z["motion"]}
