@@ -98,8 +98,14 @@ fn main() {
         for w in scheduler.on_frame(time(i)) {
             stream.request(w, None, 0).unwrap();
         }
+        // As the element samples: keyframes at 1 fps, motion frames at the bundle's stride.
         let keyframe = keyframes.is_keyframe(time(i));
-        stream.add_frame(time(i), frame, keyframe, true).unwrap();
+        let motion = scorer
+            .motion_stride()
+            .is_some_and(|stride| (i as u64).is_multiple_of(stride));
+        if keyframe || motion {
+            stream.add_frame(time(i), frame, keyframe, motion).unwrap();
+        }
         score_ready(&mut stream, &mut cached, &mut decoder);
     }
     if let Some(w) = scheduler.finish(time(frames.len())) {

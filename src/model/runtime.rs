@@ -452,6 +452,25 @@ impl Scorer {
         }
     }
 
+    /// Which of a stream's frames feed the motion graphs: every `n`-th (from the first) for
+    /// `Some(n)`: the manifest's stride for a per-frame motion branch, 1 for a chunked one;
+    /// `None` where there is no motion branch.
+    pub fn motion_stride(&self) -> Option<u64> {
+        match self.layout() {
+            Layout::FrameScores => None,
+            Layout::KeyframesAndChunks => Some(1),
+            Layout::KeyframesAndFrames => Some(
+                self.bundle
+                    .manifest
+                    .sampling
+                    .motion
+                    .as_ref()
+                    .filter(|m| m.mode == "frames")
+                    .map_or(1, |m| m.stride.max(1)) as u64,
+            ),
+        }
+    }
+
     /// Runs graph `role`; returns its first output.
     fn run(
         &self,

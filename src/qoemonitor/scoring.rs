@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use gst::glib;
 use gst_video::prelude::*;
 
-use crate::model::runtime::{Layout, Scorer, StallFigures};
+use crate::model::runtime::{Scorer, StallFigures};
 use crate::model::stream::{ReadyWindow, StageTimes, StreamScorer, Unscorable};
 use crate::preprocess::RgbImage;
 use crate::queue::BoundedQueue;
@@ -124,10 +124,9 @@ struct Shared {
 /// over after that lock is released (a non-leaky hand-over may wait).
 pub struct Sampler {
     config: ScoringConfig,
-    layout: Layout,
     keyframes: KeyframeSampler,
     scheduler: WindowScheduler,
-    motion_stride: usize,
+    motion_stride: Option<u64>,
     frame_index: u64,
     last_end: Option<Nanos>,
 }
@@ -154,20 +153,11 @@ enum JobKind {
 
 impl Sampler {
     pub fn new(scorer: &Scorer, config: ScoringConfig) -> Sampler {
-        let motion_stride = scorer
-            .bundle()
-            .manifest
-            .sampling
-            .motion
-            .as_ref()
-            .filter(|m| m.mode == "frames")
-            .map_or(1, |m| m.stride.max(1));
         Sampler {
-            layout: scorer.layout(),
             keyframes: KeyframeSampler::default(),
             scheduler: WindowScheduler::new(config.window, config.hop),
             config,
-            motion_stride,
+            motion_stride: scorer.motion_stride(),
             frame_index: 0,
             last_end: None,
         }
@@ -196,13 +186,9 @@ impl Sampler {
             })
             .collect();
         let keyframe = self.keyframes.is_keyframe(time);
-        let motion = match self.layout {
-            Layout::FrameScores => false,
-            Layout::KeyframesAndChunks => true,
-            Layout::KeyframesAndFrames => {
-                self.frame_index.is_multiple_of(self.motion_stride as u64)
-            }
-        };
+        let motion = self
+            .motion_stride
+            .is_some_and(|stride| self.frame_index.is_multiple_of(stride));
         self.frame_index += 1;
         self.last_end = Some(time + duration.unwrap_or(0));
         if keyframe || motion {
