@@ -392,6 +392,23 @@ def test_the_committed_graphs_load_back_for_stage3(tmp_path):
         train.from_bundle(broken)
 
 
+def test_training_on_test_sources_only_is_refused(tmp_path, monkeypatch):
+    """A data folder made with `data --split test` holds no training clips: train says so and
+    what to run, before loading any model."""
+    import json
+    import sys
+
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "s.json").write_text(json.dumps([r | {"split": "test"} for r in rows]))
+    np.savez(tmp_path / "clips" / "s.npz", **arrays["s"])
+    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match=r"no training clips \(4 test clips; .*--split test"):
+        train.main()
+    assert not (tmp_path / "b").exists()
+
+
 def test_evaluate_scores_the_test_split_or_every_nth_training_source():
     """`evaluate`'s clips (`data.scored_rows`): the natural test sources, or with
     --train-every N every N-th training source."""

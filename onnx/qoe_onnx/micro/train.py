@@ -705,7 +705,11 @@ def main():
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     rows, arrays = load_clips(args.data)
-    log(f"{len(rows)} clips, {sum(r['split'] == 'train' for r in rows)} for training")
+    training = sum(r["split"] == "train" for r in rows)
+    if not training:
+        raise SystemExit(f"{args.data}: no training clips ({len(rows)} test clips; a data run with --split test "
+                         f"makes only those): run qoe_onnx.micro.data without --split into it first")
+    log(f"{len(rows)} clips, {training} for training")
     stills = online.load_stills(args.data) if args.online_pairs else None
     if args.from_bundle:
         s1, s2 = from_bundle(args.from_bundle)
