@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 videos=$(bash pipelines/sample-videos.sh)
+videos=${videos#"$PWD/"}  # printed relative to the checkout, as the README shows it
 ORT_DYLIB_PATH=$(bash pipelines/model-runtime.sh)
 export ORT_DYLIB_PATH
 bundle=${QOE_BUNDLE:-$(bash pipelines/default-bundle.sh)}
