@@ -64,3 +64,18 @@ def test_the_table_groups_overall_per_family_and_per_source():
     assert n == 4 and label_v == pytest.approx(1) and mean_v == 50 and mean_label == 50
     assert score_v == pytest.approx(score_label) == pytest.approx(0.8)
     assert rows["y"][2] == pytest.approx(-1)  # y's scores run against its VMAF
+
+
+def test_missing_inputs_are_named(tmp_path, monkeypatch, capsys):
+    """No results file, or no clips.jsonl: the run stops at once naming the file and what writes it."""
+    results = tmp_path / "results.json"
+    monkeypatch.setattr("sys.argv", ["vmaf", "--data", str(tmp_path), "--results", str(results)])
+    with pytest.raises(SystemExit, match="results.json: missing .*evaluate"):
+        vmaf.main()
+    results.write_text('{"per_clip": []}')
+    with pytest.raises(SystemExit, match="clips.jsonl: missing .*--split test"):
+        vmaf.main()
+    results.write_text("{}")
+    (tmp_path / "clips.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="results.json: no per_clip"):
+        vmaf.main()

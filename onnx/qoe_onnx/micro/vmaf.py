@@ -44,7 +44,10 @@ class Scorer:
 
     def __init__(self):
         import torch
-        from vmaf_torch import VMAF
+        try:
+            from vmaf_torch import VMAF
+        except ImportError:
+            raise SystemExit("vmaf-torch is not installed: pip install -r onnx/requirements-micro.txt") from None
 
         self.torch = torch
         self.vmaf = VMAF().eval()
@@ -106,6 +109,10 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("onnx/micro-vmaf.json"),
                     help="per-clip VMAF; read back instead of scoring again when it covers every test clip")
     args = ap.parse_args()
+    for needed, made_by in ((args.results, "python -m qoe_onnx.micro.evaluate"),
+                            (args.data / "clips.jsonl", "python -m qoe_onnx.micro.data --split test")):
+        if not needed.is_file():
+            raise SystemExit(f"{needed}: missing ({made_by} writes it)")
     results = json.loads(args.results.read_text())
     if "per_clip" not in results:
         raise SystemExit(f"{args.results}: no per_clip scores (written by python -m qoe_onnx.micro.evaluate)")
