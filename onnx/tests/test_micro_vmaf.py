@@ -72,8 +72,8 @@ def test_missing_inputs_are_named(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["vmaf", "--data", str(tmp_path), "--results", str(results)])
     with pytest.raises(SystemExit, match="results.json: missing .*evaluate"):
         vmaf.main()
-    results.write_text('{"per_clip": []}')
-    with pytest.raises(SystemExit, match="clips.jsonl: missing .*--split test"):
+    results.write_text('{"per_clip": [{"source": "a", "family": "pristine", "strength": 0, "mos": 90, "score": 0.8}]}')
+    with pytest.raises(SystemExit, match="clips.jsonl: not there .*data run"):
         vmaf.main()
     results.write_text("{}")
     (tmp_path / "clips.jsonl").write_text("")

@@ -92,20 +92,33 @@ def analyse(per_clip: list[dict], training_rows: list[dict]) -> dict:
             "classes": classes}
 
 
+def read_rows(data: Path) -> list[dict]:
+    """The data run's rows, DATA/clips.jsonl; its absence named."""
+    rows_file = data / "clips.jsonl"
+    if not rows_file.exists():
+        raise SystemExit(f"{rows_file}: not there (the data run writes it; --data names its folder)")
+    return [json.loads(line) for line in rows_file.read_text().splitlines()]
+
+
+def read_per_clip(path: Path) -> list[dict]:
+    """The per-clip scores of one of evaluate's results files; a missing or foreign file named."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: missing (python -m qoe_onnx.micro.evaluate writes it)")
+    per_clip = json.loads(path.read_text()).get("per_clip")
+    if not per_clip:
+        raise SystemExit(f"{path}: no per_clip list (not a results file of qoe_onnx.micro.evaluate?)")
+    return per_clip
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(".cache/micro"), help="the data folder (its clips.jsonl)")
     ap.add_argument("results", type=Path, nargs="+", help="evaluate's results files (their per_clip)")
     args = ap.parse_args()
-    rows_file = args.data / "clips.jsonl"
-    if not rows_file.exists():
-        raise SystemExit(f"{rows_file}: not there (the data run writes it; --data names its folder)")
-    training = [r for r in map(json.loads, rows_file.read_text().splitlines()) if r["split"] == "train"]
+    training = [r for r in read_rows(args.data) if r["split"] == "train"]
     tables = {}
     for path in args.results:
-        per_clip = json.loads(path.read_text()).get("per_clip")
-        if not per_clip:
-            raise SystemExit(f"{path}: no per_clip list (not a results file of qoe_onnx.micro.evaluate?)")
+        per_clip = read_per_clip(path)
         tables[path] = analyse(per_clip, training) | {"source_interval": source_interval(per_clip)}
     first = tables[args.results[0]]["classes"]
     print(f"{'class':18s}{'training label':>15s}" + "".join(f"{'label':>8s}{'score':>7s}{'error':>7s}" for _ in tables))
