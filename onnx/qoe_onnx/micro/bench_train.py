@@ -1,0 +1,80 @@
+"""Side-by-side timing of stage 1's vision step, uncompiled and compiled (train.CompiledStep).
+
+    python -m qoe_onnx.micro.bench_train --data .cache/micro [--rounds 3]
+
+The step train.py runs most (about half of a training run): the vision tower and its head,
+forward and backward with AdamW, on a batch of 32 random 128x128 crops of real keyframes (of
+the first source in DATA; `data --split test` is enough). Both versions start from the same
+weights and alternate in rounds of 10 steps, so a busy machine slows both alike; prints each
+round, the medians and their ratio. Compiling (once, before the first round) needs g++ and
+Python's headers (pipelines/install-deps.sh installs both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import train as T
+from .towers import VisionTower, normalise
+
+BATCH = 32  # 16 pairs, as stage 1's steps
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path(".cache/micro"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10, help="steps a round")
+    args = ap.parse_args()
+    _, arrays = T.load_clips(args.data)
+    keyframes = arrays[sorted(arrays)[0]]["keyframes"]  # [clips, K, 180, 320, 3]
+    rng = np.random.default_rng(0)
+
+    def batch() -> torch.Tensor:
+        clips, k = rng.integers(keyframes.shape[0], size=BATCH), rng.integers(keyframes.shape[1], size=BATCH)
+        ys = rng.integers(0, T.KEYFRAME_HEIGHT - T.CROP + 1, size=BATCH)
+        xs = rng.integers(0, T.KEYFRAME_WIDTH - T.CROP + 1, size=BATCH)
+        return normalise(torch.from_numpy(np.stack([keyframes[c, i, y:y + T.CROP, x:x + T.CROP]
+                                                    for c, i, y, x in zip(clips, k, ys, xs)])))
+
+    versions = {}
+    for name, compile_it in (("uncompiled", False), ("compiled", True)):
+        torch.manual_seed(0)
+        net = nn.Sequential(VisionTower(), nn.Linear(T.KEYFRAME_FEATURES, len(T.SPATIAL_CLASSES) + 2))
+        versions[name] = (T.CompiledStep(net, compile_it), torch.optim.AdamW(net.parameters(), 2e-3))
+    classes = torch.arange(BATCH) % len(T.SPATIAL_CLASSES)
+
+    def seconds_a_step(name: str, steps: int) -> float:
+        step, opt = versions[name]
+        started = time.time()
+        for _ in range(steps):
+            out = step(batch())
+            loss = F.cross_entropy(out[:, :len(T.SPATIAL_CLASSES)], classes)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return (time.time() - started) / steps
+
+    for name in versions:
+        seconds_a_step(name, 2)  # warm-up; compiles the compiled one
+    times: dict[str, list[float]] = {name: [] for name in versions}
+    for r in range(args.rounds):
+        for name in versions:
+            times[name].append(seconds_a_step(name, args.steps))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {t[-1] * 1000:.0f} ms a step" for n, t in times.items()),
+              flush=True)
+    plain, compiled = (statistics.median(times[n]) for n in versions)
+    print(f"median: uncompiled {plain * 1000:.0f} ms, compiled {compiled * 1000:.0f} ms a step "
+          f"({torch.get_num_threads()} threads); compiled / uncompiled = {compiled / plain:.2f}")
+
+
+if __name__ == "__main__":
+    main()
