@@ -24,8 +24,9 @@ Each stage saves a checkpoint (WORK/stage1.pt, stage2.pt, stage3.pt) and its pro
 what is done and resumes a stopped stage exactly (the same weights as a run never stopped). Each
 of those files records its recipe (the options, the training data and the earlier stages it was
 made from); a rerun that asks for another recipe in the same WORK stops and says what differs.
-Stage 1's vision steps run through torch.compile (about half the time a step: bench_train.py;
-needs g++ and Python's headers, else they run uncompiled and say so; --no-compile: never try).
+The vision tower runs through torch.compile in every stage (about half the time a step:
+bench_train.py; needs g++ and Python's headers, else it runs uncompiled and says so;
+--no-compile: never try).
 """
 
 from __future__ import annotations
@@ -183,21 +184,23 @@ class Progress:
 class CompiledStep:
     """A module called through torch.compile, or as it is where compiling fails.
 
-    Stage 1's vision steps take most of a training run (52 of 110 min for run 6); compiled,
-    inductor's C++ kernels fuse each stage's batch norm, ReLU and pooling, and a step takes
-    about half the time. Compiling needs a C++ compiler (g++); where there is none, or the
+    Stage 1's vision steps take most of a training run (52 of 110 min for run 6), and the vision
+    tower most of a stage-3 step; compiled, inductor's C++ kernels fuse each stage's batch norm,
+    ReLU and pooling, and a step takes about half the time. Compiling needs a C++ compiler (g++); where there is none, or the
     platform cannot compile, the first call says why and the steps run uncompiled. Compiled
     steps compute the same values up to float rounding, so a compiled run is another draw of
     the same recipe, not a bit-identical repeat of an uncompiled one."""
 
-    def __init__(self, module: nn.Module, compile_it: bool, name: str = "stage 1 vision step"):
+    def __init__(self, module: nn.Module, compile_it: bool, name: str = "stage 1 vision step",
+                 dynamic: bool | None = None):
         self.module, self.name = module, name
-        self.compiled = torch.compile(module) if compile_it else None
+        # dynamic: one graph for inputs of any length (stages 2 and 3 feed 4 to all keyframes)
+        self.compiled = torch.compile(module, dynamic=dynamic) if compile_it else None
         self.checked = not compile_it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.checked:
-            return (self.compiled or self.module)(x)
+            return (self.module if self.compiled is None else self.compiled)(x)
         self.checked = True
         started = time.time()
         try:
@@ -385,9 +388,10 @@ class FrozenDecoder(nn.Module):
 
 
 @torch.no_grad()
-def tower_features(state, rows, arrays):
+def tower_features(state, rows, arrays, compile_steps: bool = False):
     """Per clip: keyframe features [K, 704] and per-frame motion features [F, 48] (frozen)."""
     tower, branch = load_towers(state)
+    tower = CompiledStep(tower, compile_steps, "stage 2 vision tower", dynamic=True)
     return [(tower(normalise(torch.from_numpy(arrays[r["source"]]["keyframes"][r["index"]]))),
              branch(normalise(torch.from_numpy(arrays[r["source"]]["motion"][r["index"]])).permute(1, 0, 2, 3)
                     .unsqueeze(0)))
@@ -409,10 +413,10 @@ def window_span(keyframes: int, frames: int, s0: int, w: int) -> tuple[int, int]
     return int(s0 * per_kf), int((s0 + w) * per_kf)
 
 
-def tuned_window_features(tower: VisionTower, branch: MotionBranch, keyframes: np.ndarray, frames: np.ndarray,
+def tuned_window_features(tower, branch: MotionBranch, keyframes: np.ndarray, frames: np.ndarray,
                           s0: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 3's features of keyframes [s0, s0 + w) and their motion frames, with gradients: the
-    tower on those keyframes only, the branch on those frames and the context its receptive field
+    tower (the VisionTower, or a CompiledStep of it) on those keyframes only, the branch on those frames and the context its receptive field
     reaches, so they equal the whole clip's (`tower_features`) for far less work."""
     f0, f1 = window_span(len(keyframes), len(frames), s0, w)
     c0, c1 = max(0, f0 - MOTION_CONTEXT), min(len(frames), f1 + MOTION_CONTEXT - 1)
@@ -536,13 +540,13 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     return done
 
 
-def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0):
+def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, compile_steps: bool = False):
     """The projectors, towers frozen (their features computed once)."""
     recipe = {"stage 1": state.get("recipe"), "steps": steps, "batch": batch, "seed": seed}
     if (done := finished(work, "stage 2", recipe)) is not None:
         return done
     log(f"stage 2: tower features of {len(rows)} clips")
-    feats = tower_features(state, rows, arrays)
+    feats = tower_features(state, rows, arrays, compile_steps)
 
     def window_features(i, s0, w):
         kf, mo = feats[i]
@@ -557,7 +561,8 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
                          sched, dict(model=model), steps, batch, np.random.default_rng(seed), recipe)
 
 
-def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0):
+def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0,
+           compile_steps: bool = False):
     """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
     and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
     stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
@@ -569,12 +574,12 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
               "frozen_stages": frozen_stages}
     tuned = finished(work, "stage 3", recipe)
     if tuned is None:
-        tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe)
+        tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps)
     return {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
 
 
 def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int,
-         recipe: dict) -> dict:
+         recipe: dict, compile_steps: bool = False) -> dict:
     """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
     tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper."""
@@ -583,10 +588,11 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
         p.requires_grad_(False)  # no gradient graph through them at all: their input needs none
     model = Scorer2(576)  # its initial weights are overwritten at once: no seed needed
     model.load_state_dict(state2["model"])
+    tower_step = CompiledStep(tower, compile_steps, "stage 3 vision tower", dynamic=True)
 
     def window_features(i, s0, w):
         a, r = arrays[rows[i]["source"]], rows[i]
-        return tuned_window_features(tower, branch, a["keyframes"][r["index"]], a["motion"][r["index"]], s0, w)
+        return tuned_window_features(tower_step, branch, a["keyframes"][r["index"]], a["motion"][r["index"]], s0, w)
 
     towers = [p for p in list(tower.parameters()) + list(branch.parameters()) if p.requires_grad]
     groups = [{"params": towers, "weight_decay": 1e-4},
@@ -735,8 +741,8 @@ def main():
                          "(models/micro-vqa2-streaming: the committed run; its checkpoints are not committed)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--no-compile", action="store_true",
-                    help="stage 1's vision steps uncompiled (torch.compile needs a C++ compiler, g++; "
-                         "without one they fall back by themselves, at about twice the time)")
+                    help="the vision tower uncompiled in every stage (torch.compile needs a C++ compiler, g++, "
+                         "and Python's headers; without them it falls back by itself, at about twice the time)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -754,9 +760,9 @@ def main():
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                     args.seed, compile_steps=not args.no_compile)
-        s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed)
+        s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
-                    args.tune_frozen_stages)
+                    args.tune_frozen_stages, not args.no_compile)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
