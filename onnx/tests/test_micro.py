@@ -172,6 +172,43 @@ def test_missing_sources_are_named(tmp_path):
         data.all_sources(tmp_path, tmp_path / "debs")
 
 
+def test_extra_content_is_training_content_after_the_others(tmp_path):
+    """--extra-content opencv-doc adds vtest.avi's two stretches and OpenCV's photographs as
+    training content after every other source, which keep their names, seeds and splits; a
+    missing file of the package is named."""
+    for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    debs = tmp_path / "debs"
+    wallpapers = debs / "usr/share/wallpapers"
+    for i in range(12):
+        (wallpapers / f"w{i:02}/contents/images").mkdir(parents=True)
+        Image.new("RGB", (640, 360)).save(wallpapers / f"w{i:02}/contents/images/640x360.png")
+    opencv = debs / data.OPENCV_DATA
+    for name in data.OPENCV_PHOTOS[:-1] + [data.OPENCV_VIDEO]:
+        (opencv / name).parent.mkdir(parents=True, exist_ok=True)
+        (opencv / name).write_bytes(b"")
+    with pytest.raises(SystemExit, match=f"no {data.OPENCV_PHOTOS[-1]} .*opencv-doc package"):
+        data.all_sources(tmp_path, debs, extra_content="opencv-doc")
+    (opencv / data.OPENCV_PHOTOS[-1]).write_bytes(b"")
+    plain = data.all_sources(tmp_path, debs)
+    extra = data.all_sources(tmp_path, debs, extra_content="opencv-doc")
+    added = [s for s in extra if s not in plain]
+    assert [s for s in extra if s in plain] == plain
+    originals = [s for s in added if "lowres" not in s]
+    assert len(originals) == 2 + len(data.OPENCV_PHOTOS)
+    # the low-resolution copies: both stretches of video, every 8th photograph counted on from the others'
+    training_photos = [s["name"] for s in extra if "photo" in s and s["split"] == "train" and "lowres" not in s]
+    assert len(training_photos) == 9 + len(data.OPENCV_PHOTOS)  # 12 wallpapers, 3 of them test
+    assert [s["name"] for s in added if "lowres" in s] == (
+        ["opencv_vtest_a_lowres", "opencv_vtest_b_lowres"]
+        + [f"{name}_lowres" for name in training_photos[9:] if training_photos.index(name) % 8 == 0])
+    assert all(s["split"] == "train" for s in added)
+    seeds = [s.get("seed") for s in extra if "photo" in s]
+    assert len(seeds) == len(set(seeds))  # every pan its own
+    with pytest.raises(SystemExit, match="--extra-content more: one of none, opencv-doc"):
+        data.all_sources(tmp_path, debs, extra_content="more")
+
+
 def test_committed_bundles_are_what_bundle_py_writes():
     """The committed manifests come from bundle.manifest (nothing edited by hand) and the
     committed small graphs take the sizes spec.py gives, so data, training and element agree."""

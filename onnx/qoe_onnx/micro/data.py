@@ -142,9 +142,47 @@ def scored_rows(rows: list[dict], train_every: int = 0) -> list[dict]:
     return [r for r in rows if r["source"] in sources]
 
 
-def all_sources(videos: Path, debs: Path, lowres_every: int = LOWRES_PHOTO_EVERY) -> list[dict]:
+# Extra training content (run 17): Debian's `opencv-doc` ships OpenCV's sample data, among it a
+# real camera video (vtest.avi: a street seen from above, 768x576 at 10 fps) and natural photographs.
+# Only those: renders, drawings, charts, paintings, blurred or cropped duplicates are left out.
+OPENCV_DATA = "usr/share/doc/opencv-doc/examples"
+OPENCV_PHOTOS = [
+    "alphamat/input_images/plant.jpg", "data/aero1.jpg", "data/aero3.jpg", "data/aloeL.jpg",
+    "data/apple.jpg", "data/baboon.jpg", "data/board.jpg", "data/building.jpg", "data/butterfly.jpg",
+    "data/chicky_512.png", "data/ela_original.jpg", "data/fruits.jpg", "data/graf1.png",
+    "data/home.jpg", "data/leuvenA.jpg", "data/messi5.jpg", "data/orange.jpg", "data/rubberwhale1.png",
+    "data/squirrel_cls.jpg", "text/scenetext01.jpg", "text/scenetext02.jpg", "text/scenetext03.jpg",
+    "text/scenetext04.jpg", "text/scenetext05.jpg", "text/scenetext06.jpg",
+    "text/scenetext_segmented_word01.jpg", "text/scenetext_segmented_word02.jpg",
+    "text/scenetext_segmented_word03.jpg", "text/scenetext_segmented_word04.jpg",
+    "text/scenetext_segmented_word05.jpg",
+]
+OPENCV_VIDEO = "data/vtest.avi"
+EXTRA_CONTENT = ("none", "opencv-doc")
+
+
+def opencv_sources(debs: Path, first_seed: int) -> list[dict]:
+    """Training sources from the extracted `opencv-doc` package: two 8 s stretches of vtest.avi
+    and the natural photographs of OPENCV_PHOTOS, each with its own pan (seeds from first_seed)."""
+    root = debs / OPENCV_DATA
+    missing = [name for name in OPENCV_PHOTOS + [OPENCV_VIDEO] if not (root / name).is_file()]
+    if missing:
+        raise SystemExit(f"{root}: no {missing[0]} (--extra-content opencv-doc needs the extracted "
+                         "opencv-doc package; onnx/README.md, 'Reproduce')")
+    video = str(root / OPENCV_VIDEO)
+    sources = [{"name": f"opencv_vtest_{part}", "video": video, "start": start, "seconds": 8, "split": "train"}
+               for part, start in (("a", 0.0), ("b", 40.0))]
+    for i, name in enumerate(OPENCV_PHOTOS):
+        stem = re.sub(r"[^a-z0-9]+", "_", Path(name).stem.lower())
+        sources.append({"name": f"photo_opencv_{stem}", "photo": str(root / name), "seconds": PHOTO_SECONDS,
+                        "split": "train", "seed": first_seed + i})
+    return sources
+
+
+def all_sources(videos: Path, debs: Path, lowres_every: int = LOWRES_PHOTO_EVERY,
+                extra_content: str = "none") -> list[dict]:
     """Every source with its split. Test: carphone and every fourth of the first MAX_PHOTOS photos
-    (content-disjoint); the photos after those are training content only."""
+    (content-disjoint); the photos after those, and any extra content, are training content only."""
     for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
         if not (videos / name).is_file():
             raise SystemExit(f"{videos / name}: missing (bash pipelines/sample-videos.sh fetches it)")
@@ -165,6 +203,10 @@ def all_sources(videos: Path, debs: Path, lowres_every: int = LOWRES_PHOTO_EVERY
              "split": "test" if i < MAX_PHOTOS and i % 4 == 3 else "train", "seed": i}
         )
     sources = [s for s in sources if is_natural(s["name"])]
+    if extra_content == "opencv-doc":  # after the others: their names, seeds and splits stay as they were
+        sources += opencv_sources(debs, first_seed=len(sources) + 100)
+    elif extra_content != "none":
+        raise SystemExit(f"--extra-content {extra_content}: one of {', '.join(EXTRA_CONTENT)}")
     return sources + lowres_sources(sources, lowres_every)
 
 
@@ -470,9 +512,12 @@ def main() -> None:
     ap.add_argument("--lowres-every", type=int, default=LOWRES_PHOTO_EVERY, metavar="N",
                     help="every N-th training photograph also gets a low-resolution version "
                          f"(default {LOWRES_PHOTO_EVERY}; the training videos always do)")
+    ap.add_argument("--extra-content", choices=EXTRA_CONTENT, default="none",
+                    help="more training content: opencv-doc (Debian's OpenCV sample data: a street video and "
+                         "30 photographs, from the extracted package under --debs; tried in run 17)")
     args = ap.parse_args()
     (args.out / "clips").mkdir(parents=True, exist_ok=True)
-    sources = [s for s in all_sources(args.videos, args.debs, args.lowres_every)
+    sources = [s for s in all_sources(args.videos, args.debs, args.lowres_every, args.extra_content)
                if args.split in ("all", s["split"])][: args.limit]
     print(f"{len(sources)} sources ({sum(s['split'] == 'test' for s in sources)} test), "
           f"{sum(1 for _ in variants())} clips each", file=sys.stderr)
