@@ -167,22 +167,22 @@ fn endpoint_answers_only_metrics_and_survives_abuse() {
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
-#[test]
-fn hard_scraping_does_not_slow_a_live_pipeline() {
+/// Runs a live 30 fps pipeline for 3 s while `scrapers` threads scrape its endpoint as fast as
+/// they can; returns (scrapes, frames a second, stalls).
+fn live_run_while_scraped(stream: &str, scrapers: usize) -> (u64, f64, u64) {
     let (pipeline, addr) = start(&format!(
         "videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=360,framerate=30/1 \
-         ! qoemonitor name=q stream-id=live-hammered metrics-address={ADDRESS} ! fakesink sync=true"
+         ! qoemonitor name=q stream-id={stream} metrics-address={ADDRESS} ! fakesink sync=true"
     ));
     let stop = Arc::new(AtomicBool::new(false));
-    let scrapers: Vec<_> = (0..8)
+    let series = format!("qoe_frames_total{{stream=\"{stream}\"}}");
+    let scrapers: Vec<_> = (0..scrapers)
         .map(|_| {
-            let stop = stop.clone();
+            let (stop, series) = (stop.clone(), series.clone());
             std::thread::spawn(move || {
                 let (mut scrapes, mut last) = (0u64, 0.0);
                 while !stop.load(Ordering::SeqCst) {
-                    let text = scrape(addr);
-                    if let Some(frames) = value(&text, "qoe_frames_total{stream=\"live-hammered\"}")
-                    {
+                    if let Some(frames) = value(&scrape(addr), &series) {
                         assert!(frames >= last, "counter went back from {last} to {frames}");
                         last = frames;
                     }
@@ -204,17 +204,29 @@ fn hard_scraping_does_not_slow_a_live_pipeline() {
         .unwrap();
     pipeline.set_state(gst::State::Null).unwrap();
     let frames = stats.get::<u64>("frames").unwrap() as f64;
-    eprintln!("{scrapes} scrapes in {elapsed:.1} s; {frames} frames");
+    let stalls = stats.get::<u64>("stalls").unwrap();
+    eprintln!("{stream}: {scrapes} scrapes in {elapsed:.1} s; {frames} frames, {stalls} stalls");
+    (scrapes, frames / elapsed, stalls)
+}
+
+/// Eight threads scraping as fast as they can cost a live pipeline no frames and no stalls,
+/// against the same pipeline unscraped in the same run (so a busy machine slows both alike).
+#[test]
+fn hard_scraping_does_not_slow_a_live_pipeline() {
+    let (_, quiet_fps, quiet_stalls) = live_run_while_scraped("live-quiet", 0);
+    let (scrapes, hammered_fps, hammered_stalls) = live_run_while_scraped("live-hammered", 8);
     assert!(scrapes > 100, "the scrapers did scrape hard ({scrapes})");
-    assert_eq!(
-        stats.get::<u64>("stalls").unwrap(),
-        0,
-        "no stall while scraped: {stats}"
-    );
-    // 30 fps throughout, give or take the start-up frame and timer slack.
     assert!(
-        (frames - 30.0 * elapsed).abs() <= 4.0,
-        "{frames} frames in {elapsed:.2} s"
+        hammered_stalls <= quiet_stalls,
+        "{hammered_stalls} stalls while scraped, {quiet_stalls} unscraped"
+    );
+    // On an idle machine both run at 30 fps. On a loaded one the scrapers' own CPU time comes out
+    // of the same share as the pipeline's (measured under nice 10 beside a 2-core training run:
+    // 0.84-1.14 of the unscraped rate), so allow a fifth; a streaming thread blocked by the
+    // scrapes would lose far more (a lock that frame counting waits for, held 0.5 ms a scrape: 0.58).
+    assert!(
+        hammered_fps >= 0.8 * quiet_fps,
+        "{hammered_fps:.1} frames a second while scraped, {quiet_fps:.1} unscraped"
     );
 }
 
