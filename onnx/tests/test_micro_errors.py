@@ -67,3 +67,10 @@ def test_the_command_names_what_is_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["errors", "--data", str(tmp_path), str(tmp_path / "other.json")])
     with pytest.raises(SystemExit, match="other.json: no per_clip"):
         errors.main()
+    (tmp_path / "results.json").write_text(json.dumps({"per_clip": [clip("noise", 2, 60, 0.5)]}))
+    monkeypatch.setattr(sys, "argv", ["errors", "--data", str(tmp_path), str(results)])
+    with pytest.raises(SystemExit, match=r"results.json against .*: no training clips of class \('noise', 2\)"):
+        errors.main()
+    (tmp_path / "clips.jsonl").write_text(json.dumps({"split": "test", "family": "blur", "strength": 1, "mos": 50.0}))
+    with pytest.raises(SystemExit, match="clips.jsonl: no training clips"):
+        errors.main()

@@ -116,10 +116,16 @@ def main():
     ap.add_argument("results", type=Path, nargs="+", help="evaluate's results files (their per_clip)")
     args = ap.parse_args()
     training = [r for r in read_rows(args.data) if r["split"] == "train"]
+    if not training:
+        raise SystemExit(f"{args.data / 'clips.jsonl'}: no training clips (a `data --split test` folder? "
+                         "the training labels are the content-blind figure's)")
     tables = {}
     for path in args.results:
         per_clip = read_per_clip(path)
-        tables[path] = analyse(per_clip, training) | {"source_interval": source_interval(per_clip)}
+        try:
+            tables[path] = analyse(per_clip, training) | {"source_interval": source_interval(per_clip)}
+        except ValueError as e:
+            raise SystemExit(f"{path} against {args.data}: {e}")
     first = tables[args.results[0]]["classes"]
     print(f"{'class':18s}{'training label':>15s}" + "".join(f"{'label':>8s}{'score':>7s}{'error':>7s}" for _ in tables))
     for name in sorted(first, key=lambda n: first[n]["score"] - first[n]["label"]):
