@@ -32,6 +32,8 @@ bench_train.py; needs g++ and Python's headers, else it runs uncompiled and says
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import math
@@ -387,15 +389,42 @@ class FrozenDecoder(nn.Module):
 # ---------------------------------------------------------------- stages 2 and 3
 
 
+def _malloc_trim():
+    """glibc's malloc_trim, or None off glibc."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the system. Each clip's tower pass frees activations
+    of many sizes, and glibc keeps them in its heaps: run 18's tower features (5,618 clips) grew
+    the process by 9 GB this way and it was killed at 24 GB; trimming every 20 clips keeps it
+    flat at no measurable cost (scratch test, the compiled tower on 318 clips three times over:
+    +0.06 GB over the second and third passes against +0.77 GB untrimmed, the same time; run 18's
+    resumed stage 2 stayed at 15 GB)."""
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
+
+
 @torch.no_grad()
 def tower_features(state, rows, arrays, compile_steps: bool = False):
     """Per clip: keyframe features [K, 704] and per-frame motion features [F, 48] (frozen)."""
     tower, branch = load_towers(state)
     tower = CompiledStep(tower, compile_steps, "stage 2 vision tower", dynamic=True)
-    return [(tower(normalise(torch.from_numpy(arrays[r["source"]]["keyframes"][r["index"]]))),
-             branch(normalise(torch.from_numpy(arrays[r["source"]]["motion"][r["index"]])).permute(1, 0, 2, 3)
-                    .unsqueeze(0)))
-            for r in rows]
+    feats = []
+    for i, r in enumerate(rows):
+        clip = arrays[r["source"]]
+        feats.append((tower(normalise(torch.from_numpy(clip["keyframes"][r["index"]]))),
+                      branch(normalise(torch.from_numpy(clip["motion"][r["index"]])).permute(1, 0, 2, 3)
+                             .unsqueeze(0))))
+        if i % 20 == 19:
+            release_freed_memory()
+    return feats
 
 
 def load_towers(state) -> tuple[VisionTower, MotionBranch]:
