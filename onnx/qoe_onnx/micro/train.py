@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import hashlib
 import json
 import math
@@ -389,15 +388,10 @@ class FrozenDecoder(nn.Module):
 # ---------------------------------------------------------------- stages 2 and 3
 
 
-def _malloc_trim():
-    """glibc's malloc_trim, or None off glibc."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-MALLOC_TRIM = _malloc_trim()
+try:  # glibc's malloc_trim, from the symbols already loaded (no library search at import)
+    MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows): nothing to trim
+    MALLOC_TRIM = None
 
 
 def release_freed_memory() -> None:
