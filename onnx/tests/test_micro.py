@@ -554,3 +554,43 @@ def test_evaluate_scores_the_test_split_or_every_nth_training_source():
     assert [r["source"] for r in data.scored_rows(rows, 1)] == ["a", "b", "c"]
     with pytest.raises(SystemExit, match="--train-every -1"):
         data.scored_rows(rows, -1)
+
+
+def test_the_mscn_channel_divides_out_local_brightness_and_contrast(tmp_path):
+    """`--tower-input rgb+mscn`: the fourth channel is the luma's MSCN coefficients, the same
+    (up to the stabilising constant) for content at another brightness and contrast, 0 on flat
+    content; a tower trained with it exports a graph that computes it, and `--from-bundle` finds
+    the four input channels in that graph and loads it back to the same function."""
+    from qoe_onnx.micro.towers import MotionBranch, VisionTower, mscn_luma
+
+    rng = np.random.default_rng(0)
+    texture = torch.from_numpy(rng.uniform(-0.4, 0.4, size=(1, 3, 40, 60)).astype(np.float32))
+    plain, changed = mscn_luma(texture), mscn_luma(0.5 * texture + 0.3)
+    assert plain.shape == (1, 1, 40, 60) and plain.abs().mean() > 0.5
+    assert (changed - plain).abs().mean() < 0.05 * plain.abs().mean()
+    assert mscn_luma(torch.full((1, 3, 16, 16), 0.2)).abs().max() < 1e-3
+
+    torch.manual_seed(0)
+    tower = VisionTower("rgb+mscn")
+    assert VisionTower.input_of(tower.state_dict()) == "rgb+mscn"
+    assert VisionTower.input_of(VisionTower().state_dict()) == "rgb"
+    with torch.no_grad():  # batch norm statistics away from the identity, so folding them is exercised
+        for m in tower.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    state1 = {"tower": tower.state_dict(), "branch": MotionBranch().state_dict()}
+    model = train.Scorer2(576)
+    state2 = {"model": model.state_dict()}
+    train.export(state1, state2, tmp_path / "mscn")
+    loaded1, loaded2 = train.from_bundle(tmp_path / "mscn")
+    assert VisionTower.input_of(loaded1["tower"]) == "rgb+mscn"
+    train.export(loaded1, loaded2, tmp_path / "again")
+    x = rng.normal(scale=0.5, size=(2, 3, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH)).astype(np.float32)
+    outs = [ort.InferenceSession(str(folder / "keyframe_encoder.onnx"), providers=["CPUExecutionProvider"])
+            .run(None, {"pixel_values": x})[0] for folder in (tmp_path / "mscn", tmp_path / "again")]
+    with torch.no_grad():
+        expected = train.KeyframeEncoder(tower.eval(), model.keyframe.eval())(torch.from_numpy(x)).numpy()
+    assert np.abs(expected).max() > 0.01
+    np.testing.assert_allclose(outs[0], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .spec import KEYFRAME_FEATURES, MOTION_FEATURES
@@ -37,17 +38,50 @@ def conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+TOWER_INPUTS = ("rgb", "rgb+mscn")
+MSCN_WINDOW = 7
+MSCN_C = 2 / 255  # BRISQUE's C = 1 on 0..255, in the normalised [-1, 1] range
+
+
+def mscn_luma(pixel_values: torch.Tensor) -> torch.Tensor:
+    """[K, 3, H, W] normalised RGB -> [K, 1, H, W]: the luma's mean-subtracted contrast-normalised
+    coefficients (BRISQUE's MSCN, a 7x7 box window instead of the Gaussian): local structure with
+    the content's local brightness and contrast divided out, the statistics classic no-reference
+    measures read noise, blur and blocking from whatever the content."""
+    r, g, b = pixel_values.unbind(1)
+    luma = (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+    def local_mean(x):
+        return F.avg_pool2d(x, MSCN_WINDOW, 1, MSCN_WINDOW // 2, count_include_pad=False)
+
+    mu = local_mean(luma)
+    sigma = (local_mean(luma * luma) - mu * mu).clamp_min(0).sqrt()
+    return (luma - mu) / (sigma + MSCN_C)
+
+
 class VisionTower(nn.Module):
     """Five stride-2 stages after a full-resolution one; every stage's mean and standard deviation
     are pooled, so the fine-scale statistics that noise, blocking and blur change reach the
-    feature directly, not only through the coarse last map."""
+    feature directly, not only through the coarse last map. `tower_input` "rgb+mscn" adds the
+    luma's MSCN coefficients (`mscn_luma`, computed in the graph) as a fourth input channel."""
 
-    def __init__(self):
+    def __init__(self, tower_input: str = "rgb"):
         super().__init__()
-        self.stages = nn.ModuleList([conv(3, 32, 1), conv(32, 32, 2), conv(32, 64, 2), conv(64, 96, 2),
+        if tower_input not in TOWER_INPUTS:
+            raise ValueError(f"tower input {tower_input!r}: one of {', '.join(TOWER_INPUTS)}")
+        self.tower_input = tower_input
+        channels = 4 if tower_input == "rgb+mscn" else 3
+        self.stages = nn.ModuleList([conv(channels, 32, 1), conv(32, 32, 2), conv(32, 64, 2), conv(64, 96, 2),
                                      conv(96, 128, 2)])
 
+    @staticmethod
+    def input_of(tower_state: dict) -> str:
+        """The tower input a state dict was trained with (its first convolution's channels)."""
+        return "rgb+mscn" if tower_state["stages.0.0.weight"].shape[1] == 4 else "rgb"
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [K, 3, H, W] -> [K, 704]
+        if self.tower_input == "rgb+mscn":
+            pixel_values = torch.cat([pixel_values, mscn_luma(pixel_values)], dim=1)
         pooled, y = [], pixel_values
         for stage in self.stages:
             y = stage(y)

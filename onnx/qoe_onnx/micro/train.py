@@ -49,7 +49,8 @@ from . import data as micro_data
 from . import online, smollm
 from .spec import (KEYFRAME_FEATURES, KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LEVEL_WEIGHTS, LEVEL_WORDS,
                    MOTION_CONTEXT, MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX)
-from .towers import KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower, motion_pool, normalise
+from .towers import (TOWER_INPUTS, KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower,
+                     motion_pool, normalise)
 
 
 
@@ -217,9 +218,12 @@ class CompiledStep:
 
 
 def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pairs: int = 0,
-           stills: list[np.ndarray] | None = None, seed: int = 0, compile_steps: bool = False):
+           stills: list[np.ndarray] | None = None, seed: int = 0, compile_steps: bool = False,
+           tower_input: str = "rgb"):
     recipe = dict(data=data_fingerprint(rows), epochs=epochs, motion_epochs=motion_epochs,
                   online_pairs=online_pairs, seed=seed)
+    if tower_input != "rgb":  # recorded only when asked, so the recipes of earlier runs stay as they were
+        recipe["tower_input"] = tower_input
     if (done := finished(work, "stage 1", recipe)) is not None:
         return done
     torch.manual_seed(seed)
@@ -232,7 +236,7 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
     # content (a margin ranking loss on the pseudo-MOS head). Random crops multiply the content.
     # With `online_pairs`, that many of the 16 pairs a step are new crops of the training stills,
     # distorted and labelled on the fly (online.py; run 7 tried 6 and was worse, so 0 by default).
-    tower = VisionTower()
+    tower = VisionTower(tower_input)
     head = nn.Linear(KEYFRAME_FEATURES, len(SPATIAL_CLASSES) + 2)
     items = [(r, k) for r in train if r["family"] in SPATIAL_CLASSES
              for k in range(arrays[r["source"]]["keyframes"].shape[1])]
@@ -424,7 +428,7 @@ def tower_features(state, rows, arrays, compile_steps: bool = False):
 def load_towers(state) -> tuple[VisionTower, MotionBranch]:
     """Stage 1's towers in eval mode: batch norm keeps stage 1's statistics (the exported graphs'),
     also while stage 3 tunes their weights."""
-    tower, branch = VisionTower(), MotionBranch()
+    tower, branch = VisionTower(VisionTower.input_of(state["tower"])), MotionBranch()
     tower.load_state_dict(state["tower"])
     branch.load_state_dict(state["branch"])
     return tower.eval(), branch.eval()
@@ -695,9 +699,11 @@ def from_bundle(folder: Path) -> tuple[dict, dict]:
     for name in BUNDLE_GRAPHS:
         digest.update((folder / name).read_bytes() if (folder / name).exists() else b"")
     recipe = {"bundle": f"{folder} ({digest.hexdigest()[:16]})"}
-    tower, branch, model = VisionTower(), MotionBranch(), Scorer2(576)
     g, w = graph("keyframe_encoder.onnx")
-    load(tower, linear_inputs(g, w, "Conv"), "keyframe_encoder.onnx")
+    convs = linear_inputs(g, w, "Conv")
+    tower_input = "rgb+mscn" if convs and convs[0][0].shape[1] == 4 else "rgb"
+    tower, branch, model = VisionTower(tower_input), MotionBranch(), Scorer2(576)
+    load(tower, convs, "keyframe_encoder.onnx")
     load(model.keyframe, linear_inputs(g, w, "Gemm"), "keyframe_encoder.onnx")
     g, w = graph("motion_fast.onnx")
     load(branch, linear_inputs(g, w, "Conv"), "motion_fast.onnx")
@@ -714,7 +720,7 @@ def from_bundle(folder: Path) -> tuple[dict, dict]:
 def export(state1, state2, out: Path):
     """The committed small graphs: keyframe encoder (tower + projector), motion branch, motion projector."""
     out.mkdir(parents=True, exist_ok=True)
-    tower, branch = VisionTower(), MotionBranch()
+    tower, branch = VisionTower(VisionTower.input_of(state1["tower"])), MotionBranch()
     tower.load_state_dict(state1["tower"])
     branch.load_state_dict(state1["branch"])
     model = Scorer2(576)
@@ -755,6 +761,9 @@ def main():
                     metavar=f"0-{tower_stages}",
                     help="stage 3: how many of the vision tower's first stages keep stage 1's weights "
                          "(the full-resolution stages cost most to tune)")
+    ap.add_argument("--tower-input", choices=TOWER_INPUTS, default="rgb",
+                    help="stage 1: what the vision tower sees: rgb, or rgb+mscn (the luma's contrast-normalised "
+                         "coefficients as a fourth channel, computed in the graph)")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of every stage's initial weights and random streams (runs 6 and 12: 0); another seed "
@@ -782,7 +791,7 @@ def main():
         s1, s2 = from_bundle(args.from_bundle)
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
-                    args.seed, compile_steps=not args.no_compile)
+                    args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input)
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile)
