@@ -572,8 +572,8 @@ def test_the_mscn_channel_divides_out_local_brightness_and_contrast(tmp_path):
 
     torch.manual_seed(0)
     tower = VisionTower("rgb+mscn")
-    assert VisionTower.input_of(tower.state_dict()) == "rgb+mscn"
-    assert VisionTower.input_of(VisionTower().state_dict()) == "rgb"
+    assert VisionTower.from_state(tower.state_dict()).tower_input == "rgb+mscn"
+    assert VisionTower.from_state(VisionTower().state_dict()).tower_input == "rgb"
     with torch.no_grad():  # batch norm statistics away from the identity, so folding them is exercised
         for m in tower.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -584,7 +584,7 @@ def test_the_mscn_channel_divides_out_local_brightness_and_contrast(tmp_path):
     state2 = {"model": model.state_dict()}
     train.export(state1, state2, tmp_path / "mscn")
     loaded1, loaded2 = train.from_bundle(tmp_path / "mscn")
-    assert VisionTower.input_of(loaded1["tower"]) == "rgb+mscn"
+    assert VisionTower.from_state(loaded1["tower"]).tower_input == "rgb+mscn"
     train.export(loaded1, loaded2, tmp_path / "again")
     x = rng.normal(scale=0.5, size=(2, 3, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH)).astype(np.float32)
     outs = [ort.InferenceSession(str(folder / "keyframe_encoder.onnx"), providers=["CPUExecutionProvider"])
@@ -594,3 +594,22 @@ def test_the_mscn_channel_divides_out_local_brightness_and_contrast(tmp_path):
     assert np.abs(expected).max() > 0.01
     np.testing.assert_allclose(outs[0], expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
+
+
+def test_tower_input_with_a_bundle_is_refused(tmp_path, monkeypatch):
+    """`--from-bundle` takes the tower's input from the bundle's graph; asking for another with
+    `--tower-input` is refused, named, before any training."""
+    import json
+    import sys
+
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "s.json").write_text(json.dumps(rows))
+    np.savez(tmp_path / "clips" / "s.npz", **arrays["s"])
+    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
+    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "b"), "--from-bundle", str(committed),
+                                      "--tower-input", "rgb+mscn"])
+    with pytest.raises(SystemExit, match=r"--tower-input rgb\+mscn is stage 1's choice; with --from-bundle"):
+        train.main()
+    assert not (tmp_path / "b").exists()

@@ -75,9 +75,16 @@ class VisionTower(nn.Module):
                                      conv(96, 128, 2)])
 
     @staticmethod
-    def input_of(tower_state: dict) -> str:
-        """The tower input a state dict was trained with (its first convolution's channels)."""
-        return "rgb+mscn" if tower_state["stages.0.0.weight"].shape[1] == 4 else "rgb"
+    def input_of(first_conv_weight: torch.Tensor) -> str:
+        """The tower input a first convolution's weight [32, C, 3, 3] takes (C = 4: rgb+mscn)."""
+        return "rgb+mscn" if first_conv_weight.shape[1] == 4 else "rgb"
+
+    @classmethod
+    def from_state(cls, tower_state: dict) -> "VisionTower":
+        """A tower holding a trained state dict, with the input it was trained on."""
+        tower = cls(cls.input_of(tower_state["stages.0.0.weight"]))
+        tower.load_state_dict(tower_state)
+        return tower
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [K, 3, H, W] -> [K, 704]
         if self.tower_input == "rgb+mscn":

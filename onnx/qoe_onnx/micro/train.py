@@ -428,8 +428,7 @@ def tower_features(state, rows, arrays, compile_steps: bool = False):
 def load_towers(state) -> tuple[VisionTower, MotionBranch]:
     """Stage 1's towers in eval mode: batch norm keeps stage 1's statistics (the exported graphs'),
     also while stage 3 tunes their weights."""
-    tower, branch = VisionTower(VisionTower.input_of(state["tower"])), MotionBranch()
-    tower.load_state_dict(state["tower"])
+    tower, branch = VisionTower.from_state(state["tower"]), MotionBranch()
     branch.load_state_dict(state["branch"])
     return tower.eval(), branch.eval()
 
@@ -701,8 +700,8 @@ def from_bundle(folder: Path) -> tuple[dict, dict]:
     recipe = {"bundle": f"{folder} ({digest.hexdigest()[:16]})"}
     g, w = graph("keyframe_encoder.onnx")
     convs = linear_inputs(g, w, "Conv")
-    tower_input = "rgb+mscn" if convs and convs[0][0].shape[1] == 4 else "rgb"
-    tower, branch, model = VisionTower(tower_input), MotionBranch(), Scorer2(576)
+    tower = VisionTower(VisionTower.input_of(convs[0][0]) if convs else "rgb")
+    branch, model = MotionBranch(), Scorer2(576)
     load(tower, convs, "keyframe_encoder.onnx")
     load(model.keyframe, linear_inputs(g, w, "Gemm"), "keyframe_encoder.onnx")
     g, w = graph("motion_fast.onnx")
@@ -720,8 +719,7 @@ def from_bundle(folder: Path) -> tuple[dict, dict]:
 def export(state1, state2, out: Path):
     """The committed small graphs: keyframe encoder (tower + projector), motion branch, motion projector."""
     out.mkdir(parents=True, exist_ok=True)
-    tower, branch = VisionTower(VisionTower.input_of(state1["tower"])), MotionBranch()
-    tower.load_state_dict(state1["tower"])
+    tower, branch = VisionTower.from_state(state1["tower"]), MotionBranch()
     branch.load_state_dict(state1["branch"])
     model = Scorer2(576)
     model.load_state_dict(state2["model"])
@@ -787,6 +785,9 @@ def main():
                          f"makes only those): run qoe_onnx.micro.data without --split into it first")
     log(f"{len(rows)} clips, {training} for training")
     stills = online.load_stills(args.data) if args.online_pairs else None
+    if args.from_bundle and args.tower_input != "rgb":
+        raise SystemExit(f"--tower-input {args.tower_input} is stage 1's choice; with --from-bundle the bundle's "
+                         f"keyframe_encoder.onnx decides (its first convolution's input channels)")
     if args.from_bundle:
         s1, s2 = from_bundle(args.from_bundle)
     else:
