@@ -38,7 +38,8 @@ def conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-TOWER_INPUTS = ("rgb", "rgb+mscn")
+TOWER_INPUT_CHANNELS = {"rgb": 3, "rgb+mscn": 4}  # what the first convolution takes
+TOWER_INPUTS = tuple(TOWER_INPUT_CHANNELS)
 MSCN_WINDOW = 7
 MSCN_C = 2 / 255  # BRISQUE's C = 1 on 0..255, in the normalised [-1, 1] range
 
@@ -70,14 +71,15 @@ class VisionTower(nn.Module):
         if tower_input not in TOWER_INPUTS:
             raise ValueError(f"tower input {tower_input!r}: one of {', '.join(TOWER_INPUTS)}")
         self.tower_input = tower_input
-        channels = 4 if tower_input == "rgb+mscn" else 3
-        self.stages = nn.ModuleList([conv(channels, 32, 1), conv(32, 32, 2), conv(32, 64, 2), conv(64, 96, 2),
+        self.stages = nn.ModuleList([conv(TOWER_INPUT_CHANNELS[tower_input], 32, 1), conv(32, 32, 2), conv(32, 64, 2), conv(64, 96, 2),
                                      conv(96, 128, 2)])
 
     @staticmethod
     def input_of(first_conv_weight: torch.Tensor) -> str:
-        """The tower input a first convolution's weight [32, C, 3, 3] takes (C = 4: rgb+mscn)."""
-        return "rgb+mscn" if first_conv_weight.shape[1] == 4 else "rgb"
+        """The tower input a first convolution's weight [32, C, 3, 3] takes (`TOWER_INPUT_CHANNELS`;
+        another C is taken for rgb, whose shape check then names the mismatch)."""
+        by_channels = {c: name for name, c in TOWER_INPUT_CHANNELS.items()}
+        return by_channels.get(first_conv_weight.shape[1], "rgb")
 
     @classmethod
     def from_state(cls, tower_state: dict) -> "VisionTower":

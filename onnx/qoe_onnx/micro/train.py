@@ -774,6 +774,9 @@ def main():
                     help="the vision tower uncompiled in every stage (torch.compile needs a C++ compiler, g++, "
                          "and Python's headers; without them it falls back by itself, at about twice the time)")
     args = ap.parse_args()
+    if args.from_bundle and args.tower_input != "rgb":  # before loading any clips
+        raise SystemExit(f"--tower-input {args.tower_input} is stage 1's choice; with --from-bundle the bundle's "
+                         f"keyframe_encoder.onnx decides (its first convolution's input channels)")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -785,9 +788,6 @@ def main():
                          f"makes only those): run qoe_onnx.micro.data without --split into it first")
     log(f"{len(rows)} clips, {training} for training")
     stills = online.load_stills(args.data) if args.online_pairs else None
-    if args.from_bundle and args.tower_input != "rgb":
-        raise SystemExit(f"--tower-input {args.tower_input} is stage 1's choice; with --from-bundle the bundle's "
-                         f"keyframe_encoder.onnx decides (its first convolution's input channels)")
     if args.from_bundle:
         s1, s2 = from_bundle(args.from_bundle)
     else:
