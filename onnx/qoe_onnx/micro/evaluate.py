@@ -199,9 +199,11 @@ def main():
     args = ap.parse_args()
     args.out = args.out or Path("onnx/micro-train-fit.json" if args.train_every else "onnx/micro-results.json")
     micro_data.scored_rows([], args.train_every)  # a bad --train-every is refused before a minute of loading
-    rows, arrays = T.load_clips(args.data)
-    # The baselines need the test clips' video files (data.py keeps only those); the model, the arrays.
+    rows = micro_data.finished_rows(args.data)
+    # The baselines need the test clips' video files (data.py keeps only those); the model, the arrays,
+    # of the scored sources only (all of them would take 10 GB: the test split alone is 1 GB).
     rows = [r for r in micro_data.scored_rows(rows, args.train_every) if args.train_every or clip_path(r, args.data).exists()]
+    arrays = T.load_arrays(args.data, {r["source"] for r in rows})
     split = f"training (every {args.train_every}-th source)" if args.train_every else "test"
     log(f"{len(rows)} {split} clips from {len({r['source'] for r in rows})} sources")
     model = Model(args.bundle)
