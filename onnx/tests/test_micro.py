@@ -544,10 +544,9 @@ def test_training_on_test_sources_only_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "b").exists()
 
 
-def test_evaluate_scores_the_test_split_or_every_nth_training_source(tmp_path):
-    """`evaluate`'s clips (`data.scored_rows`): the natural test sources, or with
-    --train-every N every N-th training source; only those sources' arrays are loaded
-    (`train.load_arrays`: all of them would take 10 GB)."""
+def test_evaluate_loads_only_the_scored_sources_arrays(tmp_path):
+    """`train.load_arrays`, which `evaluate` calls with the scored sources: only those are
+    loaded (all of them would take 10 GB), each with its arrays unchanged."""
     (tmp_path / "clips").mkdir()
     rng = np.random.default_rng(0)
     saved = {s: {"keyframes": rng.integers(0, 256, (1, 2, 4, 4, 3), dtype=np.uint8),
@@ -557,6 +556,11 @@ def test_evaluate_scores_the_test_split_or_every_nth_training_source(tmp_path):
     loaded = train.load_arrays(tmp_path, {"b"})
     assert list(loaded) == ["b"]
     assert all(np.array_equal(loaded["b"][k], saved["b"][k]) for k in ("keyframes", "motion"))
+
+
+def test_evaluate_scores_the_test_split_or_every_nth_training_source():
+    """`evaluate`'s clips (`data.scored_rows`): the natural test sources, or with
+    --train-every N every N-th training source."""
     rows = [{"source": s, "split": split, "family": "pristine"} for s, split in
             [("a", "train"), ("b", "train"), ("c", "train"), ("t", "test"), ("photo_dist_packages_horse", "test")]]
     assert [r["source"] for r in data.scored_rows(rows)] == ["t"]
