@@ -129,7 +129,8 @@ def niqe_scores(rows, data: Path):
         # scikit-video 1.1.11 calls scipy.misc.imresize, gone from SciPy since 1.3: the same
         # float bicubic resize through Pillow (what SciPy's did).
         h, w = img.shape
-        return np.asarray(_Image.fromarray(img.astype(np.float32), "F").resize(
+        # (a 2-D float32 array is Pillow's mode "F"; naming the mode is deprecated in Pillow 11.3)
+        return np.asarray(_Image.fromarray(img.astype(np.float32)).resize(
             (int(w * size), int(h * size)), _Image.BICUBIC))
 
     scipy.misc.imresize = imresize

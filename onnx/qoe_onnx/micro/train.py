@@ -759,7 +759,7 @@ def main():
     ap.add_argument("--steps", type=int, default=500, help="stage 2 steps")
     ap.add_argument("--tune-steps", type=int, default=300,
                     help="stage 3 steps: towers and projectors tuned together through the frozen decoder, "
-                         "after stage 2 (300: run 12, the committed bundle; 0: no stage 3, run 6's recipe)")
+                         "after stage 2 (300: runs 12 and 20, the committed bundle; 0: no stage 3, run 6's recipe)")
     tower_stages = len(VisionTower().stages)
     ap.add_argument("--tune-frozen-stages", type=int, default=0, choices=range(tower_stages + 1),
                     metavar=f"0-{tower_stages}",
@@ -767,10 +767,11 @@ def main():
                          "(the full-resolution stages cost most to tune)")
     ap.add_argument("--tower-input", choices=TOWER_INPUTS, default="rgb",
                     help="stage 1: what the vision tower sees: rgb, or rgb+mscn (the luma's contrast-normalised "
-                         "coefficients as a fourth channel, computed in the graph)")
+                         "coefficients as a fourth channel, computed in the graph; run 20, the committed bundle)")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0,
-                    help="seed of every stage's initial weights and random streams (runs 6 and 12: 0); another seed "
+                    help="seed of every stage's initial weights and random streams (runs 6, 12 and 19: 0; run 20, the "
+                         "committed bundle: 1); another seed "
                          "measures run-to-run variation")
     ap.add_argument("--from-bundle", type=Path, metavar="DIR",
                     help="no stages 1 and 2: stage 3 starts from the weights of the bundle DIR's small graphs "
