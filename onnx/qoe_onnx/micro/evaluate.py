@@ -29,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 from scipy.stats import pearsonr, spearmanr
 
+from .. import bundle as bundle_format
 from . import data as micro_data
 from . import train as T
 
@@ -38,13 +39,17 @@ def log(*a):
 
 
 class Model:
-    """The bundle's graphs, with the prompt prefix's keys and values cached."""
+    """The bundle's graphs, with the prompt prefix's keys and values cached. An ensemble's
+    members each have their own encoders and projector; the level probabilities are averaged."""
 
     def __init__(self, folder: Path):
         opts = ort.SessionOptions()
-        s = lambda f: ort.InferenceSession(str(folder / f), opts, providers=["CPUExecutionProvider"])  # noqa: E731
-        self.keyframe, self.motion, self.projector = s("keyframe_encoder.onnx"), s("motion_fast.onnx"), s("motion_projector.onnx")
-        self.embed, self.decoder = s("embed_tokens.onnx"), s("decoder_score.onnx")
+        manifest = bundle_format.load(folder)
+        s = lambda role: ort.InferenceSession(str(folder / manifest["parts"][role]["file"]), opts,  # noqa: E731
+                                              providers=["CPUExecutionProvider"])
+        self.members = [(s(f"keyframe_encoder{m}"), s(f"motion_encoder{m}"), s(f"motion_projector{m}"))
+                        for m in bundle_format.models(manifest)]
+        self.embed, self.decoder = s("token_embedding"), s("decoder_score")
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -57,18 +62,25 @@ class Model:
         ids = np.array(self.tok.encode(s).ids, np.int64)
         return self.embed.run(None, {"rows": ids})[0]
 
-    def features(self, keyframes: np.ndarray, motion: np.ndarray):
+    def features(self, keyframes: np.ndarray, motion: np.ndarray) -> list:
+        """Each model's keyframe tokens and motion token."""
         norm = lambda x: ((x.astype(np.float32) / 255.0 - 0.5) / 0.5)  # noqa: E731
-        kf = self.keyframe.run(None, {"pixel_values": norm(keyframes).transpose(0, 3, 1, 2)})[0][:, 0]
-        feat = self.motion.run(None, {"frames": norm(motion).transpose(3, 0, 1, 2)[None]})[0]
-        mo = self.projector.run(None, {"motion_feat": feat})[0]
-        return kf, mo
+        pixels, frames = norm(keyframes).transpose(0, 3, 1, 2), norm(motion).transpose(3, 0, 1, 2)[None]
+        out = []
+        for keyframe, fast, projector in self.members:
+            kf = keyframe.run(None, {"pixel_values": pixels})[0][:, 0]
+            feat = fast.run(None, {"frames": frames})[0]
+            out.append((kf, projector.run(None, {"motion_feat": feat})[0]))
+        return out
 
-    def score(self, kf: np.ndarray, mo: np.ndarray, stall: str | None = None) -> float:
-        parts = [kf, mo] + ([self.text(stall)] if stall is not None else []) + [self.text(T.SUFFIX)]
-        logits = self.decoder.run(["level_logits"], {"inputs_embeds": np.concatenate(parts)[None], **self.prefix})[0][0]
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
+    def score(self, features: list, stall: str | None = None) -> float:
+        tail = ([self.text(stall)] if stall is not None else []) + [self.text(T.SUFFIX)]
+        p = np.zeros(len(T.LEVEL_WEIGHTS))
+        for kf, mo in features:
+            logits = self.decoder.run(["level_logits"], {"inputs_embeds": np.concatenate([kf, mo, *tail])[None],
+                                                         **self.prefix})[0][0]
+            e = np.exp(logits - logits.max())
+            p += e / e.sum() / len(features)
         return float(p @ np.array(T.LEVEL_WEIGHTS))
 
 
@@ -213,10 +225,10 @@ def main():
     ugc, streaming, lowered = [], [], []
     for r in rows:
         a = arrays[r["source"]]
-        kf, mo = model.features(a["keyframes"][r["index"]], a["motion"][r["index"]])
-        ugc.append(model.score(kf, mo))
+        features = model.features(a["keyframes"][r["index"]], a["motion"][r["index"]])
+        ugc.append(model.score(features))
         count, total, initial = T.random_stalls(rng)
-        streaming.append(model.score(kf, mo, T.stall_sentence(count, total, initial)))
+        streaming.append(model.score(features, T.stall_sentence(count, total, initial)))
         lowered.append(r["mos"] * T.stall_factor(count, total, initial))
     log(f"scored in {time.time() - started:.0f} s")
     results = {"split": split, "clips": len(rows), "sources": sorted({r["source"] for r in rows}),
