@@ -310,9 +310,12 @@ fn an_ensemble_of_one_model_twice_scores_like_the_model() {
     }
 }
 
+/// A test case: a tag, a change to a good manifest, what the error says.
+type ManifestCase = (&'static str, fn(&mut Value), &'static str);
+
 #[test]
 fn bad_ensembles_are_refused_naming_the_field() {
-    let cases: [(&str, fn(&mut Value), &str); 5] = [
+    let cases: [ManifestCase; 5] = [
         (
             "version",
             |m| m["format_version"] = Value::from(1),
