@@ -137,8 +137,14 @@ fn main() {
 
     let ms = |s: f64| s / n * 1e3;
     println!(
-        "{} on {} frames of 720p30 ({seconds:.0} s), window 8 s, hop 2 s: {} windows",
+        "{} ({} model{}) on {} frames of 720p30 ({seconds:.0} s), window 8 s, hop 2 s: {} windows",
         scorer.bundle().manifest.name,
+        scorer.bundle().models().len(),
+        if scorer.bundle().models().len() == 1 {
+            ""
+        } else {
+            "s: vision, motion and decoder run per model"
+        },
         frames.len(),
         windows.len()
     );
