@@ -5,7 +5,8 @@ graphs (onnxruntime, the same graphs the element runs) and against classic no-re
         --out onnx/micro-results.json
 
 Each test clip is scored whole (its keyframes and motion frames as data.py cut them, exactly as
-the element cuts a window). Table 1: SRCC/PLCC against the pseudo-MOS, per distortion family and
+the element cuts a window; an ensemble bundle's models each, their level probabilities averaged,
+as the element does). Table 1: SRCC/PLCC against the pseudo-MOS, per distortion family and
 overall (UGC prompt), plus the streaming prompt with random stalls against the stall-lowered
 labels. Table 2: flip rate over same-source pairs at different compression levels (pristine,
 CRF 33/39/45/51). Table 3: the same figures for BRISQUE (the brisque package's SVR), NIQE
