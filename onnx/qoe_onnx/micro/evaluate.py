@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from scipy.stats import pearsonr, spearmanr
 
 from .. import bundle as bundle_format
 from . import data as micro_data
@@ -86,6 +85,9 @@ class Model:
 
 
 def correlations(pred, mos) -> dict:
+    # scipy is in requirements-micro.txt: the tables need it, scoring a bundle (Model) does not.
+    from scipy.stats import pearsonr, spearmanr
+
     pred, mos = np.asarray(pred), np.asarray(mos)
     if len(pred) < 3 or np.std(pred) == 0:
         return {"srcc": float("nan"), "plcc": float("nan"), "n": len(pred)}
