@@ -315,7 +315,7 @@ type ManifestCase = (&'static str, fn(&mut Value), &'static str);
 
 #[test]
 fn bad_ensembles_are_refused_naming_the_field() {
-    let cases: [ManifestCase; 5] = [
+    let cases: [ManifestCase; 6] = [
         (
             "version",
             |m| m["format_version"] = Value::from(1),
@@ -345,6 +345,11 @@ fn bad_ensembles_are_refused_naming_the_field() {
             "file",
             |m| m["parts"]["motion_encoder@b"]["file"] = Value::from("b/gone.onnx"),
             "parts.motion_encoder@b.file \"b/gone.onnx\" does not exist",
+        ),
+        (
+            "outputs",
+            |m| m["parts"]["keyframe_encoder@b"]["outputs"][0]["name"] = Value::from("tokens"),
+            "parts.keyframe_encoder@b must declare the inputs and outputs of parts.keyframe_encoder",
         ),
     ];
     for (tag, edit, want) in cases {

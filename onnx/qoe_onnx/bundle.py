@@ -95,6 +95,10 @@ def _check_ensemble(where: Path, manifest: dict) -> None:
         for role in MEMBER_ROLES:
             if role not in parts or f"{role}@{name}" not in parts:
                 raise BundleError(f"{where}: ensemble member {name!r} needs parts.{role} and parts.{role}@{name}")
+            # The models' features are kept side by side and cut apart by equal widths.
+            own, member = parts[role], parts[f"{role}@{name}"]
+            if (own.get("inputs"), own.get("outputs")) != (member.get("inputs"), member.get("outputs")):
+                raise BundleError(f"{where}: parts.{role}@{name} must declare the inputs and outputs of parts.{role}")
 
 
 def _check_io(path: Path, field: str, declared: list[dict], actual: list) -> None:

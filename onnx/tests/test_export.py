@@ -240,6 +240,8 @@ def test_bad_ensembles_are_refused_naming_the_field(export_bundle, tmp_path):
         ({"ensemble": []}, "parts.keyframe_encoder@m: 'm' is not in ensemble"),
         ({"parts": {k: v for k, v in manifest["parts"].items() if k != "motion_projector@m"}},
          "ensemble member 'm' needs parts.motion_projector and parts.motion_projector@m"),
+        ({"parts": {**manifest["parts"], "keyframe_encoder@m": {**manifest["parts"]["keyframe_encoder@m"], "outputs": []}}},
+         "parts.keyframe_encoder@m must declare the inputs and outputs of parts.keyframe_encoder"),
     ]
     for change, message in cases:
         (folder / "bundle.json").write_text(json.dumps({**manifest, **change}))

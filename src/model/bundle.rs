@@ -368,10 +368,18 @@ impl Bundle {
                 ));
             }
             for role in MEMBER_ROLES {
-                if !m.parts.contains_key(*role) || !m.parts.contains_key(&format!("{role}@{name}"))
-                {
+                let (Some(own), Some(member)) =
+                    (m.parts.get(*role), m.parts.get(&format!("{role}@{name}")))
+                else {
                     return err(format!(
                         "{}: ensemble member \"{name}\" needs parts.{role} and parts.{role}@{name}",
+                        here.display()
+                    ));
+                };
+                // The models' features are kept side by side and cut apart by equal widths.
+                if (&own.inputs, &own.outputs) != (&member.inputs, &member.outputs) {
+                    return err(format!(
+                        "{}: parts.{role}@{name} must declare the inputs and outputs of parts.{role}",
                         here.display()
                     ));
                 }
