@@ -136,11 +136,11 @@ fn main() {
     let uncached_cpu = cpu_seconds() - cpu0;
 
     let ms = |s: f64| s / n * 1e3;
+    let models = scorer.bundle().models().len();
     println!(
-        "{} ({} model{}) on {} frames of 720p30 ({seconds:.0} s), window 8 s, hop 2 s: {} windows",
+        "{} ({models} model{}) on {} frames of 720p30 ({seconds:.0} s), window 8 s, hop 2 s: {} windows",
         scorer.bundle().manifest.name,
-        scorer.bundle().models().len(),
-        if scorer.bundle().models().len() == 1 {
+        if models == 1 {
             ""
         } else {
             "s: vision, motion and decoder run per model"

@@ -220,7 +220,8 @@ def test_bundle_validation_names_the_field(export_bundle, tmp_path):
 
 
 def test_bad_ensembles_are_refused_naming_the_field(export_bundle, tmp_path):
-    """The checks of "ensemble" that the Rust reader makes, with its messages."""
+    """The checks of "ensemble" that the Rust reader makes (its messages differ in quoting, and
+    a member part without an ensemble is reported as a part whose member is not in it)."""
     import shutil
 
     folder = _copy(export_bundle(), tmp_path / "b")

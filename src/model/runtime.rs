@@ -914,9 +914,8 @@ impl Scorer {
         if self.models.len() == 1 {
             return Ok(first);
         }
-        let levels = &self.bundle.manifest.score.levels;
         Ok(Scored {
-            score: Some(mean.iter().zip(levels).map(|(p, l)| p * l.weight).sum()),
+            score: Some(self.weighted_score(&mean)),
             level_logits: mean.iter().map(|p| p.ln()).collect(),
             probabilities: mean,
             ..first
@@ -950,18 +949,22 @@ impl Scorer {
         let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
         let total: f64 = exp.iter().sum();
         let probabilities: Vec<f64> = exp.iter().map(|e| e / total).collect();
-        let score = probabilities
-            .iter()
-            .zip(&m.score.levels)
-            .map(|(p, level)| p * level.weight)
-            .sum();
         Ok(Scored {
-            score: Some(score),
+            score: Some(self.weighted_score(&probabilities)),
             probabilities,
             level_logits: logits,
             sequence_length: length,
             ..stages
         })
+    }
+
+    /// The score of level probabilities: their sum weighted by the levels' weights.
+    fn weighted_score(&self, probabilities: &[f64]) -> f64 {
+        probabilities
+            .iter()
+            .zip(&self.bundle.manifest.score.levels)
+            .map(|(p, level)| p * level.weight)
+            .sum()
     }
 
     /// The `past_key_values.*` inputs of graph `role`, in the manifest's order.
