@@ -35,6 +35,22 @@ def test_the_figures_split_class_order_from_content():
         errors.analyse(per_clip, training[:1])
 
 
+def test_oracle_bounds_take_out_only_the_named_classes_offsets():
+    """Shake scored 55 points too high, its order inside the class right: taking out the
+    temporal classes' mean errors orders every clip; taking out the photometric ones changes
+    nothing; every class and source reaches 1 too."""
+    per_clip = [clip("noise", 1, 80, 0.78), clip("noise", 1, 90, 0.88),
+                clip("shake", 3, 30, 0.85), clip("shake", 3, 40, 0.95)]
+    as_is = errors.srcc([c["score"] for c in per_clip], [c["mos"] for c in per_clip])
+    assert as_is < 0.5
+    assert errors.offsets_removed(per_clip, errors.TEMPORAL) == pytest.approx(1)
+    assert errors.offsets_removed(per_clip, errors.PHOTOMETRIC) == pytest.approx(as_is)
+    assert errors.offsets_removed(per_clip, None, sources=True) == pytest.approx(1)
+    assert set(errors.analyse(per_clip, [{"family": f, "strength": k, "mos": 50.0} for f, k in
+                                          [("noise", 1), ("shake", 3)]])["offsets_removed"]) == {
+        "temporal", "photometric", "temporal and photometric", "every class", "every class and source"}
+
+
 def test_the_source_interval_spans_what_the_sources_disagree_on():
     """Sources that agree give no spread; a source the model gets backwards widens the interval
     below the overall figure (drawn without it, the SRCC is 1)."""

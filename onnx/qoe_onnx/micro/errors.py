@@ -11,7 +11,14 @@ the difference; then three figures that split the overall SRCC into its parts:
   within class     Pearson correlation of score and label once each class's mean is taken from
                    both: how well the model follows the content's effect inside a class
 
-and how much the overall SRCC depends on which content the test split happened to get: its 90 %
+then oracle bounds: the SRCC once each class's mean error (score minus label, on these clips)
+is taken out of its clips' scores, for the temporal families, for the photometric ones (exposure,
+contrast, saturation), for every class, and for every class and then every source. They say how
+far a model would get whose only change was to place those classes right on average (a better
+motion branch, say), its order inside each class as it is: where the rest of the gap lies. They
+are bounds read off the test clips' own labels, not figures a model reached.
+
+And how much the overall SRCC depends on which content the test split happened to get: its 90 %
 interval when the test sources are drawn again with replacement (a source drawn twice counts its
 clips twice), 2,000 draws. That is the test content's share of the uncertainty; the training
 run's own (another seed) is measured by retraining (onnx/README, run 15).
@@ -26,6 +33,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from .data import TEMPORAL
+
+PHOTOMETRIC = ["overexposure", "underexposure", "low_contrast", "high_contrast", "oversaturation", "desaturation"]
+# The oracle bounds' groups: which families' class offsets are taken out (None: every class).
+OFFSET_GROUPS = {"temporal": TEMPORAL, "photometric": PHOTOMETRIC, "temporal and photometric": TEMPORAL + PHOTOMETRIC,
+                 "every class": None}
 
 
 def average_ranks(x) -> np.ndarray:
@@ -54,6 +68,19 @@ def class_means(keys: list, values) -> np.ndarray:
     for k, v in zip(keys, values):
         groups.setdefault(k, []).append(v)
     return np.array([np.mean(groups[k]) for k in keys])
+
+
+def offsets_removed(per_clip: list[dict], families: list[str] | None, sources: bool = False) -> float:
+    """The SRCC once each class of `families` (None: every class) has its mean error taken out of
+    its scores, and with `sources` then each source's too (an oracle bound, module docstring)."""
+    mos = np.array([c["mos"] for c in per_clip], dtype=float)
+    score = np.array([c["score"] for c in per_clip], dtype=float) * 100
+    chosen = np.array([families is None or c["family"] in families for c in per_clip])
+    keys = [(c["family"], c["strength"]) for c in per_clip]
+    score = score - np.where(chosen, class_means(keys, score - mos), 0)
+    if sources:
+        score = score - class_means([c["source"] for c in per_clip], score - mos)
+    return srcc(score, mos)
 
 
 def source_interval(per_clip: list[dict], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -89,6 +116,8 @@ def analyse(per_clip: list[dict], training_rows: list[dict]) -> dict:
     return {"overall": srcc(score, mos), "class_means": srcc(mean_score, mos),
             "training_means": srcc([training_label[k] for k in keys], mos),
             "within_class": pearson(score - mean_score, mos - mean_mos),
+            "offsets_removed": {name: offsets_removed(per_clip, families) for name, families in OFFSET_GROUPS.items()}
+            | {"every class and source": offsets_removed(per_clip, None, sources=True)},
             "classes": classes}
 
 
@@ -137,6 +166,8 @@ def main():
         print(f"{path}: SRCC {t['overall']:.3f} (90 % interval over resampled sources {low:.3f}–{high:.3f}); "
               f"class means {t['class_means']:.3f}, training means {t['training_means']:.3f}, "
               f"within class {t['within_class']:.3f}")
+        print("  oracle bounds, the SRCC with these classes' mean errors taken out: " + ", ".join(
+            f"{name} {value:.3f}" for name, value in t["offsets_removed"].items()))
 
 
 if __name__ == "__main__":
