@@ -70,13 +70,19 @@ def class_means(keys: list, values) -> np.ndarray:
     return np.array([np.mean(groups[k]) for k in keys])
 
 
+def classes_labels_scores(per_clip: list[dict]) -> tuple[list, np.ndarray, np.ndarray]:
+    """Each clip's class (family, strength), label and score (×100, the labels' scale)."""
+    keys = [(c["family"], c["strength"]) for c in per_clip]
+    mos = np.array([c["mos"] for c in per_clip], dtype=float)
+    score = np.array([c["score"] for c in per_clip], dtype=float) * 100
+    return keys, mos, score
+
+
 def offsets_removed(per_clip: list[dict], families: list[str] | None, sources: bool = False) -> float:
     """The SRCC once each class of `families` (None: every class) has its mean error taken out of
     its scores, and with `sources` then each source's too (an oracle bound, module docstring)."""
-    mos = np.array([c["mos"] for c in per_clip], dtype=float)
-    score = np.array([c["score"] for c in per_clip], dtype=float) * 100
+    keys, mos, score = classes_labels_scores(per_clip)
     chosen = np.array([families is None or c["family"] in families for c in per_clip])
-    keys = [(c["family"], c["strength"]) for c in per_clip]
     score = score - np.where(chosen, class_means(keys, score - mos), 0)
     if sources:
         score = score - class_means([c["source"] for c in per_clip], score - mos)
@@ -97,10 +103,8 @@ def source_interval(per_clip: list[dict], draws: int = 2000, seed: int = 0) -> t
 
 
 def analyse(per_clip: list[dict], training_rows: list[dict]) -> dict:
-    """The class table and the three figures of the module's docstring."""
-    keys = [(c["family"], c["strength"]) for c in per_clip]
-    mos = np.array([c["mos"] for c in per_clip], dtype=float)
-    score = np.array([c["score"] for c in per_clip], dtype=float) * 100
+    """The class table, the three figures and the oracle bounds of the module's docstring."""
+    keys, mos, score = classes_labels_scores(per_clip)
     trained: dict = {}
     for r in training_rows:
         trained.setdefault((r["family"], r["strength"]), []).append(r["mos"])
