@@ -25,10 +25,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use gstqoe::model::runtime::Scorer;
-use gstqoe::model::stream::{StageTimes, StreamScorer};
-use gstqoe::preprocess::RgbImage;
-use gstqoe::sampling::{KeyframeSampler, SECOND, WindowScheduler};
+use qoe_core::sampling::{KeyframeSampler, WindowScheduler};
+use qoe_core::time::SECOND;
+use qoe_model::Scorer;
+use qoe_model::preprocess::RgbImage;
+use qoe_model::stream::{StageTimes, StreamScorer};
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -16,7 +16,7 @@ videos=${videos#"$PWD/"}  # printed relative to the checkout, as the README show
 ORT_DYLIB_PATH=$(bash pipelines/model-runtime.sh)
 export ORT_DYLIB_PATH
 bundle=${QOE_BUNDLE:-$(bash pipelines/default-bundle.sh)}
-cargo build --release --quiet --lib --bin qoe-probe
+cargo build --release --quiet -p gst-plugin-qoe -p qoe-probe
 
 original="$videos/bikes.mp4"
 impaired="$videos/bikes-impaired.mkv"

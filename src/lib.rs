@@ -4,19 +4,18 @@
 //! gst-qoe: live video quality-of-experience monitoring for GStreamer.
 //!
 //! The plugin provides one element, `qoemonitor`, which watches decoded video, lets every
-//! frame pass untouched, and reports stalls, content freezes and running statistics.
+//! frame pass untouched, and reports stalls, content freezes, running statistics and quality
+//! scores.
+//!
+//! This crate owns the element ([`qoemonitor`]) and the Prometheus endpoint and textfile
+//! ([`metrics`]): everything that touches GStreamer. The model-free checks live in
+//! `qoe-core` and the models in `qoe-model`, which must never depend on this crate; the
+//! `qoe-probe` CLI builds on it.
 
 use gst::glib;
 
-pub mod freeze;
 pub mod metrics;
-pub mod model;
-pub mod preprocess;
 pub mod qoemonitor;
-pub mod queue;
-pub mod report;
-pub mod sampling;
-pub mod stall;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     qoemonitor::register(plugin)

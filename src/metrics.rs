@@ -368,35 +368,64 @@ impl StreamMetrics {
     }
 }
 
+/// Why the metrics endpoint cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "this process already serves the metrics of all its streams on {requested} ({bound}); one endpoint per process"
+    )]
+    AlreadyServing {
+        requested: String,
+        bound: SocketAddr,
+    },
+    #[error("metrics address '{address}' is not host:port: {source}")]
+    Address {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the metrics thread: {0}")]
+    Thread(std::io::Error),
+}
+
 /// The endpoint of this process, once opened.
 static SERVER: Mutex<Option<(String, SocketAddr)>> = Mutex::new(None);
 
 /// Opens the process's metrics endpoint on `address` (host:port), or confirms it is open
 /// there already. Returns the bound address. Fails, saying why, if the address is bad or in
 /// use, or if this process already serves its metrics on another address.
-pub fn serve(address: &str) -> Result<SocketAddr, String> {
+pub fn serve(address: &str) -> Result<SocketAddr, ServeError> {
     let mut server = SERVER.lock().unwrap();
     if let Some((requested, bound)) = server.as_ref() {
         if requested == address {
             return Ok(*bound);
         }
-        return Err(format!(
-            "this process already serves the metrics of all its streams on {requested} ({bound}); one endpoint per process"
-        ));
+        return Err(ServeError::AlreadyServing {
+            requested: requested.clone(),
+            bound: *bound,
+        });
     }
     let addrs: Vec<SocketAddr> = address
         .to_socket_addrs()
-        .map_err(|e| format!("metrics address '{address}' is not host:port: {e}"))?
+        .map_err(|source| ServeError::Address {
+            address: address.to_owned(),
+            source,
+        })?
         .collect();
-    let listener =
-        TcpListener::bind(&addrs[..]).map_err(|e| format!("cannot listen on {address}: {e}"))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    let listen = |source| ServeError::Listen {
+        address: address.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(&addrs[..]).map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
     std::thread::Builder::new()
         .name("qoe-metrics".into())
         .spawn(move || accept_loop(listener))
-        .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+        .map_err(ServeError::Thread)?;
     *server = Some((address.to_owned(), bound));
     Ok(bound)
 }

@@ -7,7 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use gstqoe::model::runtime::{Scored, Scorer, StallFigures};
+use qoe_core::stall::WindowStalls;
+use qoe_model::{Scored, Scorer};
 use serde_json::Value;
 
 mod common;
@@ -50,13 +51,15 @@ fn score_golden(name: &str) -> Vec<(String, Scored, Value, PathBuf)> {
     init_ort();
     let (dir, golden) = golden(name);
     let scorer = Scorer::open(&fixtures().join("bundles").join(name), 2).unwrap();
-    let stall = golden["stall"].as_object().map(|s| StallFigures {
+    // The golden figures are seconds; the tracker counts nanoseconds.
+    let ns = |seconds: f64| (seconds * 1e9).round() as u64;
+    let stall = golden["stall"].as_object().map(|s| WindowStalls {
         count: s["count"].as_u64().unwrap(),
-        total: s["total"].as_f64().unwrap(),
-        durations: numbers(&s["durations"]),
-        initial: s["initial"].as_f64().unwrap(),
+        total: ns(s["total"].as_f64().unwrap()),
+        durations: numbers(&s["durations"]).into_iter().map(ns).collect(),
+        initial_buffering: ns(s["initial"].as_f64().unwrap()),
         ratio: s["ratio"].as_f64().unwrap(),
-        since: s["since"].as_f64().unwrap(),
+        since_last_stall: ns(s["since"].as_f64().unwrap()),
         sequence: Vec::new(),
     });
     let mut out = Vec::new();
@@ -143,7 +146,7 @@ fn assistant_bundle_explains_like_the_pytorch_reference() {
     }
     // An Assistant bundle explains; it does not score.
     let clip = golden_frames(&dir, &golden["sequences"]["a"]["frames"]);
-    let e = scorer.score(&clip, 8.0, None).unwrap_err();
+    let e = scorer.score(&clip, 8.0, None).unwrap_err().to_string();
     assert!(e.contains("does not score (score.mode none)"), "{e}");
 }
 
@@ -182,7 +185,7 @@ fn open_error(dir: &Path) -> String {
     init_ort();
     match Scorer::open(dir, 1) {
         Ok(_) => panic!("{} opened", dir.display()),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     }
 }
 
@@ -235,7 +238,7 @@ fn bad_bundles_are_refused_naming_file_and_field() {
     std::fs::write(dir.join("bundle.json"), manifest).unwrap();
     let e = open_error(&dir);
     assert!(
-        e.contains(".resize is \"bilinear\"; gst-qoe implements \"pillow-bicubic\" only"),
+        e.contains(".resize: unknown variant `bilinear`, expected `pillow-bicubic`"),
         "{e}"
     );
 
@@ -274,13 +277,13 @@ fn bad_bundles_are_refused_naming_file_and_field() {
 /// `bundle_copy(name, tag)` with member `member` of an ensemble: its own copies of the
 /// bundle's encoders and projector in folder `member`, and its manifest as `edit` leaves it.
 fn ensemble_copy(name: &str, tag: &str, member: &str, edit: impl FnOnce(&mut Value)) -> PathBuf {
-    use gstqoe::model::bundle::MEMBER_ROLES;
+    use qoe_model::bundle::MEMBER_ROLES;
     let dir = bundle_copy(name, tag);
     std::fs::create_dir_all(dir.join(member)).unwrap();
     let mut manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("bundle.json")).unwrap()).unwrap();
     for role in MEMBER_ROLES {
-        let mut part = manifest["parts"][role].clone();
+        let mut part = manifest["parts"][role.as_str()].clone();
         let file = part["file"].as_str().unwrap().to_owned();
         std::fs::copy(dir.join(&file), dir.join(member).join(&file)).unwrap();
         part["file"] = Value::from(format!("{member}/{file}"));
@@ -360,7 +363,7 @@ fn bad_ensembles_are_refused_naming_the_field() {
 
 #[test]
 fn elements_share_one_model_per_bundle_and_provider() {
-    use gstqoe::model::runtime::{Provider, SessionOptions, shared_scorer};
+    use qoe_model::{Provider, SessionOptions, shared_scorer};
     init_ort();
     let dir = fixtures().join("bundles/cp-llm-tiny");
     let cpu = SessionOptions {
@@ -413,10 +416,11 @@ fn elements_share_one_model_per_bundle_and_provider() {
                 ..cpu.clone()
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(&format!("{name} cannot start")), "{e}");
     }
-    let e = "metal".parse::<Provider>().unwrap_err();
+    let e = "metal".parse::<Provider>().unwrap_err().to_string();
     assert!(
         e.contains("\"metal\" is not one of cpu, cuda, tensorrt, auto"),
         "{e}"
@@ -425,7 +429,7 @@ fn elements_share_one_model_per_bundle_and_provider() {
 
 #[test]
 fn tensorrt_engine_cache_is_keyed_by_model_and_runtime() {
-    use gstqoe::model::runtime::tensorrt_cache_key;
+    use qoe_model::session::tensorrt_cache_key;
     init_ort();
     let dir = fixtures().join("bundles/cp-llm-tiny");
     let a = tensorrt_cache_key(&dir.join("high_level.onnx"), 0).unwrap();
@@ -436,6 +440,8 @@ fn tensorrt_engine_cache_is_keyed_by_model_and_runtime() {
         tensorrt_cache_key(&dir.join("high_level.onnx"), 0).unwrap()
     );
     assert!(a.contains("libonnxruntime") && a.ends_with("_fp32"), "{a}");
-    let e = tensorrt_cache_key(&dir.join("missing.onnx"), 0).unwrap_err();
+    let e = tensorrt_cache_key(&dir.join("missing.onnx"), 0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing.onnx"), "{e}");
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of gst-qoe: the meson build and install of the plugin, the Python side
-# (onnx/: tokenizer, exporter, PyTorch reference, fixtures), then all Rust tests (unit,
-# harness, real pipelines). The README's test command.
+# (onnx/: tokenizer, exporter, PyTorch reference, fixtures), then all Rust tests of the
+# workspace (the plugin, crates/qoe-core, crates/qoe-model, crates/qoe-probe: unit, harness,
+# real pipelines). The README's test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,11 +19,11 @@ echo "meson install: ok ($plugin, $scratch/prefix/bin/qoe-probe)"
 
 if cargo fmt --version >/dev/null 2>&1; then
   echo "== cargo fmt --check"
-  cargo fmt --check
+  cargo fmt --all --check
 fi
 if cargo clippy --version >/dev/null 2>&1; then
   echo "== cargo clippy"
-  cargo clippy --all-targets --quiet -- -D warnings
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
 echo "== python: onnx/ in .cache/venv (torch from PyPI, CPU)"
@@ -36,7 +37,7 @@ bash pipelines/default-bundle.sh >/dev/null
 "$venv/bin/python" -m pytest -q -p no:cacheprovider onnx/tests
 
 echo "== cargo: benches compile"
-cargo build --benches --quiet
+cargo build --workspace --benches --quiet
 
 echo "== cargo: tests"
-cargo test --lib --bins --tests
+cargo test --workspace --lib --bins --tests

@@ -7,16 +7,16 @@ use std::path::PathBuf;
 
 use gst::prelude::*;
 use gst_check::Harness;
-use gstqoe::model::runtime::{
-    Scorer, SessionOptions, StallFigures, WindowFeatures, shared_scorer, times_opened,
-};
-use gstqoe::preprocess::RgbImage;
+use qoe_core::stall::WindowStalls;
+use qoe_core::time::SECOND;
+use qoe_model::bundle::Role;
+use qoe_model::preprocess::RgbImage;
+use qoe_model::registry::loaded;
+use qoe_model::{Scorer, WindowFeatures};
 use serde_json::Value;
 
 mod common;
 use common::{MS, bundle, clip, fixtures, golden_frames, init, init_ort};
-
-const SECOND: u64 = 1_000_000_000;
 
 /// A frame with its presentation time.
 struct Frame {
@@ -153,7 +153,7 @@ fn uncached_window(
     frames: &[Frame],
     start: u64,
     end: u64,
-    stall: Option<StallFigures>,
+    stall: Option<WindowStalls>,
 ) -> WindowFeatures {
     let inside: Vec<usize> = (0..frames.len())
         .filter(|&i| frames[i].pts >= start && frames[i].pts < end)
@@ -254,24 +254,24 @@ fn streaming_prompt_carries_the_windows_stalls() {
     let whole = scorer.clip_features(&images, 8.0).unwrap();
     // What the tracker saw: one stall of 1.5 s (the hole less nothing: the threshold only
     // decides whether it counts), ended 3 s before the window's end.
-    let stall = StallFigures {
+    let stall = WindowStalls {
         count: 1,
-        total: 1.5,
-        durations: vec![1.5],
-        initial: 0.0,
+        total: 1500 * MS,
+        durations: vec![1500 * MS],
+        initial_buffering: 0,
         ratio: 1.5 / 7.5,
-        since: 3.0,
+        since_last_stall: 3 * SECOND,
         sequence: Vec::new(),
     };
     // Keyframes: the first frame of each second of stream time, so after the hole frames
     // 24 (4.5 s), 28 (5 s), 36 and 44 as well as 0, 8 and 16.
     let keyframe_images: Vec<RgbImage> = [0, 8, 16, 24, 28, 36, 44]
         .iter()
-        .map(|&i| scorer.prepare("keyframe_encoder", &images[i]).unwrap())
+        .map(|&i| scorer.prepare(Role::KeyframeEncoder, &images[i]).unwrap())
         .collect();
     let keyframes = scorer
         .encode_pictures(
-            "keyframe_encoder",
+            Role::KeyframeEncoder,
             &keyframe_images.iter().collect::<Vec<_>>(),
         )
         .unwrap();
@@ -355,7 +355,13 @@ fn elements_with_the_same_bundle_share_one_model() {
         .unwrap();
     pipeline.set_state(gst::State::Paused).unwrap();
     assert!(pipeline.state(gst::ClockTime::from_seconds(30)).0.is_ok());
-    assert_eq!(times_opened(&dir), 1, "three elements, one model");
+    let canonical = std::fs::canonicalize(&dir).unwrap();
+    let models: Vec<_> = loaded()
+        .into_iter()
+        .filter(|m| m.dir == canonical)
+        .collect();
+    assert_eq!(models.len(), 1, "three elements, one model: {models:?}");
+    assert!(models[0].holders >= 3, "{models:?}");
     for i in 0..3 {
         let m = pipeline.by_name(&format!("m{i}")).unwrap();
         assert_eq!(
@@ -364,9 +370,12 @@ fn elements_with_the_same_bundle_share_one_model() {
         );
     }
     pipeline.set_state(gst::State::Null).unwrap();
-    // Released at NULL: the next user opens it again.
-    drop(shared_scorer(&dir, &SessionOptions::default()).unwrap());
-    assert_eq!(times_opened(&dir), 2);
+    // Released at NULL: no model of that bundle stays in memory.
+    assert!(
+        loaded().iter().all(|m| m.dir != canonical),
+        "{:?}",
+        loaded()
+    );
 }
 
 #[test]
@@ -486,8 +495,8 @@ fn assistant_bundles_explain_in_their_own_message() {
 
 #[test]
 fn feature_caches_stay_bounded_on_a_long_stream() {
-    use gstqoe::model::stream::StreamScorer;
-    use gstqoe::sampling::{KeyframeSampler, WindowScheduler};
+    use qoe_core::sampling::{KeyframeSampler, WindowScheduler};
+    use qoe_model::stream::StreamScorer;
     init_ort();
     let scorer = std::sync::Arc::new(Scorer::open(&bundle("vqa2-tiny-ugc"), 2).unwrap());
     let (fps, window, hop, chunk) = (2u64, 4 * SECOND, 2 * SECOND, 4);
@@ -514,7 +523,11 @@ fn feature_caches_stay_bounded_on_a_long_stream() {
             .unwrap();
         scored += stream.ready().into_iter().filter(|r| r.is_ok()).count();
         let held = stream.held();
-        most = (most.0.max(held.0), most.1.max(held.1), most.2.max(held.2));
+        most = (
+            most.0.max(held.keyframes),
+            most.1.max(held.motion),
+            most.2.max(held.inputs),
+        );
     }
     assert_eq!(requested, 28, "a window every 2 s after the first 4 s");
     // The last windows still wait for their motion context (18 frames = 9 s here).

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MPL-2.0
-//! A model that starts failing (`GST_QOE_TEST_FAIL_FROM_WINDOW`, a test hook read when the
-//! workers start; its own test binary): one warning, later windows flagged stale with the last
-//! good figures, the quality metrics holding their last good values, and stall tracking and
-//! the stream going on.
+//! A model that starts failing (a scorer with test faults, from qoe-model's `test-faults`
+//! feature, shared with the element while this test holds it): one warning, later windows
+//! flagged stale with the last good figures, the quality metrics holding their last good
+//! values, and stall tracking and the stream going on.
 
 use gst::prelude::*;
 
@@ -13,8 +13,16 @@ use common::{bundle, init, init_ort};
 fn a_failing_model_goes_stale_and_the_stream_goes_on() {
     init();
     init_ort();
-    // SAFETY: set before any element starts its workers; this binary has only this test.
-    unsafe { std::env::set_var(gstqoe::qoemonitor::FAIL_FROM_ENV, "3") };
+    // Held for the whole test: the element opens this bundle and gets this faulty scorer.
+    let _faulty = qoe_model::registry::shared_scorer_with_faults(
+        &bundle("cp-llm-tiny"),
+        &qoe_model::SessionOptions::default(),
+        qoe_model::scorer::Faults {
+            fail_from_window: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc num-buffers=180 ! video/x-raw,width=160,height=120,framerate=30/1 \
          ! qoemonitor stream-id=failing bundle={} window=1000000000 hop=1000000000 leaky=false \

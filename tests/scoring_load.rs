@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
-//! A model made slow on purpose (`GST_QOE_TEST_DECODER_DELAY_MS`, read when the workers
-//! start; its own test binary so that no other test sees it): windows are dropped and
+//! A model made slow on purpose (a scorer with test faults, from qoe-model's `test-faults`
+//! feature, shared with the element while this test holds it): windows are dropped and
 //! counted, while buffers keep flowing at the live source's full rate.
 
 use std::sync::{Arc, Mutex};
@@ -15,8 +15,16 @@ use common::{bundle, init, init_ort};
 fn a_slow_model_drops_windows_and_never_holds_up_buffers() {
     init();
     init_ort();
-    // SAFETY: set before any element starts its workers; this binary has only this test.
-    unsafe { std::env::set_var(gstqoe::qoemonitor::SLOW_DECODER_ENV, "2500") };
+    // Held for the whole test: the element opens this bundle and gets this slow scorer.
+    let _slow = qoe_model::registry::shared_scorer_with_faults(
+        &bundle("cp-llm-tiny"),
+        &qoe_model::SessionOptions::default(),
+        qoe_model::scorer::Faults {
+            window_delay: Some(std::time::Duration::from_millis(2500)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc is-live=true num-buffers=180 ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
          ! qoemonitor name=m bundle={} window=1000000000 hop=1000000000 stats-interval=0 \

@@ -76,7 +76,7 @@ def models(manifest: dict) -> list[str]:
 
 
 def _check_ensemble(where: Path, manifest: dict) -> None:
-    """The checks the Rust reader makes of "ensemble" (src/model/bundle.rs)."""
+    """The checks the Rust reader makes of "ensemble" (crates/qoe-model/src/bundle.rs)."""
     ensemble, parts = manifest.get("ensemble", []), manifest.get("parts", {})
     for role in parts:
         base, _, member = role.partition("@")

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MPL-2.0
 //! The `qoemonitor` element: glue between GStreamer and the pure trackers in
-//! [`crate::stall`] and [`crate::freeze`].
+//! [`qoe_core::stall`] and [`qoe_core::freeze`].
 //!
 //! Frames are never modified: the element runs in passthrough and only reads a subsampled
 //! luma thumbnail of each frame. Messages are built under the state lock and posted after it
@@ -18,11 +18,14 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
 use super::scoring::{Explain, Job, Report, ReportSink, Sampler, ScoringConfig, Workers};
-use crate::freeze::{FreezeDetector, FreezeEvent, LumaLayout, LumaPlane};
+use qoe_core::freeze::{FreezeDetector, FreezeEvent, LumaLayout, LumaPlane};
+use qoe_core::sampling::Window;
+use qoe_core::stall::{FrameTiming, StallEvent, StallTracker, WindowStalls};
+use qoe_core::time::{Nanos, seconds};
+use qoe_model::bundle::ScoreMode;
+use qoe_model::{Provider, Scorer, SessionOptions};
+
 use crate::metrics::{QualityFigures, StreamFigures, StreamMetrics, TextfileLease};
-use crate::model::runtime::{Provider, Scorer, SessionOptions, StallFigures};
-use crate::sampling::Window;
-use crate::stall::{FrameTiming, Nanos, StallEvent, StallTracker};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -122,7 +125,7 @@ struct Settings {
     bundle: Option<PathBuf>,
     window: gst::ClockTime,
     hop: gst::ClockTime,
-    execution_provider: ExecutionProvider,
+    execution_provider: Provider,
     device_id: i32,
     threads: u32,
     tensorrt_cache: Option<PathBuf>,
@@ -133,37 +136,10 @@ struct Settings {
     explain_max_tokens: u32,
 }
 
-/// Where inference runs (the `execution-provider` property).
-#[derive(Debug, Eq, PartialEq, Hash, Clone, Copy, glib::Enum, Default)]
-#[repr(u32)]
-#[enum_type(name = "GstQoeExecutionProvider")]
-pub enum ExecutionProvider {
-    #[default]
-    #[enum_value(name = "CPU", nick = "cpu")]
-    Cpu,
-    #[enum_value(name = "CUDA (an error if it cannot start)", nick = "cuda")]
-    Cuda,
-    #[enum_value(name = "TensorRT (an error if it cannot start)", nick = "tensorrt")]
-    TensorRt,
-    #[enum_value(name = "TensorRT, else CUDA, else CPU", nick = "auto")]
-    Auto,
-}
-
-impl From<ExecutionProvider> for Provider {
-    fn from(p: ExecutionProvider) -> Provider {
-        match p {
-            ExecutionProvider::Cpu => Provider::Cpu,
-            ExecutionProvider::Cuda => Provider::Cuda,
-            ExecutionProvider::TensorRt => Provider::TensorRt,
-            ExecutionProvider::Auto => Provider::Auto,
-        }
-    }
-}
-
 impl Settings {
     fn session_options(&self) -> SessionOptions {
         SessionOptions {
-            provider: self.execution_provider.into(),
+            provider: self.execution_provider,
             threads: self.threads as usize,
             device_id: self.device_id,
             tensorrt_cache: self.tensorrt_cache.clone(),
@@ -202,7 +178,7 @@ impl Default for Settings {
             bundle: None,
             window: DEFAULT_WINDOW,
             hop: DEFAULT_HOP,
-            execution_provider: ExecutionProvider::Cpu,
+            execution_provider: Provider::Cpu,
             device_id: 0,
             threads: 0,
             tensorrt_cache: None,
@@ -285,18 +261,8 @@ impl State {
     }
 
     /// The stall figures of a scoring window, for streaming prompts.
-    fn window_stalls(stall: &StallTracker, window: Window) -> Option<StallFigures> {
-        let w = stall.within(window.start, window.end);
-        let s = |n: Nanos| n as f64 * 1e-9;
-        Some(StallFigures {
-            count: w.count,
-            total: s(w.total),
-            durations: w.durations.iter().map(|d| s(*d)).collect(),
-            initial: s(w.initial_buffering),
-            ratio: w.ratio,
-            since: s(w.since_last_stall),
-            sequence: w.sequence,
-        })
+    fn window_stalls(stall: &StallTracker, window: Window) -> Option<WindowStalls> {
+        Some(stall.within(window.start, window.end))
     }
 
     /// Jobs for the scoring workers from this frame (none without a model).
@@ -334,7 +300,7 @@ impl State {
                 score: q.score,
                 levels: &levels,
                 stages: &stages,
-                provider: q.provider,
+                provider: q.provider.as_str(),
             });
         }
         self.metrics.stale(q.stale);
@@ -360,7 +326,7 @@ impl State {
             .field("motion-frames", q.motion_frames as u32)
             .field("inference-time", q.times.total())
             .field("inference-times", times)
-            .field("provider", q.provider)
+            .field("provider", q.provider.as_str())
             .field("stale", q.stale)
             .build()
     }
@@ -372,9 +338,9 @@ impl State {
             stalls: summary.count,
             stalled: summary.stalled,
             stall_ratio: summary.ratio,
-            initial_buffering_seconds: summary.initial_buffering.map(|n| n as f64 * 1e-9),
+            initial_buffering_seconds: summary.initial_buffering.map(seconds),
             freezes: self.freeze.count(),
-            frozen_seconds: self.freeze.total() as f64 * 1e-9,
+            frozen_seconds: seconds(self.freeze.total()),
         });
     }
 
@@ -388,7 +354,7 @@ impl State {
     /// The message for a stall event; also records it in the metrics.
     fn stall_message(&mut self, event: StallEvent) -> gst::Structure {
         if let StallEvent::Ended(stall) = event {
-            self.metrics.stall_ended(stall.duration as f64 * 1e-9);
+            self.metrics.stall_ended(seconds(stall.duration));
         }
         self.sync_metrics(None);
         let (name, start, end, duration, cause) = match event {
@@ -445,10 +411,10 @@ impl State {
             .field("freezes", self.freeze.count())
             .field("frozen-time", ns(self.freeze.total()))
             .field("frozen", self.freeze.is_frozen())
-            .field_if_some("windows-scored", counts.map(|c| c.0))
-            .field_if_some("windows-dropped", counts.map(|c| c.1))
-            .field_if_some("frames-dropped", counts.map(|c| c.2))
-            .field_if_some("stale", counts.map(|c| c.3))
+            .field_if_some("windows-scored", counts.map(|c| c.windows_scored))
+            .field_if_some("windows-dropped", counts.map(|c| c.windows_dropped))
+            .field_if_some("frames-dropped", counts.map(|c| c.frames_dropped))
+            .field_if_some("stale", counts.map(|c| c.stale))
             .build()
     }
 }
@@ -838,7 +804,7 @@ impl ObjectImpl for QoeMonitor {
                     .default_value(DEFAULT_HOP.nseconds())
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecEnum::builder_with_default("execution-provider", ExecutionProvider::Cpu)
+                glib::ParamSpecEnum::builder_with_default("execution-provider", Provider::Cpu)
                     .nick("Execution provider")
                     .blurb("Where ONNX Runtime runs the model: cpu, cuda, tensorrt, or auto (TensorRT, else CUDA, else CPU). An explicitly asked-for provider that cannot start fails the start with the reason; the provider in use is the provider property")
                     .mutable_ready()
@@ -1167,7 +1133,7 @@ impl BaseTransformImpl for QoeMonitor {
             None => None,
             Some(dir) => {
                 let options = settings.session_options();
-                let scorer = crate::model::runtime::shared_scorer(dir, &options).map_err(|e| {
+                let scorer = qoe_model::shared_scorer(dir, &options).map_err(|e| {
                     gst::error_msg!(
                         gst::ResourceError::OpenRead,
                         ("Cannot load the model bundle {}", dir.display()),
@@ -1181,7 +1147,7 @@ impl BaseTransformImpl for QoeMonitor {
                     scorer.bundle().manifest.name,
                     scorer.provider().as_str()
                 );
-                if scorer.mode() == "none" && settings.explain == Explain::Never {
+                if scorer.mode() == ScoreMode::None && settings.explain == Explain::Never {
                     gst::element_imp_warning!(
                         self,
                         gst::LibraryError::Settings,

@@ -8,7 +8,7 @@ use gst::prelude::*;
 mod imp;
 mod scoring;
 
-pub use scoring::{Explain, FAIL_FROM_ENV, SLOW_DECODER_ENV};
+pub use scoring::Explain;
 
 glib::wrapper! {
     pub struct QoeMonitor(ObjectSubclass<imp::QoeMonitor>) @extends gst_base::BaseTransform, gst::Element, gst::Object;

@@ -16,21 +16,20 @@ use std::time::{Duration, Instant};
 use gst::glib;
 use gst_video::prelude::*;
 
-use crate::model::runtime::{Scorer, StallFigures};
-use crate::model::stream::{ReadyWindow, StageTimes, StreamScorer, Unscorable};
-use crate::preprocess::RgbImage;
-use crate::queue::BoundedQueue;
-use crate::sampling::{KeyframeSampler, SECOND, Window, WindowScheduler};
-use crate::stall::Nanos;
+use qoe_core::queue::BoundedQueue;
+use qoe_core::sampling::{KeyframeSampler, Window, WindowScheduler};
+use qoe_core::stall::WindowStalls;
+use qoe_core::time::{Nanos, SECOND};
+use qoe_model::bundle::ScoreMode;
+use qoe_model::level::{level_of_score, rank};
+use qoe_model::preprocess::RgbImage;
+use qoe_model::stream::{ReadyWindow, StageTimes, StreamScorer, Unscorable};
+use qoe_model::{Provider, Scorer};
 
 /// Sampled frames (and window marks) waiting for the feature thread.
 const INTAKE_CAPACITY: usize = 48;
 /// Complete windows waiting for the decoder.
 const WINDOW_CAPACITY: usize = 2;
-/// Milliseconds the decoder stage sleeps per window, for tests of a slow model.
-pub const SLOW_DECODER_ENV: &str = "GST_QOE_TEST_DECODER_DELAY_MS";
-/// Windows from this number on (1 is the first) fail, for tests of a failing model.
-pub const FAIL_FROM_ENV: &str = "GST_QOE_TEST_FAIL_FROM_WINDOW";
 /// How long end of stream waits for the last windows to be scored.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -45,6 +44,21 @@ pub enum Explain {
     OnDrop,
     #[enum_value(name = "Every window (rate-limited)", nick = "always")]
     Always,
+}
+
+/// Why the workers cannot start or a sampled frame cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoringError {
+    #[error(transparent)]
+    Model(#[from] qoe_model::Error),
+    #[error("cannot start the {thread} thread: {source}")]
+    Thread {
+        thread: &'static str,
+        source: std::io::Error,
+    },
+    /// A sampled frame cannot be converted to RGB.
+    #[error("{0}")]
+    Convert(String),
 }
 
 /// What the workers tell the element.
@@ -80,7 +94,7 @@ pub struct Quality {
     pub keyframes: usize,
     pub motion_frames: usize,
     pub times: StageTimes,
-    pub provider: &'static str,
+    pub provider: Provider,
     /// The model failed since the last good score (this one then repeats the last good one).
     pub stale: bool,
 }
@@ -113,10 +127,16 @@ struct Shared {
     windows_scored: AtomicU64,
     stale: AtomicBool,
     last_good: Mutex<Option<Quality>>,
-    /// A test hook: extra seconds the decoder stage sleeps per window.
-    slow_decoder: Mutex<Option<Duration>>,
-    /// A test hook: windows from this number on fail.
-    fail_from: Option<u64>,
+}
+
+/// What the workers have done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerCounts {
+    pub windows_scored: u64,
+    pub windows_dropped: u64,
+    pub frames_dropped: u64,
+    /// The model failed since its last good score.
+    pub stale: bool,
 }
 
 /// The streaming thread's side: which frames are sampled and when windows are due. Lives
@@ -144,7 +164,7 @@ enum JobKind {
     },
     Window {
         window: Window,
-        stall: Option<StallFigures>,
+        stall: Option<WindowStalls>,
         running_time: Nanos,
     },
     End,
@@ -171,7 +191,7 @@ impl Sampler {
         info: &Arc<gst_video::VideoInfo>,
         time: Nanos,
         duration: Option<Nanos>,
-        stall: impl Fn(Window) -> Option<StallFigures>,
+        stall: impl Fn(Window) -> Option<WindowStalls>,
     ) -> Vec<Job> {
         let mut jobs: Vec<Job> = self
             .scheduler
@@ -204,7 +224,7 @@ impl Sampler {
     }
 
     /// End of stream: the final (partial) window, then the end mark.
-    pub fn finish(&mut self, stall: impl Fn(Window) -> Option<StallFigures>) -> Vec<Job> {
+    pub fn finish(&mut self, stall: impl Fn(Window) -> Option<WindowStalls>) -> Vec<Job> {
         let mut jobs = Vec::new();
         if let Some(end) = self.last_end
             && let Some(window) = self.scheduler.finish(end)
@@ -246,7 +266,7 @@ impl Workers {
         config: &ScoringConfig,
         fps: Option<f64>,
         sink: ReportSink,
-    ) -> Result<Workers, String> {
+    ) -> Result<Workers, ScoringError> {
         let scheduler = WindowScheduler::new(config.window, config.hop);
         // One fast-pathway run per hop of frames keeps the context overhead small.
         let fps = fps.unwrap_or(30.0).max(1.0);
@@ -255,23 +275,13 @@ impl Workers {
         let intake = Arc::new(BoundedQueue::new(INTAKE_CAPACITY));
         let windows = Arc::new(BoundedQueue::new(WINDOW_CAPACITY));
         let explains = Arc::new(BoundedQueue::new(1));
-        let shared = Arc::new(Shared {
-            fail_from: std::env::var(FAIL_FROM_ENV)
-                .ok()
-                .and_then(|n| n.parse().ok()),
-            ..Default::default()
-        });
-        // Test hook: a model made slow on purpose, to show that the pipeline does not wait.
-        *shared.slow_decoder.lock().unwrap() = std::env::var(SLOW_DECODER_ENV)
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-            .map(Duration::from_millis);
+        let shared = Arc::new(Shared::default());
         let mut threads = Vec::new();
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        let spawn = |thread: &'static str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
-                .name(name.into())
+                .name(thread.into())
                 .spawn(f)
-                .map_err(|e| format!("cannot start the {name} thread: {e}"))
+                .map_err(|source| ScoringError::Thread { thread, source })
         };
         threads.push(spawn(
             "qoe-features",
@@ -362,14 +372,14 @@ impl Workers {
         self.windows.clear();
     }
 
-    /// Windows scored, windows dropped, frames dropped, and whether the model is stale.
-    pub fn counts(&self) -> (u64, u64, u64, bool) {
-        (
-            self.shared.windows_scored.load(Ordering::Relaxed),
-            self.shared.windows_dropped.load(Ordering::Relaxed),
-            self.shared.frames_dropped.load(Ordering::Relaxed),
-            self.shared.stale.load(Ordering::Relaxed),
-        )
+    /// What the workers have done so far.
+    pub fn counts(&self) -> WorkerCounts {
+        WorkerCounts {
+            windows_scored: self.shared.windows_scored.load(Ordering::Relaxed),
+            windows_dropped: self.shared.windows_dropped.load(Ordering::Relaxed),
+            frames_dropped: self.shared.frames_dropped.load(Ordering::Relaxed),
+            stale: self.shared.stale.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -398,7 +408,7 @@ impl ToRgb {
         &mut self,
         buffer: gst::Buffer,
         info: &gst_video::VideoInfo,
-    ) -> Result<RgbImage, String> {
+    ) -> Result<RgbImage, ScoringError> {
         if self.converter.as_ref().is_none_or(|(i, _, _)| i != info) {
             let out = gst_video::VideoInfo::builder(
                 gst_video::VideoFormat::Rgb,
@@ -409,21 +419,26 @@ impl ToRgb {
             .par(info.par())
             .interlace_mode(info.interlace_mode())
             .build()
-            .map_err(|e| format!("no RGB layout for {info:?}: {e}"))?;
-            let converter = gst_video::VideoConverter::new(info, &out, None)
-                .map_err(|e| format!("cannot convert {} to RGB: {e}", info.format()))?;
+            .map_err(|e| ScoringError::Convert(format!("no RGB layout for {info:?}: {e}")))?;
+            let converter = gst_video::VideoConverter::new(info, &out, None).map_err(|e| {
+                ScoringError::Convert(format!("cannot convert {} to RGB: {e}", info.format()))
+            })?;
             self.converter = Some((info.clone(), converter, out));
         }
         let (_, converter, out_info) = self.converter.as_ref().expect("just made");
-        let frame = gst_video::VideoFrame::from_buffer_readable(buffer, info)
-            .map_err(|_| "a sampled frame cannot be mapped for reading".to_string())?;
-        let out = gst::Buffer::with_size(out_info.size()).map_err(|e| e.to_string())?;
+        let frame = gst_video::VideoFrame::from_buffer_readable(buffer, info).map_err(|_| {
+            ScoringError::Convert("a sampled frame cannot be mapped for reading".into())
+        })?;
+        let out = gst::Buffer::with_size(out_info.size())
+            .map_err(|e| ScoringError::Convert(format!("no RGB buffer: {e}")))?;
         let mut out = gst_video::VideoFrame::from_buffer_writable(out, out_info)
-            .map_err(|_| "cannot map the RGB frame".to_string())?;
+            .map_err(|_| ScoringError::Convert("cannot map the RGB frame".into()))?;
         converter.frame(&frame, &mut out);
         let (width, height) = (out.width() as usize, out.height() as usize);
         let stride = out.plane_stride()[0] as usize;
-        let plane = out.plane_data(0).map_err(|e| e.to_string())?;
+        let plane = out
+            .plane_data(0)
+            .map_err(|e| ScoringError::Convert(format!("the RGB plane: {e}")))?;
         let mut data = Vec::with_capacity(width * height * 3);
         for row in plane.chunks(stride).take(height) {
             data.extend_from_slice(&row[..width * 3]);
@@ -438,9 +453,12 @@ impl ToRgb {
 
 /// A failure: warns once per stale episode (the first failure after a good score), so that a
 /// model that keeps failing does not flood the bus.
-fn report_failure(shared: &Shared, sink: &ReportSink, error: String) {
+fn report_failure(shared: &Shared, sink: &ReportSink, error: impl std::fmt::Display) {
     let warn = !shared.stale.swap(true, Ordering::SeqCst);
-    sink(Report::Failed { error, warn });
+    sink(Report::Failed {
+        error: error.to_string(),
+        warn,
+    });
 }
 
 /// A window the workers will not score: counted, and reported for the metrics.
@@ -475,7 +493,9 @@ fn feature_thread(
             } => {
                 // A frame that fails counts as lost (`add_frame` marks its own failures).
                 let result = match rgb.convert(buffer, &info) {
-                    Ok(image) => stream.add_frame(time, &image, keyframe, motion),
+                    Ok(image) => stream
+                        .add_frame(time, &image, keyframe, motion)
+                        .map_err(ScoringError::from),
                     Err(error) => {
                         stream.lose(time);
                         Err(error)
@@ -528,8 +548,7 @@ fn level_of(scorer: &Scorer, score: f64, probabilities: &[f64]) -> String {
             .fold(0, |b, (i, p)| if *p > probabilities[b] { i } else { b });
         return levels[best].word.trim().to_owned();
     }
-    const BINS: [&str; 5] = ["low", "poor", "fair", "good", "high"];
-    BINS[((score * 5.0).floor().max(0.0) as usize).min(4)].to_owned()
+    level_of_score(score).to_owned()
 }
 
 fn score_thread(
@@ -550,36 +569,29 @@ fn score_thread(
         .iter()
         .map(|l| l.word.trim().to_owned())
         .collect();
-    let scores = scorer.mode() != "none";
-    let mut number = 0u64;
+    // An Assistant bundle (score.mode none) only explains.
+    let scores = scorer.mode() != ScoreMode::None;
     while let Some(ready) = windows.pop() {
         let running_time = ready.due;
-        number += 1;
         let t0 = Instant::now();
-        if let Some(extra) = *shared.slow_decoder.lock().unwrap() {
-            std::thread::sleep(extra);
-        }
-        let result = if shared.fail_from.is_some_and(|from| number >= from) {
-            Err(format!("test hook {FAIL_FROM_ENV}: window {number} fails"))
-        } else if scores {
+        let result = scores.then(|| {
             scorer.score_window(&ready.features).and_then(|s| {
                 s.score
                     .map(|score| (score, s.probabilities))
-                    .ok_or_else(|| "the model's answer holds no score".to_string())
+                    .ok_or_else(|| {
+                        qoe_model::Error::Input("the model's answer holds no score".into())
+                    })
             })
-        } else {
-            Err(String::new())
-        };
+        });
         let decoder = t0.elapsed().as_secs_f64();
         let mut explain_now = config.explain == Explain::Always;
         match result {
-            Ok((score, probabilities)) => {
+            None => {}
+            Some(Ok((score, probabilities))) => {
                 shared.stale.store(false, Ordering::SeqCst);
                 shared.windows_scored.fetch_add(1, Ordering::Relaxed);
                 let level = level_of(scorer, score, &probabilities);
-                let rank = ["high", "good", "fair", "poor", "low"]
-                    .iter()
-                    .position(|l| *l == level);
+                let rank = rank(&level);
                 if config.explain == Explain::OnDrop
                     && let (Some(now), Some(before)) = (rank, last_level)
                 {
@@ -598,14 +610,13 @@ fn score_thread(
                         decoder,
                         ..ready.spent
                     },
-                    provider: scorer.provider().as_str(),
+                    provider: scorer.provider(),
                     stale: false,
                 };
                 *shared.last_good.lock().unwrap() = Some(quality.clone());
                 sink(Report::Quality(quality));
             }
-            Err(error) if error.is_empty() => {} // an Assistant bundle: explanations only
-            Err(error) => {
+            Some(Err(error)) => {
                 report_failure(shared, sink, error);
                 // The last good figures again, flagged stale, so that readers see the gap.
                 if let Some(last) = shared.last_good.lock().unwrap().clone() {

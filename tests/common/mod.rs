@@ -175,8 +175,17 @@ pub fn test_video(container: &str) -> PathBuf {
 }
 
 /// The committed fixtures: bundles and golden data.
+/// The checkout's root: these helpers serve the plugin's tests and `qoe-probe`'s.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("meson.build").is_file())
+        .expect("the checkout's root holds meson.build")
+        .to_path_buf()
+}
+
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    repo().join("tests/fixtures")
 }
 
 /// A tiny fixture bundle's folder.
@@ -205,7 +214,7 @@ pub fn init_ort() {
         if std::env::var_os("ORT_DYLIB_PATH").is_some() {
             return;
         }
-        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/lib");
+        let lib = repo().join(".cache/venv/lib");
         let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
             dirs.flatten()
                 .map(|d| {
@@ -225,7 +234,7 @@ pub fn init_ort() {
 pub fn golden_frames(
     golden_dir: &Path,
     spec: &serde_json::Value,
-) -> Vec<gstqoe::preprocess::RgbImage> {
+) -> Vec<qoe_model::preprocess::RgbImage> {
     let shape: Vec<usize> = spec["shape"]
         .as_array()
         .unwrap()
@@ -235,7 +244,7 @@ pub fn golden_frames(
     let data = std::fs::read(golden_dir.join(spec["file"].as_str().unwrap())).unwrap();
     let (n, h, w) = (shape[0], shape[1], shape[2]);
     (0..n)
-        .map(|i| gstqoe::preprocess::RgbImage {
+        .map(|i| qoe_model::preprocess::RgbImage {
             width: w,
             height: h,
             data: data[i * h * w * 3..][..h * w * 3].to_vec(),
@@ -244,7 +253,7 @@ pub fn golden_frames(
 }
 
 /// Decodes the video file at `path` to RGB pictures with their PTS (nanoseconds).
-pub fn decode_rgb(path: &Path) -> Vec<(u64, gstqoe::preprocess::RgbImage)> {
+pub fn decode_rgb(path: &Path) -> Vec<(u64, qoe_model::preprocess::RgbImage)> {
     use gst_video::prelude::*;
     init();
     let pipeline = gst::parse::launch(&format!(
@@ -273,7 +282,7 @@ pub fn decode_rgb(path: &Path) -> Vec<(u64, gstqoe::preprocess::RgbImage)> {
                 .take(h)
                 .flat_map(|row| row[..w * 3].to_vec())
                 .collect();
-            let image = gstqoe::preprocess::RgbImage {
+            let image = qoe_model::preprocess::RgbImage {
                 width: w,
                 height: h,
                 data,

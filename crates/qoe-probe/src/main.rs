@@ -13,7 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gstqoe::report::{Span, Timeline};
+use qoe_model::Provider;
+use qoe_model::level::rank;
+
+mod report;
+use report::{Span, Timeline};
 
 const USAGE: &str = "\
 usage: qoe-probe <file|URI> [options]
@@ -47,17 +51,38 @@ struct Options {
     report: Option<PathBuf>,
     stall_threshold_ms: Option<u64>,
     bundle: Option<PathBuf>,
-    provider: Option<String>,
+    provider: Option<Provider>,
 }
 
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+/// Why the command line gives no run.
+#[derive(Debug, PartialEq)]
+enum CliError {
+    /// `-h` or `--help`: the usage, and a successful exit.
+    Help,
+    /// A wrong command line: the reason, the usage, and exit code 2.
+    Usage(String),
+}
+
+impl From<String> for CliError {
+    fn from(reason: String) -> Self {
+        CliError::Usage(reason)
+    }
+}
+
+impl From<&str> for CliError {
+    fn from(reason: &str) -> Self {
+        CliError::Usage(reason.to_owned())
+    }
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, CliError> {
     let mut o = Options::default();
     let mut args = args.into_iter();
     let mut input = None;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "-h" | "--help" => return Err(String::new()),
+            "-h" | "--help" => return Err(CliError::Help),
             "--json" => o.json = true,
             "--realtime" => o.realtime = true,
             "--metrics-address" => o.metrics_address = Some(value("--metrics-address")?),
@@ -65,10 +90,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             "--report" => {
                 let path = PathBuf::from(value("--report")?);
                 if path.extension().and_then(|e| e.to_str()) != Some("svg") {
-                    return Err(format!(
+                    return Err(CliError::Usage(format!(
                         "--report {}: only .svg reports are supported",
                         path.display()
-                    ));
+                    )));
                 }
                 o.report = Some(path);
             }
@@ -81,28 +106,23 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String>
             "--bundle" => {
                 let dir = PathBuf::from(value("--bundle")?);
                 if !dir.join("bundle.json").is_file() {
-                    return Err(format!(
+                    return Err(CliError::Usage(format!(
                         "--bundle {}: not a model bundle (no bundle.json in it)",
                         dir.display()
-                    ));
+                    )));
                 }
                 o.bundle = Some(dir);
             }
             "--provider" => {
                 let p = value("--provider")?;
-                if !["cpu", "cuda", "tensorrt", "auto"].contains(&p.as_str()) {
-                    return Err(format!(
-                        "--provider {p}: not one of cpu, cuda, tensorrt, auto"
-                    ));
-                }
-                o.provider = Some(p);
+                o.provider = Some(p.parse().map_err(|e| format!("--provider {p}: {e}"))?);
             }
             other if other.starts_with('-') && other.len() > 1 => {
-                return Err(format!("unknown option {other}"));
+                return Err(format!("unknown option {other}").into());
             }
             other => {
                 if input.replace(other.to_owned()).is_some() {
-                    return Err("only one input, please".into());
+                    return Err(CliError::Usage("only one input, please".into()));
                 }
             }
         }
@@ -228,11 +248,11 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let options = match parse_args(std::env::args().skip(1)) {
         Ok(o) => o,
-        Err(e) if e.is_empty() => {
+        Err(CliError::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
+        Err(CliError::Usage(e)) => {
             eprintln!("qoe-probe: {e}\n\n{USAGE}");
             return ExitCode::from(2);
         }
@@ -276,7 +296,7 @@ fn build(options: &Options, uri: &str, stream_id: &str) -> Result<Built, String>
         // the monitor behaves as in a live pipeline and drops what the model cannot keep up with.
         monitor.set_property("leaky", options.realtime);
         if let Some(provider) = &options.provider {
-            monitor.set_property_from_str("execution-provider", provider);
+            monitor.set_property("execution-provider", *provider);
         }
     }
     let sink = make("fakesink")?;
@@ -347,8 +367,7 @@ fn quality_summary(windows: &[Scored]) -> Option<(f64, f64, LevelTimes)> {
             None => levels.push((w.level.clone(), seconds)),
         }
     }
-    const ORDER: [&str; 5] = ["high", "good", "fair", "poor", "low"];
-    levels.sort_by_key(|(l, _)| ORDER.iter().position(|o| o == l).unwrap_or(ORDER.len()));
+    levels.sort_by_key(|(l, _)| rank(l).unwrap_or(usize::MAX));
     Some((mean, min, levels))
 }
 
@@ -702,7 +721,10 @@ mod tests {
     use super::*;
 
     fn args(a: &[&str]) -> Result<Options, String> {
-        parse_args(a.iter().map(|s| s.to_string()))
+        parse_args(a.iter().map(|s| s.to_string())).map_err(|e| match e {
+            CliError::Usage(reason) => reason,
+            CliError::Help => "(help)".into(),
+        })
     }
 
     #[test]
@@ -752,7 +774,7 @@ mod tests {
                 .unwrap_err()
                 .contains("not one of cpu, cuda, tensorrt, auto")
         );
-        assert_eq!(args(&["-h"]).unwrap_err(), "");
+        assert_eq!(args(&["-h"]).unwrap_err(), "(help)");
     }
 
     #[test]

@@ -3,14 +3,14 @@
 //! per keyframe and per frame as frames arrive, kept while a window may still need them, and
 //! assembled into each window; only the decoder runs per window.
 //!
-//! - VQA² (`Layout::KeyframesAndFrames`): vision tokens per keyframe; motion features per
+//! - VQA² (`Family::Vqa2`): vision tokens per keyframe; motion features per
 //!   frame in chunks with the manifest's `context_frames` of context on each side
 //!   ([`MotionChunker`]), so they equal a computation over the whole stream (zero-padded only
 //!   at its true ends, at holes and at resets).
-//! - LMM-VQA (`KeyframesAndChunks`): CLIP tokens per keyframe and one SlowFast token per
+//! - LMM-VQA (`Family::LmmVqa`): CLIP tokens per keyframe and one SlowFast token per
 //!   second, from the `chunk_frames` frames that start at its keyframe (the last frame repeated
 //!   at the end of the stream, as the reference pads).
-//! - CP-LLM (`FrameScores`): a score per keyframe; a window's score is their mean.
+//! - CP-LLM (`Family::CpLlm`): a score per keyframe; a window's score is their mean.
 //!
 //! A window is requested once the stream has passed its end, and comes out of
 //! [`StreamScorer::ready`] once every feature it needs exists (VQA² motion needs
@@ -20,10 +20,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::runtime::{Layout, Scorer, StallFigures, WindowFeatures};
+use qoe_core::sampling::{MotionChunk, MotionChunker, Window};
+use qoe_core::stall::WindowStalls;
+use qoe_core::time::Nanos;
+
+use crate::bundle::{Family, Role};
+use crate::error::Result;
 use crate::preprocess::RgbImage;
-use crate::sampling::{MotionChunk, MotionChunker, Window};
-use crate::stall::Nanos;
+use crate::scorer::{Scorer, WindowFeatures};
 
 /// Seconds spent per stage.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -46,6 +50,17 @@ impl StageTimes {
     fn take(&mut self) -> StageTimes {
         std::mem::take(self)
     }
+}
+
+/// What a [`StreamScorer`] holds: the cache's size, for memory checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Keyframe features (and LMM-VQA chunk tokens).
+    pub keyframes: usize,
+    /// VQA² per-frame motion features.
+    pub motion: usize,
+    /// Prepared frames waiting for the motion graphs.
+    pub inputs: usize,
 }
 
 /// A window with everything needed to score it.
@@ -73,7 +88,7 @@ pub enum Unscorable {
 #[derive(Debug)]
 struct Pending {
     window: Window,
-    stall: Option<StallFigures>,
+    stall: Option<WindowStalls>,
     due: Nanos,
     /// Motion features (VQA²) that must exist first: motion frames added before the request.
     motion_needed: usize,
@@ -85,7 +100,7 @@ type Timed = (Nanos, Arc<Vec<f32>>);
 /// The rolling-window feature cache of one stream.
 pub struct StreamScorer {
     scorer: Arc<Scorer>,
-    layout: Layout,
+    family: Family,
     window: Nanos,
     keyframes: VecDeque<Timed>,
     /// VQA²: prepared motion inputs from `inputs_base` on, and their times.
@@ -112,17 +127,17 @@ pub struct StreamScorer {
 impl StreamScorer {
     /// `window`: the longest window that will be requested (features older than the latest
     /// frame by more than this are dropped). `chunk`: motion frames per fast-pathway run.
-    pub fn new(scorer: Arc<Scorer>, window: Nanos, chunk: usize) -> Result<Self, String> {
-        let layout = scorer.layout();
+    pub fn new(scorer: Arc<Scorer>, window: Nanos, chunk: usize) -> Result<Self> {
+        let family = scorer.family();
         let motion = scorer.bundle().manifest.sampling.motion.clone();
         let context = motion.as_ref().and_then(|m| m.context_frames).unwrap_or(0);
-        let chunk_frames = match layout {
-            Layout::KeyframesAndChunks => scorer.chunk_frames()?,
+        let chunk_frames = match family {
+            Family::LmmVqa => scorer.chunk_frames()?,
             _ => 0,
         };
         Ok(StreamScorer {
             scorer,
-            layout,
+            family,
             window,
             keyframes: VecDeque::new(),
             inputs: VecDeque::new(),
@@ -151,7 +166,7 @@ impl StreamScorer {
         image: &RgbImage,
         keyframe: bool,
         motion: bool,
-    ) -> Result<(), String> {
+    ) -> Result<()> {
         self.latest = Some(time);
         let result = self.features_of(time, image, keyframe, motion);
         if result.is_err() {
@@ -167,22 +182,22 @@ impl StreamScorer {
         image: &RgbImage,
         keyframe: bool,
         motion: bool,
-    ) -> Result<(), String> {
+    ) -> Result<()> {
         let scorer = self.scorer.clone();
-        let timed = |spent: &mut f64, f: &mut dyn FnMut() -> Result<RgbImage, String>| {
+        let timed = |spent: &mut f64, f: &mut dyn FnMut() -> Result<RgbImage>| {
             let t0 = Instant::now();
             let out = f();
             *spent += t0.elapsed().as_secs_f64();
             out
         };
-        match self.layout {
-            Layout::FrameScores => {
+        match self.family {
+            Family::CpLlm => {
                 if keyframe {
                     let high = timed(&mut self.spent.preprocess, &mut || {
-                        scorer.prepare("high_level_encoder", image)
+                        scorer.prepare(Role::HighLevelEncoder, image)
                     })?;
                     let low = timed(&mut self.spent.preprocess, &mut || {
-                        scorer.prepare("low_level_encoder", image)
+                        scorer.prepare(Role::LowLevelEncoder, image)
                     })?;
                     let t0 = Instant::now();
                     let score = scorer.frame_scores(&[&high], &[&low])?;
@@ -190,21 +205,21 @@ impl StreamScorer {
                     self.keyframes.push_back((time, score[0].clone()));
                 }
             }
-            Layout::KeyframesAndFrames | Layout::KeyframesAndChunks => {
+            Family::Vqa2 | Family::LmmVqa => {
                 if keyframe {
                     let prepared = timed(&mut self.spent.preprocess, &mut || {
-                        scorer.prepare("keyframe_encoder", image)
+                        scorer.prepare(Role::KeyframeEncoder, image)
                     })?;
                     let t0 = Instant::now();
-                    let tokens = scorer.encode_pictures("keyframe_encoder", &[&prepared])?;
+                    let tokens = scorer.encode_pictures(Role::KeyframeEncoder, &[&prepared])?;
                     self.spent.vision += t0.elapsed().as_secs_f64();
                     self.keyframes.push_back((time, tokens[0].clone()));
                 }
                 if motion {
                     let prepared = timed(&mut self.spent.preprocess, &mut || {
-                        scorer.prepare("motion_encoder", image)
+                        scorer.prepare(Role::MotionEncoder, image)
                     })?;
-                    if self.layout == Layout::KeyframesAndFrames {
+                    if self.family == Family::Vqa2 {
                         self.inputs.push_back((time, prepared));
                         self.added += 1;
                         self.run_motion(false)?;
@@ -226,7 +241,7 @@ impl StreamScorer {
     }
 
     /// Runs the fast pathway on every chunk that has its context (all, at an end).
-    fn run_motion(&mut self, ended: bool) -> Result<(), String> {
+    fn run_motion(&mut self, ended: bool) -> Result<()> {
         while let Some(MotionChunk { input, output }) = self.chunker.next(self.added, ended) {
             let from = input.0 - self.inputs_base;
             let frames: Vec<&RgbImage> = self
@@ -258,7 +273,7 @@ impl StreamScorer {
     }
 
     /// LMM-VQA: tokens for chunks that have their frames (all, padded, at an end).
-    fn close_chunks(&mut self, ended: bool) -> Result<(), String> {
+    fn close_chunks(&mut self, ended: bool) -> Result<()> {
         while let Some((time, frames)) = self.open_chunks.front() {
             if frames.len() < self.chunk_frames && !ended {
                 break;
@@ -300,7 +315,7 @@ impl StreamScorer {
     pub fn request(
         &mut self,
         window: Window,
-        stall: Option<StallFigures>,
+        stall: Option<WindowStalls>,
         due: Nanos,
     ) -> Result<(), Unscorable> {
         if self.hole.is_some_and(|hole| window.start < hole) {
@@ -316,7 +331,7 @@ impl StreamScorer {
     }
 
     /// End of stream: everything still waiting for frames completes.
-    pub fn finish(&mut self) -> Result<(), String> {
+    pub fn finish(&mut self) -> Result<()> {
         self.run_motion(true)?;
         self.close_chunks(true)?;
         for pending in &mut self.pending {
@@ -353,9 +368,8 @@ impl StreamScorer {
     pub fn ready(&mut self) -> Vec<Result<ReadyWindow, (Window, Unscorable)>> {
         let mut out = Vec::new();
         while let Some(p) = self.pending.front() {
-            let motion_done =
-                self.chunker.done() >= p.motion_needed || self.layout != Layout::KeyframesAndFrames;
-            let chunks_done = self.layout != Layout::KeyframesAndChunks
+            let motion_done = self.chunker.done() >= p.motion_needed || self.family != Family::Vqa2;
+            let chunks_done = self.family != Family::LmmVqa
                 || self
                     .open_chunks
                     .front()
@@ -380,13 +394,12 @@ impl StreamScorer {
                 .collect()
         };
         let keyframes = inside(&self.keyframes);
-        let motion = match self.layout {
-            Layout::KeyframesAndFrames => self.trim_motion(inside(&self.motion)),
-            Layout::KeyframesAndChunks => inside(&self.chunks),
-            Layout::FrameScores => Vec::new(),
+        let motion = match self.family {
+            Family::Vqa2 => self.trim_motion(inside(&self.motion)),
+            Family::LmmVqa => inside(&self.chunks),
+            Family::CpLlm => Vec::new(),
         };
-        let empty =
-            keyframes.is_empty() || (self.layout != Layout::FrameScores && motion.is_empty());
+        let empty = keyframes.is_empty() || (self.family != Family::CpLlm && motion.is_empty());
         if empty {
             return Err((w, Unscorable::Empty));
         }
@@ -431,12 +444,13 @@ impl StreamScorer {
         }
     }
 
-    /// Features held now (for memory checks): keyframes, motion features, motion inputs.
-    pub fn held(&self) -> (usize, usize, usize) {
-        (
-            self.keyframes.len() + self.chunks.len(),
-            self.motion.len(),
-            self.inputs.len() + self.open_chunks.iter().map(|(_, f)| f.len()).sum::<usize>(),
-        )
+    /// Features held now (for memory checks).
+    pub fn held(&self) -> Held {
+        Held {
+            keyframes: self.keyframes.len() + self.chunks.len(),
+            motion: self.motion.len(),
+            inputs: self.inputs.len()
+                + self.open_chunks.iter().map(|(_, f)| f.len()).sum::<usize>(),
+        }
     }
 }

@@ -11,7 +11,7 @@
 //! thumbnail cell is the sum of `step_x` neighbouring pixels of that row. On 1080p that reads
 //! 90 of 1080 rows, about a tenth of a decoded frame's luma, in contiguous runs.
 
-use crate::stall::Nanos;
+use crate::time::Nanos;
 
 /// The thumbnail is at most this many cells wide and high.
 pub const THUMB_MAX_WIDTH: usize = 160;

@@ -18,8 +18,7 @@
 
 use std::collections::VecDeque;
 
-/// Nanoseconds of running time.
-pub type Nanos = u64;
+use crate::time::Nanos;
 
 /// How many completed stalls are kept in detail; counts and totals cover every stall.
 pub const STALL_HISTORY: usize = 256;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 use common::*;
 

@@ -4,7 +4,7 @@
 //! chunks that equal a whole-clip computation.
 //!
 //! The element's streaming thread drives the keyframe sampler and the window scheduler; the
-//! feature thread drives the motion chunker (`crate::model::stream`).
+//! feature thread drives the motion chunker (`qoe_model::stream`).
 //!
 //! - **Keyframes**: the first frame of every second of stream time, counted from the first
 //!   frame: with a constant frame rate these are the reference's indices 0, R, 2R… (R =
@@ -18,9 +18,7 @@
 //!   input `[a − context, b + context)` (clipped to the stream) equal those of the whole
 //!   stream, so each frame's feature is computed once and reused by every window.
 
-use crate::stall::Nanos;
-
-pub const SECOND: Nanos = 1_000_000_000;
+use crate::time::{Nanos, SECOND};
 
 /// Timestamps this close below a whole second count as that second: containers round
 /// (Matroska to milliseconds), and the reference picks frames by index.

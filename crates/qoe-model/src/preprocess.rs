@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn matches_pillow_byte_for_byte() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/golden/pillow");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden/pillow");
         let cases = std::fs::read_to_string(dir.join("cases.json")).unwrap();
         // cases.json: [{"source": "0.src.u8", "source_shape": [h, w, 3], "resized": …, "resized_shape": [h, w, 3]}]
         let mut checked = 0;

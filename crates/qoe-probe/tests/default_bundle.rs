@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 use common::*;
 
@@ -16,9 +17,7 @@ fn default_bundle() -> PathBuf {
 
 /// models/NAME, once `pipelines/default-bundle.sh` has built its decoder.
 fn built_bundle(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join(name);
+    let dir = repo().join("models").join(name);
     assert!(
         dir.join("decoder_score.onnx").is_file(),
         "{}: the decoder graphs are not built; run `bash pipelines/default-bundle.sh` (tests/run.sh does)",
@@ -131,9 +130,9 @@ const INT8_TOLERANCE: f64 = 0.08;
 fn carphone_pristine_scores_above_carphone_distorted() {
     init_ort();
     let bundle = default_bundle();
-    let videos = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/videos");
+    let videos = repo().join(".cache/videos");
     let status = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/sample-videos.sh"))
+        .arg(repo().join("pipelines/sample-videos.sh"))
         .status()
         .unwrap();
     assert!(status.success(), "pipelines/sample-videos.sh failed");
@@ -191,7 +190,7 @@ fn the_prefix_cache_changes_nothing() {
 /// window's score is linear in the averaged level probabilities.
 #[test]
 fn the_ensemble_scores_the_mean_of_its_models() {
-    use gstqoe::model::bundle::MEMBER_ROLES;
+    use qoe_model::bundle::MEMBER_ROLES;
     init_ort();
     let bundle = default_bundle();
     let manifest: serde_json::Value =

@@ -4,6 +4,8 @@
 
 use std::fmt::Write;
 
+use qoe_model::level::LEVELS;
+
 /// A span of stream time, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Span {
@@ -82,13 +84,8 @@ impl Timeline {
             s,
             r##"<rect x="{LEFT}" y="{top}" width="{plot_width}" height="{SCORE_HEIGHT}" fill="#f7f7f7" stroke="#cccccc"/>"##
         );
-        for (level, score) in [
-            ("high", 1.0),
-            ("good", 0.75),
-            ("fair", 0.5),
-            ("poor", 0.25),
-            ("low", 0.0),
-        ] {
+        for (rank, level) in LEVELS.iter().enumerate() {
+            let score = 1.0 - rank as f64 / (LEVELS.len() - 1) as f64;
             let _ = writeln!(
                 s,
                 r##"<line x1="{LEFT}" x2="{}" y1="{yy}" y2="{yy}" stroke="#dddddd"/><text x="{}" y="{}" text-anchor="end" fill="#666666">{level}</text>"##,

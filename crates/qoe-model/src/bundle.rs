@@ -1,0 +1,702 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Reading and checking a model bundle's `bundle.json` (documented in `onnx/README.md`).
+//! Errors name the file and the field at fault.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const FORMAT: &str = "gst-qoe-bundle";
+/// The newest format this reader knows; it reads every version from 1. Version 2 adds
+/// `ensemble`, which a version-1 reader would ignore and so score differently.
+pub const FORMAT_VERSION: u32 = 2;
+pub const MANIFEST: &str = "bundle.json";
+
+fn err<T>(message: impl Into<String>) -> Result<T> {
+    Err(Error::Bundle(message.into()))
+}
+
+/// A graph input or output: a name, a shape with fixed or symbolic dimensions, a dtype.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<Dim>,
+    pub dtype: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(i64),
+    Named(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Part {
+    pub file: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// How frames are resized to an encoder's input. Only Pillow's bicubic filter, reproduced to
+/// the byte ([`crate::preprocess`]), is implemented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ResizeFilter {
+    #[serde(rename = "pillow-bicubic")]
+    PillowBicubic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Preprocess {
+    pub size: [usize; 2],
+    pub resize: ResizeFilter,
+    pub rescale: f64,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeyframeSampling {
+    pub per_second: u32,
+    pub rule: String,
+    pub count: Option<usize>,
+}
+
+/// How the motion branch takes frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MotionMode {
+    /// VQA²: per-frame features (every `stride`-th frame).
+    Frames,
+    /// LMM-VQA: one token per second's chunk of `chunk_frames` frames.
+    Chunks,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MotionSampling {
+    pub mode: MotionMode,
+    #[serde(default = "one")]
+    pub stride: usize,
+    #[serde(default = "one")]
+    pub trim_before_stride: usize,
+    #[serde(default = "one")]
+    pub multiple: usize,
+    pub max_frames: Option<usize>,
+    pub context_frames: Option<usize>,
+    pub chunk_frames: Option<usize>,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Sampling {
+    pub keyframes: KeyframeSampling,
+    pub motion: Option<MotionSampling>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Constant {
+    pub file: String,
+    pub shape: Vec<usize>,
+    pub dtype: ConstantType,
+}
+
+/// The element type of a constant's raw little-endian file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConstantType {
+    Float32,
+    Float16,
+    Int64,
+}
+
+impl ConstantType {
+    pub fn bytes(self) -> usize {
+        match self {
+            ConstantType::Float32 => 4,
+            ConstantType::Float16 => 2,
+            ConstantType::Int64 => 8,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConstantType::Float32 => "float32",
+            ConstantType::Float16 => "float16",
+            ConstantType::Int64 => "int64",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Level {
+    pub word: String,
+    pub token_id: u32,
+    pub weight: f64,
+}
+
+/// How a bundle turns features into a score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreMode {
+    /// VQA²: softmax over the level words' logits, then their weighted sum.
+    LevelLogits,
+    /// LMM-VQA: the first number of a generated answer.
+    GeneratedNumber,
+    /// CP-LLM: the mean of a quality head's per-keyframe scores.
+    QualityHead,
+    /// No score: the bundle only explains (VQA²-Assistant).
+    None,
+}
+
+impl ScoreMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoreMode::LevelLogits => "level-logits",
+            ScoreMode::GeneratedNumber => "generated-number",
+            ScoreMode::QualityHead => "quality-head",
+            ScoreMode::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Score {
+    pub mode: ScoreMode,
+    pub part: Option<PartName>,
+    pub logit_position: Option<i64>,
+    #[serde(default)]
+    pub levels: Vec<Level>,
+    pub max_new_tokens: Option<usize>,
+    pub range: Option<[f64; 2]>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Generation {
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Decoder {
+    pub architecture: String,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub generation: Option<Generation>,
+    /// `decoder_score` takes a past: the prompt's opening is prefilled once and reused.
+    #[serde(default)]
+    pub prefix_cache: bool,
+}
+
+/// One prompt segment: text tokenised on its own, or an embedding block.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Segment {
+    Text { text: String },
+    Embed { embed: Block },
+}
+
+/// An embedding block of the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Block {
+    /// VQA²: the keyframes' vision tokens (and the image newline).
+    Keyframes,
+    /// VQA²: the motion tokens.
+    Motion,
+    /// LMM-VQA: the fused CLIP and SlowFast tokens.
+    Visual,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Prompt {
+    pub blocks: BTreeMap<String, Vec<String>>,
+    pub segments: Vec<Segment>,
+    pub stall_format: String,
+    #[serde(default)]
+    pub stall_text: BTreeMap<String, String>,
+}
+
+/// Which rows of the embedding table the bundle carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VocabularyRows {
+    All,
+    /// Only the prompt's tokens; `rows_constant` maps rows to token ids.
+    Subset,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Vocabulary {
+    pub size: usize,
+    pub rows: VocabularyRows,
+    pub rows_constant: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub name: String,
+    pub family: Family,
+    pub variant: String,
+    pub precision: String,
+    pub sampling: Sampling,
+    pub parts: BTreeMap<PartName, Part>,
+    pub preprocess: BTreeMap<Role, Preprocess>,
+    pub vocabulary: Option<Vocabulary>,
+    pub decoder: Option<Decoder>,
+    #[serde(default)]
+    pub constants: BTreeMap<String, Constant>,
+    pub tokenizer: String,
+    pub prompt: Option<Prompt>,
+    pub score: Score,
+    /// More models scored with this one (format version 2): member `name`'s graphs are the
+    /// parts `keyframe_encoder@name`, `motion_encoder@name` and `motion_projector@name`; it
+    /// shares the preprocessing, prompt and decoder. The level probabilities are averaged.
+    #[serde(default)]
+    pub ensemble: Vec<String>,
+}
+
+/// The model family a bundle belongs to: which graphs it has and how they are chained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum Family {
+    /// VQA²: vision tokens per keyframe, motion features per frame, a decoder prefill.
+    #[serde(rename = "vqa2")]
+    Vqa2,
+    /// LMM-VQA: CLIP tokens per keyframe, a SlowFast token per second, a generated answer.
+    #[serde(rename = "lmm-vqa")]
+    LmmVqa,
+    /// CP-LLM: a quality head's score per keyframe from two encoders.
+    #[serde(rename = "cp-llm")]
+    CpLlm,
+}
+
+impl Family {
+    /// The graphs every bundle of this family must have.
+    pub fn required_roles(self) -> &'static [Role] {
+        match self {
+            Family::Vqa2 => &[
+                Role::KeyframeEncoder,
+                Role::MotionEncoder,
+                Role::MotionProjector,
+            ],
+            Family::LmmVqa => &[
+                Role::KeyframeEncoder,
+                Role::MotionEncoder,
+                Role::VisualProjector,
+                Role::TokenEmbedding,
+                Role::DecoderGenerate,
+            ],
+            Family::CpLlm => &[
+                Role::HighLevelEncoder,
+                Role::LowLevelEncoder,
+                Role::QualityHead,
+            ],
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Vqa2 => "vqa2",
+            Family::LmmVqa => "lmm-vqa",
+            Family::CpLlm => "cp-llm",
+        }
+    }
+}
+
+/// A graph's job in a bundle: the key of `parts` (before any `@member`) and of `preprocess`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    KeyframeEncoder,
+    MotionEncoder,
+    MotionProjector,
+    VisualProjector,
+    TokenEmbedding,
+    DecoderScore,
+    DecoderGenerate,
+    HighLevelEncoder,
+    LowLevelEncoder,
+    QualityHead,
+}
+
+impl Role {
+    pub const ALL: [Role; 10] = [
+        Role::KeyframeEncoder,
+        Role::MotionEncoder,
+        Role::MotionProjector,
+        Role::VisualProjector,
+        Role::TokenEmbedding,
+        Role::DecoderScore,
+        Role::DecoderGenerate,
+        Role::HighLevelEncoder,
+        Role::LowLevelEncoder,
+        Role::QualityHead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::KeyframeEncoder => "keyframe_encoder",
+            Role::MotionEncoder => "motion_encoder",
+            Role::MotionProjector => "motion_projector",
+            Role::VisualProjector => "visual_projector",
+            Role::TokenEmbedding => "token_embedding",
+            Role::DecoderScore => "decoder_score",
+            Role::DecoderGenerate => "decoder_generate",
+            Role::HighLevelEncoder => "high_level_encoder",
+            Role::LowLevelEncoder => "low_level_encoder",
+            Role::QualityHead => "quality_head",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The graphs each ensemble member has of its own.
+pub const MEMBER_ROLES: [Role; 3] = [
+    Role::KeyframeEncoder,
+    Role::MotionEncoder,
+    Role::MotionProjector,
+];
+
+/// A key of `parts`: a role, and for an ensemble member's own graph its name (`role@name`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartName {
+    pub role: Role,
+    pub member: Option<String>,
+}
+
+impl PartName {
+    /// The bundle's own graph for `role`.
+    pub fn own(role: Role) -> PartName {
+        PartName { role, member: None }
+    }
+
+    /// `role` of the model `member` (`None`: the bundle's own).
+    pub fn of(role: Role, member: Option<&str>) -> PartName {
+        PartName {
+            role,
+            member: member.map(str::to_owned),
+        }
+    }
+}
+
+impl std::fmt::Display for PartName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.member {
+            None => f.write_str(self.role.as_str()),
+            Some(member) => write!(f, "{}@{member}", self.role),
+        }
+    }
+}
+
+impl std::str::FromStr for PartName {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (role, member) = match s.split_once('@') {
+            Some((role, member)) => (role, Some(member.to_owned())),
+            None => (s, None),
+        };
+        let role = Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == role)
+            .ok_or_else(|| {
+                format!(
+                    "part \"{s}\": \"{role}\" is not a known role ({})",
+                    Role::ALL.map(Role::as_str).join(", ")
+                )
+            })?;
+        Ok(PartName { role, member })
+    }
+}
+
+impl<'de> Deserialize<'de> for PartName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A bundle folder with its checked manifest.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Bundle {
+    /// Reads `dir/bundle.json` and checks that everything it names exists and fits.
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let path = dir.join(MANIFEST);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                return err(format!(
+                    "{}: cannot read the bundle manifest: {e}",
+                    path.display()
+                ));
+            }
+        };
+        // The format fields first, so that a newer bundle says so rather than failing on a
+        // field this reader does not know.
+        let head: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Bundle(format!("{}: not JSON: {e}", path.display())))?;
+        if head.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+            return err(format!(
+                "{}: field format is {}, expected \"{FORMAT}\"",
+                path.display(),
+                head["format"]
+            ));
+        }
+        if !head
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .is_some_and(|v| (1..=FORMAT_VERSION as u64).contains(&v))
+        {
+            return err(format!(
+                "{}: field format_version is {}; this reader knows 1 to {FORMAT_VERSION}",
+                path.display(),
+                head["format_version"]
+            ));
+        }
+        // The path of the field at fault leads the message ("score.mode: unknown variant").
+        let reader = &mut serde_json::Deserializer::from_str(&text);
+        let manifest: Manifest = serde_path_to_error::deserialize(reader)
+            .map_err(|e| Error::Bundle(format!("{}: {e}", path.display())))?;
+        let bundle = Bundle {
+            dir: dir.to_owned(),
+            manifest,
+        };
+        bundle.check()?;
+        Ok(bundle)
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.dir.join(MANIFEST)
+    }
+
+    fn check(&self) -> Result<()> {
+        let m = &self.manifest;
+        let here = self.manifest_path();
+        for (name, part) in &m.parts {
+            if !self.dir.join(&part.file).is_file() {
+                return err(format!(
+                    "{}: parts.{name}.file \"{}\" does not exist",
+                    here.display(),
+                    part.file
+                ));
+            }
+        }
+        for role in m.family.required_roles() {
+            if !m.parts.contains_key(&PartName::own(*role)) {
+                return err(format!(
+                    "{}: parts.{role} is missing: every {} bundle has it",
+                    here.display(),
+                    m.family.as_str()
+                ));
+            }
+        }
+        for (name, constant) in &m.constants {
+            let file = self.dir.join(&constant.file);
+            let size = match std::fs::metadata(&file) {
+                Ok(meta) => meta.len() as usize,
+                Err(_) => {
+                    return err(format!(
+                        "{}: constants.{name}.file \"{}\" does not exist",
+                        here.display(),
+                        constant.file
+                    ));
+                }
+            };
+            let expected = constant.shape.iter().product::<usize>() * constant.dtype.bytes();
+            if size != expected {
+                return err(format!(
+                    "{}: {size} bytes, but constants.{name} declares shape {:?} of {} ({expected} bytes)",
+                    file.display(),
+                    constant.shape,
+                    constant.dtype.as_str()
+                ));
+            }
+        }
+        if let Some(part) = &m.score.part
+            && !m.parts.contains_key(part)
+        {
+            return err(format!(
+                "{}: score.part \"{part}\" is not one of the parts",
+                here.display()
+            ));
+        }
+        if let Some(decoder) = &m.decoder
+            && decoder.prefix_cache
+            && !m
+                .parts
+                .get(&PartName::own(Role::DecoderScore))
+                .is_some_and(|p| {
+                    p.inputs
+                        .iter()
+                        .any(|i| i.name.starts_with("past_key_values."))
+                })
+        {
+            return err(format!(
+                "{}: decoder.prefix_cache is true, but parts.decoder_score declares no past_key_values.* inputs",
+                here.display()
+            ));
+        }
+        self.check_ensemble()?;
+        if !self.dir.join(&m.tokenizer).is_file() {
+            return err(format!(
+                "{}: tokenizer \"{}\" does not exist",
+                here.display(),
+                m.tokenizer
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_ensemble(&self) -> Result<()> {
+        let m = &self.manifest;
+        let here = self.manifest_path();
+        if m.ensemble.is_empty() {
+            if let Some(name) = m.parts.keys().find(|p| p.member.is_some()) {
+                return err(format!(
+                    "{}: parts.{name} names an ensemble member, but the manifest has no ensemble",
+                    here.display()
+                ));
+            }
+            return Ok(());
+        }
+        if m.format_version < 2 {
+            return err(format!(
+                "{}: ensemble needs format_version 2 (it is {})",
+                here.display(),
+                m.format_version
+            ));
+        }
+        // Members are averaged over the VQA² level probabilities only.
+        if m.score.mode != ScoreMode::LevelLogits || m.family != Family::Vqa2 {
+            return err(format!(
+                "{}: ensemble is for VQA² bundles scored by level-logits (score.mode is \"{}\")",
+                here.display(),
+                m.score.mode.as_str()
+            ));
+        }
+        for (i, name) in m.ensemble.iter().enumerate() {
+            if name.is_empty() || name.contains(['@', '/']) || m.ensemble[..i].contains(name) {
+                return err(format!(
+                    "{}: ensemble[{i}] \"{name}\" must be a new, non-empty name without @ or /",
+                    here.display()
+                ));
+            }
+            for role in MEMBER_ROLES {
+                let (Some(own), Some(member)) = (
+                    m.parts.get(&PartName::own(role)),
+                    m.parts.get(&PartName::of(role, Some(name))),
+                ) else {
+                    return err(format!(
+                        "{}: ensemble member \"{name}\" needs parts.{role} and parts.{role}@{name}",
+                        here.display()
+                    ));
+                };
+                // The models' features are kept side by side and cut apart by equal widths.
+                if (&own.inputs, &own.outputs) != (&member.inputs, &member.outputs) {
+                    return err(format!(
+                        "{}: parts.{role}@{name} must declare the inputs and outputs of parts.{role}",
+                        here.display()
+                    ));
+                }
+            }
+        }
+        for name in m.parts.keys() {
+            if let Some(member) = &name.member
+                && (!MEMBER_ROLES.contains(&name.role) || !m.ensemble.contains(member))
+            {
+                return err(format!(
+                    "{}: parts.{name}: \"{member}\" is not in ensemble, or {} is not one of a member's graphs ({})",
+                    here.display(),
+                    name.role,
+                    MEMBER_ROLES.map(Role::as_str).join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The models scored: `None` for the bundle's own graphs, then each ensemble member's
+    /// name.
+    pub fn models(&self) -> Vec<Option<String>> {
+        std::iter::once(None)
+            .chain(self.manifest.ensemble.iter().cloned().map(Some))
+            .collect()
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    pub fn part(&self, name: &PartName) -> Result<&Part> {
+        self.manifest.parts.get(name).ok_or_else(|| {
+            Error::Bundle(format!(
+                "{}: no part \"{name}\"",
+                self.manifest_path().display()
+            ))
+        })
+    }
+
+    pub fn preprocess(&self, role: Role) -> Result<&Preprocess> {
+        self.manifest.preprocess.get(&role).ok_or_else(|| {
+            Error::Bundle(format!(
+                "{}: no preprocess.{role}",
+                self.manifest_path().display()
+            ))
+        })
+    }
+
+    /// A float32 constant.
+    pub fn constant_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let c = self.constant(name, ConstantType::Float32)?;
+        Ok(c.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    /// An int64 constant.
+    pub fn constant_i64(&self, name: &str) -> Result<Vec<i64>> {
+        let c = self.constant(name, ConstantType::Int64)?;
+        Ok(c.chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("chunks of 8")))
+            .collect())
+    }
+
+    fn constant(&self, name: &str, dtype: ConstantType) -> Result<Vec<u8>> {
+        let here = self.manifest_path();
+        let c = self
+            .manifest
+            .constants
+            .get(name)
+            .ok_or_else(|| Error::Bundle(format!("{}: no constants.{name}", here.display())))?;
+        if c.dtype != dtype {
+            return err(format!(
+                "{}: constants.{name}.dtype is {}, expected {}",
+                here.display(),
+                c.dtype.as_str(),
+                dtype.as_str()
+            ));
+        }
+        let file = self.dir.join(&c.file);
+        std::fs::read(&file).map_err(|e| Error::Bundle(format!("{}: {e}", file.display())))
+    }
+}

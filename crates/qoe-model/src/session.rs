@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: MPL-2.0
+//! ONNX Runtime: loading the library (the `ort` crate loads it at run time), the execution
+//! providers, and opening a bundle's graphs as sessions checked against the manifest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::Session;
+
+use crate::bundle::{Bundle, PartName, TensorSpec};
+use crate::error::{Error, Result};
+
+/// The process's one ONNX Runtime environment.
+static ENVIRONMENT: OnceLock<Result<Environment>> = OnceLock::new();
+
+/// Where the ONNX Runtime library is: `ORT_DYLIB_PATH`.
+pub fn library_path() -> Result<PathBuf> {
+    match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(path) if Path::new(&path).is_file() => Ok(PathBuf::from(path)),
+        Some(path) => Err(Error::Runtime(format!(
+            "ORT_DYLIB_PATH={} is not a file",
+            Path::new(&path).display()
+        ))),
+        None => Err(Error::Runtime(
+            "ORT_DYLIB_PATH is not set: point it at libonnxruntime.so (the onnxruntime wheel's \
+             onnxruntime/capi/libonnxruntime.so.1.31.1)"
+                .into(),
+        )),
+    }
+}
+
+/// The ONNX Runtime environment, loading the library on first use.
+pub fn environment() -> Result<&'static Environment> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = library_path()?;
+            ort::init_from(&path)
+                .map_err(|e| {
+                    Error::Runtime(format!(
+                        "cannot load ONNX Runtime from {}: {e}",
+                        path.display()
+                    ))
+                })?
+                .with_name("gst-qoe")
+                .build()
+                .map_err(|e| Error::Runtime(format!("cannot start ONNX Runtime: {e}")))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Where inference runs. With the `glib` feature it is also the element's
+/// `execution-provider` GObject enum, so the property, the CLI and the runtime share one list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "glib", derive(glib::Enum))]
+#[cfg_attr(feature = "glib", enum_type(name = "GstQoeExecutionProvider"))]
+#[repr(u32)]
+pub enum Provider {
+    #[default]
+    #[cfg_attr(feature = "glib", enum_value(name = "CPU", nick = "cpu"))]
+    Cpu,
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(name = "CUDA (an error if it cannot start)", nick = "cuda")
+    )]
+    Cuda,
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(name = "TensorRT (an error if it cannot start)", nick = "tensorrt")
+    )]
+    TensorRt,
+    /// TensorRT, else CUDA, else CPU: the first that starts.
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(name = "TensorRT, else CUDA, else CPU", nick = "auto")
+    )]
+    Auto,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 4] = [
+        Provider::Cpu,
+        Provider::Cuda,
+        Provider::TensorRt,
+        Provider::Auto,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::TensorRt => "tensorrt",
+            Provider::Auto => "auto",
+        }
+    }
+}
+
+impl std::str::FromStr for Provider {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Provider::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "execution provider \"{s}\" is not one of {}",
+                    Provider::ALL.map(Provider::as_str).join(", ")
+                ))
+            })
+    }
+}
+
+/// How sessions are opened: where they run and with how many threads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct SessionOptions {
+    pub provider: Provider,
+    /// Intra-op threads per session; 0 lets ONNX Runtime choose.
+    pub threads: usize,
+    /// GPU ordinal for CUDA and TensorRT.
+    pub device_id: i32,
+    /// Folder for TensorRT engines (a key folder per model, ORT version, GPU and precision
+    /// inside); `None`: engines are rebuilt on every start.
+    pub tensorrt_cache: Option<PathBuf>,
+}
+
+/// Opens graph `name` of `bundle` on `provider`, checking its inputs and outputs against the
+/// manifest.
+fn open_session(
+    bundle: &Bundle,
+    name: &PartName,
+    provider: Provider,
+    options: &SessionOptions,
+) -> Result<Session> {
+    let part = bundle.part(name)?;
+    let path = bundle.path(&part.file);
+    let mut builder = Session::builder(environment()?)
+        .and_then(|b| b.with_intra_threads(options.threads).map_err(Into::into))
+        .map_err(|e| Error::Runtime(format!("cannot configure ONNX Runtime: {e}")))?;
+    builder = with_provider(builder, provider, options, &path)?;
+    let session = builder
+        .commit_from_file(&path)
+        .map_err(|e| Error::Bundle(format!("{}: not a usable ONNX model: {e}", path.display())))?;
+    let names = |outlets: &[ort::value::Outlet]| {
+        outlets
+            .iter()
+            .map(|o| o.name().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let declared = |specs: &[TensorSpec]| specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    for (what, got, want) in [
+        ("inputs", names(session.inputs()), declared(&part.inputs)),
+        ("outputs", names(session.outputs()), declared(&part.outputs)),
+    ] {
+        if got != want {
+            return Err(Error::Bundle(format!(
+                "{}: {what} are {got:?}, the manifest declares {want:?}",
+                path.display()
+            )));
+        }
+    }
+    Ok(session)
+}
+
+/// Opens every graph of `bundle` on `provider`.
+pub(crate) fn open_sessions(
+    bundle: &Bundle,
+    provider: Provider,
+    options: &SessionOptions,
+) -> Result<HashMap<PartName, Mutex<Session>>> {
+    let mut sessions = HashMap::new();
+    for name in bundle.manifest.parts.keys() {
+        sessions.insert(
+            name.clone(),
+            Mutex::new(open_session(bundle, name, provider, options)?),
+        );
+    }
+    Ok(sessions)
+}
+
+/// Opens every graph of `bundle` as `options` say. `auto` tries TensorRT, then CUDA, then the
+/// CPU; an explicit provider that cannot start is an error. Returns the provider used.
+pub(crate) fn open_all(
+    bundle: &Bundle,
+    options: &SessionOptions,
+) -> Result<(Provider, HashMap<PartName, Mutex<Session>>)> {
+    if options.provider != Provider::Auto {
+        return Ok((
+            options.provider,
+            open_sessions(bundle, options.provider, options)?,
+        ));
+    }
+    let mut why = Vec::new();
+    for provider in [Provider::TensorRt, Provider::Cuda, Provider::Cpu] {
+        match open_sessions(bundle, provider, options) {
+            Ok(sessions) => return Ok((provider, sessions)),
+            Err(e) => why.push(format!("{}: {e}", provider.as_str())),
+        }
+    }
+    Err(Error::Runtime(why.join("; ")))
+}
+
+/// Adds `provider` to a session builder. Registration failures are errors, never a silent
+/// fall back to the CPU.
+fn with_provider(
+    builder: ort::session::builder::SessionBuilder,
+    provider: Provider,
+    options: &SessionOptions,
+    model: &Path,
+) -> Result<ort::session::builder::SessionBuilder> {
+    use ort::ep;
+    let dispatch = match provider {
+        Provider::Cpu | Provider::Auto => return Ok(builder),
+        Provider::Cuda => ep::CUDA::default()
+            .with_device_id(options.device_id)
+            .build()
+            .error_on_failure(),
+        Provider::TensorRt => {
+            let mut trt = ep::TensorRT::default().with_device_id(options.device_id);
+            if let Some(root) = &options.tensorrt_cache {
+                let dir = root.join(tensorrt_cache_key(model, options.device_id)?);
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    Error::Runtime(format!("TensorRT engine cache {}: {e}", dir.display()))
+                })?;
+                trt = trt
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(dir.display())
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(dir.display());
+            }
+            trt.build().error_on_failure()
+        }
+    };
+    let name = dispatch.name();
+    builder
+        .with_execution_providers([dispatch])
+        .map_err(|e| Error::Runtime(format!("{name} cannot start for {}: {e}", model.display())))
+}
+
+/// The TensorRT engine cache folder name for `model`: its content hash, the ONNX Runtime
+/// library, the GPU and the precision, so that a change of any of them builds new engines.
+pub fn tensorrt_cache_key(model: &Path, device_id: i32) -> Result<String> {
+    let bytes =
+        std::fs::read(model).map_err(|e| Error::Bundle(format!("{}: {e}", model.display())))?;
+    let ort = library_path()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "ort".into());
+    let gpu = gpu_name(device_id).unwrap_or_else(|| format!("gpu{device_id}"));
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect::<String>()
+    };
+    Ok(format!(
+        "{:016x}_{}_{}_fp32",
+        fnv1a(&bytes),
+        clean(&ort),
+        clean(&gpu)
+    ))
+}
+
+/// The NVIDIA driver's name for GPU `device_id`, if the driver says.
+fn gpu_name(device_id: i32) -> Option<String> {
+    let mut dirs: Vec<_> = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    let info = std::fs::read_to_string(dirs.get(device_id as usize)?.join("information")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Model:"))
+        .map(|m| m.trim().to_owned())
+}
+
+/// 64-bit FNV-1a: a stable content hash (std's hasher may change between Rust releases).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
