@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Prometheus metrics: one registry per process, an HTTP endpoint shared by every element, and
 //! an optional text file for node_exporter's textfile collector. Free of GStreamer types.
+//! (About 820 lines, of which the unit tests are 160.)
 //!
 //! Every series carries the operator-chosen `stream` label (the element's `stream-id`); the
 //! other labels are bounded sets (`level`, `stage`, `provider`). An element that goes to NULL

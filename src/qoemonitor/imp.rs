@@ -4,7 +4,12 @@
 //!
 //! Frames are never modified: the element runs in passthrough and only reads a subsampled
 //! luma thumbnail of each frame. Messages are built under the state lock and posted after it
-//! is released.
+//! is released. The per-stream state and its messages are in [`super::state`], the scoring
+//! threads in [`super::scoring`].
+//!
+//! Over 800 lines on purpose: the settings, their property table with each property's docs
+//! (about 300 lines) and the callbacks that read them stay side by side, as in the
+//! gst-plugins-rs elements this one follows.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,15 +22,15 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 
-use super::scoring::{Explain, Job, Report, ReportSink, Sampler, ScoringConfig, Workers};
-use qoe_core::freeze::{FreezeDetector, FreezeEvent, LumaLayout, LumaPlane};
-use qoe_core::sampling::Window;
-use qoe_core::stall::{FrameTiming, StallEvent, StallTracker, WindowStalls};
-use qoe_core::time::{Nanos, seconds};
+use super::scoring::{Explain, Report, ReportSink, Sampler, ScoringConfig, Workers};
+use super::state::State;
+use qoe_core::freeze::{LumaLayout, LumaPlane};
+use qoe_core::stall::FrameTiming;
+use qoe_core::time::Nanos;
 use qoe_model::bundle::ScoreMode;
-use qoe_model::{Provider, Scorer, SessionOptions};
+use qoe_model::{Provider, SessionOptions};
 
-use crate::metrics::{QualityFigures, StreamFigures, StreamMetrics, TextfileLease};
+use crate::metrics::StreamMetrics;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -113,31 +118,31 @@ fn luma_source(info: &gst_video::VideoInfo) -> Option<LumaLayout> {
 }
 
 #[derive(Debug, Clone)]
-struct Settings {
-    stream_id: Option<String>,
-    stall_threshold: gst::ClockTime,
-    freeze_threshold: f64,
-    freeze_min_duration: gst::ClockTime,
-    stats_interval: gst::ClockTime,
-    metrics_address: Option<String>,
-    metrics_file: Option<String>,
-    metrics_file_interval: gst::ClockTime,
-    bundle: Option<PathBuf>,
-    window: gst::ClockTime,
-    hop: gst::ClockTime,
-    execution_provider: Provider,
-    device_id: i32,
-    threads: u32,
-    tensorrt_cache: Option<PathBuf>,
-    leaky: bool,
-    explain: Explain,
-    explain_interval: gst::ClockTime,
-    explain_question: String,
-    explain_max_tokens: u32,
+pub(super) struct Settings {
+    pub(super) stream_id: Option<String>,
+    pub(super) stall_threshold: gst::ClockTime,
+    pub(super) freeze_threshold: f64,
+    pub(super) freeze_min_duration: gst::ClockTime,
+    pub(super) stats_interval: gst::ClockTime,
+    pub(super) metrics_address: Option<String>,
+    pub(super) metrics_file: Option<String>,
+    pub(super) metrics_file_interval: gst::ClockTime,
+    pub(super) bundle: Option<PathBuf>,
+    pub(super) window: gst::ClockTime,
+    pub(super) hop: gst::ClockTime,
+    pub(super) execution_provider: Provider,
+    pub(super) device_id: i32,
+    pub(super) threads: u32,
+    pub(super) tensorrt_cache: Option<PathBuf>,
+    pub(super) leaky: bool,
+    pub(super) explain: Explain,
+    pub(super) explain_interval: gst::ClockTime,
+    pub(super) explain_question: String,
+    pub(super) explain_max_tokens: u32,
 }
 
 impl Settings {
-    fn session_options(&self) -> SessionOptions {
+    pub(super) fn session_options(&self) -> SessionOptions {
         SessionOptions {
             provider: self.execution_provider,
             threads: self.threads as usize,
@@ -146,7 +151,7 @@ impl Settings {
         }
     }
 
-    fn scoring_config(&self) -> ScoringConfig {
+    pub(super) fn scoring_config(&self) -> ScoringConfig {
         ScoringConfig {
             window: self.window.nseconds(),
             hop: self.hop.nseconds(),
@@ -159,7 +164,7 @@ impl Settings {
     }
 
     /// The stats interval in nanoseconds; `None` when 0 (only the final stats at EOS).
-    fn stats_interval_ns(&self) -> Option<Nanos> {
+    pub(super) fn stats_interval_ns(&self) -> Option<Nanos> {
         Some(self.stats_interval.nseconds()).filter(|i| *i > 0)
     }
 }
@@ -188,234 +193,6 @@ impl Default for Settings {
             explain_question: DEFAULT_EXPLAIN_QUESTION.into(),
             explain_max_tokens: DEFAULT_EXPLAIN_MAX_TOKENS,
         }
-    }
-}
-
-/// Per-stream state, created on `start()` and dropped on `stop()`.
-struct State {
-    stream_id: String,
-    stats_interval: Option<Nanos>,
-    info: Option<gst_video::VideoInfo>,
-    luma: Option<LumaLayout>,
-    /// 1/framerate from the caps, `None` for variable rate.
-    frame_period: Option<Nanos>,
-    segment: gst::FormattedSegment<gst::ClockTime>,
-    stall: StallTracker,
-    freeze: FreezeDetector,
-    playing: bool,
-    /// Running time of the next `qoe-stats` message, on the frame timeline.
-    next_stats: Option<Nanos>,
-    /// The pending late-arrival clock wait and its generation (stale callbacks are ignored).
-    clock_wait: Option<gst::SingleShotClockId>,
-    wait_generation: u64,
-    warned_no_timestamp: bool,
-    warned_unreadable: bool,
-    /// This stream's Prometheus series, and when (frame time) they were last refreshed.
-    metrics: StreamMetrics,
-    next_metrics: Nanos,
-    _textfile: Option<TextfileLease>,
-    /// The model (shared by every element using the same bundle and provider), loaded on
-    /// start; the sampler and workers start with the first caps.
-    scorer: Option<Arc<Scorer>>,
-    scoring_config: ScoringConfig,
-    sampler: Option<Sampler>,
-    workers: Option<Arc<Workers>>,
-    info_shared: Option<Arc<gst_video::VideoInfo>>,
-}
-
-impl State {
-    fn new(
-        stream_id: String,
-        settings: &Settings,
-        metrics: StreamMetrics,
-        textfile: Option<TextfileLease>,
-        scorer: Option<Arc<Scorer>>,
-    ) -> Self {
-        State {
-            stream_id,
-            stats_interval: settings.stats_interval_ns(),
-            info: None,
-            luma: None,
-            frame_period: None,
-            segment: gst::FormattedSegment::new(),
-            stall: StallTracker::new(settings.stall_threshold.nseconds()),
-            freeze: FreezeDetector::new(
-                settings.freeze_threshold,
-                settings.freeze_min_duration.nseconds(),
-            ),
-            playing: false,
-            next_stats: None,
-            clock_wait: None,
-            wait_generation: 0,
-            warned_no_timestamp: false,
-            warned_unreadable: false,
-            metrics,
-            next_metrics: 0,
-            _textfile: textfile,
-            scorer,
-            scoring_config: settings.scoring_config(),
-            sampler: None,
-            workers: None,
-            info_shared: None,
-        }
-    }
-
-    /// The stall figures of a scoring window, for streaming prompts.
-    fn window_stalls(stall: &StallTracker, window: Window) -> Option<WindowStalls> {
-        Some(stall.within(window.start, window.end))
-    }
-
-    /// Jobs for the scoring workers from this frame (none without a model).
-    fn sample(&mut self, buffer: &gst::Buffer, time: Nanos) -> Vec<Job> {
-        let (Some(sampler), Some(info)) = (self.sampler.as_mut(), self.info_shared.as_ref()) else {
-            return Vec::new();
-        };
-        let stall = &self.stall;
-        sampler.on_frame(
-            buffer,
-            info,
-            time,
-            self.frame_period
-                .or(buffer.duration().map(|d| d.nseconds())),
-            |w| Self::window_stalls(stall, w),
-        )
-    }
-
-    /// The `qoe-quality` structure of a scored window; also feeds the metrics.
-    fn quality_message(&mut self, q: &super::scoring::Quality) -> gst::Structure {
-        let ns = gst::ClockTime::from_nseconds;
-        if !q.stale {
-            let levels: Vec<(&str, f64)> = q
-                .probabilities
-                .iter()
-                .map(|(l, p)| (l.as_str(), *p))
-                .collect();
-            let stages = [
-                ("preprocess", q.times.preprocess),
-                ("vision", q.times.vision),
-                ("motion", q.times.motion),
-                ("decoder", q.times.decoder),
-            ];
-            self.metrics.quality(&QualityFigures {
-                score: q.score,
-                levels: &levels,
-                stages: &stages,
-                provider: q.provider.as_str(),
-            });
-        }
-        self.metrics.stale(q.stale);
-        let mut probabilities = gst::Structure::new_empty("probabilities");
-        for (level, p) in &q.probabilities {
-            probabilities.set(level.as_str(), *p);
-        }
-        let times = gst::Structure::builder("inference-times")
-            .field("preprocess", q.times.preprocess)
-            .field("vision", q.times.vision)
-            .field("motion", q.times.motion)
-            .field("decoder", q.times.decoder)
-            .build();
-        gst::Structure::builder("qoe-quality")
-            .field("score", q.score)
-            .field("level", &q.level)
-            .field("probabilities", probabilities)
-            .field("window-start", self.stream_time(q.window.start))
-            .field("window-end", self.stream_time(q.window.end))
-            .field("running-time", ns(q.running_time))
-            .field("stream-id", &self.stream_id)
-            .field("keyframes", q.keyframes as u32)
-            .field("motion-frames", q.motion_frames as u32)
-            .field("inference-time", q.times.total())
-            .field("inference-times", times)
-            .field("provider", q.provider.as_str())
-            .field("stale", q.stale)
-            .build()
-    }
-
-    /// Brings the Prometheus series up to date with the trackers.
-    fn sync_metrics(&mut self, now: Option<Nanos>) {
-        let summary = self.stall.summary(now);
-        self.metrics.update(&StreamFigures {
-            stalls: summary.count,
-            stalled: summary.stalled,
-            stall_ratio: summary.ratio,
-            initial_buffering_seconds: summary.initial_buffering.map(seconds),
-            freezes: self.freeze.count(),
-            frozen_seconds: seconds(self.freeze.total()),
-        });
-    }
-
-    fn stream_time(&self, running_time: Nanos) -> Option<gst::ClockTime> {
-        let rt = gst::ClockTime::from_nseconds(running_time);
-        self.segment
-            .position_from_running_time(rt)
-            .and_then(|pos| self.segment.to_stream_time(pos))
-    }
-
-    /// The message for a stall event; also records it in the metrics.
-    fn stall_message(&mut self, event: StallEvent) -> gst::Structure {
-        if let StallEvent::Ended(stall) = event {
-            self.metrics.stall_ended(seconds(stall.duration));
-        }
-        self.sync_metrics(None);
-        let (name, start, end, duration, cause) = match event {
-            StallEvent::Started { start, cause } => ("start", start, start, None, cause),
-            StallEvent::Ended(s) => ("end", s.start, s.end(), Some(s.duration), s.cause),
-        };
-        gst::Structure::builder("qoe-stall")
-            .field("event", name)
-            .field("cause", cause.as_str())
-            .field("start", self.stream_time(start))
-            .field_if_some("duration", duration.map(gst::ClockTime::from_nseconds))
-            .field("running-time", gst::ClockTime::from_nseconds(end))
-            .field("stream-time", self.stream_time(end))
-            .field("stream-id", &self.stream_id)
-            .build()
-    }
-
-    /// The message for a freeze event; also records it in the metrics.
-    fn freeze_message(&mut self, event: FreezeEvent) -> gst::Structure {
-        self.sync_metrics(None);
-        let (name, start, at, duration) = match event {
-            FreezeEvent::Started { start } => ("start", start, start, None),
-            FreezeEvent::Ended(f) => ("end", f.start, f.start + f.duration, Some(f.duration)),
-        };
-        gst::Structure::builder("qoe-freeze")
-            .field("event", name)
-            .field("start", self.stream_time(start))
-            .field_if_some("duration", duration.map(gst::ClockTime::from_nseconds))
-            .field("running-time", gst::ClockTime::from_nseconds(at))
-            .field("stream-time", self.stream_time(at))
-            .field("stream-id", &self.stream_id)
-            .build()
-    }
-
-    /// The `qoe-stats` structure at running time `now`.
-    fn stats(&self, now: Option<Nanos>) -> gst::Structure {
-        let summary = self.stall.summary(now);
-        let ns = gst::ClockTime::from_nseconds;
-        let durations = gst::Array::new(summary.durations.iter().map(|d| ns(*d).to_send_value()));
-        let counts = self.workers.as_ref().map(|w| w.counts());
-        gst::Structure::builder("qoe-stats")
-            .field("stream-id", &self.stream_id)
-            .field("running-time", now.map(ns))
-            .field("stream-time", now.and_then(|n| self.stream_time(n)))
-            .field("live", self.stall.is_live())
-            .field("frames", summary.frames)
-            .field("stalls", summary.count)
-            .field("stall-time", ns(summary.total))
-            .field("stall-ratio", summary.ratio)
-            .field("stall-durations", durations)
-            .field("stalled", summary.stalled)
-            .field("initial-buffering", summary.initial_buffering.map(ns))
-            .field("time-since-last-stall", summary.since_last_stall.map(ns))
-            .field("freezes", self.freeze.count())
-            .field("frozen-time", ns(self.freeze.total()))
-            .field("frozen", self.freeze.is_frozen())
-            .field_if_some("windows-scored", counts.map(|c| c.windows_scored))
-            .field_if_some("windows-dropped", counts.map(|c| c.windows_dropped))
-            .field_if_some("frames-dropped", counts.map(|c| c.frames_dropped))
-            .field_if_some("stale", counts.map(|c| c.stale))
-            .build()
     }
 }
 

@@ -7,6 +7,7 @@ use gst::prelude::*;
 
 mod imp;
 mod scoring;
+mod state;
 
 pub use scoring::Explain;
 

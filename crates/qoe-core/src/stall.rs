@@ -15,6 +15,8 @@
 //! One outage is one stall, whichever of these signals sees it first: a live source that
 //! stops sending frames usually also opens a timestamp gap and may send GAP events, and all
 //! of that is the same stall.
+//!
+//! (About 850 lines, of which the unit tests are 350.)
 
 use std::collections::VecDeque;
 

@@ -403,9 +403,9 @@ impl std::fmt::Display for PartName {
 }
 
 impl std::str::FromStr for PartName {
-    type Err = String;
+    type Err = Error;
 
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self> {
         let (role, member) = match s.split_once('@') {
             Some((role, member)) => (role, Some(member.to_owned())),
             None => (s, None),
@@ -414,10 +414,10 @@ impl std::str::FromStr for PartName {
             .into_iter()
             .find(|r| r.as_str() == role)
             .ok_or_else(|| {
-                format!(
+                Error::Bundle(format!(
                     "part \"{s}\": \"{role}\" is not a known role ({})",
                     Role::ALL.map(Role::as_str).join(", ")
-                )
+                ))
             })?;
         Ok(PartName { role, member })
     }

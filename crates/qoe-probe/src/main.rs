@@ -4,6 +4,10 @@
 //! Plays the input through `uridecodebin ! videoconvert ! qoemonitor ! fakesink`, prints one
 //! line per stall or freeze event (or JSON lines with `--json`), shows progress on files, and
 //! ends with a summary. Exits 1 when the input cannot be opened or decoded, 2 on bad usage.
+//!
+//! This crate owns the command line and the SVG report ([`report`]); it builds on the plugin
+//! (registered statically) and `qoe-model`, and nothing depends on it. (About 830 lines, of
+//! which the unit tests are 110.)
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
