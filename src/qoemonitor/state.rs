@@ -187,15 +187,10 @@ impl State {
             StallEvent::Started { start, cause } => ("start", start, start, None, cause),
             StallEvent::Ended(s) => ("end", s.start, s.end(), Some(s.duration), s.cause),
         };
-        gst::Structure::builder("qoe-stall")
+        let head = gst::Structure::builder("qoe-stall")
             .field("event", name)
-            .field("cause", cause.as_str())
-            .field("start", self.stream_time(start))
-            .field_if_some("duration", duration.map(gst::ClockTime::from_nseconds))
-            .field("running-time", gst::ClockTime::from_nseconds(end))
-            .field("stream-time", self.stream_time(end))
-            .field("stream-id", &self.stream_id)
-            .build()
+            .field("cause", cause.as_str());
+        self.event_fields(head, start, end, duration).build()
     }
 
     /// The message for a freeze event; also records it in the metrics.
@@ -205,14 +200,24 @@ impl State {
             FreezeEvent::Started { start } => ("start", start, start, None),
             FreezeEvent::Ended(f) => ("end", f.start, f.start + f.duration, Some(f.duration)),
         };
-        gst::Structure::builder("qoe-freeze")
-            .field("event", name)
-            .field("start", self.stream_time(start))
+        let head = gst::Structure::builder("qoe-freeze").field("event", name);
+        self.event_fields(head, start, at, duration).build()
+    }
+
+    /// The fields every stall and freeze message ends with: when the event started, how
+    /// long it lasted (end messages), when it was seen (`at`, running time) and the stream.
+    fn event_fields(
+        &self,
+        head: gst::structure::Builder,
+        start: Nanos,
+        at: Nanos,
+        duration: Option<Nanos>,
+    ) -> gst::structure::Builder {
+        head.field("start", self.stream_time(start))
             .field_if_some("duration", duration.map(gst::ClockTime::from_nseconds))
             .field("running-time", gst::ClockTime::from_nseconds(at))
             .field("stream-time", self.stream_time(at))
             .field("stream-id", &self.stream_id)
-            .build()
     }
 
     /// The `qoe-stats` structure at running time `now`.

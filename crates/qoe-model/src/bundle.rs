@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Words};
 
 pub const FORMAT: &str = "gst-qoe-bundle";
 /// The newest format this reader knows; it reads every version from 1. Version 2 adds
@@ -328,8 +328,8 @@ pub enum Role {
     QualityHead,
 }
 
-impl Role {
-    pub const ALL: [Role; 10] = [
+impl Words for Role {
+    const ALL: &'static [Role] = &[
         Role::KeyframeEncoder,
         Role::MotionEncoder,
         Role::MotionProjector,
@@ -342,6 +342,12 @@ impl Role {
         Role::QualityHead,
     ];
 
+    fn word(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::KeyframeEncoder => "keyframe_encoder",
@@ -410,15 +416,12 @@ impl std::str::FromStr for PartName {
             Some((role, member)) => (role, Some(member.to_owned())),
             None => (s, None),
         };
-        let role = Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == role)
-            .ok_or_else(|| {
-                Error::Bundle(format!(
-                    "part \"{s}\": \"{role}\" is not a known role ({})",
-                    Role::ALL.map(Role::as_str).join(", ")
-                ))
-            })?;
+        let role = Role::from_word(role).ok_or_else(|| {
+            Error::Bundle(format!(
+                "part \"{s}\": \"{role}\" is not a known role ({})",
+                Role::list()
+            ))
+        })?;
         Ok(PartName { role, member })
     }
 }

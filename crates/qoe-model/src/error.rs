@@ -31,3 +31,25 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A closed set of words (a manifest's roles, the execution providers): every value, each
+/// value's word, and a value from its word.
+pub trait Words: Copy + 'static {
+    const ALL: &'static [Self];
+
+    fn word(self) -> &'static str;
+
+    /// The value whose word is `word`.
+    fn from_word(word: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|v| v.word() == word)
+    }
+
+    /// Every word, for messages: "a, b, c".
+    fn list() -> String {
+        Self::ALL
+            .iter()
+            .map(|v| v.word())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

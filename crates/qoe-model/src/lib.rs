@@ -26,7 +26,7 @@ pub mod session;
 pub mod stream;
 pub mod vqa2;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, Words};
 pub use registry::{SharedScorer, shared_scorer};
 pub use scorer::{Scored, Scorer, WindowFeatures};
 pub use session::{Provider, SessionOptions};

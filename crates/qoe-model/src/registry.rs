@@ -7,7 +7,7 @@
 //! bundle never waits for another.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Error, Result};
 use crate::scorer::Scorer;
@@ -24,13 +24,77 @@ struct Key {
     options: SessionOptions,
 }
 
-/// One bundle's scorer, held weakly so that it goes when its last user does.
-struct Slot {
-    key: Key,
-    scorer: Mutex<Weak<Scorer>>,
+/// Values opened once per key and shared while anyone holds them.
+struct Shared<K, T> {
+    slots: Mutex<Vec<Arc<Slot<K, T>>>>,
 }
 
-static SLOTS: LazyLock<Mutex<Vec<Arc<Slot>>>> = LazyLock::new(Default::default);
+/// One key's value, held weakly so that it goes when its last user does. Its lock is held
+/// while the value opens.
+struct Slot<K, T> {
+    key: K,
+    value: Mutex<Weak<T>>,
+}
+
+impl<K: PartialEq + Clone, T> Shared<K, T> {
+    const fn new() -> Self {
+        Shared {
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The slot for `key`, made if new; slots of released values are forgotten on the way.
+    fn slot(&self, key: &K) -> Arc<Slot<K, T>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // A slot that is opening is locked: keep it.
+        slots.retain(|s| {
+            s.key == *key
+                || s.value
+                    .try_lock()
+                    .map_or(true, |value| value.strong_count() > 0)
+        });
+        if let Some(slot) = slots.iter().find(|s| s.key == *key) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot {
+            key: key.clone(),
+            value: Mutex::new(Weak::new()),
+        });
+        slots.push(slot.clone());
+        slot
+    }
+
+    /// The value of `key`, opened with `open` when no one holds it. Only openings of the
+    /// same key wait for each other.
+    fn get_or_open(&self, key: &K, open: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        let slot = self.slot(key);
+        let mut held = slot.value.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(value) = held.upgrade() {
+            return Ok(value);
+        }
+        let value = Arc::new(open()?);
+        *held = Arc::downgrade(&value);
+        Ok(value)
+    }
+
+    /// The values held now, with their keys.
+    fn live(&self) -> Vec<(K, Arc<T>)> {
+        let slots: Vec<_> = self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        slots
+            .iter()
+            .filter_map(|s| {
+                let value = s
+                    .value
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .upgrade()?;
+                Some((s.key.clone(), value))
+            })
+            .collect()
+    }
+}
+
+static SCORERS: Shared<Key, Scorer> = Shared::new();
 
 /// A model in memory and how much it is held.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,45 +118,11 @@ fn key_of(dir: &Path, options: &SessionOptions) -> Result<Key> {
     })
 }
 
-/// The slot for `key`, made if new; slots of released models are forgotten on the way.
-fn slot(key: &Key) -> Arc<Slot> {
-    let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
-    // A slot being opened is locked: keep it.
-    slots.retain(|s| {
-        s.scorer
-            .try_lock()
-            .map_or(true, |scorer| scorer.strong_count() > 0)
-            || s.key == *key
-    });
-    if let Some(slot) = slots.iter().find(|s| s.key == *key) {
-        return slot.clone();
-    }
-    let slot = Arc::new(Slot {
-        key: key.clone(),
-        scorer: Mutex::new(Weak::new()),
-    });
-    slots.push(slot.clone());
-    slot
-}
-
-/// Returns the scorer of `key`, opening it with `open` when no one holds it.
-fn shared_with(key: Key, open: impl FnOnce() -> Result<Scorer>) -> Result<SharedScorer> {
-    let slot = slot(&key);
-    let mut held = slot.scorer.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(scorer) = held.upgrade() {
-        return Ok(scorer);
-    }
-    let scorer = Arc::new(open()?);
-    *held = Arc::downgrade(&scorer);
-    Ok(scorer)
-}
-
 /// The process's scorer for the bundle in `dir` opened with `options`, opened on first use
 /// and shared while anyone holds it.
 pub fn shared_scorer(dir: &Path, options: &SessionOptions) -> Result<SharedScorer> {
     let key = key_of(dir, options)?;
-    let dir = key.dir.clone();
-    shared_with(key, || Scorer::open_with(&dir, options))
+    SCORERS.get_or_open(&key, || Scorer::open_with(&key.dir, options))
 }
 
 /// [`shared_scorer`] for a scorer with test faults: streams that open `dir` with `options`
@@ -104,28 +134,90 @@ pub fn shared_scorer_with_faults(
     faults: crate::scorer::Faults,
 ) -> Result<SharedScorer> {
     let key = key_of(dir, options)?;
-    let dir = key.dir.clone();
-    shared_with(key, || Scorer::open_with_faults(&dir, options, faults))
+    SCORERS.get_or_open(&key, || Scorer::open_with_faults(&key.dir, options, faults))
 }
 
 /// The models in memory now, with how many holders each has.
 pub fn loaded() -> Vec<LoadedModel> {
-    let slots: Vec<Arc<Slot>> = SLOTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    slots
-        .iter()
-        .filter_map(|s| {
-            let scorer = s
-                .scorer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .upgrade()?;
+    SCORERS
+        .live()
+        .into_iter()
+        .map(|(key, scorer)| LoadedModel {
+            dir: key.dir,
+            provider: scorer.provider(),
             // Less the reference taken here.
-            let holders = Arc::strong_count(&scorer) - 1;
-            Some(LoadedModel {
-                dir: s.key.dir.clone(),
-                provider: scorer.provider(),
-                holders,
-            })
+            holders: Arc::strong_count(&scorer) - 1,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn one_value_per_key_while_held() {
+        let shared: Shared<u32, String> = Shared::new();
+        let opened = AtomicUsize::new(0);
+        let open = || {
+            opened.fetch_add(1, Ordering::SeqCst);
+            Ok("model".to_owned())
+        };
+        let a = shared.get_or_open(&1, open).unwrap();
+        let b = shared.get_or_open(&1, open).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(opened.load(Ordering::SeqCst), 1);
+        assert_eq!(shared.live().len(), 1);
+        drop((a, b));
+        assert!(shared.live().is_empty(), "released with its last holder");
+        let _c = shared.get_or_open(&1, open).unwrap();
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            2,
+            "opened again after release"
+        );
+    }
+
+    #[test]
+    fn a_failed_open_leaves_nothing_held() {
+        let shared: Shared<u32, String> = Shared::new();
+        let e = shared
+            .get_or_open(&1, || Err(Error::Bundle("bad manifest".into())))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "bad manifest");
+        assert!(shared.live().is_empty());
+    }
+
+    #[test]
+    fn opening_one_key_does_not_wait_for_another() {
+        static SHARED: Shared<u32, String> = Shared::new();
+        let (started, wait_started) = mpsc::channel();
+        let (release, wait_release) = mpsc::channel::<()>();
+        // Key 1 opens slowly: it holds its slot until released.
+        let slow = std::thread::spawn(move || {
+            SHARED
+                .get_or_open(&1, || {
+                    started.send(()).unwrap();
+                    wait_release.recv().unwrap();
+                    Ok("slow".to_owned())
+                })
+                .unwrap()
+        });
+        wait_started.recv().unwrap();
+        // Key 2 opens while key 1 is still opening.
+        let (done, wait_done) = mpsc::channel();
+        let fast = std::thread::spawn(move || {
+            let value = SHARED.get_or_open(&2, || Ok("fast".to_owned())).unwrap();
+            done.send(()).unwrap();
+            value
+        });
+        let not_blocked = wait_done.recv_timeout(Duration::from_secs(10)).is_ok();
+        release.send(()).unwrap();
+        assert!(not_blocked, "key 2 waited for key 1's opening");
+        assert_eq!(*fast.join().unwrap(), "fast");
+        assert_eq!(*slow.join().unwrap(), "slow");
+    }
 }

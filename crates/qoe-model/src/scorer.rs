@@ -254,10 +254,17 @@ impl Scorer {
         Ok(blocks.into_iter().map(Arc::new).collect())
     }
 
-    /// Model `model`'s block of an item of [`WindowFeatures`].
-    pub(crate) fn model_block<'a>(&self, item: &'a [f32], model: usize) -> &'a [f32] {
-        let each = item.len() / self.models.len();
-        &item[model * each..(model + 1) * each]
+    /// Model `model`'s blocks of items of [`WindowFeatures`], one after another.
+    pub(crate) fn model_blocks(&self, items: &[Arc<Vec<f32>>], model: usize) -> Vec<f32> {
+        let n = self.models.len();
+        items
+            .iter()
+            .flat_map(|item| {
+                let each = item.len() / n;
+                &item[model * each..(model + 1) * each]
+            })
+            .copied()
+            .collect()
     }
 
     /// Runs graph `name`; returns its first output.

@@ -10,7 +10,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 
 use crate::bundle::{Bundle, PartName, TensorSpec};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Words};
 
 /// The process's one ONNX Runtime environment.
 static ENVIRONMENT: OnceLock<Result<Environment>> = OnceLock::new();
@@ -79,14 +79,20 @@ pub enum Provider {
     Auto,
 }
 
-impl Provider {
-    pub const ALL: [Provider; 4] = [
+impl Words for Provider {
+    const ALL: &'static [Provider] = &[
         Provider::Cpu,
         Provider::Cuda,
         Provider::TensorRt,
         Provider::Auto,
     ];
 
+    fn word(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Provider {
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Cpu => "cpu",
@@ -101,15 +107,12 @@ impl std::str::FromStr for Provider {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        Provider::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                Error::Input(format!(
-                    "execution provider \"{s}\" is not one of {}",
-                    Provider::ALL.map(Provider::as_str).join(", ")
-                ))
-            })
+        Provider::from_word(s).ok_or_else(|| {
+            Error::Input(format!(
+                "execution provider \"{s}\" is not one of {}",
+                Provider::list()
+            ))
+        })
     }
 }
 

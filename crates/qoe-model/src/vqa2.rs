@@ -86,18 +86,8 @@ impl Scorer {
                 "{k} keyframes and {t} motion frames: nothing to score"
             )));
         }
-        let keyframe_embeds: Vec<f32> = features
-            .keyframes
-            .iter()
-            .flat_map(|v| self.model_block(v, model))
-            .copied()
-            .collect();
-        let motion_feat: Vec<f32> = features
-            .motion
-            .iter()
-            .flat_map(|v| self.model_block(v, model))
-            .copied()
-            .collect();
+        let keyframe_embeds = self.model_blocks(&features.keyframes, model);
+        let motion_feat = self.model_blocks(&features.motion, model);
         let feat_len = motion_feat.len() / t;
         let mut inputs = vec![(
             "motion_feat",
