@@ -50,6 +50,14 @@ pub struct Families {
     inference_seconds: HistogramVec,
     provider_info: IntGaugeVec,
     quality_stale: IntGaugeVec,
+    black: IntGaugeVec,
+    black_seconds: CounterVec,
+    frames_dropped: IntCounterVec,
+    jitter: GaugeVec,
+    rendition_switches: IntCounterVec,
+    rendition_seconds: CounterVec,
+    corrupted: IntCounterVec,
+    discont: IntCounterVec,
 }
 
 impl Families {
@@ -71,6 +79,14 @@ impl Families {
             Box::new(self.inference_seconds.clone()),
             Box::new(self.provider_info.clone()),
             Box::new(self.quality_stale.clone()),
+            Box::new(self.black.clone()),
+            Box::new(self.black_seconds.clone()),
+            Box::new(self.frames_dropped.clone()),
+            Box::new(self.jitter.clone()),
+            Box::new(self.rendition_switches.clone()),
+            Box::new(self.rendition_seconds.clone()),
+            Box::new(self.corrupted.clone()),
+            Box::new(self.discont.clone()),
         ]
     }
 
@@ -171,6 +187,61 @@ impl Families {
                 &["stream"],
             )
             .unwrap(),
+            black: IntGaugeVec::new(Opts::new("qoe_black", "1 while the picture is black"), s)
+                .unwrap(),
+            black_seconds: CounterVec::new(
+                Opts::new("qoe_black_seconds_total", "Time the picture was black"),
+                s,
+            )
+            .unwrap(),
+            frames_dropped: IntCounterVec::new(
+                Opts::new(
+                    "qoe_frames_dropped_total",
+                    "Frames missing in holes shorter than the stall threshold (stutter)",
+                ),
+                s,
+            )
+            .unwrap(),
+            jitter: GaugeVec::new(
+                Opts::new(
+                    "qoe_frame_interval_jitter_seconds",
+                    "Live streams: deviation of frame arrival intervals from the frame period, over the last 300 frames",
+                ),
+                &["stream", "quantile"],
+            )
+            .unwrap(),
+            rendition_switches: IntCounterVec::new(
+                Opts::new(
+                    "qoe_rendition_switches_total",
+                    "Changes of picture size (adaptive streaming), up or down in pixels",
+                ),
+                &["stream", "direction"],
+            )
+            .unwrap(),
+            rendition_seconds: CounterVec::new(
+                Opts::new(
+                    "qoe_rendition_seconds_total",
+                    "Time shown at each rendition, by height (at most 8 heights, then \"other\")",
+                ),
+                &["stream", "height"],
+            )
+            .unwrap(),
+            corrupted: IntCounterVec::new(
+                Opts::new(
+                    "qoe_corrupted_buffers_total",
+                    "Frames the decoder flagged corrupted (GST_BUFFER_FLAG_CORRUPTED)",
+                ),
+                s,
+            )
+            .unwrap(),
+            discont: IntCounterVec::new(
+                Opts::new(
+                    "qoe_discont_buffers_total",
+                    "Frames flagged as a discontinuity (GST_BUFFER_FLAG_DISCONT)",
+                ),
+                s,
+            )
+            .unwrap(),
             registry: Registry::new(),
         };
         for collector in families.collectors() {
@@ -207,6 +278,17 @@ pub struct StreamFigures {
     pub initial_buffering_seconds: Option<f64>,
     pub freezes: u64,
     pub frozen_seconds: f64,
+    pub black: bool,
+    pub black_seconds: f64,
+    pub frames_dropped: u64,
+    /// Live streams: the arrival jitter's median and 99th percentile, seconds.
+    pub jitter: Option<(f64, f64)>,
+    pub switches_up: u64,
+    pub switches_down: u64,
+    /// Seconds shown per rendition height label.
+    pub rendition_seconds: Vec<(String, f64)>,
+    pub corrupted: u64,
+    pub discont: u64,
 }
 
 /// One window's quality result (filled once scoring exists).
@@ -228,7 +310,14 @@ pub struct StreamMetrics {
     levels: BTreeSet<String>,
     stages: BTreeSet<String>,
     provider: Option<String>,
+    /// Rendition heights with a series.
+    heights: BTreeSet<String>,
 }
+
+/// Labels of the jitter quantiles.
+const QUANTILES: [&str; 2] = ["0.5", "0.99"];
+/// Labels of the switch directions.
+const DIRECTIONS: [&str; 2] = ["up", "down"];
 
 impl StreamMetrics {
     pub fn new(stream: &str) -> Self {
@@ -241,6 +330,7 @@ impl StreamMetrics {
             levels: BTreeSet::new(),
             stages: BTreeSet::new(),
             provider: None,
+            heights: BTreeSet::new(),
         };
         // Series exist from the start, at zero, so dashboards see the stream at once.
         f.stalls.with_label_values(l);
@@ -248,6 +338,14 @@ impl StreamMetrics {
         f.stall_ratio.with_label_values(l).set(0.0);
         f.freezes.with_label_values(l);
         f.frozen_seconds.with_label_values(l);
+        f.black.with_label_values(l).set(0);
+        f.black_seconds.with_label_values(l);
+        f.frames_dropped.with_label_values(l);
+        for direction in DIRECTIONS {
+            f.rendition_switches.with_label_values(&[stream, direction]);
+        }
+        f.corrupted.with_label_values(l);
+        f.discont.with_label_values(l);
         m
     }
 
@@ -290,10 +388,68 @@ impl StreamMetrics {
         if let Some(initial) = now.initial_buffering_seconds {
             f.initial_buffering.with_label_values(l).set(initial);
         }
+        f.black.with_label_values(l).set(now.black as i64);
+        let black = now.black_seconds - self.seen.black_seconds;
+        if black > 0.0 {
+            f.black_seconds.with_label_values(l).inc_by(black);
+        }
+        let counts = [
+            (
+                &f.frames_dropped,
+                now.frames_dropped,
+                self.seen.frames_dropped,
+            ),
+            (&f.corrupted, now.corrupted, self.seen.corrupted),
+            (&f.discont, now.discont, self.seen.discont),
+        ];
+        for (family, now, seen) in counts {
+            family.with_label_values(l).inc_by(now.saturating_sub(seen));
+        }
+        for (direction, now, seen) in [
+            ("up", now.switches_up, self.seen.switches_up),
+            ("down", now.switches_down, self.seen.switches_down),
+        ] {
+            f.rendition_switches
+                .with_label_values(&[l[0], direction])
+                .inc_by(now.saturating_sub(seen));
+        }
+        for (height, seconds) in &now.rendition_seconds {
+            let seen = self
+                .seen
+                .rendition_seconds
+                .iter()
+                .find(|(h, _)| h == height)
+                .map_or(0.0, |(_, s)| *s);
+            if *seconds > seen {
+                f.rendition_seconds
+                    .with_label_values(&[l[0], height])
+                    .inc_by(seconds - seen);
+            }
+            self.heights.insert(height.clone());
+        }
+        if let Some((p50, p99)) = now.jitter {
+            for (quantile, value) in QUANTILES.iter().zip([p50, p99]) {
+                f.jitter.with_label_values(&[l[0], quantile]).set(value);
+            }
+        }
+        let mut heights = self.seen.rendition_seconds.clone();
+        for (height, seconds) in &now.rendition_seconds {
+            match heights.iter_mut().find(|(h, _)| h == height) {
+                Some((_, s)) => *s = s.max(*seconds),
+                None => heights.push((height.clone(), *seconds)),
+            }
+        }
         self.seen = StreamFigures {
             stalls: now.stalls.max(self.seen.stalls),
             freezes: now.freezes.max(self.seen.freezes),
             frozen_seconds: now.frozen_seconds.max(self.seen.frozen_seconds),
+            black_seconds: now.black_seconds.max(self.seen.black_seconds),
+            frames_dropped: now.frames_dropped.max(self.seen.frames_dropped),
+            corrupted: now.corrupted.max(self.seen.corrupted),
+            discont: now.discont.max(self.seen.discont),
+            switches_up: now.switches_up.max(self.seen.switches_up),
+            switches_down: now.switches_down.max(self.seen.switches_down),
+            rendition_seconds: heights,
             ..now.clone()
         };
     }
@@ -365,6 +521,20 @@ impl StreamMetrics {
         }
         if let Some(provider) = &self.provider {
             let _ = f.provider_info.remove_label_values(&[s, provider]);
+        }
+        for family in [&f.frames_dropped, &f.corrupted, &f.discont] {
+            let _ = family.remove_label_values(l);
+        }
+        let _ = f.black.remove_label_values(l);
+        let _ = f.black_seconds.remove_label_values(l);
+        for quantile in QUANTILES {
+            let _ = f.jitter.remove_label_values(&[s, quantile]);
+        }
+        for direction in DIRECTIONS {
+            let _ = f.rendition_switches.remove_label_values(&[s, direction]);
+        }
+        for height in &self.heights {
+            let _ = f.rendition_seconds.remove_label_values(&[s, height]);
         }
     }
 }

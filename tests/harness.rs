@@ -216,20 +216,27 @@ fn stall_threshold_property_is_used() {
     assert_eq!(m.stats().get::<u64>("stalls").unwrap(), 2);
 }
 
+/// A GAP only announces a hole: the stall starts once the stream has gone on past the
+/// threshold without a frame (here a second GAP), at the hole's start, and never for a GAP
+/// that a frame follows within the threshold.
 #[test]
-fn gap_event_starts_a_stall_at_once() {
+fn gap_event_stall_starts_once_the_hole_outlasts_the_threshold() {
     let mut m = Monitor::new(&[], 0);
     for i in 0..5 {
         m.push_at(Some(i * FRAME), i * FRAME, i as u8);
     }
     let hole = 5 * FRAME;
+    let gap = |start: u64| {
+        gst::event::Gap::builder(ns(start))
+            .duration(ns(1000 * MS))
+            .build()
+    };
+    assert!(m.h.push_event(gap(hole)));
     assert!(
-        m.h.push_event(
-            gst::event::Gap::builder(ns(hole))
-                .duration(ns(1000 * MS))
-                .build()
-        )
+        m.messages("qoe-stall").is_empty(),
+        "announced, not yet seen"
     );
+    assert!(m.h.push_event(gap(hole + 500 * MS)));
     let started = m.messages("qoe-stall");
     assert_eq!(started.len(), 1);
     assert_eq!(started[0].get::<&str>("cause").unwrap(), "gap-event");
@@ -238,6 +245,13 @@ fn gap_event_starts_a_stall_at_once() {
     let ended = m.messages("qoe-stall");
     assert_eq!(ended.len(), 1);
     assert_eq!(time_field(&ended[0], "duration"), 1000 * MS);
+
+    // A GAP that a frame follows within the threshold is no stall, however long it claims.
+    let next = hole + 1000 * MS + FRAME;
+    assert!(m.h.push_event(gap(next)));
+    m.push_at(Some(next + FRAME / 2), next + FRAME / 2, 10);
+    assert!(m.messages("qoe-stall").is_empty());
+    assert_eq!(m.stats().get::<u64>("stalls").unwrap(), 1);
 }
 
 #[test]

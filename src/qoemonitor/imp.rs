@@ -24,7 +24,9 @@ use gst_video::prelude::*;
 
 use super::scoring::{Explain, Report, ReportSink, Sampler, ScoringConfig, Workers};
 use super::state::State;
+use qoe_core::black::LumaRange;
 use qoe_core::freeze::{LumaLayout, LumaPlane};
+use qoe_core::rendition::Size;
 use qoe_core::stall::FrameTiming;
 use qoe_core::time::Nanos;
 use qoe_model::bundle::ScoreMode;
@@ -47,6 +49,11 @@ const DEFAULT_STALL_THRESHOLD: gst::ClockTime = gst::ClockTime::from_mseconds(25
 /// (`tests/pipeline.rs` measures it on x264), so the default sits a bit higher.
 const DEFAULT_FREEZE_THRESHOLD: f64 = 0.002;
 const DEFAULT_FREEZE_MIN_DURATION: gst::ClockTime = gst::ClockTime::SECOND;
+/// As FFmpeg blackdetect: pixels at or below 10 % of the luma range are black, a frame with
+/// 98 % black pixels is black, and 2 s of black frames make a black segment.
+const DEFAULT_BLACK_PIXEL_THRESHOLD: f64 = 0.10;
+const DEFAULT_BLACK_RATIO: f64 = 0.98;
+const DEFAULT_BLACK_MIN_DURATION: gst::ClockTime = gst::ClockTime::from_seconds(2);
 const DEFAULT_STATS_INTERVAL: gst::ClockTime = gst::ClockTime::SECOND;
 const DEFAULT_METRICS_FILE_INTERVAL: gst::ClockTime = gst::ClockTime::from_seconds(15);
 const DEFAULT_WINDOW: gst::ClockTime = gst::ClockTime::from_seconds(8);
@@ -123,6 +130,9 @@ pub(super) struct Settings {
     pub(super) stall_threshold: gst::ClockTime,
     pub(super) freeze_threshold: f64,
     pub(super) freeze_min_duration: gst::ClockTime,
+    pub(super) black_pixel_threshold: f64,
+    pub(super) black_ratio: f64,
+    pub(super) black_min_duration: gst::ClockTime,
     pub(super) stats_interval: gst::ClockTime,
     pub(super) metrics_address: Option<String>,
     pub(super) metrics_file: Option<String>,
@@ -176,6 +186,9 @@ impl Default for Settings {
             stall_threshold: DEFAULT_STALL_THRESHOLD,
             freeze_threshold: DEFAULT_FREEZE_THRESHOLD,
             freeze_min_duration: DEFAULT_FREEZE_MIN_DURATION,
+            black_pixel_threshold: DEFAULT_BLACK_PIXEL_THRESHOLD,
+            black_ratio: DEFAULT_BLACK_RATIO,
+            black_min_duration: DEFAULT_BLACK_MIN_DURATION,
             stats_interval: DEFAULT_STATS_INTERVAL,
             metrics_address: None,
             metrics_file: None,
@@ -410,14 +423,30 @@ impl QoeMonitor {
         for event in state.stall.on_frame(timing) {
             messages.push(state.stall_message(event));
         }
+        // Arrival jitter means something only where frames arrive in real time.
+        let live_arrival = arrival.filter(|_| state.stall.is_live());
+        state
+            .cadence
+            .on_frame(pts, live_arrival, state.frame_period);
         state.metrics.frames(1);
+        let flags = buffer.flags();
+        state.corrupted += flags.contains(gst::BufferFlags::CORRUPTED) as u64;
+        state.discont += flags.contains(gst::BufferFlags::DISCONT) as u64;
 
         let time = pts.or(arrival)?;
+        if let Some(switch) = state.pending_switch.take() {
+            messages.push(state.rendition_message(switch, time));
+        }
+        let shown_for = state
+            .frame_period
+            .or(buffer.duration().map(|d| d.nseconds()))
+            .unwrap_or(0);
+        state.renditions.on_frame(shown_for);
         if time >= state.next_metrics {
             state.sync_metrics(Some(time));
             state.next_metrics = time + METRICS_TICK;
         }
-        self.detect_freeze(state, buffer, time, messages);
+        self.detect_pictures(state, buffer, time, shown_for, messages);
 
         if let Some(interval) = state.stats_interval {
             let due = *state.next_stats.get_or_insert(time + interval);
@@ -431,11 +460,13 @@ impl QoeMonitor {
         Some(time)
     }
 
-    fn detect_freeze(
+    /// Freeze and black-picture detection, from one luma thumbnail of the frame.
+    fn detect_pictures(
         &self,
         state: &mut State,
         buffer: &gst::BufferRef,
         time: Nanos,
+        shown_for: Nanos,
         messages: &mut Vec<gst::Structure>,
     ) {
         let (Some(info), Some(layout)) = (state.info.as_ref(), state.luma) else {
@@ -464,13 +495,20 @@ impl QoeMonitor {
             stride: frame.plane_stride()[0] as usize,
             layout,
         };
-        let shown_for = state
-            .frame_period
-            .or(buffer.duration().map(|d| d.nseconds()))
-            .unwrap_or(0);
         match state.freeze.observe(time, shown_for, &luma) {
-            Ok(Some(event)) => messages.push(state.freeze_message(event)),
-            Ok(None) => {}
+            Ok(freeze) => {
+                if let Some(event) = freeze {
+                    messages.push(state.freeze_message(event));
+                }
+                let thumbnail = state.freeze.thumbnail();
+                if let Some(event) =
+                    state
+                        .black
+                        .observe(time, shown_for, thumbnail, state.luma_range)
+                {
+                    messages.push(state.black_message(event));
+                }
+            }
             Err(err) => {
                 if !std::mem::replace(&mut state.warned_unreadable, true) {
                     gst::warning!(
@@ -481,6 +519,17 @@ impl QoeMonitor {
                 }
             }
         }
+    }
+}
+
+/// Which luma values are black: limited range unless the caps say full (RGB is full).
+fn luma_range(info: &gst_video::VideoInfo) -> LumaRange {
+    if info.format_info().is_rgb()
+        || info.colorimetry().range() == gst_video::VideoColorRange::Range0_255
+    {
+        LumaRange::Full
+    } else {
+        LumaRange::Limited
     }
 }
 
@@ -551,6 +600,30 @@ impl ObjectImpl for QoeMonitor {
                     .minimum(1)
                     .maximum(gst::ClockTime::from_seconds(3600).nseconds())
                     .default_value(DEFAULT_FREEZE_MIN_DURATION.nseconds())
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("black-pixel-threshold")
+                    .nick("Black pixel threshold")
+                    .blurb("Luma level, as a fraction of the luma range (16-235 for limited-range video, 0-255 for full range), at or below which a pixel is black (like FFmpeg blackdetect's pixel_black_th)")
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_BLACK_PIXEL_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecDouble::builder("black-ratio")
+                    .nick("Black ratio")
+                    .blurb("Share of black pixels (0-1) that makes a frame black (like FFmpeg blackdetect's picture_black_ratio_th)")
+                    .minimum(0.0)
+                    .maximum(1.0)
+                    .default_value(DEFAULT_BLACK_RATIO)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt64::builder("black-min-duration")
+                    .nick("Black minimum duration")
+                    .blurb("Nanoseconds of stream time black frames must last to count as a black segment (qoe-black)")
+                    .minimum(1)
+                    .maximum(gst::ClockTime::from_seconds(3600).nseconds())
+                    .default_value(DEFAULT_BLACK_MIN_DURATION.nseconds())
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt64::builder("stats-interval")
@@ -671,9 +744,9 @@ impl ObjectImpl for QoeMonitor {
             "stall-threshold" => {
                 settings.stall_threshold = ns(value);
                 if let Some(state) = state.as_mut() {
-                    state
-                        .stall
-                        .set_threshold(settings.stall_threshold.nseconds());
+                    let threshold = settings.stall_threshold.nseconds();
+                    state.stall.set_threshold(threshold);
+                    state.cadence.set_threshold(threshold);
                 }
             }
             "freeze-threshold" => {
@@ -688,6 +761,28 @@ impl ObjectImpl for QoeMonitor {
                     state
                         .freeze
                         .set_min_duration(settings.freeze_min_duration.nseconds());
+                }
+            }
+            "black-pixel-threshold" => {
+                settings.black_pixel_threshold = value.get().expect("type checked upstream");
+                if let Some(state) = state.as_mut() {
+                    state
+                        .black
+                        .set_pixel_threshold(settings.black_pixel_threshold);
+                }
+            }
+            "black-ratio" => {
+                settings.black_ratio = value.get().expect("type checked upstream");
+                if let Some(state) = state.as_mut() {
+                    state.black.set_ratio(settings.black_ratio);
+                }
+            }
+            "black-min-duration" => {
+                settings.black_min_duration = ns(value);
+                if let Some(state) = state.as_mut() {
+                    state
+                        .black
+                        .set_min_duration(settings.black_min_duration.nseconds());
                 }
             }
             "bundle" => {
@@ -743,6 +838,9 @@ impl ObjectImpl for QoeMonitor {
             "stall-threshold" => settings.stall_threshold.nseconds().to_value(),
             "freeze-threshold" => settings.freeze_threshold.to_value(),
             "freeze-min-duration" => settings.freeze_min_duration.nseconds().to_value(),
+            "black-pixel-threshold" => settings.black_pixel_threshold.to_value(),
+            "black-ratio" => settings.black_ratio.to_value(),
+            "black-min-duration" => settings.black_min_duration.nseconds().to_value(),
             "stats-interval" => settings.stats_interval.nseconds().to_value(),
             "metrics-address" => settings.metrics_address.to_value(),
             "metrics-file" => settings.metrics_file.to_value(),
@@ -998,7 +1096,18 @@ impl BaseTransformImpl for QoeMonitor {
                 if let Some(event) = state.freeze.reset() {
                     messages.push(state.freeze_message(event));
                 }
+                if let Some(event) = state.black.finish() {
+                    messages.push(state.black_message(event));
+                }
             }
+            let size = Size {
+                width: info.width(),
+                height: info.height(),
+            };
+            if let Some(switch) = state.renditions.on_size(size) {
+                state.pending_switch = Some(switch);
+            }
+            state.luma_range = luma_range(&info);
             state.frame_period = frame_period(&info);
             state.stall.set_nominal_period(state.frame_period);
             state.info_shared = Some(Arc::new(info.clone()));
@@ -1052,20 +1161,28 @@ impl BaseTransformImpl for QoeMonitor {
                 },
                 EventView::Gap(e) => {
                     let (ts, duration) = e.get();
-                    if let Some(rt) = state.segment.to_running_time(ts)
-                        && let Some(ev) = state
+                    if let Some(rt) = state.segment.to_running_time(ts) {
+                        if let Some(ev) = state
                             .stall
                             .on_gap(rt.nseconds(), duration.map(|d| d.nseconds()))
-                    {
-                        messages.push(state.stall_message(ev));
+                        {
+                            messages.push(state.stall_message(ev));
+                        }
+                        // A live hole is confirmed by the clock: wait for its deadline.
+                        Self::cancel_arrival_check(state);
+                        self.schedule_arrival_check(state);
                     }
                 }
                 EventView::FlushStop(_) => {
                     if let Some(ev) = state.stall.on_discontinuity() {
                         messages.push(state.stall_message(ev));
                     }
+                    state.cadence.on_discontinuity();
                     if let Some(ev) = state.freeze.reset() {
                         messages.push(state.freeze_message(ev));
+                    }
+                    if let Some(ev) = state.black.finish() {
+                        messages.push(state.black_message(ev));
                     }
                     state.next_stats = None;
                 }
@@ -1074,13 +1191,17 @@ impl BaseTransformImpl for QoeMonitor {
                     if let Some(ev) = state.stall.on_discontinuity() {
                         messages.push(state.stall_message(ev));
                     }
+                    state.cadence.on_discontinuity();
                 }
                 EventView::Eos(_) => {
-                    if let Some(ev) = state.stall.finish() {
+                    for ev in state.stall.finish() {
                         messages.push(state.stall_message(ev));
                     }
                     if let Some(ev) = state.freeze.finish() {
                         messages.push(state.freeze_message(ev));
+                    }
+                    if let Some(ev) = state.black.finish() {
+                        messages.push(state.black_message(ev));
                     }
                     Self::cancel_arrival_check(state);
                     state.sync_metrics(state.stall.latest());

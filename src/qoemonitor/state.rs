@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use gst::prelude::*;
 
+use qoe_core::black::{BlackDetector, BlackEvent, LumaRange};
+use qoe_core::cadence::Cadence;
 use qoe_core::freeze::{FreezeDetector, FreezeEvent, LumaLayout};
+use qoe_core::rendition::{Renditions, Switch};
 use qoe_core::sampling::Window;
 use qoe_core::stall::{StallEvent, StallTracker, WindowStalls};
 use qoe_core::time::{Nanos, seconds};
@@ -28,6 +31,16 @@ pub(super) struct State {
     pub(super) segment: gst::FormattedSegment<gst::ClockTime>,
     pub(super) stall: StallTracker,
     pub(super) freeze: FreezeDetector,
+    pub(super) black: BlackDetector,
+    /// Which luma values are black, from the caps' colorimetry.
+    pub(super) luma_range: LumaRange,
+    pub(super) cadence: Cadence,
+    pub(super) renditions: Renditions,
+    /// A rendition switch from the caps, told with the first frame at the new size.
+    pub(super) pending_switch: Option<Switch>,
+    /// Frames flagged corrupted and discontinuous.
+    pub(super) corrupted: u64,
+    pub(super) discont: u64,
     pub(super) playing: bool,
     /// Running time of the next `qoe-stats` message, on the frame timeline.
     pub(super) next_stats: Option<Nanos>,
@@ -69,6 +82,17 @@ impl State {
                 settings.freeze_threshold,
                 settings.freeze_min_duration.nseconds(),
             ),
+            black: BlackDetector::new(
+                settings.black_pixel_threshold,
+                settings.black_ratio,
+                settings.black_min_duration.nseconds(),
+            ),
+            luma_range: LumaRange::default(),
+            cadence: Cadence::new(settings.stall_threshold.nseconds()),
+            renditions: Renditions::default(),
+            pending_switch: None,
+            corrupted: 0,
+            discont: 0,
             playing: false,
             next_stats: None,
             clock_wait: None,
@@ -167,6 +191,23 @@ impl State {
             initial_buffering_seconds: summary.initial_buffering.map(seconds),
             freezes: self.freeze.count(),
             frozen_seconds: seconds(self.freeze.total()),
+            black: self.black.is_black(),
+            black_seconds: seconds(self.black.total()),
+            frames_dropped: self.cadence.missing(),
+            jitter: self
+                .cadence
+                .jitter()
+                .map(|j| (seconds(j.p50), seconds(j.p99))),
+            switches_up: self.renditions.switches().0,
+            switches_down: self.renditions.switches().1,
+            rendition_seconds: self
+                .renditions
+                .time_at()
+                .iter()
+                .map(|(height, t)| (height.clone(), seconds(*t)))
+                .collect(),
+            corrupted: self.corrupted,
+            discont: self.discont,
         });
     }
 
@@ -204,6 +245,35 @@ impl State {
         self.event_fields(head, start, at, duration).build()
     }
 
+    /// The message for a black-picture event; also records it in the metrics.
+    pub(super) fn black_message(&mut self, event: BlackEvent) -> gst::Structure {
+        self.sync_metrics(None);
+        let (name, start, at, duration) = match event {
+            BlackEvent::Started { start } => ("start", start, start, None),
+            BlackEvent::Ended(b) => ("end", b.start, b.start + b.duration, Some(b.duration)),
+        };
+        let head = gst::Structure::builder("qoe-black").field("event", name);
+        self.event_fields(head, start, at, duration).build()
+    }
+
+    /// The message for a rendition switch seen with the frame at running time `at`.
+    pub(super) fn rendition_message(&mut self, switch: Switch, at: Nanos) -> gst::Structure {
+        self.sync_metrics(None);
+        let (from, to) = (switch.from, switch.to);
+        let (up, down) = self.renditions.switches();
+        gst::Structure::builder("qoe-rendition")
+            .field("direction", switch.direction.as_str())
+            .field("from-width", from.width)
+            .field("from-height", from.height)
+            .field("to-width", to.width)
+            .field("to-height", to.height)
+            .field("switches", up + down)
+            .field("running-time", gst::ClockTime::from_nseconds(at))
+            .field("stream-time", self.stream_time(at))
+            .field("stream-id", &self.stream_id)
+            .build()
+    }
+
     /// The fields every stall and freeze message ends with: when the event started, how
     /// long it lasted (end messages), when it was seen (`at`, running time) and the stream.
     fn event_fields(
@@ -226,6 +296,12 @@ impl State {
         let ns = gst::ClockTime::from_nseconds;
         let durations = gst::Array::new(summary.durations.iter().map(|d| ns(*d).to_send_value()));
         let counts = self.workers.as_ref().map(|w| w.counts());
+        let jitter = self.cadence.jitter();
+        let (up, down) = self.renditions.switches();
+        let mut rendition_time = gst::Structure::new_empty("rendition-time");
+        for (height, t) in self.renditions.time_at() {
+            rendition_time.set(height.as_str(), ns(*t));
+        }
         gst::Structure::builder("qoe-stats")
             .field("stream-id", &self.stream_id)
             .field("running-time", now.map(ns))
@@ -242,6 +318,19 @@ impl State {
             .field("freezes", self.freeze.count())
             .field("frozen-time", ns(self.freeze.total()))
             .field("frozen", self.freeze.is_frozen())
+            .field("blacks", self.black.count())
+            .field("black-time", ns(self.black.total()))
+            .field("black", self.black.is_black())
+            .field("frames-missing", self.cadence.missing())
+            .field("frames-missing-ratio", self.cadence.missing_ratio())
+            .field_if_some("jitter-p50", jitter.map(|j| ns(j.p50)))
+            .field_if_some("jitter-p99", jitter.map(|j| ns(j.p99)))
+            .field("rendition-switches", up + down)
+            .field("rendition-switches-up", up)
+            .field("rendition-switches-down", down)
+            .field("rendition-time", rendition_time)
+            .field("corrupted-buffers", self.corrupted)
+            .field("discont-buffers", self.discont)
             .field_if_some("windows-scored", counts.map(|c| c.windows_scored))
             .field_if_some("windows-dropped", counts.map(|c| c.windows_dropped))
             .field_if_some("frames-dropped", counts.map(|c| c.frames_dropped))

@@ -226,6 +226,8 @@ pub struct FreezeDetector {
     reference: Thumbnail,
     scratch: Thumbnail,
     reference_time: Option<Nanos>,
+    /// The latest frame's thumbnail is `reference` (it changed the picture), else `scratch`.
+    latest_is_reference: bool,
     frozen: bool,
     /// End of the latest frame seen (its time plus duration).
     latest_end: Option<Nanos>,
@@ -242,6 +244,7 @@ impl FreezeDetector {
             reference: Thumbnail::default(),
             scratch: Thumbnail::default(),
             reference_time: None,
+            latest_is_reference: false,
             frozen: false,
             latest_end: None,
             count: 0,
@@ -261,6 +264,15 @@ impl FreezeDetector {
         self.frozen
     }
 
+    /// The luma thumbnail of the latest frame observed, for other picture checks.
+    pub fn thumbnail(&self) -> &Thumbnail {
+        if self.latest_is_reference {
+            &self.reference
+        } else {
+            &self.scratch
+        }
+    }
+
     /// A frame shown at `time` for `duration`. Returns the event it causes, if any.
     pub fn observe(
         &mut self,
@@ -278,6 +290,7 @@ impl FreezeDetector {
             (Some(reference_time), Some(mafd)) if time >= reference_time => mafd <= self.threshold,
             _ => false,
         };
+        self.latest_is_reference = !unchanged;
         if unchanged {
             let start = self.reference_time.expect("checked above");
             if !self.frozen && time - start >= self.min_duration {

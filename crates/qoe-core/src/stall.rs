@@ -132,6 +132,9 @@ pub struct StallTracker {
     /// Running time at which the next frame should arrive (live).
     expected_arrival: Option<Nanos>,
     open: Option<OpenStall>,
+    /// Where a hole that GAP events announced began, until time shows whether it lasts
+    /// longer than the threshold (a GAP's own duration is upstream's guess).
+    pending_gap: Option<Nanos>,
 
     playing_since: Option<Nanos>,
     first_frame: Option<Nanos>,
@@ -158,6 +161,7 @@ impl StallTracker {
             expected_pts: None,
             expected_arrival: None,
             open: None,
+            pending_gap: None,
             playing_since: None,
             first_frame: None,
             initial_buffering: None,
@@ -251,7 +255,25 @@ impl StallTracker {
             }
         }
 
-        if let Some(open) = self.open.take() {
+        let pending_gap = self.pending_gap.take();
+        if let (Some(hole), Some(at)) = (pending_gap, at)
+            && at > hole
+            && at - hole > self.threshold
+            && self.open.is_none()
+        {
+            // The hole GAP events announced lasted: one stall, told as the GAP's.
+            let stall = Stall {
+                start: hole,
+                duration: at - hole,
+                cause: StallCause::GapEvent,
+            };
+            events.push(StallEvent::Started {
+                start: stall.start,
+                cause: stall.cause,
+            });
+            self.count += 1;
+            events.push(StallEvent::Ended(self.record(stall)));
+        } else if let Some(open) = self.open.take() {
             // The stall ends when playback resumes, measured on the timeline it began on.
             let end = match open.cause {
                 StallCause::LateArrival => frame.arrival.or(at),
@@ -296,23 +318,24 @@ impl StallTracker {
 
     /// A GAP event: no data from `start` for `duration` (unknown when `None`).
     ///
-    /// The hole counts from where the next frame was due. A short GAP (below the threshold)
-    /// starts nothing: the next frame's timestamp check still sees the whole hole, so a run of
-    /// short GAP events that adds up to a stall is caught too.
-    pub fn on_gap(&mut self, start: Nanos, duration: Option<Nanos>) -> Option<StallEvent> {
+    /// The hole counts from where the next frame was due. A GAP only announces it: the stall
+    /// starts once the stream has gone on past the threshold without a frame (a later GAP
+    /// event, the clock in live pipelines, or the next frame), so that no stall shorter than
+    /// the threshold is ever reported, even when a demuxer sends its GAP before the last frame
+    /// ahead of the hole. A run of short GAP events that adds up to a stall is one stall.
+    pub fn on_gap(&mut self, start: Nanos, _duration: Option<Nanos>) -> Option<StallEvent> {
         self.bump_latest(start);
         if self.open.is_some() {
             return None; // extends the stall already open
         }
-        let hole_start = self.expected_pts.filter(|e| *e <= start).unwrap_or(start);
-        let long_enough = match duration {
-            Some(d) => (start + d).saturating_sub(hole_start) > self.threshold,
-            None => true,
-        };
-        if !long_enough {
+        let hole = *self
+            .pending_gap
+            .get_or_insert(self.expected_pts.filter(|e| *e <= start).unwrap_or(start));
+        if start.saturating_sub(hole) <= self.threshold {
             return None;
         }
-        Some(self.open_stall(hole_start, StallCause::GapEvent))
+        self.pending_gap = None;
+        Some(self.open_stall(hole, StallCause::GapEvent))
     }
 
     /// When a live stall would be declared if no frame comes: the running time to wait for.
@@ -320,20 +343,24 @@ impl StallTracker {
         if !self.live || self.open.is_some() {
             return None;
         }
-        self.expected_arrival.map(|e| e + self.threshold)
+        let late = self.expected_arrival.map(|e| e + self.threshold);
+        let gap = self.pending_gap.map(|h| h + self.threshold);
+        late.into_iter().chain(gap).min()
     }
 
-    /// The clock says it is `now` (running time). Opens a late-arrival stall if the next frame
-    /// is overdue by more than the threshold.
+    /// The clock says it is `now` (running time). Opens a stall if a hole that GAP events
+    /// announced, or the wait for the next frame, has lasted longer than the threshold.
     pub fn on_clock(&mut self, now: Nanos) -> Option<StallEvent> {
         self.bump_latest(now);
-        let deadline = self.arrival_deadline()?;
-        if now < deadline {
+        if now < self.arrival_deadline()? {
             return None;
         }
-        let start = self
-            .expected_arrival
-            .expect("deadline implies an expected arrival");
+        if let Some(hole) = self.pending_gap.take()
+            && now >= hole + self.threshold
+        {
+            return Some(self.open_stall(hole, StallCause::GapEvent));
+        }
+        let start = self.expected_arrival?;
         Some(self.open_stall(start, StallCause::LateArrival))
     }
 
@@ -382,14 +409,24 @@ impl StallTracker {
     pub fn on_discontinuity(&mut self) -> Option<StallEvent> {
         self.expected_pts = None;
         self.expected_arrival = None;
+        self.pending_gap = None;
         let open = self.open.take()?;
         let end = self.latest.unwrap_or(open.start).max(open.start);
         Some(StallEvent::Ended(self.close(open, end)))
     }
 
-    /// End of stream: an open stall ends at the latest time known.
-    pub fn finish(&mut self) -> Option<StallEvent> {
-        self.on_discontinuity()
+    /// End of stream: an open stall ends at the latest time known (a hole that GAP events
+    /// announced counts if the stream went on past the threshold without a frame).
+    pub fn finish(&mut self) -> Vec<StallEvent> {
+        let mut events = Vec::new();
+        if let (Some(hole), Some(latest)) = (self.pending_gap, self.latest)
+            && self.open.is_none()
+            && latest.saturating_sub(hole) > self.threshold
+        {
+            events.push(self.open_stall(hole, StallCause::GapEvent));
+        }
+        events.extend(self.on_discontinuity());
+        events
     }
 
     /// The figures so far; `now` (running time) measures an open stall and the time since
@@ -630,16 +667,18 @@ mod tests {
             t.on_frame(frame(i * FRAME));
         }
         let hole = 10 * FRAME;
+        // A GAP announces the hole; the stream going on past the threshold without a frame
+        // (here a second GAP) starts the stall where the hole began.
+        assert_eq!(t.on_gap(hole, Some(1000 * MS)), None);
+        assert!(!t.is_stalled());
         assert_eq!(
-            t.on_gap(hole, Some(1000 * MS)),
+            t.on_gap(hole + 1000 * MS, Some(500 * MS)),
             Some(StallEvent::Started {
                 start: hole,
                 cause: StallCause::GapEvent
             })
         );
         assert!(t.is_stalled());
-        // A second GAP extends the same stall.
-        assert_eq!(t.on_gap(hole + 1000 * MS, Some(500 * MS)), None);
         let ev = t.on_frame(frame(hole + 1500 * MS));
         assert_eq!(
             ev,
@@ -661,7 +700,7 @@ mod tests {
         for i in 1..=12 {
             events.extend(t.on_gap(i * FRAME, Some(FRAME)));
         }
-        // The hole reached the threshold at the 8th missing frame (8 × 33 ms > 250 ms).
+        // The GAPs showed the hole past the threshold at the 9th (8 × 33 ms > 250 ms).
         assert_eq!(
             events,
             vec![StallEvent::Started {
@@ -678,6 +717,81 @@ mod tests {
                 cause: StallCause::GapEvent
             })]
         );
+    }
+
+    /// A demuxer's GAP that comes before the last frame ahead of the hole (matroskademux
+    /// does this), announcing the whole hole: the frame that follows 0.67 ms later is no
+    /// stall, and the hole itself is one timestamp-gap stall.
+    #[test]
+    fn a_gap_event_before_the_last_frame_reports_no_short_stall() {
+        let mut t = tracker();
+        for i in 0..86 {
+            t.on_frame(frame(i * FRAME));
+        }
+        let last = 86 * FRAME; // 2.8667 s
+        assert_eq!(t.on_gap(last - 670_000, Some(2500 * MS)), None);
+        assert!(t.on_frame(frame(last)).is_empty(), "no 0.67 ms stall");
+        let ev = t.on_frame(frame(last + FRAME + 2500 * MS));
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(
+            ev[1],
+            StallEvent::Ended(Stall {
+                start: last + FRAME,
+                duration: 2500 * MS,
+                cause: StallCause::TimestampGap
+            })
+        );
+        assert_eq!(t.summary(None).count, 1);
+    }
+
+    #[test]
+    fn gap_event_stall_is_confirmed_by_the_clock_in_live_pipelines() {
+        let mut t = tracker();
+        t.set_live(true);
+        t.on_frame(live_frame(0, 0));
+        assert_eq!(t.on_gap(FRAME, None), None);
+        // The deadline is the hole's start plus the threshold, before the late-arrival one.
+        assert_eq!(t.arrival_deadline(), Some(FRAME + 250 * MS));
+        assert_eq!(t.on_clock(FRAME + 100 * MS), None);
+        assert_eq!(
+            t.on_clock(FRAME + 250 * MS),
+            Some(StallEvent::Started {
+                start: FRAME,
+                cause: StallCause::GapEvent
+            })
+        );
+        let ev = t.on_frame(live_frame(FRAME + 600 * MS, FRAME + 600 * MS));
+        assert_eq!(
+            ev,
+            vec![StallEvent::Ended(Stall {
+                start: FRAME,
+                duration: 600 * MS,
+                cause: StallCause::GapEvent
+            })]
+        );
+    }
+
+    #[test]
+    fn a_gap_that_lasts_is_one_stall_told_by_the_next_frame() {
+        let mut t = tracker();
+        t.on_frame(frame(0));
+        assert_eq!(t.on_gap(FRAME, Some(1000 * MS)), None);
+        let ev = t.on_frame(frame(FRAME + 1000 * MS));
+        assert_eq!(
+            ev,
+            vec![
+                StallEvent::Started {
+                    start: FRAME,
+                    cause: StallCause::GapEvent
+                },
+                StallEvent::Ended(Stall {
+                    start: FRAME,
+                    duration: 1000 * MS,
+                    cause: StallCause::GapEvent
+                })
+            ]
+        );
+        assert_eq!(t.summary(None).count, 1);
     }
 
     #[test]
@@ -793,14 +907,14 @@ mod tests {
         t.on_gap(FRAME + 2000 * MS, None);
         assert_eq!(
             t.finish(),
-            Some(StallEvent::Ended(Stall {
+            vec![StallEvent::Ended(Stall {
                 start: FRAME,
                 duration: 2000 * MS,
                 cause: StallCause::GapEvent
-            }))
+            })]
         );
         assert!(!t.is_stalled());
-        assert_eq!(t.finish(), None);
+        assert_eq!(t.finish(), vec![]);
     }
 
     #[test]
