@@ -409,3 +409,40 @@ fn unsupported_caps_are_refused_with_a_warning_that_says_why() {
         "{debug}"
     );
 }
+
+/// Frames the decoder flags corrupted or discontinuous are counted, in the stats and the
+/// metrics; the picture checks go on over them.
+#[test]
+fn corrupted_and_discont_buffers_are_counted() {
+    let mut m = Monitor::new(&[("stream-id", &"flags")], 0);
+    for i in 0..10u64 {
+        let mut buffer = m.frame(Some(i * FRAME), i as u8);
+        {
+            let b = buffer.get_mut().unwrap();
+            if i % 3 == 1 {
+                b.set_flags(gst::BufferFlags::CORRUPTED);
+            }
+            if i == 0 || i == 5 {
+                b.set_flags(gst::BufferFlags::DISCONT);
+            }
+        }
+        m.h.set_time(ns(i * FRAME)).unwrap();
+        m.h.push(buffer).unwrap();
+        let _ = m.h.pull().unwrap();
+    }
+    let stats = m.stats();
+    assert_eq!(stats.get::<u64>("corrupted-buffers").unwrap(), 3, "{stats}");
+    assert_eq!(stats.get::<u64>("discont-buffers").unwrap(), 2, "{stats}");
+    assert_eq!(stats.get::<u64>("frames").unwrap(), 10);
+    // The metrics follow at the next refresh (every 500 ms of stream time, and at EOS).
+    assert!(m.h.push_event(gst::event::Eos::new()));
+    let text = gstqoe::metrics::render();
+    assert!(
+        text.contains("qoe_corrupted_buffers_total{stream=\"flags\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("qoe_discont_buffers_total{stream=\"flags\"} 2"),
+        "{text}"
+    );
+}

@@ -275,3 +275,56 @@ fn port_in_use_is_a_warning_not_an_error() {
     assert!(all.contains("Address already in use"), "{all}");
     assert!(all.contains("Got EOS"), "{all}");
 }
+
+/// The broadcast checks' series, scraped over HTTP: black time, missing frames, rendition
+/// time and buffer flags, all present from the start and gone at NULL.
+#[test]
+fn scrape_shows_black_and_missing_frames() {
+    let video = clip(
+        "metrics-black-and-drops.mkv",
+        "testsrc2=size=320x240:rate=30:duration=6",
+        &[
+            "-vf",
+            "drawbox=c=black:t=fill:enable='between(t,2,4.499)',select='not(eq(mod(n\\,5)\\,4))'",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-bf",
+            "0",
+            "-fps_mode",
+            "passthrough",
+        ],
+    );
+    let (pipeline, addr) = start(&format!(
+        "filesrc location={} ! decodebin ! qoemonitor stream-id=black-drops metrics-address={ADDRESS} ! fakesink",
+        video.display()
+    ));
+    wait_eos(&pipeline);
+    let text = scrape(addr);
+    let get = |series: &str| {
+        value(&text, &format!("{series}{{stream=\"black-drops\"}}"))
+            .unwrap_or_else(|| panic!("{series} in {text}"))
+    };
+    assert_eq!(get("qoe_frames_dropped_total"), 35.0);
+    let black = get("qoe_black_seconds_total");
+    assert!((black - 2.5).abs() <= 1.0 / 30.0, "{black}");
+    assert_eq!(get("qoe_black"), 0.0);
+    assert_eq!(get("qoe_corrupted_buffers_total"), 0.0);
+    let shown = value(
+        &text,
+        "qoe_rendition_seconds_total{height=\"240p\",stream=\"black-drops\"}",
+    )
+    .unwrap();
+    // The frames shown at that size: 144 of 180, the missing ones not counted.
+    assert!((shown - 144.0 / 30.0).abs() < 1e-6, "{shown}");
+    assert_eq!(
+        value(
+            &text,
+            "qoe_rendition_switches_total{direction=\"up\",stream=\"black-drops\"}"
+        ),
+        Some(0.0)
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(!scrape(addr).contains("stream=\"black-drops\""));
+}

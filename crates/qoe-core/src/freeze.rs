@@ -7,11 +7,29 @@
 //! least the minimum duration is a freeze; it starts at the reference frame and ends at the
 //! first frame that differs.
 //!
+//! Encoders keep refining a still picture for a few frames after it stops (x264 sharpens it
+//! at lower quantisers as it sees it stay), so the difference to the reference can creep
+//! past the threshold while no frame differs visibly from the one before. A frame therefore
+//! also counts as unchanged when it differs from the previous frame by no more than the
+//! threshold and from the reference by no more than a drift limit, which follows the motion
+//! level just before the picture stopped (a quarter of it, between one and ten thresholds):
+//! after motion the freeze starts at its first repeated picture, and a slow fade or pan,
+//! whose motion level is itself tiny, is judged as FFmpeg does.
+//!
 //! The comparison runs on a cheap luma thumbnail: every `step_y`-th row is read, and each
 //! thumbnail cell is the sum of `step_x` neighbouring pixels of that row. On 1080p that reads
 //! 90 of 1080 rows, about a tenth of a decoded frame's luma, in contiguous runs.
 
+use std::collections::VecDeque;
+
 use crate::time::Nanos;
+
+/// Recent frame-to-frame differences kept for the motion level.
+const MOTION_FRAMES: usize = 5;
+/// The drift limit is the motion level over this, at least one threshold and at most this
+/// many thresholds.
+const DRIFT_SHARE: f64 = 4.0;
+const DRIFT_MAX_THRESHOLDS: f64 = 10.0;
 
 /// The thumbnail is at most this many cells wide and high.
 pub const THUMB_MAX_WIDTH: usize = 160;
@@ -224,10 +242,15 @@ pub struct FreezeDetector {
     threshold: f64,
     min_duration: Nanos,
     reference: Thumbnail,
+    /// The latest frame's thumbnail.
+    previous: Thumbnail,
     scratch: Thumbnail,
     reference_time: Option<Nanos>,
-    /// The latest frame's thumbnail is `reference` (it changed the picture), else `scratch`.
-    latest_is_reference: bool,
+    /// Differences of recent changed frames to the frames before them.
+    motion: VecDeque<f64>,
+    /// How far frames that each differ little from the one before may drift from the
+    /// reference and still count as unchanged.
+    drift_limit: f64,
     frozen: bool,
     /// End of the latest frame seen (its time plus duration).
     latest_end: Option<Nanos>,
@@ -242,9 +265,11 @@ impl FreezeDetector {
             threshold,
             min_duration,
             reference: Thumbnail::default(),
+            previous: Thumbnail::default(),
             scratch: Thumbnail::default(),
             reference_time: None,
-            latest_is_reference: false,
+            motion: VecDeque::with_capacity(MOTION_FRAMES),
+            drift_limit: threshold,
             frozen: false,
             latest_end: None,
             count: 0,
@@ -266,11 +291,7 @@ impl FreezeDetector {
 
     /// The luma thumbnail of the latest frame observed, for other picture checks.
     pub fn thumbnail(&self) -> &Thumbnail {
-        if self.latest_is_reference {
-            &self.reference
-        } else {
-            &self.scratch
-        }
+        &self.previous
     }
 
     /// A frame shown at `time` for `duration`. Returns the event it causes, if any.
@@ -285,12 +306,17 @@ impl FreezeDetector {
             self.latest_end
                 .map_or(time + duration, |e| e.max(time + duration)),
         );
+        let to_previous = self.scratch.mafd(&self.previous);
         let unchanged = match (self.reference_time, self.scratch.mafd(&self.reference)) {
             // A frame earlier than the reference (a jump back) starts afresh.
-            (Some(reference_time), Some(mafd)) if time >= reference_time => mafd <= self.threshold,
+            (Some(reference_time), Some(drift)) if time >= reference_time => {
+                drift <= self.threshold
+                    || (to_previous.is_some_and(|d| d <= self.threshold)
+                        && drift <= self.drift_limit)
+            }
             _ => false,
         };
-        self.latest_is_reference = !unchanged;
+        std::mem::swap(&mut self.previous, &mut self.scratch);
         if unchanged {
             let start = self.reference_time.expect("checked above");
             if !self.frozen && time - start >= self.min_duration {
@@ -301,9 +327,27 @@ impl FreezeDetector {
             return Ok(None);
         }
         let ended = self.end_at(time);
-        std::mem::swap(&mut self.reference, &mut self.scratch);
+        if let Some(difference) = to_previous {
+            if self.motion.len() == MOTION_FRAMES {
+                self.motion.pop_front();
+            }
+            self.motion.push_back(difference);
+        }
+        self.drift_limit = (self.motion_level() / DRIFT_SHARE)
+            .clamp(self.threshold, DRIFT_MAX_THRESHOLDS * self.threshold);
+        self.reference.clone_from(&self.previous);
         self.reference_time = Some(time);
         Ok(ended)
+    }
+
+    /// The median difference of recent changed frames to the frames before them.
+    fn motion_level(&self) -> f64 {
+        let mut recent: Vec<f64> = self.motion.iter().copied().collect();
+        if recent.is_empty() {
+            return 0.0;
+        }
+        recent.sort_by(f64::total_cmp);
+        recent[recent.len() / 2]
     }
 
     fn end_at(&mut self, end: Nanos) -> Option<FreezeEvent> {
@@ -326,6 +370,8 @@ impl FreezeDetector {
         self.frozen = false;
         self.reference_time = None;
         self.reference.cells.clear();
+        self.previous.cells.clear();
+        self.motion.clear();
         ended
     }
 
@@ -496,6 +542,74 @@ mod tests {
         );
         assert_eq!(d.count(), 1);
         assert_eq!(d.total(), 40 * FRAME);
+    }
+
+    /// A picture that stops after motion and is then refined by the encoder: each frame
+    /// differs from the one before by a tenth of the threshold, and the refinements add up
+    /// past the threshold. The freeze starts at the first repeated picture all the same.
+    #[test]
+    fn encoder_refinement_of_a_still_picture_does_not_delay_the_freeze() {
+        let (w, h) = (64, 36);
+        let threshold = 0.002;
+        let mut d = FreezeDetector::new(threshold, 1000 * MS);
+        let still = gray(w, h, 10);
+        let mut events = Vec::new();
+        for i in 0..80u64 {
+            let data = match i {
+                0..10 => gray(w, h, i as u8 * 3),
+                // 0.1 level more on every 5th pixel per frame for 12 frames: 0.0002 of full
+                // scale from frame to frame, 0.0024 in all.
+                10..60 => {
+                    let steps = (i - 10).min(12) as u8;
+                    still
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &v)| {
+                            if k % 5 == 0 {
+                                v.saturating_add(steps / 2)
+                            } else {
+                                v
+                            }
+                        })
+                        .collect()
+                }
+                _ => gray(w, h, i as u8 * 3),
+            };
+            if let Some(ev) = d.observe(i * FRAME, FRAME, &plane(&data, w, h)).unwrap() {
+                events.push(ev);
+            }
+        }
+        assert_eq!(
+            events,
+            vec![
+                FreezeEvent::Started { start: 10 * FRAME },
+                FreezeEvent::Ended(Freeze {
+                    start: 10 * FRAME,
+                    duration: 50 * FRAME
+                })
+            ]
+        );
+    }
+
+    /// A slow fade, each frame a little darker, is no freeze: the motion before it is as
+    /// small as its steps, so the drift limit is the threshold itself.
+    #[test]
+    fn a_slow_fade_is_not_a_freeze() {
+        let (w, h) = (64, 36);
+        let mut d = FreezeDetector::new(0.002, 1000 * MS);
+        // Levels 120 to 219, so that 100 levels of fade never clip.
+        let base: Vec<u8> = (0..w * h).map(|k| 120 + (k * 7 % 100) as u8).collect();
+        for i in 0..200u64 {
+            // One level less on every 4th pixel every 2nd frame: 0.001 per step.
+            let fade = (i / 2) as u8;
+            let data: Vec<u8> = base
+                .iter()
+                .enumerate()
+                .map(|(k, &v)| if k % 4 == 0 { v - fade } else { v })
+                .collect();
+            let event = d.observe(i * FRAME, FRAME, &plane(&data, w, h)).unwrap();
+            assert_eq!(event, None, "frame {i}");
+        }
     }
 
     #[test]
