@@ -208,3 +208,36 @@ fn dashboard_names_only_exported_metrics() {
         "not on the dashboard: {unused:?}"
     );
 }
+
+/// The shipped alert rules load in Prometheus's own checker and pass their unit tests
+/// (black picture, dropped frames, stalls).
+#[test]
+fn alert_rules_pass_promtool() {
+    let pipelines = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    for args in [
+        ["check", "rules", "qoe-alerts.yml"],
+        ["test", "rules", "qoe-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&pipelines)
+            .output()
+            .expect("promtool (Debian package prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every metric an alert names is exported.
+    let rules = std::fs::read_to_string(pipelines.join("qoe-alerts.yml")).unwrap();
+    let exported = gstqoe::metrics::families().names();
+    for (i, _) in rules.match_indices("qoe_") {
+        let name: String = rules[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(exported.contains(&name), "alert rules use {name}");
+    }
+}
