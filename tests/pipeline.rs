@@ -170,8 +170,8 @@ fn gst_launch_prints_the_messages_as_a_user_sees_them() {
     assert!(stdout.contains("Got EOS from element"), "{stdout}");
 }
 
-/// Every accepted raw format: moving pictures never freeze, a still picture does, and
-/// frames are counted.
+/// Every accepted raw format: moving pictures never freeze, a still picture does, a black
+/// picture is black, and frames are counted.
 #[test]
 fn every_accepted_format_is_read_without_conversion() {
     let formats = [
@@ -209,11 +209,16 @@ fn every_accepted_format_is_read_without_conversion() {
         "GRAY16_LE",
     ];
     for format in formats {
-        for (pattern, frozen) in [("ball", false), ("colors", true)] {
+        for (pattern, frozen, black) in [
+            // A ball on gray: the default black background would be a black picture.
+            ("ball background-color=0xff808080", false, false),
+            ("colors", true, false),
+            ("black", true, true),
+        ] {
             // Odd sizes exercise strides and subsampled chroma.
             let messages = run(&format!(
                 "videotestsrc pattern={pattern} num-buffers=45 ! video/x-raw,format={format},width=322,height=242,framerate=30/1 \
-                 ! qoemonitor ! fakesink"
+                 ! qoemonitor black-min-duration=1000000000 ! fakesink"
             ));
             let last = named(&messages, "qoe-stats")
                 .last()
@@ -223,6 +228,12 @@ fn every_accepted_format_is_read_without_conversion() {
             assert_eq!(
                 last.get::<u64>("freezes").unwrap(),
                 frozen as u64,
+                "{format} {pattern}"
+            );
+            // Black in every format, full range (RGB) and limited (YUV) alike.
+            assert_eq!(
+                last.get::<u64>("blacks").unwrap(),
+                black as u64,
                 "{format} {pattern}"
             );
         }
