@@ -272,53 +272,6 @@ fn dropped_frames_are_counted_and_are_not_stalls() {
     }
 }
 
-/// An adaptive stream in miniature: four 1 s MPEG-TS segments of 360p, 720p, 480p and
-/// 1080p, joined as a player's buffer joins them.
-fn abr_clip() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let out = dir.join("abr.ts");
-    if out.exists() {
-        return out;
-    }
-    let mut list = String::new();
-    for (i, size) in ["640x360", "1280x720", "854x480", "1920x1080"]
-        .iter()
-        .enumerate()
-    {
-        let segment = dir.join(format!("abr-{i}.ts"));
-        ffmpeg_lavfi(
-            &segment,
-            &format!("testsrc2=size={size}:rate=30:duration=1"),
-            &[
-                "-c:v",
-                "libx264",
-                "-pix_fmt",
-                "yuv420p",
-                "-bf",
-                "0",
-                "-output_ts_offset",
-                &i.to_string(),
-                "-muxdelay",
-                "0",
-            ],
-        );
-        list.push_str(&format!("file '{}'\n", segment.display()));
-    }
-    let list_path = dir.join("abr.txt");
-    std::fs::write(&list_path, list).unwrap();
-    let tmp = dir.join("abr.part.ts");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "concat", "-safe", "0", "-i"])
-        .arg(&list_path)
-        .args(["-c", "copy"])
-        .arg(&tmp)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::rename(&tmp, &out).unwrap();
-    out
-}
-
 #[test]
 fn rendition_switches_in_an_abr_like_stream() {
     let frame = 1_000_000_000 / 30;

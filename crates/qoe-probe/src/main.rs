@@ -528,6 +528,8 @@ fn report_event(options: &Options, s: &gst::StructureRef, run: &mut Run) {
     let kind = match s.name().as_str() {
         "qoe-stall" => "stall",
         "qoe-freeze" => "freeze",
+        "qoe-black" => "black",
+        "qoe-rendition" => return report_rendition(options, s),
         "qoe-stats" => {
             run.last_stats = Some(s.to_owned());
             return;
@@ -554,10 +556,10 @@ fn report_event(options: &Options, s: &gst::StructureRef, run: &mut Run) {
     let cause = s.get::<&str>("cause").ok();
     if let (Some(d), "end") = (duration, event) {
         let span = Span { start, duration: d };
-        if kind == "stall" {
-            run.stalls.push(span)
-        } else {
-            run.freezes.push(span)
+        match kind {
+            "stall" => run.stalls.push(span),
+            "freeze" => run.freezes.push(span),
+            _ => {}
         }
         run.end = run.end.max(start + d);
     }
@@ -576,10 +578,49 @@ fn report_event(options: &Options, s: &gst::StructureRef, run: &mut Run) {
         let what = match (kind, event) {
             ("stall", "start") => format!("stall started ({})", cause.unwrap_or("?")),
             ("stall", _) => format!("stall ended after {:.3} s", duration.unwrap_or(0.0)),
+            ("black", "start") => "picture black".to_string(),
+            ("black", _) => format!("black ended after {:.3} s", duration.unwrap_or(0.0)),
             (_, "start") => "picture frozen".to_string(),
             _ => format!("freeze ended after {:.3} s", duration.unwrap_or(0.0)),
         };
         println!("{start:9.3} s  {what}");
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// A rendition switch: one line, or a JSON line.
+fn report_rendition(options: &Options, s: &gst::StructureRef) {
+    let at = s
+        .get::<u64>("stream-time")
+        .ok()
+        .filter(|t| *t != u64::MAX)
+        .map_or(0.0, secs);
+    let size = |w: &str, h: &str| {
+        (
+            s.get::<u32>(w).unwrap_or_default(),
+            s.get::<u32>(h).unwrap_or_default(),
+        )
+    };
+    let (from, to) = (
+        size("from-width", "from-height"),
+        size("to-width", "to-height"),
+    );
+    let direction = s.get::<&str>("direction").unwrap_or("?");
+    if options.json {
+        println!(
+            "{{\"type\":\"rendition\",\"at\":{at:.3},\"direction\":{},\"from\":[{},{}],\"to\":[{},{}],\"stream_id\":{}}}",
+            json_string(direction),
+            from.0,
+            from.1,
+            to.0,
+            to.1,
+            json_string(s.get::<&str>("stream-id").unwrap_or_default())
+        );
+    } else {
+        println!(
+            "{at:9.3} s  rendition {direction}: {}x{} -> {}x{}",
+            from.0, from.1, to.0, to.1
+        );
     }
     let _ = std::io::stdout().flush();
 }

@@ -57,6 +57,43 @@ fn prints_events_and_a_summary() {
     assert!(stderr.contains("progress"), "{stderr}");
 }
 
+/// Black segments and rendition switches get their own lines.
+#[test]
+fn prints_black_segments_and_rendition_switches() {
+    let black = clip(
+        "probe-black.mkv",
+        "testsrc2=size=320x240:rate=30:duration=6",
+        &[
+            "-vf",
+            "drawbox=c=black:t=fill:enable='between(t,2,4.499)'",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    );
+    let out = probe(&[black.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("    2.000 s  picture black"), "{stdout}");
+    assert!(stdout.contains("black ended after 2.500 s"), "{stdout}");
+
+    let out = probe(&[abr_clip().to_str().unwrap(), "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let switches: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.contains("\"type\":\"rendition\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let directions: Vec<&str> = switches
+        .iter()
+        .map(|s| s["direction"].as_str().unwrap())
+        .collect();
+    assert_eq!(directions, ["up", "down", "up"], "{stdout}");
+    assert_eq!(switches[0]["to"], serde_json::json!([1280, 720]));
+}
+
 #[test]
 fn json_lines() {
     let video = test_video("mkv");
