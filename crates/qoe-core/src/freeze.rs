@@ -245,6 +245,9 @@ pub struct FreezeDetector {
     /// The latest frame's thumbnail.
     previous: Thumbnail,
     scratch: Thumbnail,
+    /// The reference is the latest frame (it changed the picture): `reference` itself is
+    /// stale then, and `previous` stands for it, so that moving pictures cost no copy.
+    reference_is_previous: bool,
     reference_time: Option<Nanos>,
     /// Differences of recent changed frames to the frames before them.
     motion: VecDeque<f64>,
@@ -267,6 +270,7 @@ impl FreezeDetector {
             reference: Thumbnail::default(),
             previous: Thumbnail::default(),
             scratch: Thumbnail::default(),
+            reference_is_previous: false,
             reference_time: None,
             motion: VecDeque::with_capacity(MOTION_FRAMES),
             drift_limit: threshold,
@@ -307,7 +311,12 @@ impl FreezeDetector {
                 .map_or(time + duration, |e| e.max(time + duration)),
         );
         let to_previous = self.scratch.mafd(&self.previous);
-        let unchanged = match (self.reference_time, self.scratch.mafd(&self.reference)) {
+        let to_reference = if self.reference_is_previous {
+            to_previous
+        } else {
+            self.scratch.mafd(&self.reference)
+        };
+        let unchanged = match (self.reference_time, to_reference) {
             // A frame earlier than the reference (a jump back) starts afresh.
             (Some(reference_time), Some(drift)) if time >= reference_time => {
                 drift <= self.threshold
@@ -316,6 +325,11 @@ impl FreezeDetector {
             }
             _ => false,
         };
+        if unchanged && self.reference_is_previous {
+            // The still picture's first frame becomes the reference proper.
+            std::mem::swap(&mut self.reference, &mut self.previous);
+            self.reference_is_previous = false;
+        }
         std::mem::swap(&mut self.previous, &mut self.scratch);
         if unchanged {
             let start = self.reference_time.expect("checked above");
@@ -335,7 +349,7 @@ impl FreezeDetector {
         }
         self.drift_limit = (self.motion_level() / DRIFT_SHARE)
             .clamp(self.threshold, DRIFT_MAX_THRESHOLDS * self.threshold);
-        self.reference.clone_from(&self.previous);
+        self.reference_is_previous = true;
         self.reference_time = Some(time);
         Ok(ended)
     }
@@ -369,6 +383,7 @@ impl FreezeDetector {
         let ended = self.latest_end.and_then(|end| self.end_at(end));
         self.frozen = false;
         self.reference_time = None;
+        self.reference_is_previous = false;
         self.reference.cells.clear();
         self.previous.cells.clear();
         self.motion.clear();
