@@ -238,18 +238,7 @@ fn dropped_frames_are_counted_and_are_not_stalls() {
         let video = clip(
             &format!("dropped-{what}.mkv"),
             "testsrc2=size=320x240:rate=30:duration=6",
-            &[
-                "-vf",
-                &format!("select='{select}'"),
-                "-c:v",
-                "libx264",
-                "-pix_fmt",
-                "yuv420p",
-                "-bf",
-                "0",
-                "-fps_mode",
-                "passthrough",
-            ],
+            &x264_as_is_after(&format!("select='{select}'")),
         );
         let messages = monitor(&video, "");
         let stats = *named(&messages, "qoe-stats").last().unwrap();

@@ -283,18 +283,9 @@ fn scrape_shows_black_and_missing_frames() {
     let video = clip(
         "metrics-black-and-drops.mkv",
         "testsrc2=size=320x240:rate=30:duration=6",
-        &[
-            "-vf",
+        &x264_as_is_after(
             "drawbox=c=black:t=fill:enable='between(t,2,4.499)',select='not(eq(mod(n\\,5)\\,4))'",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-bf",
-            "0",
-            "-fps_mode",
-            "passthrough",
-        ],
+        ),
     );
     let (pipeline, addr) = start(&format!(
         "filesrc location={} ! decodebin ! qoemonitor stream-id=black-drops metrics-address={ADDRESS} ! fakesink",

@@ -149,28 +149,42 @@ pub fn clip(name: &str, lavfi: &str, args: &[&str]) -> PathBuf {
     path
 }
 
+/// x264 keeping every frame at its own timestamp (no B-frames, timestamps passed through),
+/// so that holes and repeats made by the filters stay where they are.
+pub const X264_AS_IS: [&str; 8] = [
+    "-c:v",
+    "libx264",
+    "-pix_fmt",
+    "yuv420p",
+    "-bf",
+    "0",
+    "-fps_mode",
+    "passthrough",
+];
+
+/// `-vf filter`, then [`X264_AS_IS`].
+pub fn x264_as_is_after(filter: &str) -> Vec<&str> {
+    [&["-vf", filter][..], &X264_AS_IS].concat()
+}
+
 /// The test video with a hole and a freeze (see the constants above), in `container`.
 pub fn test_video(container: &str) -> PathBuf {
+    let filter = [
+        "-filter_complex",
+        "[0]split[a][b];[a][b]freezeframes=first=150:last=194:replace=149,\
+         setpts='PTS+if(gte(N,60),1.5/TB,0)'[v]",
+        "-map",
+        "[v]",
+    ];
     clip(
         &format!("hole-and-freeze.{container}"),
         "testsrc2=size=320x240:rate=30:duration=8",
         &[
-            "-filter_complex",
-            "[0]split[a][b];[a][b]freezeframes=first=150:last=194:replace=149,\
-             setpts='PTS+if(gte(N,60),1.5/TB,0)'[v]",
-            "-map",
-            "[v]",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-bf",
-            "0",
-            "-fps_mode",
-            "passthrough",
-            "-video_track_timescale",
-            "90000",
-        ],
+            &filter[..],
+            &X264_AS_IS,
+            &["-video_track_timescale", "90000"],
+        ]
+        .concat(),
     )
 }
 
@@ -323,17 +337,10 @@ pub fn abr_clip() -> PathBuf {
             &segment,
             &format!("testsrc2=size={size}:rate=30:duration=1"),
             &[
-                "-c:v",
-                "libx264",
-                "-pix_fmt",
-                "yuv420p",
-                "-bf",
-                "0",
-                "-output_ts_offset",
-                &i.to_string(),
-                "-muxdelay",
-                "0",
-            ],
+                &X264_AS_IS[..6],
+                &["-output_ts_offset", &i.to_string(), "-muxdelay", "0"],
+            ]
+            .concat(),
         );
         list.push_str(&format!("file '{}'\n", segment.display()));
     }

@@ -9,6 +9,7 @@
 //! the mean of a few neighbouring pixels of one row, so a thin bright line below a cell's
 //! width counts less than it would per pixel.
 
+use crate::episode::{EpisodeEvent, Episodes, Span};
 use crate::freeze::Thumbnail;
 use crate::time::Nanos;
 
@@ -23,29 +24,17 @@ pub enum LumaRange {
 }
 
 /// A completed black segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Black {
-    pub start: Nanos,
-    pub duration: Nanos,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlackEvent {
-    Started { start: Nanos },
-    Ended(Black),
-}
+pub type Black = Span;
+/// A black segment starts (once it has lasted the minimum) or ends.
+pub type BlackEvent = EpisodeEvent;
 
 #[derive(Debug)]
 pub struct BlackDetector {
     pixel_threshold: f64,
     ratio: f64,
     min_duration: Nanos,
-    /// First frame of the current run of black frames.
-    run_start: Option<Nanos>,
-    black: bool,
-    latest_end: Option<Nanos>,
-    count: u64,
-    total: Nanos,
+    /// The current run of black frames.
+    episodes: Episodes,
 }
 
 impl BlackDetector {
@@ -56,11 +45,7 @@ impl BlackDetector {
             pixel_threshold,
             ratio,
             min_duration,
-            run_start: None,
-            black: false,
-            latest_end: None,
-            count: 0,
-            total: 0,
+            episodes: Episodes::default(),
         }
     }
 
@@ -78,7 +63,7 @@ impl BlackDetector {
 
     /// Whether a black segment is going on.
     pub fn is_black(&self) -> bool {
-        self.black
+        self.episodes.is_on()
     }
 
     /// Whether `thumb` is a black picture in `range`.
@@ -106,66 +91,41 @@ impl BlackDetector {
         thumb: &Thumbnail,
         range: LumaRange,
     ) -> Option<BlackEvent> {
-        self.latest_end = Some(
-            self.latest_end
-                .map_or(time + duration, |e| e.max(time + duration)),
-        );
+        self.episodes.saw_frame_until(time + duration);
         if !self.is_black_picture(thumb, range) {
-            return self.end_at(time);
+            return self.episodes.end_at(time);
         }
         // A frame earlier than the run's start (a jump back) starts a new run.
-        let start = match self.run_start {
+        let start = match self.episodes.run_start() {
             Some(start) if time >= start => start,
             _ => {
-                let ended = self.end_at(time);
-                self.run_start = Some(time);
-                if ended.is_some() {
-                    return ended;
+                if let Some(ended) = self.episodes.restart(time) {
+                    return Some(ended);
                 }
                 time
             }
         };
         // A run counts once it has lasted the minimum, the frame on screen included.
-        if !self.black && time + duration - start >= self.min_duration {
-            self.black = true;
-            self.count += 1;
-            return Some(BlackEvent::Started { start });
+        if time + duration - start >= self.min_duration {
+            return self.episodes.lasted();
         }
         None
-    }
-
-    fn end_at(&mut self, end: Nanos) -> Option<BlackEvent> {
-        let start = self.run_start.take()?;
-        if !std::mem::take(&mut self.black) {
-            return None;
-        }
-        let black = Black {
-            start,
-            duration: end.saturating_sub(start),
-        };
-        self.total += black.duration;
-        Some(BlackEvent::Ended(black))
     }
 
     /// A caps change, a flush or the end of stream: an open black segment ends where the
     /// last frame ended.
     pub fn finish(&mut self) -> Option<BlackEvent> {
-        let end = self.latest_end?;
-        self.end_at(end)
+        self.episodes.finish()
     }
 
     /// Black segments so far, the open one included.
     pub fn count(&self) -> u64 {
-        self.count
+        self.episodes.count()
     }
 
     /// Total black time, the open segment's time so far included.
     pub fn total(&self) -> Nanos {
-        let open = match (self.black, self.run_start, self.latest_end) {
-            (true, Some(start), Some(end)) => end.saturating_sub(start),
-            _ => 0,
-        };
-        self.total + open
+        self.episodes.total()
     }
 }
 

@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 
+use crate::episode::{EpisodeEvent, Episodes, Span};
 use crate::time::Nanos;
 
 /// Recent frame-to-frame differences kept for the motion level.
@@ -225,17 +226,9 @@ fn sum_cells(
 }
 
 /// A completed freeze.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Freeze {
-    pub start: Nanos,
-    pub duration: Nanos,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FreezeEvent {
-    Started { start: Nanos },
-    Ended(Freeze),
-}
+pub type Freeze = Span;
+/// A freeze starts (once it has lasted the minimum) or ends.
+pub type FreezeEvent = EpisodeEvent;
 
 #[derive(Debug)]
 pub struct FreezeDetector {
@@ -248,17 +241,13 @@ pub struct FreezeDetector {
     /// The reference is the latest frame (it changed the picture): `reference` itself is
     /// stale then, and `previous` stands for it, so that moving pictures cost no copy.
     reference_is_previous: bool,
-    reference_time: Option<Nanos>,
+    /// The run of unchanged frames since the reference (its start is the reference's time).
+    episodes: Episodes,
     /// Differences of recent changed frames to the frames before them.
     motion: VecDeque<f64>,
     /// How far frames that each differ little from the one before may drift from the
     /// reference and still count as unchanged.
     drift_limit: f64,
-    frozen: bool,
-    /// End of the latest frame seen (its time plus duration).
-    latest_end: Option<Nanos>,
-    count: u64,
-    total: Nanos,
 }
 
 impl FreezeDetector {
@@ -271,13 +260,9 @@ impl FreezeDetector {
             previous: Thumbnail::default(),
             scratch: Thumbnail::default(),
             reference_is_previous: false,
-            reference_time: None,
+            episodes: Episodes::default(),
             motion: VecDeque::with_capacity(MOTION_FRAMES),
             drift_limit: threshold,
-            frozen: false,
-            latest_end: None,
-            count: 0,
-            total: 0,
         }
     }
 
@@ -290,7 +275,7 @@ impl FreezeDetector {
     }
 
     pub fn is_frozen(&self) -> bool {
-        self.frozen
+        self.episodes.is_on()
     }
 
     /// The luma thumbnail of the latest frame observed, for other picture checks.
@@ -306,17 +291,14 @@ impl FreezeDetector {
         plane: &LumaPlane,
     ) -> Result<Option<FreezeEvent>, PlaneError> {
         self.scratch.fill(plane)?;
-        self.latest_end = Some(
-            self.latest_end
-                .map_or(time + duration, |e| e.max(time + duration)),
-        );
+        self.episodes.saw_frame_until(time + duration);
         let to_previous = self.scratch.mafd(&self.previous);
         let to_reference = if self.reference_is_previous {
             to_previous
         } else {
             self.scratch.mafd(&self.reference)
         };
-        let unchanged = match (self.reference_time, to_reference) {
+        let unchanged = match (self.episodes.run_start(), to_reference) {
             // A frame earlier than the reference (a jump back) starts afresh.
             (Some(reference_time), Some(drift)) if time >= reference_time => {
                 drift <= self.threshold
@@ -332,15 +314,13 @@ impl FreezeDetector {
         }
         std::mem::swap(&mut self.previous, &mut self.scratch);
         if unchanged {
-            let start = self.reference_time.expect("checked above");
-            if !self.frozen && time - start >= self.min_duration {
-                self.frozen = true;
-                self.count += 1;
-                return Ok(Some(FreezeEvent::Started { start }));
+            let start = self.episodes.run_start().expect("checked above");
+            if time - start >= self.min_duration {
+                return Ok(self.episodes.lasted());
             }
             return Ok(None);
         }
-        let ended = self.end_at(time);
+        let ended = self.episodes.restart(time);
         if let Some(difference) = to_previous {
             if self.motion.len() == MOTION_FRAMES {
                 self.motion.pop_front();
@@ -350,7 +330,6 @@ impl FreezeDetector {
         self.drift_limit = (self.motion_level() / DRIFT_SHARE)
             .clamp(self.threshold, DRIFT_MAX_THRESHOLDS * self.threshold);
         self.reference_is_previous = true;
-        self.reference_time = Some(time);
         Ok(ended)
     }
 
@@ -364,25 +343,10 @@ impl FreezeDetector {
         recent[recent.len() / 2]
     }
 
-    fn end_at(&mut self, end: Nanos) -> Option<FreezeEvent> {
-        if !std::mem::take(&mut self.frozen) {
-            return None;
-        }
-        let start = self.reference_time.expect("a freeze has a reference");
-        let freeze = Freeze {
-            start,
-            duration: end.saturating_sub(start),
-        };
-        self.total += freeze.duration;
-        Some(FreezeEvent::Ended(freeze))
-    }
-
     /// The picture changed shape (caps change) or the stream jumped (flush): the next frame
     /// becomes the reference. An open freeze ends where the last frame ended.
     pub fn reset(&mut self) -> Option<FreezeEvent> {
-        let ended = self.latest_end.and_then(|end| self.end_at(end));
-        self.frozen = false;
-        self.reference_time = None;
+        let ended = self.episodes.finish();
         self.reference_is_previous = false;
         self.reference.cells.clear();
         self.previous.cells.clear();
@@ -397,16 +361,12 @@ impl FreezeDetector {
 
     /// Freezes so far, the open one included.
     pub fn count(&self) -> u64 {
-        self.count
+        self.episodes.count()
     }
 
     /// Total frozen time, the open freeze's time so far included.
     pub fn total(&self) -> Nanos {
-        let open = match (self.frozen, self.reference_time, self.latest_end) {
-            (true, Some(start), Some(end)) => end.saturating_sub(start),
-            _ => 0,
-        };
-        self.total + open
+        self.episodes.total()
     }
 }
 

@@ -2,7 +2,8 @@
 //! qoe-core: the QoE checks that need no model and no GStreamer types.
 //!
 //! Owns time units ([`time`]), stall tracking ([`stall`]), content-freeze detection
-//! ([`freeze`]), black pictures ([`black`]), dropped frames and arrival jitter ([`cadence`]),
+//! ([`freeze`]), black pictures ([`black`]) with the episode bookkeeping they share
+//! ([`episode`]), dropped frames and arrival jitter ([`cadence`]),
 //! rendition switches ([`rendition`]), frame sampling and rolling windows ([`sampling`]) and
 //! the bounded hand-over queue between the streaming thread and the workers ([`queue`]).
 //!
@@ -11,6 +12,7 @@
 
 pub mod black;
 pub mod cadence;
+pub mod episode;
 pub mod freeze;
 pub mod queue;
 pub mod rendition;
