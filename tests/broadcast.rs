@@ -79,33 +79,26 @@ fn monitor(video: &Path, properties: &str) -> Vec<gst::Structure> {
 /// 30: the picture jumps back and stands still for 50 frames, as a stalled encoder's input
 /// does, and the encoder refines the still picture for a few frames.
 fn encoded_freeze(source: &Path, crf: u32, preset: &str) -> PathBuf {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("freeze-{crf}-{preset}.mkv"));
-    if !out.exists() {
-        let tmp = out.with_extension("part.mkv");
-        let status = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-i"])
-            .arg(source)
-            .args([
-                "-filter_complex",
-                "[0:v]split[a][b];[a][b]freezeframes=first=41:last=90:replace=30[v]",
-                "-map",
-                "[v]",
-                "-c:v",
-                "libx264",
-                "-crf",
-                &crf.to_string(),
-                "-preset",
-                preset,
-                "-pix_fmt",
-                "yuv420p",
-            ])
-            .arg(&tmp)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        std::fs::rename(&tmp, &out).unwrap();
-    }
-    out
+    let crf = crf.to_string();
+    made_once(
+        &format!("freeze-{crf}-{preset}.mkv"),
+        &[
+            "-i",
+            source.to_str().unwrap(),
+            "-filter_complex",
+            "[0:v]split[a][b];[a][b]freezeframes=first=41:last=90:replace=30[v]",
+            "-map",
+            "[v]",
+            "-c:v",
+            "libx264",
+            "-crf",
+            &crf,
+            "-preset",
+            preset,
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    )
 }
 
 #[test]

@@ -123,10 +123,10 @@ pub const STALL_DURATION: u64 = 1500 * MS;
 pub const FREEZE_START: u64 = 149 * 1_000_000_000 / FPS + STALL_DURATION; // frame 149, after the hole
 pub const FREEZE_DURATION: u64 = (195 - 149) * 1_000_000_000 / FPS; // 1.533 s
 
-/// Runs FFmpeg (Debian's `ffmpeg`) on the `lavfi` source `lavfi` with `args`, writing `out`.
-pub fn ffmpeg_lavfi(out: &Path, lavfi: &str, args: &[&str]) {
+/// Runs FFmpeg (Debian's `ffmpeg`) with `args`, writing `out`.
+pub fn ffmpeg(out: &Path, args: &[&str]) {
     let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", lavfi])
+        .args(["-v", "error", "-y"])
         .args(args)
         .arg(out)
         .status()
@@ -134,19 +134,29 @@ pub fn ffmpeg_lavfi(out: &Path, lavfi: &str, args: &[&str]) {
     assert!(status.success(), "ffmpeg failed to make {}", out.display());
 }
 
-/// `name` in the test scratch folder, made once with [`ffmpeg_lavfi`] (atomically, so an
+/// Runs FFmpeg on the `lavfi` source `lavfi` with `args`, writing `out`.
+pub fn ffmpeg_lavfi(out: &Path, lavfi: &str, args: &[&str]) {
+    ffmpeg(out, &[&["-f", "lavfi", "-i", lavfi][..], args].concat());
+}
+
+/// `name` in the test scratch folder, made once by FFmpeg with `args` (atomically, so an
 /// interrupted run leaves nothing half-made behind).
-pub fn clip(name: &str, lavfi: &str, args: &[&str]) -> PathBuf {
+pub fn made_once(name: &str, args: &[&str]) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap();
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     if !path.exists() {
         let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("mkv");
         let tmp = path.with_extension(format!("part.{extension}"));
-        ffmpeg_lavfi(&tmp, lavfi, args);
+        ffmpeg(&tmp, args);
         std::fs::rename(&tmp, &path).unwrap();
     }
     path
+}
+
+/// `name`, made once from the `lavfi` source `lavfi` with `args`.
+pub fn clip(name: &str, lavfi: &str, args: &[&str]) -> PathBuf {
+    made_once(name, &[&["-f", "lavfi", "-i", lavfi][..], args].concat())
 }
 
 /// x264 keeping every frame at its own timestamp (no B-frames, timestamps passed through),
@@ -332,9 +342,8 @@ pub fn abr_clip() -> PathBuf {
         .iter()
         .enumerate()
     {
-        let segment = dir.join(format!("abr-{i}.ts"));
-        ffmpeg_lavfi(
-            &segment,
+        let segment = clip(
+            &format!("abr-{i}.ts"),
             &format!("testsrc2=size={size}:rate=30:duration=1"),
             &[
                 &X264_AS_IS[..6],
@@ -346,15 +355,9 @@ pub fn abr_clip() -> PathBuf {
     }
     let list_path = dir.join("abr.txt");
     std::fs::write(&list_path, list).unwrap();
-    let tmp = dir.join("abr.part.ts");
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "concat", "-safe", "0", "-i"])
-        .arg(&list_path)
-        .args(["-c", "copy"])
-        .arg(&tmp)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::fs::rename(&tmp, &out).unwrap();
-    out
+    let list_path = list_path.display().to_string();
+    made_once(
+        "abr.ts",
+        &["-f", "concat", "-safe", "0", "-i", &list_path, "-c", "copy"],
+    )
 }
