@@ -446,3 +446,35 @@ fn corrupted_and_discont_buffers_are_counted() {
         "{text}"
     );
 }
+
+/// A timestamped stream where some buffers lack a timestamp (every 3rd, or at random): each
+/// is placed a frame period after the one before, never a stall, however far its arrival
+/// is from its place (a file decodes faster than real time).
+#[test]
+fn buffers_missing_a_timestamp_in_a_timestamped_stream_are_interpolated() {
+    let mut seed = 7u64;
+    let mut random = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % 4 == 0
+    };
+    let patterns: [(&str, Box<dyn FnMut(u64) -> bool>); 2] = [
+        ("every 3rd", Box::new(|i| i % 3 == 2)),
+        ("random quarter", Box::new(move |_| random())),
+    ];
+    for (what, mut missing) in patterns {
+        let mut m = Monitor::new(&[], 0);
+        for i in 0..300u64 {
+            // Decoded four times faster than real time.
+            let pts = (!missing(i)).then_some(i * FRAME);
+            m.push_at(pts, i * FRAME / 4, i as u8);
+        }
+        let stats = m.stats();
+        assert_eq!(stats.get::<u64>("stalls").unwrap(), 0, "{what}: {stats}");
+        assert_eq!(stats.get::<f64>("stall-ratio").unwrap(), 0.0, "{what}");
+        assert_eq!(stats.get::<u64>("frames-missing").unwrap(), 0, "{what}");
+        assert!(m.messages("qoe-stall").is_empty(), "{what}");
+        assert_eq!(stats.get::<u64>("frames").unwrap(), 300);
+    }
+}

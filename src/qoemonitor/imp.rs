@@ -403,16 +403,29 @@ impl QoeMonitor {
         } else {
             None
         };
-        let pts = buffer
+        let period = state
+            .frame_period
+            .or(buffer.duration().map(|d| d.nseconds()));
+        let stamped = buffer
             .pts()
             .and_then(|pts| state.segment.to_running_time(pts))
             .map(|t| t.nseconds());
-        if pts.is_none() && !state.warned_no_timestamp {
+        // In a timestamped stream, a frame without a timestamp comes a frame period after
+        // the one before: never a stall by itself. A stream never timestamped is timed by
+        // arrival.
+        let pts = stamped.or_else(|| state.last_pts.zip(period).map(|(last, p)| last + p));
+        state.last_pts = pts.or(state.last_pts);
+        if stamped.is_none() && !state.warned_no_timestamp {
             state.warned_no_timestamp = true;
             gst::warning!(
                 CAT,
                 imp = self,
-                "Buffer without a timestamp: timing uses arrival time"
+                "Buffer without a timestamp: {}",
+                if pts.is_some() {
+                    "its time is interpolated from the frame period"
+                } else {
+                    "timing uses arrival time"
+                }
             );
         }
         let timing = FrameTiming {
@@ -425,9 +438,7 @@ impl QoeMonitor {
         }
         // Arrival jitter means something only where frames arrive in real time.
         let live_arrival = arrival.filter(|_| state.stall.is_live());
-        state
-            .cadence
-            .on_frame(pts, live_arrival, state.frame_period);
+        state.cadence.on_frame(pts, live_arrival, period);
         state.metrics.frames(1);
         let flags = buffer.flags();
         state.corrupted += flags.contains(gst::BufferFlags::CORRUPTED) as u64;
@@ -1178,6 +1189,7 @@ impl BaseTransformImpl for QoeMonitor {
                         messages.push(state.stall_message(ev));
                     }
                     state.cadence.on_discontinuity();
+                    state.last_pts = None;
                     if let Some(ev) = state.freeze.reset() {
                         messages.push(state.freeze_message(ev));
                     }
@@ -1192,6 +1204,7 @@ impl BaseTransformImpl for QoeMonitor {
                         messages.push(state.stall_message(ev));
                     }
                     state.cadence.on_discontinuity();
+                    state.last_pts = None;
                 }
                 EventView::Eos(_) => {
                     for ev in state.stall.finish() {

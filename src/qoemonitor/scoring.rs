@@ -59,6 +59,30 @@ pub enum ScoringError {
     /// A sampled frame cannot be converted to RGB.
     #[error("{0}")]
     Convert(String),
+    /// The model code panicked: caught, so that the stream goes on.
+    #[error("the {stage} panicked: {message}")]
+    Panicked {
+        stage: &'static str,
+        message: String,
+    },
+}
+
+/// Runs model work `f` of `stage`; a panic in it becomes an error (and is counted) instead
+/// of ending the worker, so that windows go stale and EOS still flows.
+fn guarded<T>(
+    shared: &Shared,
+    stage: &'static str,
+    f: impl FnOnce() -> Result<T, ScoringError>,
+) -> Result<T, ScoringError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        shared.panics.fetch_add(1, Ordering::Relaxed);
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        Err(ScoringError::Panicked { stage, message })
+    })
 }
 
 /// What the workers tell the element.
@@ -127,6 +151,8 @@ struct Shared {
     windows_scored: AtomicU64,
     stale: AtomicBool,
     last_good: Mutex<Option<Quality>>,
+    /// Panics of the model code, caught.
+    panics: AtomicU64,
 }
 
 /// What the workers have done so far.
@@ -137,6 +163,8 @@ pub struct WorkerCounts {
     pub frames_dropped: u64,
     /// The model failed since its last good score.
     pub stale: bool,
+    /// Panics of the model code, caught (each also a failure).
+    pub panics: u64,
 }
 
 /// The streaming thread's side: which frames are sampled and when windows are due. Lives
@@ -314,13 +342,14 @@ impl Workers {
             threads.push(spawn(
                 "qoe-explain",
                 Box::new({
-                    let (explains, sink, scorer, config) = (
+                    let (explains, shared, sink, scorer, config) = (
                         explains.clone(),
+                        shared.clone(),
                         sink.clone(),
                         scorer.clone(),
                         config.clone(),
                     );
-                    move || explain_thread(&scorer, &config, &explains, &sink)
+                    move || explain_thread(&scorer, &config, &explains, &shared, &sink)
                 }),
             )?);
         }
@@ -379,6 +408,7 @@ impl Workers {
             windows_dropped: self.shared.windows_dropped.load(Ordering::Relaxed),
             frames_dropped: self.shared.frames_dropped.load(Ordering::Relaxed),
             stale: self.shared.stale.load(Ordering::Relaxed),
+            panics: self.shared.panics.load(Ordering::Relaxed),
         }
     }
 }
@@ -493,14 +523,14 @@ fn feature_thread(
             } => {
                 // A frame that fails counts as lost (`add_frame` marks its own failures).
                 let result = match rgb.convert(buffer, &info) {
-                    Ok(image) => stream
-                        .add_frame(time, &image, keyframe, motion)
-                        .map_err(ScoringError::from),
-                    Err(error) => {
-                        stream.lose(time);
-                        Err(error)
-                    }
+                    Ok(image) => guarded(shared, "feature stage", || {
+                        Ok(stream.add_frame(time, &image, keyframe, motion)?)
+                    }),
+                    Err(error) => Err(error),
                 };
+                if result.is_err() {
+                    stream.lose(time);
+                }
                 if let Err(error) = result {
                     report_failure(shared, sink, error);
                 }
@@ -515,7 +545,7 @@ fn feature_thread(
                 }
             }
             JobKind::End => {
-                if let Err(error) = stream.finish() {
+                if let Err(error) = guarded(shared, "feature stage", || Ok(stream.finish()?)) {
                     report_failure(shared, sink, error);
                 }
             }
@@ -575,11 +605,12 @@ fn score_thread(
         let running_time = ready.due;
         let t0 = Instant::now();
         let result = scores.then(|| {
-            scorer.score_window(&ready.features).and_then(|s| {
+            guarded(shared, "scorer", || {
+                let s = scorer.score_window(&ready.features)?;
                 s.score
                     .map(|score| (score, s.probabilities))
                     .ok_or_else(|| {
-                        qoe_model::Error::Input("the model's answer holds no score".into())
+                        qoe_model::Error::Input("the model's answer holds no score".into()).into()
                     })
             })
         });
@@ -643,16 +674,19 @@ fn explain_thread(
     scorer: &Scorer,
     config: &ScoringConfig,
     explains: &BoundedQueue<ExplainJob>,
+    shared: &Shared,
     sink: &ReportSink,
 ) {
     while let Some(ExplainJob { ready }) = explains.pop() {
         let t0 = Instant::now();
-        match scorer.explain_window(
-            &ready.features,
-            &config.explain_question,
-            config.explain_max_tokens,
-            None,
-        ) {
+        match guarded(shared, "explainer", || {
+            Ok(scorer.explain_window(
+                &ready.features,
+                &config.explain_question,
+                config.explain_max_tokens,
+                None,
+            )?)
+        }) {
             Ok((_, text)) => sink(Report::Explanation {
                 window: ready.window,
                 running_time: ready.window.end,

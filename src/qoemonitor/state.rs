@@ -28,6 +28,8 @@ pub(super) struct State {
     pub(super) luma: Option<LumaLayout>,
     /// 1/framerate from the caps, `None` for variable rate.
     pub(super) frame_period: Option<Nanos>,
+    /// Running time of the latest frame's timestamp (interpolated where a frame had none).
+    pub(super) last_pts: Option<Nanos>,
     pub(super) segment: gst::FormattedSegment<gst::ClockTime>,
     pub(super) stall: StallTracker,
     pub(super) freeze: FreezeDetector,
@@ -76,6 +78,7 @@ impl State {
             info: None,
             luma: None,
             frame_period: None,
+            last_pts: None,
             segment: gst::FormattedSegment::new(),
             stall: StallTracker::new(settings.stall_threshold.nseconds()),
             freeze: FreezeDetector::new(
@@ -335,6 +338,7 @@ impl State {
             .field_if_some("windows-dropped", counts.map(|c| c.windows_dropped))
             .field_if_some("frames-dropped", counts.map(|c| c.frames_dropped))
             .field_if_some("stale", counts.map(|c| c.stale))
+            .field_if_some("model-panics", counts.map(|c| c.panics))
             .build()
     }
 }

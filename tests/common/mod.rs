@@ -198,7 +198,6 @@ pub fn test_video(container: &str) -> PathBuf {
     )
 }
 
-/// The committed fixtures: bundles and golden data.
 /// The checkout's root: these helpers serve the plugin's tests and `qoe-probe`'s.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -208,6 +207,7 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// The committed fixtures: bundles and golden data.
 pub fn fixtures() -> PathBuf {
     repo().join("tests/fixtures")
 }

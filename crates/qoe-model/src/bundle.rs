@@ -15,6 +15,13 @@ pub const FORMAT: &str = "gst-qoe-bundle";
 pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST: &str = "bundle.json";
 
+/// The largest picture side a bundle may ask for.
+pub const MAX_PICTURE_SIDE: usize = 4096;
+/// The largest decoder width a bundle may declare.
+pub const MAX_HIDDEN_SIZE: usize = 65536;
+/// The most frames any sampling count may name.
+pub const MAX_FRAMES: usize = 4096;
+
 fn err<T>(message: impl Into<String>) -> Result<T> {
     Err(Error::Bundle(message.into()))
 }
@@ -492,9 +499,138 @@ impl Bundle {
         self.dir.join(MANIFEST)
     }
 
+    /// `file`, named by manifest field `field`, as a path inside the bundle folder: relative
+    /// and without `..`, so that a manifest cannot reach files outside it. (Symbolic links
+    /// placed inside the folder are the bundle author's choice and are followed.)
+    fn contained(&self, field: &str, file: &str) -> Result<PathBuf> {
+        let path = Path::new(file);
+        let escapes = path.components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if file.is_empty() || escapes {
+            return err(format!(
+                "{}: {field} \"{file}\" must be a relative path inside the bundle folder (no leading /, no ..)",
+                self.manifest_path().display()
+            ));
+        }
+        Ok(self.dir.join(path))
+    }
+
+    /// Sizes and counts a scorer allocates from: non-zero and within sane bounds, so that a
+    /// hostile manifest is refused here rather than exhausting memory or dividing by zero.
+    fn check_values(&self) -> Result<()> {
+        let m = &self.manifest;
+        let here = self.manifest_path();
+        let bad = |field: String, value: String, want: &str| {
+            err(format!("{}: {field} is {value}; {want}", here.display()))
+        };
+        for (role, pre) in &m.preprocess {
+            if pre
+                .size
+                .iter()
+                .any(|side| !(1..=MAX_PICTURE_SIDE).contains(side))
+            {
+                return bad(
+                    format!("preprocess.{role}.size"),
+                    format!("{:?}", pre.size),
+                    &format!("each side must be 1 to {MAX_PICTURE_SIDE}"),
+                );
+            }
+            if pre.std.iter().any(|v| !v.is_finite() || *v == 0.0)
+                || pre.mean.iter().any(|v| !v.is_finite())
+            {
+                return bad(
+                    format!("preprocess.{role}.mean/std"),
+                    format!("{:?}/{:?}", pre.mean, pre.std),
+                    "they must be finite, and std non-zero",
+                );
+            }
+        }
+        if let Some(d) = &m.decoder {
+            for (field, value, max) in [
+                ("hidden_size", d.hidden_size, MAX_HIDDEN_SIZE),
+                ("layers", d.layers, 1024),
+                ("kv_heads", d.kv_heads, 1024),
+                ("head_dim", d.head_dim, 4096),
+                ("vocab_size", d.vocab_size, 1 << 24),
+            ] {
+                if !(1..=max).contains(&value) {
+                    return bad(
+                        format!("decoder.{field}"),
+                        value.to_string(),
+                        &format!("it must be 1 to {max}"),
+                    );
+                }
+            }
+        }
+        if let Some(motion) = &m.sampling.motion {
+            for (field, value) in [
+                ("stride", Some(motion.stride)),
+                ("trim_before_stride", Some(motion.trim_before_stride)),
+                ("multiple", Some(motion.multiple)),
+                ("max_frames", motion.max_frames),
+                ("chunk_frames", motion.chunk_frames),
+            ] {
+                if let Some(v) = value
+                    && !(1..=MAX_FRAMES).contains(&v)
+                {
+                    return bad(
+                        format!("sampling.motion.{field}"),
+                        v.to_string(),
+                        &format!("it must be 1 to {MAX_FRAMES}"),
+                    );
+                }
+            }
+        }
+        if let Some(count) = m.sampling.keyframes.count
+            && !(1..=MAX_FRAMES).contains(&count)
+        {
+            return bad(
+                "sampling.keyframes.count".into(),
+                count.to_string(),
+                &format!("it must be 1 to {MAX_FRAMES}"),
+            );
+        }
+        // Decoder families need their prompt and decoder; level-logits its levels.
+        if m.family != Family::CpLlm {
+            if m.prompt.is_none() {
+                return err(format!(
+                    "{}: prompt is missing: every {} bundle has one",
+                    here.display(),
+                    m.family.as_str()
+                ));
+            }
+            if m.decoder.is_none() {
+                return err(format!(
+                    "{}: decoder is missing: every {} bundle has one",
+                    here.display(),
+                    m.family.as_str()
+                ));
+            }
+        }
+        if m.score.mode == ScoreMode::LevelLogits && m.score.levels.is_empty() {
+            return err(format!(
+                "{}: score.levels is empty: level-logits scores need the level words",
+                here.display()
+            ));
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<()> {
         let m = &self.manifest;
         let here = self.manifest_path();
+        for (name, part) in &m.parts {
+            self.contained(&format!("parts.{name}.file"), &part.file)?;
+        }
+        for (name, constant) in &m.constants {
+            self.contained(&format!("constants.{name}.file"), &constant.file)?;
+        }
+        self.contained("tokenizer", &m.tokenizer)?;
+        self.check_values()?;
         for (name, part) in &m.parts {
             if !self.dir.join(&part.file).is_file() {
                 return err(format!(
@@ -525,7 +661,17 @@ impl Bundle {
                     ));
                 }
             };
-            let expected = constant.shape.iter().product::<usize>() * constant.dtype.bytes();
+            let expected = constant
+                .shape
+                .iter()
+                .try_fold(constant.dtype.bytes(), |n, d| n.checked_mul(*d));
+            let Some(expected) = expected else {
+                return err(format!(
+                    "{}: constants.{name}.shape {:?} is too large",
+                    here.display(),
+                    constant.shape
+                ));
+            };
             if size != expected {
                 return err(format!(
                     "{}: {size} bytes, but constants.{name} declares shape {:?} of {} ({expected} bytes)",

@@ -74,6 +74,8 @@ pub struct Faults {
     pub window_delay: Option<std::time::Duration>,
     /// Windows from this number on (1 is the first scored by this scorer) fail.
     pub fail_from_window: Option<u64>,
+    /// Window this number panics (a bug in the model code, as a last line of defence).
+    pub panic_at_window: Option<u64>,
 }
 
 /// A model bundle opened on ONNX Runtime. Every method takes `&self`: each graph has its own
@@ -460,6 +462,9 @@ impl Scorer {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(delay) = self.faults.window_delay {
             std::thread::sleep(delay);
+        }
+        if self.faults.panic_at_window == Some(number) {
+            panic!("test fault: window {number} panics");
         }
         if self
             .faults
