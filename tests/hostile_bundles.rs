@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 mod common;
 use common::bundle_copy;
 
+/// A change to a manifest, with a name and what the error must say.
+type Case = (&'static str, Box<dyn FnOnce(&mut Value)>, &'static str);
+
 /// The error of loading `name` with its manifest edited by `edit`.
 fn load_error(name: &str, tag: &str, edit: impl FnOnce(&mut Value)) -> String {
     let dir = bundle_copy(name, tag);
@@ -24,7 +27,7 @@ fn load_error(name: &str, tag: &str, edit: impl FnOnce(&mut Value)) -> String {
 
 #[test]
 fn sizes_and_counts_out_of_bounds_are_refused_naming_the_field() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "hidden-zero",
             Box::new(|m| m["decoder"]["hidden_size"] = json!(0)),
@@ -115,7 +118,7 @@ fn paths_outside_the_bundle_folder_are_refused() {
         "",
     ];
     for (i, path) in escapes.into_iter().enumerate() {
-        let cases: [(&str, Box<dyn FnOnce(&mut Value)>, &str); 3] = [
+        let cases: [Case; 3] = [
             (
                 "part",
                 Box::new(move |m| m["parts"]["keyframe_encoder"]["file"] = json!(path)),
