@@ -143,6 +143,12 @@ impl Scorer {
             true => bundle.constant_f32("image_newline")?,
             false => Vec::new(),
         };
+        if newline.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Bundle(format!(
+                "{}: constants.image_newline holds values that are not finite numbers",
+                bundle.dir.join(MANIFEST).display()
+            )));
+        }
         let rows = match &bundle.manifest.vocabulary {
             Some(v) if v.rows == VocabularyRows::Subset => {
                 let name = v.rows_constant.as_deref().ok_or_else(|| {
