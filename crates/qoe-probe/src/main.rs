@@ -262,7 +262,9 @@ fn main() -> ExitCode {
         }
     };
     match run(&options) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        // The summary says why: the input ended short of its declared duration.
+        Ok(false) => ExitCode::from(3),
         Err(e) => {
             eprintln!("qoe-probe: {e}");
             ExitCode::from(1)
@@ -335,6 +337,58 @@ struct Run {
     end: f64,
     last_stats: Option<gst::Structure>,
     windows: Vec<Scored>,
+    /// Playback ended early: seconds played, and the duration the container declares.
+    incomplete: Option<(f64, f64)>,
+}
+
+/// Whether a run that reached EOS at `played` seconds fell short of the `declared` duration
+/// (more than half a second, or 2 %, short: a truncated or damaged file).
+fn fell_short(played: f64, declared: f64) -> bool {
+    declared - played > (0.02 * declared).max(0.5)
+}
+
+/// A network input's host is reachable: a refused or unresolvable connection is named as
+/// such, before GStreamer reports it as a stream error.
+fn check_reachable(input: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = input.split_once("://") else {
+        return Ok(());
+    };
+    let port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        "rtsp" | "rtspt" => 554,
+        "rtsps" => 322,
+        "rtmp" => 1935,
+        _ => return Ok(()),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let address = match host_port.rsplit_once(':') {
+        Some((host, p)) if !host.ends_with(']') || host.starts_with('[') => {
+            if p.parse::<u16>().is_ok() {
+                host_port.to_owned()
+            } else {
+                format!("{host_port}:{port}")
+            }
+        }
+        _ => format!("{host_port}:{port}"),
+    };
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {address} for {input}: {e}"))?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => format!("cannot connect to {address} for {input}: {e}"),
+        None => format!("cannot resolve {address} for {input}: no address"),
+    })
 }
 
 /// A scored window, as the summary needs it.
@@ -375,12 +429,14 @@ fn quality_summary(windows: &[Scored]) -> Option<(f64, f64, LevelTimes)> {
     Some((mean, min, levels))
 }
 
-fn run(options: &Options) -> Result<(), String> {
+/// Runs the probe; `Ok(false)` when the input ended short of its declared duration.
+fn run(options: &Options) -> Result<bool, String> {
     let uri = input_uri(&options.input)?;
     let stream_id = options
         .stream_id
         .clone()
         .unwrap_or_else(|| default_stream_id(&options.input));
+    check_reachable(&uri)?;
     let (pipeline, monitor, video_linked) = build(options, &uri, &stream_id)?;
     let bus = pipeline.bus().unwrap();
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
@@ -461,6 +517,10 @@ fn run(options: &Options) -> Result<(), String> {
     };
     progress.clear();
     let stats = monitor.property::<Option<gst::Structure>>("stats");
+    // Files end at EOS: short of the duration their container declares, they were cut.
+    let declared = pipeline
+        .query_duration::<gst::ClockTime>()
+        .map(|d| d.nseconds() as f64 * 1e-9);
     pipeline
         .set_state(gst::State::Null)
         .map_err(|_| "cannot stop the pipeline".to_string())?;
@@ -476,6 +536,15 @@ fn run(options: &Options) -> Result<(), String> {
             "no video frames decoded from {} (no video stream?)",
             options.input
         ));
+    }
+    let played = result
+        .end
+        .max(secs(stats.get::<u64>("stream-time").unwrap_or(0)));
+    if let Some(declared) = declared
+        && !eos_sent
+        && fell_short(played, declared)
+    {
+        result.incomplete = Some((played, declared));
     }
     let summary = summary_lines(&stats, &result);
     if options.json {
@@ -512,7 +581,7 @@ fn run(options: &Options) -> Result<(), String> {
             println!("report written to {}", path.display());
         }
     }
-    Ok(())
+    Ok(result.incomplete.is_none())
 }
 
 fn report_event(options: &Options, s: &gst::StructureRef, run: &mut Run) {
@@ -726,6 +795,11 @@ fn summary_lines(stats: &gst::Structure, run: &Run) -> Vec<String> {
         ),
         None => "quality: not scored (no --bundle given, or no window scored)".into(),
     });
+    if let Some((played, declared)) = run.incomplete {
+        lines.push(format!(
+            "INCOMPLETE: playback ended at {played:.3} s of the {declared:.3} s the input declares (truncated or damaged)"
+        ));
+    }
     lines
 }
 
@@ -749,7 +823,7 @@ fn summary_json(stats: &gst::Structure, stream_id: &str, run: &Run) -> String {
     };
     format!(
         "{{\"type\":\"summary\",\"stream_id\":{},\"frames\":{},\"stalls\":{},\"stall_time\":{},\"stall_ratio\":{:.6},\
-         \"initial_buffering\":{},\"freezes\":{},\"frozen_time\":{},\"quality\":{quality}}}",
+         \"initial_buffering\":{},\"freezes\":{},\"frozen_time\":{},\"quality\":{quality},\"incomplete\":{}}}",
         json_string(stream_id),
         u("frames"),
         u("stalls"),
@@ -758,12 +832,38 @@ fn summary_json(stats: &gst::Structure, stream_id: &str, run: &Run) -> String {
         t("initial-buffering"),
         u("freezes"),
         t("frozen-time"),
+        match run.incomplete {
+            Some((played, declared)) =>
+                format!("{{\"played\":{played:.3},\"declared_duration\":{declared:.3}}}"),
+            None => "null".into(),
+        },
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_runs_and_network_inputs() {
+        assert!(fell_short(2.9, 6.0));
+        assert!(
+            !fell_short(5.97, 6.0),
+            "the last frame's duration is no cut"
+        );
+        assert!(!fell_short(595.0, 600.0), "2 % of a long file");
+        assert!(check_reachable("file:///tmp/x.mp4").is_ok());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(check_reachable(&format!("http://127.0.0.1:{port}/x.mp4")).is_ok());
+        drop(listener);
+        let e = check_reachable(&format!("http://user@127.0.0.1:{port}/x.mp4")).unwrap_err();
+        assert!(
+            e.contains(&format!("cannot connect to 127.0.0.1:{port}")),
+            "{e}"
+        );
+        assert!(e.to_lowercase().contains("refused"), "{e}");
+    }
 
     fn args(a: &[&str]) -> Result<Options, String> {
         parse_args(a.iter().map(|s| s.to_string())).map_err(|e| match e {

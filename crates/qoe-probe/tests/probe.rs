@@ -330,3 +330,60 @@ fn a_bad_bundle_is_a_clear_error() {
     assert!(stderr.contains("Cannot load the model bundle"), "{stderr}");
     assert!(stderr.contains("bundle.json"), "{stderr}");
 }
+
+/// A file cut in half (its index at the start, so it plays) ends short of the duration it
+/// declares: the summary says so and the exit code is 3. The whole file is complete.
+#[test]
+fn a_truncated_file_is_reported_incomplete() {
+    let whole = clip(
+        "probe-whole.mp4",
+        "testsrc2=size=320x240:rate=30:duration=6",
+        &[
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+        ],
+    );
+    let bytes = std::fs::read(&whole).unwrap();
+    let half = whole.with_file_name("probe-half.mp4");
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+
+    let out = probe(&[half.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("INCOMPLETE: playback ended at") && stdout.contains("of the 6.000 s"),
+        "{stdout}"
+    );
+    let out = probe(&[half.to_str().unwrap(), "--json"]);
+    let summary = text(&out).0.lines().last().unwrap().to_owned();
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(summary["incomplete"]["declared_duration"], 6.0, "{summary}");
+
+    let out = probe(&[whole.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let summary = text(&out).0.lines().last().unwrap().to_owned();
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert!(summary["incomplete"].is_null(), "{summary}");
+}
+
+/// A refused connection is named as one, not as a missing video stream.
+#[test]
+fn a_refused_connection_is_named() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let out = probe(&[&format!("http://127.0.0.1:{port}/live.ts")]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot connect to 127.0.0.1:{port}"))
+            && stderr.contains("refused"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no video stream"), "{stderr}");
+}
