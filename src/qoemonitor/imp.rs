@@ -1097,6 +1097,7 @@ impl BaseTransformImpl for QoeMonitor {
             gst::loggable_error!(CAT, "Format {} has no readable luma", info.format())
         })?;
         let mut messages = Vec::new();
+        let mut too_small = None;
         if let Some(state) = self.lock_state().as_mut() {
             if state.info.as_ref().is_some_and(|old| {
                 old.width() != info.width()
@@ -1119,6 +1120,15 @@ impl BaseTransformImpl for QoeMonitor {
                 state.pending_switch = Some(switch);
             }
             state.luma_range = luma_range(&info);
+            if let Some(scorer) = &state.scorer {
+                let small = !scorer
+                    .bundle()
+                    .can_score_size(info.width() as usize, info.height() as usize);
+                if small && !state.too_small {
+                    too_small = Some((info.width(), info.height()));
+                }
+                state.too_small = small;
+            }
             state.frame_period = frame_period(&info);
             state.stall.set_nominal_period(state.frame_period);
             state.info_shared = Some(Arc::new(info.clone()));
@@ -1127,6 +1137,13 @@ impl BaseTransformImpl for QoeMonitor {
             self.start_scoring(state);
         }
         self.post(messages);
+        if let Some((width, height)) = too_small {
+            gst::element_imp_warning!(
+                self,
+                gst::StreamError::Format,
+                ("The picture, {width}x{height}, is too small to score: no quality levels while it is")
+            );
+        }
         self.parent_set_caps(incaps, outcaps)
     }
 

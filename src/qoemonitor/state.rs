@@ -38,6 +38,8 @@ pub(super) struct State {
     pub(super) luma_range: LumaRange,
     pub(super) cadence: Cadence,
     pub(super) renditions: Renditions,
+    /// The picture is smaller than the bundle can score: no frame is sampled.
+    pub(super) too_small: bool,
     /// A rendition switch from the caps, told with the first frame at the new size.
     pub(super) pending_switch: Option<Switch>,
     /// Frames flagged corrupted and discontinuous.
@@ -94,6 +96,7 @@ impl State {
             cadence: Cadence::new(settings.stall_threshold.nseconds()),
             renditions: Renditions::default(),
             pending_switch: None,
+            too_small: false,
             corrupted: 0,
             discont: 0,
             playing: false,
@@ -123,6 +126,9 @@ impl State {
         let (Some(sampler), Some(info)) = (self.sampler.as_mut(), self.info_shared.as_ref()) else {
             return Vec::new();
         };
+        if self.too_small {
+            return Vec::new();
+        }
         let stall = &self.stall;
         sampler.on_frame(
             buffer,
@@ -339,6 +345,10 @@ impl State {
             .field_if_some("frames-dropped", counts.map(|c| c.frames_dropped))
             .field_if_some("stale", counts.map(|c| c.stale))
             .field_if_some("model-panics", counts.map(|c| c.panics))
+            .field_if_some(
+                "too-small-to-score",
+                self.scorer.as_ref().map(|_| self.too_small),
+            )
             .build()
     }
 }

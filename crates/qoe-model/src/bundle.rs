@@ -270,7 +270,13 @@ pub struct Manifest {
     /// shares the preprocessing, prompt and decoder. The level probabilities are averaged.
     #[serde(default)]
     pub ensemble: Vec<String>,
+    /// The smallest picture side (pixels) worth scoring; smaller video is "too small to
+    /// score" rather than given a level. Default [`DEFAULT_MIN_PICTURE_SIDE`].
+    pub min_picture_side: Option<usize>,
 }
+
+/// Pictures with a side below this many pixels are too small to score, unless a bundle says.
+pub const DEFAULT_MIN_PICTURE_SIDE: usize = 32;
 
 /// The model family a bundle belongs to: which graphs it has and how they are chained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -790,6 +796,15 @@ impl Bundle {
         std::iter::once(None)
             .chain(self.manifest.ensemble.iter().cloned().map(Some))
             .collect()
+    }
+
+    /// Whether a `width`×`height` picture is big enough to score with this bundle.
+    pub fn can_score_size(&self, width: usize, height: usize) -> bool {
+        let min = self
+            .manifest
+            .min_picture_side
+            .unwrap_or(DEFAULT_MIN_PICTURE_SIDE);
+        width >= min && height >= min
     }
 
     pub fn path(&self, file: &str) -> PathBuf {

@@ -793,6 +793,9 @@ fn summary_lines(stats: &gst::Structure, run: &Run) -> Vec<String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        None if stats.get::<bool>("too-small-to-score").unwrap_or(false) => {
+            "quality: too small to score (the picture is below the bundle's minimum size)".into()
+        }
         None => "quality: not scored (no --bundle given, or no window scored)".into(),
     });
     if let Some((played, declared)) = run.incomplete {

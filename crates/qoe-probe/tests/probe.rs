@@ -387,3 +387,22 @@ fn a_refused_connection_is_named() {
     );
     assert!(!stderr.contains("no video stream"), "{stderr}");
 }
+
+/// A picture below the bundle's minimum size (32 pixels a side by default) is not given a
+/// level: the summary says it is too small to score.
+#[test]
+fn a_tiny_picture_is_too_small_to_score() {
+    init_ort();
+    let tiny = clip(
+        "probe-16x16.mkv",
+        "testsrc2=size=16x16:rate=30:duration=3",
+        &["-c:v", "libx264", "-pix_fmt", "yuv420p"],
+    );
+    let bundle = bundle("cp-llm-tiny");
+    let out = probe(&[tiny.to_str().unwrap(), "--bundle", bundle.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stdout.contains(" quality 0."), "{stdout}");
+    assert!(stdout.contains("quality: too small to score"), "{stdout}");
+    assert!(stderr.contains("16x16, is too small to score"), "{stderr}");
+}
