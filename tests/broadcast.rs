@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use gst::prelude::*;
+
 mod common;
 use common::*;
 
@@ -321,4 +323,58 @@ fn live_streams_report_arrival_jitter() {
     assert!(p99 < 50_000_000, "{stats}");
     assert_eq!(stats.get::<u64>("frames-missing").unwrap(), 0);
     assert_eq!(stats.get::<u64>("corrupted-buffers").unwrap(), 0);
+}
+
+/// Flags on real decoded video: a probe after the decoder marks every 10th frame corrupted
+/// (as a decoder that conceals errors would); the element counts them, and the first buffer
+/// of the stream, a discontinuity, too.
+#[test]
+fn flagged_frames_are_counted_in_a_real_pipeline() {
+    init();
+    let video = test_video("mkv");
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! decodebin ! identity name=mark ! qoemonitor stats-interval=0 ! fakesink",
+        video.display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let n = std::sync::atomic::AtomicU64::new(0);
+    pipeline
+        .by_name("mark")
+        .unwrap()
+        .static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buffer) = info.buffer_mut() {
+                if n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10 == 0 {
+                    buffer.make_mut().set_flags(gst::BufferFlags::CORRUPTED);
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut stats = None;
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
+        match msg.view() {
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure().filter(|s| s.name() == "qoe-stats") {
+                    stats = Some(s.to_owned());
+                }
+            }
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{}", e.error()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let stats = stats.expect("final stats");
+    assert_eq!(stats.get::<u64>("frames").unwrap(), VIDEO_FRAMES);
+    assert_eq!(
+        stats.get::<u64>("corrupted-buffers").unwrap(),
+        VIDEO_FRAMES.div_ceil(10),
+        "{stats}"
+    );
+    assert!(stats.get::<u64>("discont-buffers").unwrap() >= 1, "{stats}");
 }
