@@ -346,10 +346,11 @@ fn flagged_frames_are_counted_in_a_real_pipeline() {
         .static_pad("src")
         .unwrap()
         .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(buffer) = info.buffer_mut() {
-                if n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10 == 0 {
-                    buffer.make_mut().set_flags(gst::BufferFlags::CORRUPTED);
-                }
+            if let Some(buffer) = info.buffer_mut()
+                && n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .is_multiple_of(10)
+            {
+                buffer.make_mut().set_flags(gst::BufferFlags::CORRUPTED);
             }
             gst::PadProbeReturn::Ok
         });
