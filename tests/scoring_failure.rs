@@ -4,25 +4,21 @@
 //! flagged stale with the last good figures, the quality metrics holding their last good
 //! values, and stall tracking and the stream going on.
 
-use gst::prelude::*;
-
 mod common;
-use common::{bundle, init, init_ort};
+use common::{bundle, faulty_scorer, init, init_ort, play_collecting};
 
 #[test]
 fn a_failing_model_goes_stale_and_the_stream_goes_on() {
     init();
     init_ort();
     // Held for the whole test: the element opens this bundle and gets this faulty scorer.
-    let _faulty = qoe_model::registry::shared_scorer_with_faults(
-        &bundle("cp-llm-tiny"),
-        &qoe_model::SessionOptions::default(),
+    let _faulty = faulty_scorer(
+        "cp-llm-tiny",
         qoe_model::scorer::Faults {
             fail_from_window: Some(3),
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc num-buffers=180 ! video/x-raw,width=160,height=120,framerate=30/1 \
          ! qoemonitor stream-id=failing bundle={} window=1000000000 hop=1000000000 leaky=false \
@@ -30,32 +26,17 @@ fn a_failing_model_goes_stale_and_the_stream_goes_on() {
         bundle("cp-llm-tiny").display()
     ))
     .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let (mut quality, mut warnings, mut stats, mut metrics_mid) =
-        (Vec::new(), Vec::new(), None, None);
-    for msg in pipeline
-        .bus()
-        .unwrap()
-        .iter_timed(gst::ClockTime::from_seconds(60))
-    {
-        match msg.view() {
-            gst::MessageView::Element(e) => match e.structure() {
-                Some(s) if s.name() == "qoe-quality" => {
-                    quality.push(s.to_owned());
-                    if quality.len() == 4 {
-                        metrics_mid = Some(gstqoe::metrics::render());
-                    }
-                }
-                Some(s) if s.name() == "qoe-stats" => stats = Some(s.to_owned()),
-                _ => {}
-            },
-            gst::MessageView::Warning(w) => warnings.push(format!("{} {:?}", w.error(), w.debug())),
-            gst::MessageView::Eos(_) => break,
-            gst::MessageView::Error(e) => panic!("{}", e.error()),
-            _ => {}
+    let mut metrics_mid = None;
+    let common::Posted {
+        quality,
+        warnings,
+        stats,
+        ..
+    } = play_collecting(&pipeline, |n| {
+        if n == 4 {
+            metrics_mid = Some(gstqoe::metrics::render());
         }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
+    });
 
     // Six 1 s windows: two good, then four failures, each repeating the last good figures.
     assert_eq!(quality.len(), 6, "{quality:?}");

@@ -16,15 +16,13 @@ fn a_slow_model_drops_windows_and_never_holds_up_buffers() {
     init();
     init_ort();
     // Held for the whole test: the element opens this bundle and gets this slow scorer.
-    let _slow = qoe_model::registry::shared_scorer_with_faults(
-        &bundle("cp-llm-tiny"),
-        &qoe_model::SessionOptions::default(),
+    let _slow = common::faulty_scorer(
+        "cp-llm-tiny",
         qoe_model::scorer::Faults {
             window_delay: Some(std::time::Duration::from_millis(2500)),
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc is-live=true num-buffers=180 ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
          ! qoemonitor name=m bundle={} window=1000000000 hop=1000000000 stats-interval=0 \

@@ -4,24 +4,20 @@
 //! panic is caught: one warning, the window goes stale, the panic is counted, later windows
 //! score again, and the stream reaches EOS.
 
-use gst::prelude::*;
-
 mod common;
-use common::{bundle, init, init_ort};
+use common::{bundle, faulty_scorer, init, init_ort, play_collecting};
 
 #[test]
 fn a_panicking_model_is_a_warning_and_the_stream_goes_on() {
     init();
     init_ort();
-    let _faulty = qoe_model::registry::shared_scorer_with_faults(
-        &bundle("cp-llm-tiny"),
-        &qoe_model::SessionOptions::default(),
+    let _faulty = faulty_scorer(
+        "cp-llm-tiny",
         qoe_model::scorer::Faults {
             panic_at_window: Some(2),
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc num-buffers=150 ! video/x-raw,width=160,height=120,framerate=30/1 \
          ! qoemonitor bundle={} window=1000000000 hop=1000000000 leaky=false \
@@ -29,29 +25,12 @@ fn a_panicking_model_is_a_warning_and_the_stream_goes_on() {
         bundle("cp-llm-tiny").display()
     ))
     .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let (mut quality, mut warnings, mut stats, mut eos) = (Vec::new(), Vec::new(), None, false);
-    for msg in pipeline
-        .bus()
-        .unwrap()
-        .iter_timed(gst::ClockTime::from_seconds(60))
-    {
-        match msg.view() {
-            gst::MessageView::Element(e) => match e.structure() {
-                Some(s) if s.name() == "qoe-quality" => quality.push(s.to_owned()),
-                Some(s) if s.name() == "qoe-stats" => stats = Some(s.to_owned()),
-                _ => {}
-            },
-            gst::MessageView::Warning(w) => warnings.push(format!("{} {:?}", w.error(), w.debug())),
-            gst::MessageView::Eos(_) => {
-                eos = true;
-                break;
-            }
-            gst::MessageView::Error(e) => panic!("{}", e.error()),
-            _ => {}
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
+    let common::Posted {
+        quality,
+        warnings,
+        stats,
+        eos,
+    } = play_collecting(&pipeline, |_| {});
     assert!(eos, "EOS flowed");
     let stale: Vec<bool> = quality.iter().map(|q| q.get("stale").unwrap()).collect();
     assert_eq!(stale, [false, true, false, false, false], "{quality:?}");

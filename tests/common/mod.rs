@@ -361,3 +361,61 @@ pub fn abr_clip() -> PathBuf {
         &["-f", "concat", "-safe", "0", "-i", &list_path, "-c", "copy"],
     )
 }
+
+/// A scorer of fixture bundle `name` with test `faults` (qoe-model's `test-faults` feature):
+/// while the result is held, every element of this process that opens the bundle gets it.
+/// Tests that use one run in a test binary of their own.
+pub fn faulty_scorer(name: &str, faults: qoe_model::scorer::Faults) -> qoe_model::SharedScorer {
+    qoe_model::registry::shared_scorer_with_faults(
+        &bundle(name),
+        &qoe_model::SessionOptions::default(),
+        faults,
+    )
+    .unwrap()
+}
+
+/// What a pipeline posted until EOS (at most 60 s).
+#[derive(Debug, Default)]
+pub struct Posted {
+    pub quality: Vec<gst::Structure>,
+    pub warnings: Vec<String>,
+    /// The last `qoe-stats`.
+    pub stats: Option<gst::Structure>,
+    pub eos: bool,
+}
+
+/// Plays `pipeline` to EOS, collecting what it posts; `on_quality(n)` runs as the `n`-th
+/// `qoe-quality` message (1 is the first) arrives. A pipeline error fails the test.
+pub fn play_collecting(pipeline: &gst::Element, mut on_quality: impl FnMut(usize)) -> Posted {
+    let mut posted = Posted::default();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for msg in pipeline
+        .bus()
+        .unwrap()
+        .iter_timed(gst::ClockTime::from_seconds(60))
+    {
+        match msg.view() {
+            gst::MessageView::Element(e) => match e.structure() {
+                Some(s) if s.name() == "qoe-quality" => {
+                    posted.quality.push(s.to_owned());
+                    on_quality(posted.quality.len());
+                }
+                Some(s) if s.name() == "qoe-stats" => posted.stats = Some(s.to_owned()),
+                _ => {}
+            },
+            gst::MessageView::Warning(w) => {
+                posted
+                    .warnings
+                    .push(format!("{} {:?}", w.error(), w.debug()))
+            }
+            gst::MessageView::Eos(_) => {
+                posted.eos = true;
+                break;
+            }
+            gst::MessageView::Error(e) => panic!("{}", e.error()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    posted
+}
