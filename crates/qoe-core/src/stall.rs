@@ -16,7 +16,7 @@
 //! stops sending frames usually also opens a timestamp gap and may send GAP events, and all
 //! of that is the same stall.
 //!
-//! (About 850 lines, of which the unit tests are 350.)
+//! (About 970 lines, of which the unit tests are 430.)
 
 use std::collections::VecDeque;
 

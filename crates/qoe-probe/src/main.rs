@@ -3,137 +3,27 @@
 //!
 //! Plays the input through `uridecodebin ! videoconvert ! qoemonitor ! fakesink`, prints one
 //! line per stall or freeze event (or JSON lines with `--json`), shows progress on files, and
-//! ends with a summary. Exits 1 when the input cannot be opened or decoded, 2 on bad usage.
+//! ends with a summary. Exits 1 when the input cannot be opened or decoded, 2 on bad usage,
+//! 3 when a file ends short of its declared duration.
 //!
-//! This crate owns the command line and the SVG report ([`report`]); it builds on the plugin
-//! (registered statically) and `qoe-model`, and nothing depends on it. (About 830 lines, of
-//! which the unit tests are 110.)
+//! This crate owns the command line ([`cli`]), the run and its summary (here) and the SVG
+//! report ([`report`]); it builds on the plugin (registered statically) and `qoe-model`, and
+//! nothing depends on it.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use qoe_model::Provider;
 use qoe_model::level::rank;
 
+mod cli;
 mod report;
+use cli::{CliError, Options, USAGE, parse_args};
 use report::{Span, Timeline};
-
-const USAGE: &str = "\
-usage: qoe-probe <file|URI> [options]
-
-Watches a video with the qoemonitor element and reports quality scores (with --bundle),
-playback stalls and content freezes, then a summary.
-
-options:
-  --json                   one JSON object per line on stdout instead of text
-  --realtime               play at real speed (as a viewer would; needed for live-like
-                           monitoring of network streams); default: as fast as it decodes
-  --metrics-address ADDR   serve Prometheus metrics on ADDR (host:port) while running
-  --stream-id ID           name of the stream in messages and metrics (default: input name)
-  --report FILE.svg        draw the timeline (stalls, freezes, score) as an SVG picture
-  --stall-threshold MS     lateness in milliseconds that counts as a stall (default 250)
-  --bundle DIR             model bundle for quality scores (needs ORT_DYLIB_PATH to name
-                           libonnxruntime.so); every window is scored, the run waiting for
-                           the model if need be, unless --realtime
-  --provider NAME          where the model runs: cpu (default), cuda, tensorrt, auto
-  -h, --help               this text
-
-Ctrl-C ends the run early and still prints the summary.";
-
-#[derive(Debug, Default)]
-struct Options {
-    input: String,
-    json: bool,
-    realtime: bool,
-    metrics_address: Option<String>,
-    stream_id: Option<String>,
-    report: Option<PathBuf>,
-    stall_threshold_ms: Option<u64>,
-    bundle: Option<PathBuf>,
-    provider: Option<Provider>,
-}
-
-/// Why the command line gives no run.
-#[derive(Debug, PartialEq)]
-enum CliError {
-    /// `-h` or `--help`: the usage, and a successful exit.
-    Help,
-    /// A wrong command line: the reason, the usage, and exit code 2.
-    Usage(String),
-}
-
-impl From<String> for CliError {
-    fn from(reason: String) -> Self {
-        CliError::Usage(reason)
-    }
-}
-
-impl From<&str> for CliError {
-    fn from(reason: &str) -> Self {
-        CliError::Usage(reason.to_owned())
-    }
-}
-
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, CliError> {
-    let mut o = Options::default();
-    let mut args = args.into_iter();
-    let mut input = None;
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Err(CliError::Help),
-            "--json" => o.json = true,
-            "--realtime" => o.realtime = true,
-            "--metrics-address" => o.metrics_address = Some(value("--metrics-address")?),
-            "--stream-id" => o.stream_id = Some(value("--stream-id")?),
-            "--report" => {
-                let path = PathBuf::from(value("--report")?);
-                if path.extension().and_then(|e| e.to_str()) != Some("svg") {
-                    return Err(CliError::Usage(format!(
-                        "--report {}: only .svg reports are supported",
-                        path.display()
-                    )));
-                }
-                o.report = Some(path);
-            }
-            "--stall-threshold" => {
-                let v = value("--stall-threshold")?;
-                o.stall_threshold_ms = Some(v.parse().ok().filter(|ms| *ms > 0).ok_or(format!(
-                    "--stall-threshold {v}: not a positive number of ms"
-                ))?);
-            }
-            "--bundle" => {
-                let dir = PathBuf::from(value("--bundle")?);
-                if !dir.join("bundle.json").is_file() {
-                    return Err(CliError::Usage(format!(
-                        "--bundle {}: not a model bundle (no bundle.json in it)",
-                        dir.display()
-                    )));
-                }
-                o.bundle = Some(dir);
-            }
-            "--provider" => {
-                let p = value("--provider")?;
-                o.provider = Some(p.parse().map_err(|e| format!("--provider {p}: {e}"))?);
-            }
-            other if other.starts_with('-') && other.len() > 1 => {
-                return Err(format!("unknown option {other}").into());
-            }
-            other => {
-                if input.replace(other.to_owned()).is_some() {
-                    return Err(CliError::Usage("only one input, please".into()));
-                }
-            }
-        }
-    }
-    o.input = input.ok_or("no input given")?;
-    Ok(o)
-}
 
 /// A URI for `input`, which is a URI already or a path to an existing file.
 fn input_uri(input: &str) -> Result<String, String> {
@@ -866,63 +756,6 @@ mod tests {
             "{e}"
         );
         assert!(e.to_lowercase().contains("refused"), "{e}");
-    }
-
-    fn args(a: &[&str]) -> Result<Options, String> {
-        parse_args(a.iter().map(|s| s.to_string())).map_err(|e| match e {
-            CliError::Usage(reason) => reason,
-            CliError::Help => "(help)".into(),
-        })
-    }
-
-    #[test]
-    fn arguments() {
-        let o = args(&[
-            "video.mp4",
-            "--json",
-            "--realtime",
-            "--metrics-address",
-            "127.0.0.1:9464",
-            "--report",
-            "r.svg",
-        ])
-        .unwrap();
-        assert_eq!(o.input, "video.mp4");
-        assert!(o.json && o.realtime);
-        assert_eq!(o.metrics_address.as_deref(), Some("127.0.0.1:9464"));
-        assert!(args(&[]).unwrap_err().contains("no input"));
-        assert!(args(&["a", "b"]).unwrap_err().contains("one input"));
-        assert!(
-            args(&["a", "--frobnicate"])
-                .unwrap_err()
-                .contains("unknown option --frobnicate")
-        );
-        assert!(
-            args(&["a", "--report", "r.png"])
-                .unwrap_err()
-                .contains("only .svg")
-        );
-        assert!(
-            args(&["a", "--metrics-address"])
-                .unwrap_err()
-                .contains("needs a value")
-        );
-        assert!(
-            args(&["a", "--stall-threshold", "-3"])
-                .unwrap_err()
-                .contains("positive")
-        );
-        assert!(
-            args(&["a", "--bundle", "/nonexistent"])
-                .unwrap_err()
-                .contains("/nonexistent: not a model bundle")
-        );
-        assert!(
-            args(&["a", "--provider", "metal"])
-                .unwrap_err()
-                .contains("not one of cpu, cuda, tensorrt, auto")
-        );
-        assert_eq!(args(&["-h"]).unwrap_err(), "(help)");
     }
 
     #[test]
