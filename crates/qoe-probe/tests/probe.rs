@@ -388,7 +388,7 @@ fn a_refused_connection_is_named() {
     assert!(!stderr.contains("no video stream"), "{stderr}");
 }
 
-/// A picture below the bundle's minimum size (32 pixels a side by default) is not given a
+/// A picture below the bundle's minimum size (24 pixels a side by default) is not given a
 /// level: the summary says it is too small to score.
 #[test]
 fn a_tiny_picture_is_too_small_to_score() {

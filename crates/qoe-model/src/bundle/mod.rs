@@ -279,7 +279,7 @@ pub struct Manifest {
 }
 
 /// Pictures with a side below this many pixels are too small to score, unless a bundle says.
-pub const DEFAULT_MIN_PICTURE_SIDE: usize = 32;
+pub const DEFAULT_MIN_PICTURE_SIDE: usize = 24;
 
 /// The model family a bundle belongs to: which graphs it has and how they are chained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
