@@ -167,6 +167,77 @@ fn endpoint_answers_only_metrics_and_survives_abuse() {
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
+/// Slowloris: 2,000 connections that never finish a request, reopened as the server closes
+/// them at the request deadline, for 8 s, while a real scrape every 0.4 s must each be answered within 1 s.
+/// (The thread-per-connection endpoint this replaced answered 1 scrape of 11 with 600.)
+#[test]
+fn idle_connections_never_lock_out_a_scrape() {
+    const IDLE: usize = 2000;
+    let (pipeline, addr) = start(&format!(
+        "videotestsrc num-buffers=10 ! qoemonitor stream-id=slowloris metrics-address={ADDRESS} ! fakesink"
+    ));
+    wait_eos(&pipeline);
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let open = || {
+                let s = TcpStream::connect(addr).unwrap();
+                s.set_nonblocking(true).unwrap();
+                let _ = (&s).write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ");
+                s
+            };
+            let mut held: Vec<(TcpStream, Instant)> =
+                (0..IDLE).map(|_| (open(), Instant::now())).collect();
+            let (mut reopened, mut shortest_life) = (0usize, Duration::MAX);
+            while !stop.load(Ordering::SeqCst) {
+                for (s, opened) in held.iter_mut() {
+                    let mut byte = [0u8; 256];
+                    match s.read(&mut byte) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            let _ = s.write(b"a"); // trickle
+                        }
+                        _ => {
+                            shortest_life = shortest_life.min(opened.elapsed());
+                            (*s, *opened) = (open(), Instant::now());
+                            reopened += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            (reopened, shortest_life)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    let mut scrapes = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        let t0 = Instant::now();
+        assert!(scrape(addr).contains("stream=\"slowloris\""));
+        slowest = slowest.max(t0.elapsed());
+        scrapes += 1;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (reopened, shortest_life) = attacker.join().unwrap();
+    eprintln!(
+        "{scrapes} scrapes beside {IDLE} idle connections ({reopened} reopened after the server \
+         closed them, the shortest-lived after {shortest_life:?}): slowest answer {slowest:?}"
+    );
+    // Held until the request deadline, not shed for lack of room.
+    assert!(
+        shortest_life >= gstqoe::metrics::REQUEST_DEADLINE - Duration::from_millis(300),
+        "an idle connection was closed after {shortest_life:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a scrape took {slowest:?}"
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
 /// Runs a live 30 fps pipeline for 3 s while `scrapers` threads scrape its endpoint as fast as
 /// they can; returns (scrapes, frames a second, stalls).
 fn live_run_while_scraped(stream: &str, scrapers: usize) -> (u64, f64, u64) {

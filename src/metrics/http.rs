@@ -1,13 +1,19 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The process's Prometheus endpoint: one listener for every stream, a thread per connection
-//! (at most [`MAX_CONNECTIONS`]), `GET`/`HEAD /metrics` only, bounded request heads and
-//! deadlines, so that no client can hold up another or the pipeline.
+//! The process's Prometheus endpoint: one listener for every stream, served by one
+//! event-driven thread (mio), `GET`/`HEAD /metrics` only. Request heads are bounded and
+//! must arrive within [`REQUEST_DEADLINE`]; when the connection table is full, or the
+//! process runs out of file descriptors, the oldest connection that has not sent its request
+//! yet is closed to make room, so that idle or trickling clients (slowloris) can never lock a
+//! real scrape out, and the endpoint costs one thread however many clients there are.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
 
 use super::render;
 
@@ -15,8 +21,11 @@ use super::render;
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Time a client has to send its request head, however slowly it trickles.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
-/// Connections served at once; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 512;
+/// Time a client has to take its answer.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections held at once (fewer when the process may open few files: half its limit, so
+/// that the pipeline keeps the rest); beyond it the oldest not yet answered is closed.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Why the metrics endpoint cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +79,17 @@ pub fn serve(address: &str) -> Result<SocketAddr, ServeError> {
         address: address.to_owned(),
         source,
     };
-    let listener = TcpListener::bind(&addrs[..]).map_err(listen)?;
+    let listener = std::net::TcpListener::bind(&addrs[..]).map_err(listen)?;
     let bound = listener.local_addr().map_err(listen)?;
+    listener.set_nonblocking(true).map_err(listen)?;
+    let poll = Poll::new().map_err(listen)?;
+    let mut listener = TcpListener::from_std(listener);
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .map_err(listen)?;
     std::thread::Builder::new()
         .name("qoe-metrics".into())
-        .spawn(move || accept_loop(listener))
+        .spawn(move || Server::new(poll, listener, connection_limit()).run())
         .map_err(ServeError::Thread)?;
     *server = Some((address.to_owned(), bound));
     Ok(bound)
@@ -85,28 +100,249 @@ pub fn served_address() -> Option<SocketAddr> {
     SERVER.lock().unwrap().as_ref().map(|(_, bound)| *bound)
 }
 
-fn accept_loop(listener: TcpListener) {
-    let active = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-            drop(stream); // shed load rather than queue it
-            continue;
-        }
-        active.fetch_add(1, Ordering::SeqCst);
-        let done = active.clone();
-        let spawned = std::thread::Builder::new()
-            .name("qoe-metrics-conn".into())
-            .stack_size(128 * 1024)
-            .spawn(move || {
-                let _ = handle(stream);
-                done.fetch_sub(1, Ordering::SeqCst);
-            });
-        if spawned.is_err() {
-            // The connection was dropped with the closure; keep the count right.
-            active.fetch_sub(1, Ordering::SeqCst);
+/// [`MAX_CONNECTIONS`], or half the files this process may open if that is less.
+fn connection_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    (files / 2).clamp(16, MAX_CONNECTIONS)
+}
+
+const LISTENER: Token = Token(usize::MAX);
+
+enum Phase {
+    /// Reading the request head, which must be complete by the deadline.
+    Reading(Vec<u8>),
+    /// Writing the answer; `usize` bytes of it are sent.
+    Writing(Vec<u8>, usize),
+}
+
+struct Connection {
+    stream: TcpStream,
+    phase: Phase,
+    deadline: Instant,
+}
+
+/// The endpoint's event loop and its connections.
+struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    limit: usize,
+    connections: HashMap<Token, Connection>,
+    /// Tokens in the order accepted, so in deadline order: the front is the oldest. Entries
+    /// of closed connections are skipped when met (tokens are never reused).
+    by_age: VecDeque<Token>,
+    next_token: usize,
+    /// The listener has connections this loop could not take yet (no descriptor was free).
+    backlog: bool,
+}
+
+/// What to do with a connection after an event.
+enum Next {
+    Keep,
+    Close,
+}
+
+impl Server {
+    fn new(poll: Poll, listener: TcpListener, limit: usize) -> Server {
+        Server {
+            poll,
+            listener,
+            limit,
+            connections: HashMap::new(),
+            by_age: VecDeque::new(),
+            next_token: 0,
+            backlog: false,
         }
     }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.backlog {
+                Duration::from_millis(10)
+            } else {
+                self.next_deadline().map_or(Duration::from_secs(60), |d| {
+                    d.saturating_duration_since(Instant::now())
+                })
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != ErrorKind::Interrupted
+            {
+                // Nothing sensible is left to do; the pipeline must not notice.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            for event in events.iter() {
+                let token = event.token();
+                if token == LISTENER {
+                    self.backlog = true;
+                } else {
+                    self.on_ready(token);
+                }
+            }
+            if self.backlog {
+                self.accept();
+            }
+            self.expire();
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        // The oldest connection's deadline comes first (same deadline for all); a connection
+        // that moved on to writing may have a later one, which expire() handles at that time.
+        self.connections.values().map(|c| c.deadline).min()
+    }
+
+    /// Takes every waiting connection, making room as needed.
+    fn accept(&mut self) {
+        loop {
+            if self.connections.len() >= self.limit && !self.evict_oldest_reader() {
+                return; // all slots answering: wait for one to finish
+            }
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let token = Token(self.next_token);
+                    self.next_token += 1;
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.connections.insert(
+                        token,
+                        Connection {
+                            stream,
+                            phase: Phase::Reading(Vec::new()),
+                            deadline: Instant::now() + REQUEST_DEADLINE,
+                        },
+                    );
+                    self.by_age.push_back(token);
+                    // Data may have come with the connection; edge-triggered, so read now.
+                    self.on_ready(token);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.backlog = false;
+                    return;
+                }
+                Err(e) if out_of_descriptors(&e) => {
+                    if !self.evict_oldest_reader() {
+                        return; // retried shortly (backlog stays set)
+                    }
+                }
+                Err(_) => {} // the client gave up before it was taken: next one
+            }
+        }
+    }
+
+    /// Closes the oldest connection still waiting for its request (a 408 if it takes it).
+    /// False if there is none.
+    fn evict_oldest_reader(&mut self) -> bool {
+        while let Some(token) = self.by_age.pop_front() {
+            if let Some(connection) = self.connections.get(&token)
+                && matches!(connection.phase, Phase::Reading(_))
+            {
+                self.close_with(token, "408 Request Timeout", b"request timeout\n");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Answers connections whose time is up with 408 (if still reading) and closes them.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let late: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            self.close_with(token, "408 Request Timeout", b"request timeout\n");
+        }
+        while let Some(front) = self.by_age.front() {
+            if self.connections.contains_key(front) {
+                break;
+            }
+            self.by_age.pop_front();
+        }
+    }
+
+    /// Closes `token`; if it had not been answered, tries once to answer `status` first.
+    fn close_with(&mut self, token: Token, status: &str, body: &[u8]) {
+        if let Some(mut connection) = self.connections.remove(&token) {
+            if matches!(connection.phase, Phase::Reading(_)) {
+                let _ = connection
+                    .stream
+                    .write(&response(status, "text/plain", body, false));
+                let _ = connection.stream.shutdown(std::net::Shutdown::Write);
+            }
+            let _ = self.poll.registry().deregister(&mut connection.stream);
+        }
+    }
+
+    fn on_ready(&mut self, token: Token) {
+        let Some(connection) = self.connections.get_mut(&token) else {
+            return;
+        };
+        if let Next::Close = connection.advance()
+            && let Some(mut connection) = self.connections.remove(&token)
+        {
+            let _ = self.poll.registry().deregister(&mut connection.stream);
+        }
+    }
+}
+
+impl Connection {
+    /// Reads what has come and writes what can go, until the socket would block.
+    fn advance(&mut self) -> Next {
+        if let Phase::Reading(head) = &mut self.phase {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match self.stream.read(&mut chunk) {
+                    Ok(0) => return Next::Close,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Next::Keep,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => return Next::Close,
+                }
+                if let Some(answer) = answer_to(head) {
+                    self.phase = Phase::Writing(answer, 0);
+                    self.deadline = Instant::now() + WRITE_DEADLINE;
+                    break;
+                }
+            }
+        }
+        if let Phase::Writing(answer, sent) = &mut self.phase {
+            while *sent < answer.len() {
+                match self.stream.write(&answer[*sent..]) {
+                    Ok(0) => return Next::Close,
+                    Ok(n) => *sent += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Next::Keep,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => return Next::Close,
+                }
+            }
+            let _ = self.stream.flush();
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        }
+        Next::Close
+    }
+}
+
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// What a request head asks for.
@@ -140,108 +376,57 @@ pub fn route(request_line: &str) -> Route {
     }
 }
 
-fn handle(mut stream: TcpStream) -> std::io::Result<()> {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let complete = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break false;
-        }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut chunk) {
-            Ok(0) => break false,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break false;
-            }
-            Err(e) => return Err(e),
-        }
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            break true;
-        }
-        if head.len() > MAX_REQUEST_BYTES {
-            return respond(
-                &mut stream,
+/// The answer to a request head read so far, once there is one: when the head is complete,
+/// or too long.
+fn answer_to(head: &[u8]) -> Option<Vec<u8>> {
+    let complete =
+        head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n");
+    if !complete {
+        return (head.len() > MAX_REQUEST_BYTES).then(|| {
+            response(
                 "431 Request Header Fields Too Large",
                 "text/plain",
                 b"request too large\n",
                 false,
-            );
-        }
-    };
-    if !complete {
-        // Silent or too slow: answer 408 if the client is still there, then close.
-        return respond(
-            &mut stream,
-            "408 Request Timeout",
-            "text/plain",
-            b"request timeout\n",
-            false,
-        );
+            )
+        });
     }
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
-    match route(line.trim_end()) {
-        Route::Metrics { head_only } => {
-            let body = render();
-            respond(
-                &mut stream,
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                body.as_bytes(),
-                head_only,
-            )
-        }
-        Route::NotFound => respond(
-            &mut stream,
+    Some(match route(line.trim_end()) {
+        Route::Metrics { head_only } => response(
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            render().as_bytes(),
+            head_only,
+        ),
+        Route::NotFound => response(
             "404 Not Found",
             "text/plain",
             b"not found; metrics are at /metrics\n",
             false,
         ),
-        Route::MethodNotAllowed => respond(
-            &mut stream,
+        Route::MethodNotAllowed => response(
             "405 Method Not Allowed",
             "text/plain",
             b"GET or HEAD only\n",
             false,
         ),
-        Route::BadRequest => respond(
-            &mut stream,
-            "400 Bad Request",
-            "text/plain",
-            b"bad request\n",
-            false,
-        ),
-    }
+        Route::BadRequest => response("400 Bad Request", "text/plain", b"bad request\n", false),
+    })
 }
 
-fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-    head_only: bool,
-) -> std::io::Result<()> {
-    let head = format!(
+/// A whole HTTP/1.1 answer; the connection closes after it.
+fn response(status: &str, content_type: &str, body: &[u8], head_only: bool) -> Vec<u8> {
+    let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(head.as_bytes())?;
+    )
+    .into_bytes();
     if !head_only {
-        stream.write_all(body)?;
+        out.extend_from_slice(body);
     }
-    stream.flush()?;
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    Ok(())
+    out
 }
 
 #[cfg(test)]
@@ -264,5 +449,46 @@ mod tests {
         assert_eq!(route("GET /metrics"), Route::BadRequest);
         assert_eq!(route("\u{1}\u{2} garbage"), Route::BadRequest);
         assert_eq!(route("GET /metrics SPDY/3 extra"), Route::BadRequest);
+    }
+
+    /// With every slot taken by a silent client, a new connection closes the oldest one (408)
+    /// and a real request is answered at once.
+    #[test]
+    fn a_full_table_evicts_the_oldest_silent_client() {
+        use std::io::{Read, Write};
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let poll = Poll::new().unwrap();
+        let mut listener = TcpListener::from_std(std_listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .unwrap();
+        std::thread::spawn(move || Server::new(poll, listener, 8).run());
+
+        let connect = || {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s
+        };
+        let mut silent: Vec<_> = (0..8).map(|_| connect()).collect();
+        std::thread::sleep(Duration::from_millis(100)); // all eight accepted, in order
+        let t0 = Instant::now();
+        let mut scrape = connect();
+        scrape.write_all(b"GET /nothing HTTP/1.1\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        scrape.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        let mut evicted = String::new();
+        silent[0].read_to_string(&mut evicted).unwrap();
+        assert!(evicted.starts_with("HTTP/1.1 408"), "{evicted}");
+        // The others are still held.
+        silent[1].set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            silent[1].read(&mut byte).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
     }
 }
