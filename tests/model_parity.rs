@@ -445,3 +445,45 @@ fn tensorrt_engine_cache_is_keyed_by_model_and_runtime() {
         .to_string();
     assert!(e.contains("missing.onnx"), "{e}");
 }
+
+/// ONNX Runtime's intra-op threads start at the model's priority (nice 19 for `low`).
+#[test]
+#[cfg(target_os = "linux")]
+fn inference_threads_start_at_the_models_priority() {
+    use qoe_model::{Priority, Scorer, SessionOptions};
+    init_ort();
+    let nices_of_ort_threads = || -> Vec<i64> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "qoe-ort")
+            })
+            .filter_map(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+                // Fields after the parenthesised name: state is field 3, nice field 19.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                rest.split(' ').nth(16)?.parse().ok()
+            })
+            .collect()
+    };
+    let before = nices_of_ort_threads().len();
+    let scorer = Scorer::open_with(
+        &fixtures().join("bundles/cp-llm-tiny"),
+        &SessionOptions {
+            threads: 3,
+            priority: Priority::Low,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let nices = nices_of_ort_threads();
+    assert!(
+        nices.len() > before,
+        "a 3-thread session starts pool threads ({} before, {} after)",
+        before,
+        nices.len()
+    );
+    assert!(nices.iter().all(|n| *n == 19), "{nices:?}");
+    drop(scorer);
+}

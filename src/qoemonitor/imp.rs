@@ -30,7 +30,7 @@ use qoe_core::rendition::Size;
 use qoe_core::stall::FrameTiming;
 use qoe_core::time::Nanos;
 use qoe_model::bundle::ScoreMode;
-use qoe_model::{Provider, SessionOptions};
+use qoe_model::{Priority, Provider, SessionOptions};
 
 use crate::metrics::StreamMetrics;
 
@@ -143,6 +143,7 @@ pub(super) struct Settings {
     pub(super) execution_provider: Provider,
     pub(super) device_id: i32,
     pub(super) threads: u32,
+    pub(super) model_priority: Priority,
     pub(super) tensorrt_cache: Option<PathBuf>,
     pub(super) leaky: bool,
     pub(super) explain: Explain,
@@ -156,6 +157,7 @@ impl Settings {
         SessionOptions {
             provider: self.execution_provider,
             threads: self.threads as usize,
+            priority: self.model_priority.resolved(self.leaky),
             device_id: self.device_id,
             tensorrt_cache: self.tensorrt_cache.clone(),
         }
@@ -170,6 +172,7 @@ impl Settings {
             explain_interval: self.explain_interval.nseconds(),
             explain_question: self.explain_question.clone(),
             explain_max_tokens: self.explain_max_tokens as usize,
+            priority: self.model_priority.resolved(self.leaky),
         }
     }
 
@@ -199,6 +202,7 @@ impl Default for Settings {
             execution_provider: Provider::Cpu,
             device_id: 0,
             threads: 0,
+            model_priority: Priority::default(),
             tensorrt_cache: None,
             leaky: true,
             explain: Explain::Never,
@@ -685,9 +689,14 @@ impl ObjectImpl for QoeMonitor {
                     .build(),
                 glib::ParamSpecUInt::builder("threads")
                     .nick("Threads")
-                    .blurb("ONNX Runtime intra-op threads per graph (0: its default, one per core). A model shared by several elements keeps the value of the first to load it")
+                    .blurb("ONNX Runtime intra-op threads per graph (0: half the cores, at least one, leaving the rest to the pipeline). A model shared by several elements keeps the value of the first to load it")
                     .maximum(256)
                     .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("model-priority", Priority::default())
+                    .nick("Model priority")
+                    .blurb("Scheduling of the model's threads (ONNX Runtime's and the element's workers) against the pipeline's: low (nice 19: the pipeline's threads come first and the model drops windows when starved), idle (Linux SCHED_IDLE: only CPU time nobody else wants), normal, or auto (the default: low when leaky, normal when the pipeline waits for the model anyway). A model shared by several elements keeps the ONNX Runtime threads of the first to load it")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("tensorrt-cache")
@@ -809,6 +818,9 @@ impl ObjectImpl for QoeMonitor {
             }
             "device-id" => settings.device_id = value.get().expect("type checked upstream"),
             "threads" => settings.threads = value.get().expect("type checked upstream"),
+            "model-priority" => {
+                settings.model_priority = value.get().expect("type checked upstream")
+            }
             "tensorrt-cache" => {
                 settings.tensorrt_cache = value
                     .get::<Option<String>>()
@@ -866,6 +878,7 @@ impl ObjectImpl for QoeMonitor {
             "execution-provider" => settings.execution_provider.to_value(),
             "device-id" => settings.device_id.to_value(),
             "threads" => settings.threads.to_value(),
+            "model-priority" => settings.model_priority.to_value(),
             "tensorrt-cache" => settings
                 .tensorrt_cache
                 .as_ref()

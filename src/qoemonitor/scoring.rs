@@ -24,12 +24,14 @@ use qoe_model::bundle::ScoreMode;
 use qoe_model::level::{level_of_score, rank};
 use qoe_model::preprocess::RgbImage;
 use qoe_model::stream::{ReadyWindow, StageTimes, StreamScorer, Unscorable};
-use qoe_model::{Provider, Scorer};
+use qoe_model::{Priority, Provider, Scorer};
 
 /// Sampled frames (and window marks) waiting for the feature thread.
 const INTAKE_CAPACITY: usize = 48;
 /// Complete windows waiting for the decoder.
 const WINDOW_CAPACITY: usize = 2;
+/// Reports waiting to be delivered to the element.
+const REPORT_CAPACITY: usize = 64;
 /// How long end of stream waits for the last windows to be scored.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -135,6 +137,8 @@ pub struct ScoringConfig {
     pub explain_interval: Nanos,
     pub explain_question: String,
     pub explain_max_tokens: usize,
+    /// The workers' scheduling against the pipeline's threads.
+    pub priority: Priority,
 }
 
 struct ExplainJob {
@@ -283,8 +287,10 @@ pub struct Workers {
     intake: Arc<BoundedQueue<JobKind>>,
     windows: Arc<BoundedQueue<ReadyWindow>>,
     explains: Arc<BoundedQueue<ExplainJob>>,
+    reports: Arc<BoundedQueue<Report>>,
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    relay: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Workers {
@@ -305,10 +311,40 @@ impl Workers {
         let explains = Arc::new(BoundedQueue::new(1));
         let shared = Arc::new(Shared::default());
         let mut threads = Vec::new();
+        // The model's threads may run at a low priority; a report takes the element's lock,
+        // which the streaming thread needs for every frame, so reports are delivered by a
+        // thread at the pipeline's priority: a starved model thread never holds that lock.
+        let reports = Arc::new(BoundedQueue::new(REPORT_CAPACITY));
+        let relay = std::thread::Builder::new()
+            .name("qoe-report".into())
+            .spawn({
+                let reports = reports.clone();
+                move || {
+                    while let Some(report) = reports.pop() {
+                        sink(report);
+                        reports.done();
+                    }
+                }
+            })
+            .map_err(|source| ScoringError::Thread {
+                thread: "qoe-report",
+                source,
+            })?;
+        let sink: ReportSink = {
+            let reports = reports.clone();
+            Arc::new(move |report| {
+                reports.push(report, false);
+            })
+        };
+        let priority = config.priority;
         let spawn = |thread: &'static str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(thread.into())
-                .spawn(f)
+                .spawn(move || {
+                    // Refused only by an unusual OS policy: the worker then runs as before.
+                    let _ = priority.apply_to_current_thread();
+                    f()
+                })
                 .map_err(|source| ScoringError::Thread { thread, source })
         };
         threads.push(spawn(
@@ -358,8 +394,10 @@ impl Workers {
             intake,
             windows,
             explains,
+            reports,
             shared,
             threads: Mutex::new(threads),
+            relay: Mutex::new(Some(relay)),
         })
     }
 
@@ -393,6 +431,8 @@ impl Workers {
             .wait_idle(deadline.saturating_duration_since(Instant::now()));
         self.windows
             .wait_idle(deadline.saturating_duration_since(Instant::now()));
+        self.reports
+            .wait_idle(deadline.saturating_duration_since(Instant::now()));
     }
 
     /// Forgets queued work (flushing seek); the reset job from [`Sampler::reset`] follows.
@@ -420,6 +460,12 @@ impl Drop for Workers {
         self.explains.close();
         for thread in self.threads.lock().unwrap().drain(..) {
             let _ = thread.join();
+        }
+        // The workers are gone: deliver what they reported, then end the relay.
+        self.reports.wait_idle(Duration::from_secs(5));
+        self.reports.close();
+        if let Some(relay) = self.relay.lock().unwrap().take() {
+            let _ = relay.join();
         }
     }
 }

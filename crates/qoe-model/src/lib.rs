@@ -29,4 +29,4 @@ pub mod vqa2;
 pub use error::{Error, Result, Words};
 pub use registry::{SharedScorer, shared_scorer};
 pub use scorer::{Scored, Scorer, WindowFeatures};
-pub use session::{Provider, SessionOptions};
+pub use session::{Priority, Provider, SessionOptions, intra_threads};

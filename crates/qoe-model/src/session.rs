@@ -51,6 +51,165 @@ pub fn environment() -> Result<&'static Environment> {
         .map_err(Clone::clone)
 }
 
+/// How the model's threads (ONNX Runtime's and the element's workers) are scheduled against
+/// the watched pipeline's threads. Lowering is always allowed; raising back is not, so a
+/// thread is lowered once, when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "glib", derive(glib::Enum))]
+#[cfg_attr(feature = "glib", enum_type(name = "GstQoeModelPriority"))]
+#[repr(u32)]
+pub enum Priority {
+    /// [`Priority::Low`] where windows may be dropped (a live monitor: the pipeline comes
+    /// first), [`Priority::Normal`] where the pipeline waits for the model anyway (offline
+    /// analysis): see [`Priority::resolved`].
+    #[default]
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(
+            name = "low when windows may be dropped (leaky), else normal",
+            nick = "auto"
+        )
+    )]
+    Auto,
+    /// As every other thread of the process.
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(name = "Same as the pipeline's threads", nick = "normal")
+    )]
+    Normal,
+    /// `nice` 19: a small share of the CPU when the pipeline wants it.
+    #[cfg_attr(feature = "glib", enum_value(name = "nice 19", nick = "low"))]
+    Low,
+    /// Linux `SCHED_IDLE`: the CPU only when no other thread wants it (nice 19 elsewhere).
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(name = "SCHED_IDLE: only CPU time nobody else wants", nick = "idle")
+    )]
+    Idle,
+}
+
+impl Words for Priority {
+    const ALL: &'static [Priority] = &[
+        Priority::Auto,
+        Priority::Normal,
+        Priority::Low,
+        Priority::Idle,
+    ];
+
+    fn word(self) -> &'static str {
+        match self {
+            Priority::Auto => "auto",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+            Priority::Idle => "idle",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Priority::from_word(s).ok_or_else(|| {
+            Error::Input(format!(
+                "model priority \"{s}\" is not one of {}",
+                Priority::list()
+            ))
+        })
+    }
+}
+
+impl Priority {
+    /// The priority [`Priority::Auto`] stands for: low when the model may drop work
+    /// (`leaky`), else normal.
+    pub fn resolved(self, leaky: bool) -> Priority {
+        match self {
+            Priority::Auto if leaky => Priority::Low,
+            Priority::Auto => Priority::Normal,
+            other => other,
+        }
+    }
+
+    /// Lowers the calling thread to this priority ([`Priority::Auto`]: resolve it first;
+    /// unresolved it leaves the thread as it is). An OS that refuses leaves the thread as it
+    /// is (the error says why); the model then merely competes as before.
+    pub fn apply_to_current_thread(self) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            let last = std::io::Error::last_os_error;
+            match self {
+                Priority::Auto | Priority::Normal => Ok(()),
+                Priority::Low => {
+                    // SAFETY: plain system calls on the calling thread (a Linux thread id is
+                    // a valid PRIO_PROCESS target and affects that thread alone).
+                    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+                    match unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) } {
+                        0 => Ok(()),
+                        _ => Err(last()),
+                    }
+                }
+                Priority::Idle => {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+                    match unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } {
+                        0 => Ok(()),
+                        _ => Err(last()),
+                    }
+                }
+            }
+        }
+        #[cfg(all(unix, not(target_os = "linux")))]
+        {
+            if matches!(self, Priority::Auto | Priority::Normal) {
+                return Ok(());
+            }
+            // SAFETY: a plain system call; elsewhere nice applies to the whole process, so
+            // only the workers' own threads are lowered there in effect (best effort).
+            match unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(())
+        }
+    }
+}
+
+/// Spawns ONNX Runtime's intra-op threads already lowered to the model's priority.
+struct LoweredThreads(Priority);
+
+impl ort::environment::ThreadManager for LoweredThreads {
+    type Thread = std::thread::JoinHandle<()>;
+
+    fn create(&self, work: impl FnOnce() + Send + 'static) -> ort::Result<Self::Thread> {
+        let priority = self.0;
+        std::thread::Builder::new()
+            .name("qoe-ort".into())
+            .spawn(move || {
+                let _ = priority.apply_to_current_thread();
+                work();
+            })
+            .map_err(|e| ort::Error::new(format!("cannot start an inference thread: {e}")))
+    }
+
+    fn join(thread: Self::Thread) -> ort::Result<()> {
+        let _ = thread.join();
+        Ok(())
+    }
+}
+
+/// Intra-op threads for `threads` (0: half the cores, at least one, so that the pipeline
+/// keeps the rest).
+pub fn intra_threads(threads: usize) -> usize {
+    if threads > 0 {
+        return threads;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).max(1)
+}
+
 /// Where inference runs. With the `glib` feature it is also the element's
 /// `execution-provider` GObject enum, so the property, the CLI and the runtime share one list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -120,8 +279,10 @@ impl std::str::FromStr for Provider {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct SessionOptions {
     pub provider: Provider,
-    /// Intra-op threads per session; 0 lets ONNX Runtime choose.
+    /// Intra-op threads per session; 0: half the cores, at least one ([`intra_threads`]).
     pub threads: usize,
+    /// Scheduling of ONNX Runtime's threads (and, by the caller, of its own workers).
+    pub priority: Priority,
     /// GPU ordinal for CUDA and TensorRT.
     pub device_id: i32,
     /// Folder for TensorRT engines (a key folder per model, ORT version, GPU and precision
@@ -139,8 +300,18 @@ fn open_session(
 ) -> Result<Session> {
     let part = bundle.part(name)?;
     let path = bundle.path(&part.file);
+    // No spinning: a waiting intra-op thread that spins burns the CPU the pipeline needs.
     let mut builder = Session::builder(environment()?)
-        .and_then(|b| b.with_intra_threads(options.threads).map_err(Into::into))
+        .and_then(|b| {
+            b.with_intra_threads(intra_threads(options.threads))
+                .map_err(Into::into)
+        })
+        .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
+        .and_then(|b| b.with_inter_op_spinning(false).map_err(Into::into))
+        .and_then(|b| {
+            b.with_thread_manager(LoweredThreads(options.priority))
+                .map_err(Into::into)
+        })
         .map_err(|e| Error::Runtime(format!("cannot configure ONNX Runtime: {e}")))?;
     builder = with_provider(builder, provider, options, &path)?;
     let session = builder
@@ -290,4 +461,45 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_low_only_where_windows_may_be_dropped() {
+        assert_eq!(Priority::Auto.resolved(true), Priority::Low);
+        assert_eq!(Priority::Auto.resolved(false), Priority::Normal);
+        assert_eq!(Priority::Idle.resolved(false), Priority::Idle);
+        assert_eq!("low".parse::<Priority>().unwrap(), Priority::Low);
+        let err = "lowest".parse::<Priority>().unwrap_err().to_string();
+        assert!(err.contains("\"lowest\"") && err.contains("idle"), "{err}");
+    }
+
+    #[test]
+    fn a_thread_lowers_itself_and_no_other() {
+        assert!(intra_threads(0) >= 1);
+        assert_eq!(intra_threads(3), 3);
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: plain reads of the calling thread's scheduling.
+            let nice = || unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::getpriority(libc::PRIO_PROCESS, tid)
+            };
+            let before = nice();
+            let low = std::thread::spawn(move || {
+                Priority::Low.apply_to_current_thread().unwrap();
+                nice()
+            });
+            assert_eq!(low.join().unwrap(), 19);
+            let idle = std::thread::spawn(|| {
+                Priority::Idle.apply_to_current_thread().unwrap();
+                unsafe { libc::sched_getscheduler(0) }
+            });
+            assert_eq!(idle.join().unwrap(), libc::SCHED_IDLE);
+            assert_eq!(nice(), before, "the calling thread is untouched");
+        }
+    }
 }
