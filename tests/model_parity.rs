@@ -356,7 +356,13 @@ fn bad_ensembles_are_refused_naming_the_field() {
         ),
     ];
     for (tag, edit, want) in cases {
-        let e = open_error(&ensemble_copy("vqa2-tiny-ugc", tag, "b", edit));
+        // Tags of their own: a parallel test copies the bundle as "version" too.
+        let e = open_error(&ensemble_copy(
+            "vqa2-tiny-ugc",
+            &format!("ensemble-{tag}"),
+            "b",
+            edit,
+        ));
         assert!(e.contains(want), "{tag}: {e}");
     }
 }
@@ -372,11 +378,13 @@ fn elements_share_one_model_per_bundle_and_provider() {
     };
     let a = shared_scorer(&dir, &cpu).unwrap();
     assert_eq!(a.provider(), Provider::Cpu);
-    // The same folder by another path is the same bundle; threads do not split the share.
+    // The same folder by another path is the same bundle; threads and their priority do not
+    // split the share.
     let b = shared_scorer(
         &dir.join("../cp-llm-tiny"),
         &SessionOptions {
             threads: 2,
+            priority: qoe_model::Priority::Idle,
             ..cpu.clone()
         },
     )

@@ -17,7 +17,8 @@ use crate::session::{Provider, SessionOptions};
 /// uses it.
 pub type SharedScorer = Arc<Scorer>;
 
-/// A bundle folder (canonical) and options (threads count only at the first opening).
+/// A bundle folder (canonical) and options (threads and their priority count only at the
+/// first opening: they do not split the share).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
     dir: PathBuf,
@@ -113,6 +114,7 @@ fn key_of(dir: &Path, options: &SessionOptions) -> Result<Key> {
         dir,
         options: SessionOptions {
             threads: 0,
+            priority: crate::Priority::default(),
             ..options.clone()
         },
     })
