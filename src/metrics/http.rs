@@ -204,11 +204,12 @@ impl Server {
     /// Takes every waiting connection, making room as needed.
     fn accept(&mut self) {
         loop {
-            if self.connections.len() >= self.limit && !self.evict_oldest_reader() {
-                return; // all slots answering: wait for one to finish
-            }
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
+                    // Room is made only for a connection that is really there.
+                    if self.connections.len() >= self.limit && !self.evict_oldest_reader() {
+                        continue; // every slot is answering: shed the newcomer
+                    }
                     let token = Token(self.next_token);
                     self.next_token += 1;
                     if self
