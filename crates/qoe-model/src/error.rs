@@ -44,6 +44,13 @@ pub trait Words: Copy + 'static {
         Self::ALL.iter().copied().find(|v| v.word() == word)
     }
 
+    /// The value whose word is `word`, or an input error naming `what` and every word.
+    fn parse_as(word: &str, what: &str) -> Result<Self, Error> {
+        Self::from_word(word).ok_or_else(|| {
+            Error::Input(format!("{what} \"{word}\" is not one of {}", Self::list()))
+        })
+    }
+
     /// Every word, for messages: "a, b, c".
     fn list() -> String {
         Self::ALL

@@ -110,12 +110,7 @@ impl std::str::FromStr for Priority {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        Priority::from_word(s).ok_or_else(|| {
-            Error::Input(format!(
-                "model priority \"{s}\" is not one of {}",
-                Priority::list()
-            ))
-        })
+        Priority::parse_as(s, "model priority")
     }
 }
 
@@ -266,12 +261,7 @@ impl std::str::FromStr for Provider {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        Provider::from_word(s).ok_or_else(|| {
-            Error::Input(format!(
-                "execution provider \"{s}\" is not one of {}",
-                Provider::list()
-            ))
-        })
+        Provider::parse_as(s, "execution provider")
     }
 }
 
