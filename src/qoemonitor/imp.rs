@@ -137,7 +137,8 @@ pub(super) struct Settings {
     pub(super) metrics_address: Option<String>,
     pub(super) metrics_file: Option<String>,
     pub(super) metrics_file_interval: gst::ClockTime,
-    pub(super) bundle: Option<PathBuf>,
+    /// A bundle folder or name, as set.
+    pub(super) bundle: Option<String>,
     pub(super) window: gst::ClockTime,
     pub(super) hop: gst::ClockTime,
     pub(super) execution_provider: Provider,
@@ -650,7 +651,7 @@ impl ObjectImpl for QoeMonitor {
                     .build(),
                 glib::ParamSpecString::builder("bundle")
                     .nick("Model bundle")
-                    .blurb("Folder of a model bundle (bundle.json and its graphs) to score quality with (unset: no quality scores, only stalls and freezes). Loaded on the way to PAUSED; a bad bundle fails that state change with an error saying why. Needs ORT_DYLIB_PATH to name libonnxruntime.so")
+                    .blurb("Model bundle to score quality with: a folder (bundle.json and its graphs) or a bundle name, looked up in GST_QOE_BUNDLE_PATH, the installed bundles (<datadir>/gst-qoe/bundles) and a checkout's models/ (e.g. micro-vqa2-streaming, the default bundle). Unset: no quality scores, only stalls and freezes. Loaded on the way to PAUSED; a bad bundle fails that state change with an error saying why. ONNX Runtime is taken from ORT_DYLIB_PATH, else the one installed with the plugin, else the system's")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt64::builder("window")
@@ -809,7 +810,7 @@ impl ObjectImpl for QoeMonitor {
                 settings.bundle = value
                     .get::<Option<String>>()
                     .expect("type checked upstream")
-                    .map(PathBuf::from)
+                    .filter(|spec| !spec.is_empty())
             }
             "window" => settings.window = ns(value),
             "hop" => settings.hop = ns(value),
@@ -868,11 +869,7 @@ impl ObjectImpl for QoeMonitor {
             "metrics-address" => settings.metrics_address.to_value(),
             "metrics-file" => settings.metrics_file.to_value(),
             "metrics-file-interval" => settings.metrics_file_interval.nseconds().to_value(),
-            "bundle" => settings
-                .bundle
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .to_value(),
+            "bundle" => settings.bundle.to_value(),
             "window" => settings.window.nseconds().to_value(),
             "hop" => settings.hop.nseconds().to_value(),
             "execution-provider" => settings.execution_provider.to_value(),
@@ -1030,21 +1027,27 @@ impl BaseTransformImpl for QoeMonitor {
         });
         let scorer = match &settings.bundle {
             None => None,
-            Some(dir) => {
+            Some(spec) => {
                 let options = settings.session_options();
-                let scorer = qoe_model::shared_scorer(dir, &options).map_err(|e| {
-                    gst::error_msg!(
-                        gst::ResourceError::OpenRead,
-                        ("Cannot load the model bundle {}", dir.display()),
-                        ["{}", e]
-                    )
-                })?;
+                let scorer = qoe_model::locate::resolve_bundle(spec)
+                    .and_then(|dir| qoe_model::shared_scorer(&dir, &options))
+                    .map_err(|e| {
+                        gst::error_msg!(
+                            gst::ResourceError::OpenRead,
+                            ("Cannot load the model bundle {}", spec),
+                            ["{}", e]
+                        )
+                    })?;
                 gst::info!(
                     CAT,
                     imp = self,
-                    "Bundle {} on {}",
+                    "Bundle {} ({}) on {}, ONNX Runtime from {}",
                     scorer.bundle().manifest.name,
-                    scorer.provider().as_str()
+                    scorer.bundle().dir.display(),
+                    scorer.provider().as_str(),
+                    qoe_model::session::library_path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
                 );
                 if scorer.mode() == ScoreMode::None && settings.explain == Explain::Never {
                     gst::element_imp_warning!(
@@ -1052,7 +1055,7 @@ impl BaseTransformImpl for QoeMonitor {
                         gst::LibraryError::Settings,
                         (
                             "Bundle {} does not score and explain=never: it will say nothing",
-                            dir.display()
+                            spec
                         ),
                         [
                             "Set explain=always or on-drop to get explanations from an Assistant bundle"

@@ -5,8 +5,9 @@
 //! ([`session`]), pixel preprocessing ([`preprocess`]), the prompt ([`prompt`]), the level
 //! words ([`level`]), scoring with one module per model family ([`vqa2`], [`lmm_vqa`],
 //! [`cp_llm`]) over a shared core ([`scorer`]), greedy generation ([`generate`]), the
-//! per-stream feature cache ([`stream`]), the process-wide scorer registry ([`registry`]) and
-//! the one error type ([`error`]).
+//! per-stream feature cache ([`stream`]), the process-wide scorer registry ([`registry`]),
+//! where bundles and ONNX Runtime are found without settings ([`locate`]) and the one error
+//! type ([`error`]).
 //!
 //! It builds on `qoe-core` (time units, sampling, stall figures) and must not depend on
 //! GStreamer or on the plugin: the element and `qoe-probe` use it, never the other way round.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod generate;
 pub mod level;
 pub mod lmm_vqa;
+pub mod locate;
 pub mod preprocess;
 pub mod prompt;
 pub mod registry;

@@ -11,44 +11,51 @@ use ort::session::Session;
 
 use crate::bundle::{Bundle, PartName, TensorSpec};
 use crate::error::{Error, Result, Words};
+use crate::locate;
 
-/// The process's one ONNX Runtime environment.
-static ENVIRONMENT: OnceLock<Result<Environment>> = OnceLock::new();
+/// The process's one ONNX Runtime environment, and the library it was loaded from.
+static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf)>> = OnceLock::new();
 
-/// Where the ONNX Runtime library is: `ORT_DYLIB_PATH`.
+/// The ONNX Runtime library this process runs on, loading it on first use.
 pub fn library_path() -> Result<PathBuf> {
-    match std::env::var_os("ORT_DYLIB_PATH") {
-        Some(path) if Path::new(&path).is_file() => Ok(PathBuf::from(path)),
-        Some(path) => Err(Error::Runtime(format!(
-            "ORT_DYLIB_PATH={} is not a file",
-            Path::new(&path).display()
-        ))),
-        None => Err(Error::Runtime(
-            "ORT_DYLIB_PATH is not set: point it at libonnxruntime.so (the onnxruntime wheel's \
-             onnxruntime/capi/libonnxruntime.so.1.31.1)"
-                .into(),
-        )),
-    }
+    loaded().map(|(_, path)| path.clone())
 }
 
-/// The ONNX Runtime environment, loading the library on first use.
+/// The ONNX Runtime environment, loading the library on first use from the first place of
+/// [`locate::runtime_places`] that has a library of a version `ort` can use.
 pub fn environment() -> Result<&'static Environment> {
-    ENVIRONMENT
-        .get_or_init(|| {
-            let path = library_path()?;
-            ort::init_from(&path)
-                .map_err(|e| {
-                    Error::Runtime(format!(
-                        "cannot load ONNX Runtime from {}: {e}",
-                        path.display()
-                    ))
-                })?
-                .with_name("gst-qoe")
-                .build()
-                .map_err(|e| Error::Runtime(format!("cannot start ONNX Runtime: {e}")))
-        })
-        .as_ref()
-        .map_err(Clone::clone)
+    loaded().map(|(environment, _)| environment)
+}
+
+fn loaded() -> Result<&'static (Environment, PathBuf)> {
+    ENVIRONMENT.get_or_init(load).as_ref().map_err(Clone::clone)
+}
+
+fn load() -> Result<(Environment, PathBuf)> {
+    let (places, mut passed) = locate::runtime_places();
+    for place in places {
+        match ort::init_from(&place.library) {
+            Ok(builder) => {
+                return builder
+                    .with_name("gst-qoe")
+                    .build()
+                    .map(|environment| (environment, place.library))
+                    .map_err(|e| {
+                        Error::Runtime(format!(
+                            "cannot start ONNX Runtime from {}: {e}",
+                            place.described
+                        ))
+                    });
+            }
+            // The error names the file and, for a wrong version, the version found.
+            Err(e) => passed.push(format!("{}: {e}", place.described)),
+        }
+    }
+    Err(Error::Runtime(format!(
+        "cannot load ONNX Runtime 1.{}+: {}",
+        ort::MINOR_VERSION,
+        passed.join("; ")
+    )))
 }
 
 /// How the model's threads (ONNX Runtime's and the element's workers) are scheduled against

@@ -9,8 +9,9 @@ use qoe_model::Provider;
 pub const USAGE: &str = "\
 usage: qoe-probe <file|URI> [options]
 
-Watches a video with the qoemonitor element and reports quality scores (with --bundle),
-playback stalls and content freezes, then a summary.
+Watches a video with the qoemonitor element and reports quality scores (the default
+bundle, micro-vqa2-streaming, unless --bundle or --no-quality), playback stalls and content
+freezes, then a summary.
 
 options:
   --json                   one JSON object per line on stdout instead of text
@@ -20,9 +21,11 @@ options:
   --stream-id ID           name of the stream in messages and metrics (default: input name)
   --report FILE.svg        draw the timeline (stalls, freezes, score) as an SVG picture
   --stall-threshold MS     lateness in milliseconds that counts as a stall (default 250)
-  --bundle DIR             model bundle for quality scores (needs ORT_DYLIB_PATH to name
-                           libonnxruntime.so); every window is scored, the run waiting for
-                           the model if need be, unless --realtime
+  --bundle DIR|NAME        model bundle for quality scores: a folder, or a name looked up
+                           in GST_QOE_BUNDLE_PATH, the installed bundles and a checkout's
+                           models/; every window is scored, the run waiting for the model
+                           if need be, unless --realtime
+  --no-quality             no quality scores: stalls and freezes only (no model loaded)
   --provider NAME          where the model runs: cpu (default), cuda, tensorrt, auto
   -h, --help               this text
 
@@ -37,6 +40,7 @@ pub struct Options {
     pub stream_id: Option<String>,
     pub report: Option<PathBuf>,
     pub stall_threshold_ms: Option<u64>,
+    /// The bundle folder; `None` with `--no-quality`.
     pub bundle: Option<PathBuf>,
     pub provider: Option<Provider>,
 }
@@ -66,6 +70,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Cli
     let mut o = Options::default();
     let mut args = args.into_iter();
     let mut input = None;
+    let mut no_quality = false;
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
@@ -90,16 +95,8 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Cli
                     "--stall-threshold {v}: not a positive number of ms"
                 ))?);
             }
-            "--bundle" => {
-                let dir = PathBuf::from(value("--bundle")?);
-                if !dir.join("bundle.json").is_file() {
-                    return Err(CliError::Usage(format!(
-                        "--bundle {}: not a model bundle (no bundle.json in it)",
-                        dir.display()
-                    )));
-                }
-                o.bundle = Some(dir);
-            }
+            "--bundle" => o.bundle = Some(bundle_folder("--bundle", &value("--bundle")?)?),
+            "--no-quality" => no_quality = true,
             "--provider" => {
                 let p = value("--provider")?;
                 o.provider = Some(p.parse().map_err(|e| format!("--provider {p}: {e}"))?);
@@ -115,7 +112,34 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Cli
         }
     }
     o.input = input.ok_or("no input given")?;
+    match (no_quality, &o.bundle) {
+        (true, Some(_)) => return Err("--bundle and --no-quality contradict each other".into()),
+        (true, None) if o.provider.is_some() => {
+            return Err("--provider says where the model runs, and --no-quality loads none".into());
+        }
+        (true, None) => {}
+        (false, Some(_)) => {}
+        (false, None) => {
+            let default = qoe_model::locate::DEFAULT_BUNDLE;
+            o.bundle = Some(bundle_folder("the default bundle", default).map_err(|e| {
+                format!("{e}; give --bundle, or --no-quality for stalls and freezes only")
+            })?);
+        }
+    }
     Ok(o)
+}
+
+/// The folder of bundle `spec` (a folder or a name), which must hold a manifest.
+fn bundle_folder(option: &str, spec: &str) -> Result<PathBuf, String> {
+    let dir =
+        qoe_model::locate::resolve_bundle(spec).map_err(|e| format!("{option} {spec}: {e}"))?;
+    if !dir.join(qoe_model::bundle::MANIFEST).is_file() {
+        return Err(format!(
+            "{option} {}: not a model bundle (no bundle.json in it)",
+            dir.display()
+        ));
+    }
+    Ok(dir)
 }
 
 #[cfg(test)]
@@ -133,6 +157,7 @@ mod tests {
     fn arguments() {
         let o = args(&[
             "video.mp4",
+            "--no-quality",
             "--json",
             "--realtime",
             "--metrics-address",
@@ -144,6 +169,14 @@ mod tests {
         assert_eq!(o.input, "video.mp4");
         assert!(o.json && o.realtime);
         assert_eq!(o.metrics_address.as_deref(), Some("127.0.0.1:9464"));
+        assert!(o.bundle.is_none());
+        // Without either, the default bundle (here the checkout's models/ has it).
+        let default = args(&["video.mp4"]).unwrap().bundle.unwrap();
+        assert!(
+            default.ends_with("micro-vqa2-streaming"),
+            "{}",
+            default.display()
+        );
         assert!(args(&[]).unwrap_err().contains("no input"));
         assert!(args(&["a", "b"]).unwrap_err().contains("one input"));
         assert!(
@@ -170,6 +203,21 @@ mod tests {
             args(&["a", "--bundle", "/nonexistent"])
                 .unwrap_err()
                 .contains("/nonexistent: not a model bundle")
+        );
+        assert!(
+            args(&["a", "--bundle", "no-such-bundle-name"])
+                .unwrap_err()
+                .contains("--bundle no-such-bundle-name: no bundle named no-such-bundle-name in")
+        );
+        assert!(
+            args(&["a", "--no-quality", "--bundle", "micro-vqa2-streaming"])
+                .unwrap_err()
+                .contains("contradict")
+        );
+        assert!(
+            args(&["a", "--no-quality", "--provider", "cuda"])
+                .unwrap_err()
+                .contains("--no-quality loads none")
         );
         assert!(
             args(&["a", "--provider", "metal"])

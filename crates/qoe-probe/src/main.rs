@@ -460,7 +460,7 @@ fn run(options: &Options) -> Result<bool, String> {
                 .map(|w| (w.end, w.score))
                 .collect(),
             no_scores_reason: Some(match options.bundle {
-                None => "quality not scored: run with --bundle DIR".into(),
+                None => "quality not scored (--no-quality)".into(),
                 Some(_) => "no window was scored".into(),
             }),
             summary,
@@ -686,7 +686,7 @@ fn summary_lines(stats: &gst::Structure, run: &Run) -> Vec<String> {
         None if stats.get::<bool>("too-small-to-score").unwrap_or(false) => {
             "quality: too small to score (the picture is below the bundle's minimum size)".into()
         }
-        None => "quality: not scored (no --bundle given, or no window scored)".into(),
+        None => "quality: not scored (--no-quality, or no window scored)".into(),
     });
     if let Some((played, declared)) = run.incomplete {
         lines.push(format!(
