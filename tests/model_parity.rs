@@ -12,7 +12,7 @@ use qoe_model::{Scored, Scorer};
 use serde_json::Value;
 
 mod common;
-use common::{bundle_copy, fixtures, golden_frames, init_ort};
+use common::{bundle, bundle_copy, fixtures, golden_frames, init_ort, plugin_dir};
 
 fn f32_file(path: &Path) -> Vec<f32> {
     std::fs::read(path)
@@ -494,4 +494,55 @@ fn inference_threads_start_at_the_models_priority() {
     );
     assert!(nices.iter().all(|n| *n == 19), "{nices:?}");
     drop(scorer);
+}
+
+/// gst-launch with `bundle`, ONNX Runtime named by `ORT_DYLIB_PATH=library`: it must fail,
+/// and its output is returned.
+fn launch_failing_with_runtime(library: &Path, bundle: &str) -> String {
+    let output = std::process::Command::new("gst-launch-1.0")
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .env("ORT_DYLIB_PATH", library)
+        .args([
+            "videotestsrc",
+            "num-buffers=5",
+            "!",
+            "qoemonitor",
+            &format!("bundle={bundle}"),
+            "!",
+            "fakesink",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    text
+}
+
+#[test]
+fn a_runtime_that_does_not_load_is_one_line_naming_the_place() {
+    let bundle = bundle("vqa2-tiny-ugc");
+    let bundle = bundle.to_str().unwrap();
+    let missing = Path::new("/nonexistent/libonnxruntime.so.1.31.1");
+    let text = launch_failing_with_runtime(missing, bundle);
+    let line = text
+        .lines()
+        .find(|l| l.contains("cannot load ONNX Runtime 1."))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so.1.31.1: failed to load"),
+        "{line}"
+    );
+    // A library that is not ONNX Runtime at all.
+    let not_ort = Path::new("/lib/x86_64-linux-gnu/libz.so.1");
+    if not_ort.exists() {
+        let text = launch_failing_with_runtime(not_ort, bundle);
+        assert!(
+            text.contains("libz.so.1 does not export `OrtGetApiBase`"),
+            "{text}"
+        );
+    }
 }

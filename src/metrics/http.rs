@@ -68,13 +68,10 @@ pub fn serve(address: &str) -> Result<SocketAddr, ServeError> {
             bound: *bound,
         });
     }
-    let addrs: Vec<SocketAddr> = address
-        .to_socket_addrs()
-        .map_err(|source| ServeError::Address {
-            address: address.to_owned(),
-            source,
-        })?
-        .collect();
+    let addrs = listen_addresses(address).map_err(|source| ServeError::Address {
+        address: address.to_owned(),
+        source,
+    })?;
     let listen = |source| ServeError::Listen {
         address: address.to_owned(),
         source,
@@ -93,6 +90,26 @@ pub fn serve(address: &str) -> Result<SocketAddr, ServeError> {
         .map_err(ServeError::Thread)?;
     *server = Some((address.to_owned(), bound));
     Ok(bound)
+}
+
+/// Where to listen for `address`: `host:port`, or `:port` for every interface, as Prometheus
+/// exporters take it (IPv6 and IPv4 where the system has both, else IPv4).
+fn listen_addresses(address: &str) -> std::io::Result<Vec<SocketAddr>> {
+    match address.strip_prefix(':') {
+        Some(port) => {
+            let port: u16 = port.parse().map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("port '{port}' is not a number from 0 to 65535"),
+                )
+            })?;
+            Ok(vec![
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+            ])
+        }
+        None => Ok(address.to_socket_addrs()?.collect()),
+    }
 }
 
 /// The address the endpoint is bound to, if open.
@@ -433,6 +450,30 @@ fn response(status: &str, content_type: &str, body: &[u8], head_only: bool) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_port_listens_on_every_interface() {
+        let addrs = listen_addresses(":9464").unwrap();
+        assert_eq!(
+            addrs,
+            [
+                "[::]:9464".parse::<SocketAddr>().unwrap(),
+                "0.0.0.0:9464".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            listen_addresses("127.0.0.1:9464").unwrap(),
+            ["127.0.0.1:9464".parse::<SocketAddr>().unwrap()]
+        );
+        let bad = listen_addresses(":http").unwrap_err().to_string();
+        assert!(bad.contains("port 'http' is not a number"), "{bad}");
+        assert!(listen_addresses(":70000").is_err());
+        // Bound as serve() binds it, the loopback reaches it.
+        let listener = std::net::TcpListener::bind(&listen_addresses(":0").unwrap()[..]).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listener.local_addr().unwrap().ip().is_unspecified());
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    }
 
     #[test]
     fn routes() {

@@ -40,6 +40,7 @@ pub struct Families {
     initial_buffering: GaugeVec,
     freezes: IntCounterVec,
     frozen_seconds: CounterVec,
+    frozen: IntGaugeVec,
     quality_score: GaugeVec,
     level_probability: GaugeVec,
     windows_scored: IntCounterVec,
@@ -69,6 +70,7 @@ impl Families {
             Box::new(self.initial_buffering.clone()),
             Box::new(self.freezes.clone()),
             Box::new(self.frozen_seconds.clone()),
+            Box::new(self.frozen.clone()),
             Box::new(self.quality_score.clone()),
             Box::new(self.level_probability.clone()),
             Box::new(self.windows_scored.clone()),
@@ -130,6 +132,11 @@ impl Families {
             .unwrap(),
             frozen_seconds: CounterVec::new(
                 Opts::new("qoe_frozen_seconds_total", "Time the picture was frozen"),
+                s,
+            )
+            .unwrap(),
+            frozen: IntGaugeVec::new(
+                Opts::new("qoe_frozen", "1 while the picture is frozen (a freeze is going on)"),
                 s,
             )
             .unwrap(),
@@ -275,6 +282,7 @@ pub struct StreamFigures {
     pub initial_buffering_seconds: Option<f64>,
     pub freezes: u64,
     pub frozen_seconds: f64,
+    pub frozen: bool,
     pub black: bool,
     pub black_seconds: f64,
     pub frames_dropped: u64,
@@ -335,6 +343,11 @@ impl StreamMetrics {
         f.stall_ratio.with_label_values(l).set(0.0);
         f.freezes.with_label_values(l);
         f.frozen_seconds.with_label_values(l);
+        f.frozen.with_label_values(l).set(0);
+        f.stall_seconds.with_label_values(l);
+        f.windows_scored.with_label_values(l);
+        f.windows_dropped.with_label_values(l);
+        f.quality_stale.with_label_values(l).set(0);
         f.black.with_label_values(l).set(0);
         f.black_seconds.with_label_values(l);
         f.frames_dropped.with_label_values(l);
@@ -381,6 +394,7 @@ impl StreamMetrics {
             f.frozen_seconds.with_label_values(l).inc_by(frozen);
         }
         f.stalled.with_label_values(l).set(now.stalled as i64);
+        f.frozen.with_label_values(l).set(now.frozen as i64);
         f.stall_ratio.with_label_values(l).set(now.stall_ratio);
         if let Some(initial) = now.initial_buffering_seconds {
             f.initial_buffering.with_label_values(l).set(initial);
@@ -506,6 +520,7 @@ impl StreamMetrics {
         let _ = f.initial_buffering.remove_label_values(l);
         let _ = f.freezes.remove_label_values(l);
         let _ = f.frozen_seconds.remove_label_values(l);
+        let _ = f.frozen.remove_label_values(l);
         let _ = f.quality_score.remove_label_values(l);
         let _ = f.windows_scored.remove_label_values(l);
         let _ = f.windows_dropped.remove_label_values(l);
@@ -614,6 +629,41 @@ mod tests {
             l.strip_prefix(series)
                 .and_then(|rest| rest.trim().parse().ok())
         })
+    }
+
+    #[test]
+    fn every_series_of_a_stream_exists_from_its_start() {
+        let mut m = StreamMetrics::new("unit-zero");
+        let text = render();
+        for series in [
+            "qoe_frames_total",
+            "qoe_stalls_total",
+            "qoe_stall_seconds_count",
+            "qoe_stalled",
+            "qoe_frozen",
+            "qoe_freezes_total",
+            "qoe_windows_scored_total",
+            "qoe_windows_dropped_total",
+            "qoe_quality_stale",
+            "qoe_black",
+            "qoe_frames_dropped_total",
+        ] {
+            assert_eq!(
+                sample(&text, &format!("{series}{{stream=\"unit-zero\"}}")),
+                Some(0.0),
+                "{series}"
+            );
+        }
+        m.update(&StreamFigures {
+            frozen: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            sample(&render(), "qoe_frozen{stream=\"unit-zero\"}"),
+            Some(1.0)
+        );
+        m.remove();
+        assert!(!render().contains("unit-zero"));
     }
 
     #[test]

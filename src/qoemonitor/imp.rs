@@ -578,7 +578,7 @@ impl ObjectImpl for QoeMonitor {
                     .build(),
                 glib::ParamSpecString::builder("metrics-address")
                     .nick("Metrics address")
-                    .blurb("host:port on which to serve Prometheus metrics at /metrics, e.g. 127.0.0.1:9464 (unset: no endpoint). One endpoint per process serves every stream; if the port is taken the element warns and keeps working")
+                    .blurb("host:port on which to serve Prometheus metrics at /metrics, e.g. 127.0.0.1:9464, or :PORT for every interface (unset: no endpoint). One endpoint per process serves every stream; if the port is taken the element warns and keeps working")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("metrics-file")

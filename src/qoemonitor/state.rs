@@ -200,6 +200,7 @@ impl State {
             initial_buffering_seconds: summary.initial_buffering.map(seconds),
             freezes: self.freeze.count(),
             frozen_seconds: seconds(self.freeze.total()),
+            frozen: self.freeze.is_frozen(),
             black: self.black.is_black(),
             black_seconds: seconds(self.black.total()),
             frames_dropped: self.cadence.missing(),

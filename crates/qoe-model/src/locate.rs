@@ -28,7 +28,8 @@ const INSTALLED_RUNTIME: Option<&str> = option_env!("GST_QOE_RUNTIME_DIR");
 
 /// The checkout this crate was built from (`crates/qoe-model/../..`).
 fn checkout() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.ancestors().nth(2).unwrap_or(crate_dir).to_owned()
 }
 
 /// The folders a bundle name is looked up in, in order: `GST_QOE_BUNDLE_PATH`'s entries, the

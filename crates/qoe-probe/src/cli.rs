@@ -17,7 +17,8 @@ options:
   --json                   one JSON object per line on stdout instead of text
   --realtime               play at real speed (as a viewer would; needed for live-like
                            monitoring of network streams); default: as fast as it decodes
-  --metrics-address ADDR   serve Prometheus metrics on ADDR (host:port) while running
+  --metrics-address ADDR   serve Prometheus metrics on ADDR (host:port, or :PORT for
+                           every interface) while running
   --stream-id ID           name of the stream in messages and metrics (default: input name)
   --report FILE.svg        draw the timeline (stalls, freezes, score) as an SVG picture
   --stall-threshold MS     lateness in milliseconds that counts as a stall (default 250)
