@@ -29,6 +29,8 @@ gst::plugin_define!(
     "MPL-2.0",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    env!("CARGO_PKG_REPOSITORY"),
+    // No public repository yet; GStreamer refuses an empty origin, and this is what its own
+    // builds say without one (GST_PACKAGE_ORIGIN's default).
+    "Unknown package origin",
     env!("BUILD_REL_DATE")
 );

@@ -275,3 +275,43 @@ fn heavy_compression_still_is_a_freeze_and_motion_is_not() {
         2 * FRAME,
     );
 }
+
+/// What gst-inspect-1.0 tells a user is current: the description names every message the
+/// element posts, the origin is no placeholder, and the property enums are plugin API.
+#[test]
+fn gst_inspect_describes_every_message() {
+    init();
+    let output = std::process::Command::new("gst-inspect-1.0")
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .arg("qoemonitor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    for message in [
+        "qoe-stall",
+        "qoe-freeze",
+        "qoe-black",
+        "qoe-rendition",
+        "qoe-stats",
+        "qoe-quality",
+        "qoe-explanation",
+    ] {
+        assert!(text.contains(message), "{message} not in:\n{text}");
+    }
+    assert!(
+        !text.contains("(soon)") && !text.contains("example.invalid"),
+        "{text}"
+    );
+    for name in [
+        "GstQoeExplain",
+        "GstQoeExecutionProvider",
+        "GstQoeModelPriority",
+    ] {
+        let ty = gst::glib::Type::from_name(name).unwrap_or_else(|| panic!("{name}"));
+        assert!(
+            ty.plugin_api_flags().is_some(),
+            "{name} is not marked as plugin API"
+        );
+    }
+}

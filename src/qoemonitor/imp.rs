@@ -915,7 +915,7 @@ impl ElementImpl for QoeMonitor {
             gst::subclass::ElementMetadata::new(
                 "Video QoE monitor",
                 "Filter/Analyzer/Video",
-                "Passes video through untouched and reports playback stalls, content freezes and QoE statistics",
+                "Passes video through untouched and reports, as element messages, playback stalls (qoe-stall), content freezes (qoe-freeze), black picture (qoe-black), rendition switches (qoe-rendition), running QoE statistics (qoe-stats) and, with a model bundle, VQA²-family quality scores (qoe-quality) and explanations (qoe-explanation); optionally as Prometheus metrics",
                 "gst-qoe developers",
             )
         });

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
 //! `qoemonitor`: a passthrough element that watches decoded video and reports stalls,
-//! content freezes and running QoE statistics as element messages.
+//! content freezes, black picture, rendition switches, running QoE statistics and quality
+//! scores as element messages.
 
 use gst::glib;
 use gst::prelude::*;
@@ -16,6 +17,10 @@ glib::wrapper! {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The property enums, documented with the element (gst-inspect, the plugin docs).
+    Explain::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    qoe_model::Provider::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    qoe_model::Priority::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "qoemonitor",
