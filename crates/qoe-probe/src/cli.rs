@@ -29,6 +29,9 @@ options:
   --no-quality             no quality scores: stalls and freezes only (no model loaded)
   --provider NAME          where the model runs: cpu (default), cuda, tensorrt, auto
   -h, --help               this text
+  -V, --version            the version of qoe-probe and of the GStreamer it runs on
+
+Options take their value as --name VALUE or --name=VALUE.
 
 Ctrl-C ends the run early and still prints the summary.";
 
@@ -51,6 +54,8 @@ pub struct Options {
 pub enum CliError {
     /// `-h` or `--help`: the usage, and a successful exit.
     Help,
+    /// `-V` or `--version`: the version, and a successful exit.
+    Version,
     /// A wrong command line: the reason, the usage, and exit code 2.
     Usage(String),
 }
@@ -68,20 +73,23 @@ impl From<&str> for CliError {
 }
 
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, CliError> {
+    use lexopt::prelude::*;
     let mut o = Options::default();
-    let mut args = args.into_iter();
+    let mut parser = lexopt::Parser::from_args(args);
     let mut input = None;
     let mut no_quality = false;
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Err(CliError::Help),
-            "--json" => o.json = true,
-            "--realtime" => o.realtime = true,
-            "--metrics-address" => o.metrics_address = Some(value("--metrics-address")?),
-            "--stream-id" => o.stream_id = Some(value("--stream-id")?),
-            "--report" => {
-                let path = PathBuf::from(value("--report")?);
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Short('h') | Long("help") => return Err(CliError::Help),
+            Short('V') | Long("version") => return Err(CliError::Version),
+            Long("json") => o.json = true,
+            Long("realtime") => o.realtime = true,
+            Long("metrics-address") => {
+                o.metrics_address = Some(value(&mut parser, "--metrics-address")?)
+            }
+            Long("stream-id") => o.stream_id = Some(value(&mut parser, "--stream-id")?),
+            Long("report") => {
+                let path = PathBuf::from(value(&mut parser, "--report")?);
                 if path.extension().and_then(|e| e.to_str()) != Some("svg") {
                     return Err(CliError::Usage(format!(
                         "--report {}: only .svg reports are supported",
@@ -90,23 +98,27 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Cli
                 }
                 o.report = Some(path);
             }
-            "--stall-threshold" => {
-                let v = value("--stall-threshold")?;
+            Long("stall-threshold") => {
+                let v = value(&mut parser, "--stall-threshold")?;
                 o.stall_threshold_ms = Some(v.parse().ok().filter(|ms| *ms > 0).ok_or(format!(
                     "--stall-threshold {v}: not a positive number of ms"
                 ))?);
             }
-            "--bundle" => o.bundle = Some(bundle_folder("--bundle", &value("--bundle")?)?),
-            "--no-quality" => no_quality = true,
-            "--provider" => {
-                let p = value("--provider")?;
+            Long("bundle") => {
+                o.bundle = Some(bundle_folder("--bundle", &value(&mut parser, "--bundle")?)?)
+            }
+            Long("no-quality") => no_quality = true,
+            Long("provider") => {
+                let p = value(&mut parser, "--provider")?;
                 o.provider = Some(p.parse().map_err(|e| format!("--provider {p}: {e}"))?);
             }
-            other if other.starts_with('-') && other.len() > 1 => {
-                return Err(format!("unknown option {other}").into());
-            }
-            other => {
-                if input.replace(other.to_owned()).is_some() {
+            Long(other) => return Err(format!("unknown option --{other}").into()),
+            Short(other) => return Err(format!("unknown option -{other}").into()),
+            Value(v) => {
+                let v = v
+                    .into_string()
+                    .map_err(|v| format!("input {}: not UTF-8", v.to_string_lossy()))?;
+                if input.replace(v).is_some() {
                     return Err(CliError::Usage("only one input, please".into()));
                 }
             }
@@ -130,6 +142,15 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Cli
     Ok(o)
 }
 
+/// The value of option `name`: `--name VALUE` or `--name=VALUE`.
+fn value(parser: &mut lexopt::Parser, name: &str) -> Result<String, CliError> {
+    parser
+        .value()
+        .map_err(|_| format!("{name} needs a value"))?
+        .into_string()
+        .map_err(|v| format!("{name} {}: not UTF-8", v.to_string_lossy()).into())
+}
+
 /// The folder of bundle `spec` (a folder or a name), which must hold a manifest.
 fn bundle_folder(option: &str, spec: &str) -> Result<PathBuf, String> {
     let dir =
@@ -151,6 +172,7 @@ mod tests {
         parse_args(a.iter().map(|s| s.to_string())).map_err(|e| match e {
             CliError::Usage(reason) => reason,
             CliError::Help => "(help)".into(),
+            CliError::Version => "(version)".into(),
         })
     }
 
@@ -226,5 +248,23 @@ mod tests {
                 .contains("not one of cpu, cuda, tensorrt, auto")
         );
         assert_eq!(args(&["-h"]).unwrap_err(), "(help)");
+        assert_eq!(args(&["--version"]).unwrap_err(), "(version)");
+        assert_eq!(args(&["a", "-V"]).unwrap_err(), "(version)");
+        // --name=VALUE as well as --name VALUE; a flag takes no value.
+        let o = args(&[
+            "a",
+            "--no-quality",
+            "--stall-threshold=500",
+            "--stream-id=x=y",
+        ])
+        .unwrap();
+        assert_eq!(o.stall_threshold_ms, Some(500));
+        assert_eq!(o.stream_id.as_deref(), Some("x=y"));
+        assert!(args(&["a", "--json=yes"]).unwrap_err().contains("--json"));
+        assert!(
+            args(&["a", "-q"])
+                .unwrap_err()
+                .contains("unknown option -q")
+        );
     }
 }

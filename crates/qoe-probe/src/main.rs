@@ -140,26 +140,45 @@ impl Progress {
 fn main() -> ExitCode {
     // Output piped into `head` and closed early: end quietly, as Unix tools do.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let options = match parse_args(std::env::args().skip(1)) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Known before parsing, so that a refused command line is answered in JSON too.
+    let json = args.iter().any(|a| a == "--json");
+    let options = match parse_args(args) {
         Ok(o) => o,
         Err(CliError::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Err(CliError::Usage(e)) => {
-            eprintln!("qoe-probe: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
+        Err(CliError::Version) => {
+            println!(
+                "qoe-probe {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                gst::version_string()
+            );
+            return ExitCode::SUCCESS;
         }
+        Err(CliError::Usage(e)) => return fail(json, &e, 2),
     };
     match run(&options) {
         Ok(true) => ExitCode::SUCCESS,
         // The summary says why: the input ended short of its declared duration.
         Ok(false) => ExitCode::from(3),
-        Err(e) => {
-            eprintln!("qoe-probe: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => fail(options.json, &e, 1),
     }
+}
+
+/// Says why there is no run, and exits with `code` (2: the command line, 1: the run). With
+/// `--json` it is one JSON object on stdout, where the other JSON lines go.
+fn fail(json: bool, reason: &str, code: u8) -> ExitCode {
+    if json {
+        let error = serde_json::json!({"type": "error", "message": reason, "exit_code": code});
+        println!("{error}");
+    } else if code == 2 {
+        eprintln!("qoe-probe: {reason}\n\n{USAGE}");
+    } else {
+        eprintln!("qoe-probe: {reason}");
+    }
+    ExitCode::from(code)
 }
 
 /// The pipeline, its monitor, and whether a video stream got linked to it.

@@ -203,6 +203,53 @@ fn bad_inputs_fail_clearly() {
         "{:?}",
         text(&bundle)
     );
+
+    // With --json, failures are JSON objects on stdout too, and nothing else is printed.
+    for (args, code, reason) in [
+        (
+            &["/no/such/video.mp4", "--json"][..],
+            1,
+            "cannot open /no/such/video.mp4: no such file",
+        ),
+        (
+            &["--json", "--frobnicate"][..],
+            2,
+            "unknown option --frobnicate",
+        ),
+    ] {
+        let out = probe(args);
+        assert_eq!(out.status.code(), Some(code));
+        let (stdout, stderr) = text(&out);
+        let error: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(error["type"], "error", "{stdout}");
+        assert_eq!(error["exit_code"], code, "{stdout}");
+        assert!(
+            error["message"].as_str().unwrap().contains(reason),
+            "{stdout}"
+        );
+        assert!(!stderr.contains("qoe-probe:"), "{stderr}");
+    }
+}
+
+#[test]
+fn version_and_options_with_equals() {
+    let out = probe(&["--version"]);
+    let (stdout, _) = text(&out);
+    assert!(out.status.success());
+    assert!(
+        stdout.starts_with(&format!(
+            "qoe-probe {} (GStreamer 1.",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{stdout}"
+    );
+    let video = test_video("mkv");
+    let out = probe(&[video.to_str().unwrap(), "--stall-threshold=5000", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // A 5 s threshold: the clip's hole is no stall.
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["stalls"], 0, "{stdout}");
 }
 
 #[test]
