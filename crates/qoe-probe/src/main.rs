@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use qoe_model::level::rank;
+use serde_json::{Value, json};
 
 mod cli;
 mod report;
@@ -67,18 +68,10 @@ fn secs(ns: u64) -> f64 {
     ns as f64 * 1e-9
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// `x` to `digits` decimals, for JSON numbers as short as the text lines' figures.
+fn rounded(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -171,7 +164,7 @@ fn main() -> ExitCode {
 /// `--json` it is one JSON object on stdout, where the other JSON lines go.
 fn fail(json: bool, reason: &str, code: u8) -> ExitCode {
     if json {
-        let error = serde_json::json!({"type": "error", "message": reason, "exit_code": code});
+        let error = json!({"type": "error", "message": reason, "exit_code": code});
         println!("{error}");
     } else if code == 2 {
         eprintln!("qoe-probe: {reason}\n\n{USAGE}");
@@ -517,10 +510,9 @@ fn report_event(options: &Options, s: &gst::StructureRef, run: &mut Run) {
             let text = s.get::<&str>("text").unwrap_or_default();
             let end = time("window-end").unwrap_or(0.0);
             if options.json {
-                println!(
-                    "{{\"type\":\"explanation\",\"window_end\":{end:.3},\"text\":{}}}",
-                    json_string(text)
-                );
+                let line =
+                    json!({"type": "explanation", "window_end": rounded(end, 3), "text": text});
+                println!("{line}");
             } else {
                 println!("{end:9.3} s  explanation: {}", text.trim());
             }
@@ -542,15 +534,14 @@ fn report_event(options: &Options, s: &gst::StructureRef, run: &mut Run) {
         run.end = run.end.max(start + d);
     }
     if options.json {
-        let mut line = format!("{{\"type\":\"{kind}\",\"event\":\"{event}\",\"start\":{start:.3}");
+        let mut line = json!({"type": kind, "event": event, "start": rounded(start, 3)});
         if let Some(d) = duration {
-            line.push_str(&format!(",\"duration\":{d:.3}"));
+            line["duration"] = json!(rounded(d, 3));
         }
         if let Some(c) = cause {
-            line.push_str(&format!(",\"cause\":{}", json_string(c)));
+            line["cause"] = json!(c);
         }
-        let stream = s.get::<&str>("stream-id").unwrap_or_default();
-        line.push_str(&format!(",\"stream_id\":{}}}", json_string(stream)));
+        line["stream_id"] = json!(s.get::<&str>("stream-id").unwrap_or_default());
         println!("{line}");
     } else {
         let what = match (kind, event) {
@@ -585,15 +576,15 @@ fn report_rendition(options: &Options, s: &gst::StructureRef) {
     );
     let direction = s.get::<&str>("direction").unwrap_or("?");
     if options.json {
-        println!(
-            "{{\"type\":\"rendition\",\"at\":{at:.3},\"direction\":{},\"from\":[{},{}],\"to\":[{},{}],\"stream_id\":{}}}",
-            json_string(direction),
-            from.0,
-            from.1,
-            to.0,
-            to.1,
-            json_string(s.get::<&str>("stream-id").unwrap_or_default())
-        );
+        let line = json!({
+            "type": "rendition",
+            "at": rounded(at, 3),
+            "direction": direction,
+            "from": [from.0, from.1],
+            "to": [to.0, to.1],
+            "stream_id": s.get::<&str>("stream-id").unwrap_or_default(),
+        });
+        println!("{line}");
     } else {
         println!(
             "{at:9.3} s  rendition {direction}: {}x{} -> {}x{}",
@@ -620,29 +611,30 @@ fn report_quality(options: &Options, s: &gst::StructureRef, run: &mut Run) {
     run.end = run.end.max(w.end);
     let seconds = s.get::<f64>("inference-time").unwrap_or(0.0);
     if options.json {
-        let probabilities = s
+        let probabilities: serde_json::Map<String, Value> = s
             .get::<gst::Structure>("probabilities")
             .map(|p| {
                 p.iter()
                     .filter_map(|(k, v)| {
                         v.get::<f64>()
                             .ok()
-                            .map(|v| format!("{}:{v:.6}", json_string(k)))
+                            .map(|v| (k.to_string(), json!(rounded(v, 6))))
                     })
-                    .collect::<Vec<_>>()
-                    .join(",")
+                    .collect()
             })
             .unwrap_or_default();
-        println!(
-            "{{\"type\":\"quality\",\"window_start\":{:.3},\"window_end\":{:.3},\"score\":{:.6},\"level\":{},\
-             \"probabilities\":{{{probabilities}}},\"stale\":{},\"inference_time\":{seconds:.4},\"stream_id\":{}}}",
-            w.start,
-            w.end,
-            w.score,
-            json_string(&w.level),
-            w.stale,
-            json_string(s.get::<&str>("stream-id").unwrap_or_default()),
-        );
+        let line = json!({
+            "type": "quality",
+            "window_start": rounded(w.start, 3),
+            "window_end": rounded(w.end, 3),
+            "score": rounded(w.score, 6),
+            "level": w.level,
+            "probabilities": probabilities,
+            "stale": w.stale,
+            "inference_time": rounded(seconds, 4),
+            "stream_id": s.get::<&str>("stream-id").unwrap_or_default(),
+        });
+        println!("{line}");
     } else {
         println!(
             "{:9.3} s  quality {:.3} ({}) for {:.3}–{:.3} s{}",
@@ -715,41 +707,43 @@ fn summary_lines(stats: &gst::Structure, run: &Run) -> Vec<String> {
     lines
 }
 
-fn summary_json(stats: &gst::Structure, stream_id: &str, run: &Run) -> String {
+fn summary_json(stats: &gst::Structure, stream_id: &str, run: &Run) -> Value {
     let quality = match quality_summary(&run.windows) {
-        Some((mean, min, levels)) => format!(
-            "{{\"windows\":{},\"mean\":{mean:.6},\"min\":{min:.6},\"time_in_level\":{{{}}}}}",
-            run.windows.iter().filter(|w| !w.stale).count(),
-            levels
+        Some((mean, min, levels)) => json!({
+            "windows": run.windows.iter().filter(|w| !w.stale).count(),
+            "mean": rounded(mean, 6),
+            "min": rounded(min, 6),
+            "time_in_level": levels
                 .iter()
-                .map(|(l, t)| format!("{}:{t:.3}", json_string(l)))
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-        None => "null".into(),
+                .map(|(l, t)| (l.to_string(), json!(rounded(*t, 3))))
+                .collect::<serde_json::Map<_, _>>(),
+        }),
+        None => Value::Null,
     };
     let u = |f: &str| stats.get::<u64>(f).unwrap_or(0);
-    let t = |f: &str| match stats.get::<u64>(f).ok().filter(|v| *v != u64::MAX) {
-        Some(v) => format!("{:.3}", secs(v)),
-        None => "null".into(),
+    // A time the element does not know (GST_CLOCK_TIME_NONE) is null.
+    let t = |f: &str| {
+        stats
+            .get::<u64>(f)
+            .ok()
+            .filter(|v| *v != u64::MAX)
+            .map(|v| rounded(secs(v), 3))
     };
-    format!(
-        "{{\"type\":\"summary\",\"stream_id\":{},\"frames\":{},\"stalls\":{},\"stall_time\":{},\"stall_ratio\":{:.6},\
-         \"initial_buffering\":{},\"freezes\":{},\"frozen_time\":{},\"quality\":{quality},\"incomplete\":{}}}",
-        json_string(stream_id),
-        u("frames"),
-        u("stalls"),
-        t("stall-time"),
-        stats.get::<f64>("stall-ratio").unwrap_or(0.0),
-        t("initial-buffering"),
-        u("freezes"),
-        t("frozen-time"),
-        match run.incomplete {
-            Some((played, declared)) =>
-                format!("{{\"played\":{played:.3},\"declared_duration\":{declared:.3}}}"),
-            None => "null".into(),
-        },
-    )
+    json!({
+        "type": "summary",
+        "stream_id": stream_id,
+        "frames": u("frames"),
+        "stalls": u("stalls"),
+        "stall_time": t("stall-time"),
+        "stall_ratio": rounded(stats.get::<f64>("stall-ratio").unwrap_or(0.0), 6),
+        "initial_buffering": t("initial-buffering"),
+        "freezes": u("freezes"),
+        "frozen_time": t("frozen-time"),
+        "quality": quality,
+        "incomplete": run.incomplete.map(|(played, declared)| {
+            json!({"played": rounded(played, 3), "declared_duration": rounded(declared, 3)})
+        }),
+    })
 }
 
 #[cfg(test)]
@@ -820,7 +814,9 @@ mod tests {
     }
 
     #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    fn json_numbers_are_rounded_like_the_text() {
+        assert_eq!(rounded(2.0004, 3), 2.0);
+        assert_eq!(rounded(0.1234567, 6), 0.123457);
+        assert_eq!(json!(rounded(1.5, 3)).to_string(), "1.5");
     }
 }
