@@ -174,6 +174,33 @@ fn fail(json: bool, reason: &str, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Sets the pipeline to NULL however the run ends: a pipeline dropped in another state makes
+/// GStreamer print CRITICAL warnings over the one line that says what went wrong.
+struct StopOnDrop(gst::Pipeline);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+/// A GStreamer error in one line: the error, then the detail its debug text gives after the
+/// source location and object path (`file(line): function (): object:\ndetail`), which only
+/// developers can use.
+fn one_line(e: &gst::message::Error) -> String {
+    let detail = e
+        .debug()
+        .and_then(|d| {
+            d.split_once('\n')
+                .map(|(_, detail)| detail.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .filter(|d| !d.is_empty());
+    match detail {
+        Some(detail) => format!("{}: {detail}", e.error()),
+        None => e.error().to_string(),
+    }
+}
+
 /// The pipeline, its monitor, and whether a video stream got linked to it.
 type Built = (gst::Pipeline, gst::Element, Arc<AtomicBool>);
 
@@ -340,6 +367,7 @@ fn run(options: &Options) -> Result<bool, String> {
         .unwrap_or_else(|| default_stream_id(&options.input));
     check_reachable(&uri)?;
     let (pipeline, monitor, video_linked) = build(options, &uri, &stream_id)?;
+    let _stopped = StopOnDrop(pipeline.clone());
     let bus = pipeline.bus().unwrap();
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
 
@@ -347,10 +375,7 @@ fn run(options: &Options) -> Result<bool, String> {
         let detail = bus
             .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
             .map(|m| match m.view() {
-                gst::MessageView::Error(e) => match e.debug() {
-                    Some(debug) => format!("{} ({debug})", e.error()),
-                    None => e.error().to_string(),
-                },
+                gst::MessageView::Error(e) => one_line(e),
                 _ => unreachable!(),
             })
             .unwrap_or_else(|| "the pipeline would not start".into());
@@ -396,12 +421,12 @@ fn run(options: &Options) -> Result<bool, String> {
                         e.error()
                     ));
                 }
-                let debug = e.debug().map(|d| format!(" ({d})")).unwrap_or_default();
-                break Err(format!(
-                    "cannot decode {}: {}{debug}",
-                    options.input,
-                    e.error()
-                ));
+                // A source that cannot read (an HTTP 404, a vanished file) is no decoding fault.
+                let what = match e.error().kind::<gst::ResourceError>() {
+                    Some(_) => "cannot read",
+                    None => "cannot decode",
+                };
+                break Err(format!("{what} {}: {}", options.input, one_line(e)));
             }
             gst::MessageView::Warning(w) if !options.json => {
                 progress.clear();

@@ -204,6 +204,47 @@ fn bad_inputs_fail_clearly() {
         text(&bundle)
     );
 
+    // A failed start is one line, with no GStreamer CRITICAL and no source location.
+    let broken = tmp("broken-bundle");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("bundle.json"),
+        "{\"format\": \"gst-qoe-bundle\"",
+    )
+    .unwrap();
+    let video = test_video("mkv");
+    for args in [
+        &[
+            video.to_str().unwrap(),
+            "--bundle",
+            broken.to_str().unwrap(),
+        ][..],
+        &["foo://bar"][..],
+    ] {
+        let out = probe(args);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            !stderr.contains("CRITICAL") && !stderr.contains(".rs(") && !stderr.contains(".c("),
+            "{stderr}"
+        );
+    }
+    let out = probe(&[
+        video.to_str().unwrap(),
+        "--bundle",
+        broken.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out).1.contains(&format!(
+            "Cannot load the model bundle {}: {}: not JSON",
+            broken.display(),
+            broken.join("bundle.json").display()
+        )),
+        "{}",
+        text(&out).1
+    );
+
     // With --json, failures are JSON objects on stdout too, and nothing else is printed.
     for (args, code, reason) in [
         (
