@@ -27,6 +27,8 @@ done
 
 pipeline=$(grep -v '^[[:space:]]*#' "$file" | tr '\n' ' ')
 for var in "${!vars[@]}"; do pipeline=${pipeline//\$\{$var\}/${vars[$var]}}; done
+# A variable set empty (BUNDLE=) drops the property it fills: the element's default holds.
+pipeline=$(sed -E 's/ [a-z-]+=( |$)/ /g' <<<"$pipeline")
 if [[ "$pipeline" =~ \$\{([A-Z0-9_]+)\} ]]; then
   echo "launch.sh: $name needs ${BASH_REMATCH[1]}=..." >&2; exit 2
 fi

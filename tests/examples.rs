@@ -100,6 +100,9 @@ fn file_example_reports_the_hole() {
     let stats = final_stats(&output, "file");
     assert_eq!(field(stats, "frames"), VIDEO_FRAMES);
     assert_eq!(field(stats, "stalls"), 1);
+    // Scored with the default bundle, found by name; every window of the 9.5 s clip (one).
+    assert!(output.contains("qoe-quality, "), "{output}");
+    assert!(output.contains("stale=(boolean)false"), "{output}");
 }
 
 #[test]
