@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what gst-qoe needs on Debian 12 (bookworm): GStreamer 1.22 with its development
 # files and plugins, FFmpeg (test and demo videos), meson, and for the tests the RTSP server
-# library (a local stand-in for cameras), Prometheus (a real scraper) and Python's venv (the
+# library (a local stand-in for cameras), Prometheus (a real scraper), rsvg-convert (reports
+# rendered as a viewer sees them) and Python's venv (the
 # onnx/ exporters, whose PyTorch comes from PyPI in tests/run.sh; g++ and Python's headers for
 # torch.compile, which the micro training compiles its steps with). Needs root (or sudo).
 # Rust >= 1.92 must already be installed (rustup); Debian's own cargo is too old.
@@ -12,7 +13,7 @@ packages=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
   libgstrtspserver-1.0-dev prometheus
-  ffmpeg meson ninja-build python3-pip python3-venv unzip curl
+  ffmpeg meson ninja-build python3-pip python3-venv unzip curl librsvg2-bin
   g++ python3-dev
 )
 

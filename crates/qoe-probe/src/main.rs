@@ -490,11 +490,20 @@ fn run(options: &Options) -> Result<bool, String> {
                 .max(secs(stats.get::<u64>("stream-time").unwrap_or(0))),
             stalls: result.stalls.clone(),
             freezes: result.freezes.clone(),
+            stale: result
+                .windows
+                .iter()
+                .filter(|w| w.stale)
+                .map(|w| Span {
+                    start: w.start,
+                    duration: w.end - w.start,
+                })
+                .collect(),
             scores: result
                 .windows
                 .iter()
                 .filter(|w| !w.stale)
-                .map(|w| (w.end, w.score))
+                .map(|w| (w.end, w.score, w.level.clone()))
                 .collect(),
             no_scores_reason: Some(match options.bundle {
                 None => "quality not scored (--no-quality)".into(),

@@ -156,6 +156,48 @@ fn report_draws_the_stall_and_the_freeze() {
     assert_eq!(svg.matches("class=\"stalls\"").count(), 1, "{svg}");
     assert_eq!(svg.matches("class=\"freezes\"").count(), 1, "{svg}");
     assert!(svg.contains("stalls: 1.500 s at 2.000 s"), "{svg}");
+
+    // Rendered as a viewer sees it (rsvg-convert, Debian's librsvg2-bin), each span shows in
+    // its colour at its place: the middle of its rectangle, read back through FFmpeg.
+    let png = tmp("report.png");
+    let rendered = Command::new("rsvg-convert")
+        .args([
+            "-f",
+            "png",
+            "-o",
+            png.to_str().unwrap(),
+            report.to_str().unwrap(),
+        ])
+        .status()
+        .expect("rsvg-convert (Debian package librsvg2-bin)");
+    assert!(rendered.success());
+    let raw = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", png.to_str().unwrap()])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .unwrap()
+        .stdout;
+    let attribute = |text: &str, name: &str| -> f64 {
+        let rest = &text[text.find(&format!(" {name}=\"")).unwrap() + name.len() + 3..];
+        rest[..rest.find('"').unwrap()].parse().unwrap()
+    };
+    let (width, height) = (
+        attribute(&svg, "width") as usize,
+        attribute(&svg, "height") as usize,
+    );
+    assert_eq!(raw.len(), width * height * 3, "a {width}x{height} picture");
+    // Drawn at 0.8 opacity over the lane's #f7f7f7.
+    for (class, colour) in [("stalls", [221, 81, 81]), ("freezes", [168, 132, 201])] {
+        let rect = &svg[svg.find(&format!("class=\"{class}\"")).unwrap()..];
+        let x = attribute(rect, "x") + attribute(rect, "width") / 2.0;
+        let y = attribute(rect, "y") + attribute(rect, "height") / 2.0;
+        let at = (y as usize * width + x as usize) * 3;
+        let pixel = &raw[at..at + 3];
+        assert!(
+            pixel.iter().zip(colour).all(|(p, c)| p.abs_diff(c) <= 8),
+            "{class} at ({x}, {y}): {pixel:?}, expected about {colour:?}"
+        );
+    }
 }
 
 #[test]
