@@ -536,6 +536,34 @@ fn a_runtime_that_does_not_load_is_one_line_naming_the_place() {
         line.contains("ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so.1.31.1: failed to load"),
         "{line}"
     );
+    // An ONNX Runtime too old for `ort`: a stand-in library built here whose only symbol,
+    // OrtGetApiBase, reports version 1.10.0 (no old build of the real one is at hand).
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("old-ort-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("old_ort.c");
+    std::fs::write(
+        &source,
+        "typedef struct { const void *(*get_api)(unsigned); const char *(*version)(void); } Base;\n\
+         static const void *get_api(unsigned v) { (void)v; return 0; }\n\
+         static const char *version(void) { return \"1.10.0\"; }\n\
+         static const Base base = { get_api, version };\n\
+         const Base *OrtGetApiBase(void) { return &base; }\n",
+    )
+    .unwrap();
+    let old = dir.join("libonnxruntime.so.1.10.0");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&old)
+        .arg(&source)
+        .status()
+        .expect("cc (gcc)");
+    assert!(built.success());
+    let text = launch_failing_with_runtime(&old, bundle);
+    assert!(
+        text.contains("expected version >= '1.") && text.contains("but got '1.10.0'"),
+        "{text}"
+    );
     // A library that is not ONNX Runtime at all.
     let not_ort = Path::new("/lib/x86_64-linux-gnu/libz.so.1");
     if not_ort.exists() {

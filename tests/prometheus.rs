@@ -241,3 +241,53 @@ fn alert_rules_pass_promtool() {
         assert!(exported.contains(&name), "alert rules use {name}");
     }
 }
+
+/// Every series on the dashboard has a unit (the panel's, or its own by query), and the
+/// state rows name what a 1 means for each row (stalled, frozen, model stale), not one word
+/// for all.
+#[test]
+fn dashboard_series_have_units_and_state_rows_their_words() {
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/grafana-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let overridden = |panel: &serde_json::Value, ref_id: &str, property: &str| {
+        panel["fieldConfig"]["overrides"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|o| o["matcher"]["options"] == ref_id)
+            .flat_map(|o| o["properties"].as_array().unwrap().iter())
+            .find(|p| p["id"] == property)
+            .map(|p| p["value"].clone())
+    };
+    for panel in json["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        for target in panel["targets"].as_array().unwrap() {
+            let ref_id = target["refId"].as_str().unwrap();
+            match panel["type"].as_str().unwrap() {
+                "timeseries" => assert!(
+                    panel["fieldConfig"]["defaults"]["unit"].is_string()
+                        || overridden(panel, ref_id, "unit").is_some(),
+                    "{title}: query {ref_id} has no unit"
+                ),
+                "state-timeline" => {
+                    let word =
+                        overridden(panel, ref_id, "mappings").unwrap()[0]["options"]["1"]["text"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                    let legend = target["legendFormat"].as_str().unwrap();
+                    assert!(
+                        legend.starts_with(&word),
+                        "{title}: {legend} shows 1 as {word}"
+                    );
+                }
+                other => panic!("{title}: panel type {other}"),
+            }
+        }
+    }
+}
