@@ -236,23 +236,14 @@ pub fn bundle_copy(name: &str, tag: &str) -> PathBuf {
 }
 
 /// Points `ORT_DYLIB_PATH` at the ONNX Runtime that `tests/run.sh` installs in `.cache/venv`,
-/// unless it is set already.
+/// unless it is set already: the tests run on the pinned runtime, never on a system one.
 pub fn init_ort() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         if std::env::var_os("ORT_DYLIB_PATH").is_some() {
             return;
         }
-        let lib = repo().join(".cache/venv/lib");
-        let found = std::fs::read_dir(&lib).ok().and_then(|dirs| {
-            dirs.flatten()
-                .map(|d| {
-                    d.path()
-                        .join("site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1")
-                })
-                .find(|p| p.exists())
-        });
-        let path = found.expect("ONNX Runtime: set ORT_DYLIB_PATH or run tests/run.sh (it installs onnxruntime in .cache/venv)");
+        let path = qoe_model::locate::checkout_runtime().expect("ONNX Runtime: set ORT_DYLIB_PATH or run tests/run.sh (it installs onnxruntime in .cache/venv)");
         // SAFETY: set once, before this process starts ONNX Runtime or reads the variable.
         unsafe { std::env::set_var("ORT_DYLIB_PATH", path) };
     });

@@ -134,13 +134,7 @@ fn runtime_places_from(
         library: PathBuf::from("libonnxruntime.so"),
         described: "libonnxruntime.so on the system's library path".into(),
     });
-    // The checkout's venv (python3.X is whichever Python made it).
-    let venv = std::fs::read_dir(venv_lib).ok().and_then(|dirs| {
-        dirs.flatten()
-            .filter_map(|d| newest_library(&d.path().join("site-packages/onnxruntime/capi")))
-            .next()
-    });
-    match venv {
+    match venv_runtime(venv_lib) {
         Some(library) => places.push(RuntimePlace {
             described: library.display().to_string(),
             library,
@@ -148,6 +142,21 @@ fn runtime_places_from(
         None => passed.push(format!("no onnxruntime wheel in {}", venv_lib.display())),
     }
     (places, passed)
+}
+
+/// The ONNX Runtime that `pipelines/model-runtime.sh` installs in the checkout's
+/// `.cache/venv`, if it is there.
+pub fn checkout_runtime() -> Option<PathBuf> {
+    venv_runtime(&checkout().join(".cache/venv/lib"))
+}
+
+/// The onnxruntime wheel's library in a venv's `lib` folder (python3.X is whichever Python
+/// made the venv).
+fn venv_runtime(venv_lib: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(venv_lib)
+        .ok()?
+        .flatten()
+        .find_map(|d| newest_library(&d.path().join("site-packages/onnxruntime/capi")))
 }
 
 /// The `libonnxruntime.so*` of `dir` with the highest version (`.so` alone counts lowest).
