@@ -58,6 +58,8 @@ const DEFAULT_STATS_INTERVAL: gst::ClockTime = gst::ClockTime::SECOND;
 const DEFAULT_METRICS_FILE_INTERVAL: gst::ClockTime = gst::ClockTime::from_seconds(15);
 const DEFAULT_WINDOW: gst::ClockTime = gst::ClockTime::from_seconds(8);
 const DEFAULT_HOP: gst::ClockTime = gst::ClockTime::from_seconds(2);
+/// A call to an inference server: long enough for a loaded pool, short next to a hop.
+const DEFAULT_INFERENCE_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(5);
 const DEFAULT_EXPLAIN_INTERVAL: gst::ClockTime = gst::ClockTime::from_seconds(30);
 const DEFAULT_EXPLAIN_QUESTION: &str =
     "Describe the quality of this video and what, if anything, degrades it.";
@@ -146,6 +148,9 @@ pub(super) struct Settings {
     pub(super) threads: u32,
     pub(super) model_priority: Priority,
     pub(super) tensorrt_cache: Option<PathBuf>,
+    /// A KServe v2 server (`http://host:port`) that runs the bundle's graphs.
+    pub(super) inference_server: Option<String>,
+    pub(super) inference_timeout: gst::ClockTime,
     pub(super) leaky: bool,
     pub(super) explain: Explain,
     pub(super) explain_interval: gst::ClockTime,
@@ -161,6 +166,8 @@ impl Settings {
             priority: self.model_priority.resolved(self.leaky),
             device_id: self.device_id,
             tensorrt_cache: self.tensorrt_cache.clone(),
+            server: self.inference_server.clone(),
+            server_timeout_ms: self.inference_timeout.mseconds(),
         }
     }
 
@@ -205,6 +212,8 @@ impl Default for Settings {
             threads: 0,
             model_priority: Priority::default(),
             tensorrt_cache: None,
+            inference_server: None,
+            inference_timeout: DEFAULT_INFERENCE_TIMEOUT,
             leaky: true,
             explain: Explain::Never,
             explain_interval: DEFAULT_EXPLAIN_INTERVAL,
@@ -705,6 +714,19 @@ impl ObjectImpl for QoeMonitor {
                     .blurb("Folder where TensorRT engines are kept between runs, in subfolders keyed by model hash, ONNX Runtime library, GPU and precision (unset: engines are rebuilt on each start)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("inference-server")
+                    .nick("Inference server")
+                    .blurb("A KServe v2 inference server (Triton, KServe) that runs the bundle's graphs, as http://host:port (its HTTP port; gRPC is not supported yet); unset: they run here on execution-provider. Its model repository must be written from this bundle by python -m qoe_onnx.triton: a server holding other graphs fails the start. While the server is down or slow, windows are reported stale and the element retries with backoff; stall and freeze checks go on")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("inference-timeout")
+                    .nick("Inference timeout")
+                    .blurb("The longest one call to inference-server may take, in nanoseconds, connecting included; a window whose call takes longer is reported stale")
+                    .minimum(gst::ClockTime::MSECOND.nseconds())
+                    .maximum(gst::ClockTime::from_seconds(600).nseconds())
+                    .default_value(DEFAULT_INFERENCE_TIMEOUT.nseconds())
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("leaky")
                     .nick("Leaky")
                     .blurb("When the model falls behind, drop the oldest waiting frames and windows (counted in qoe-stats and qoe_windows_dropped_total) so that the pipeline never waits. Set to false for offline analysis of files, where every window should be scored and the pipeline may slow down to the model's pace")
@@ -828,6 +850,13 @@ impl ObjectImpl for QoeMonitor {
                     .expect("type checked upstream")
                     .map(PathBuf::from)
             }
+            "inference-server" => {
+                settings.inference_server = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .filter(|s| !s.is_empty())
+            }
+            "inference-timeout" => settings.inference_timeout = ns(value),
             "leaky" => settings.leaky = value.get().expect("type checked upstream"),
             "explain" => settings.explain = value.get().expect("type checked upstream"),
             "explain-interval" => settings.explain_interval = ns(value),
@@ -881,6 +910,8 @@ impl ObjectImpl for QoeMonitor {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .to_value(),
+            "inference-server" => settings.inference_server.to_value(),
+            "inference-timeout" => settings.inference_timeout.nseconds().to_value(),
             "leaky" => settings.leaky.to_value(),
             "explain" => settings.explain.to_value(),
             "explain-interval" => settings.explain_interval.nseconds().to_value(),
@@ -1044,7 +1075,10 @@ impl BaseTransformImpl for QoeMonitor {
                     "Bundle {} ({}) on {}, ONNX Runtime from {}",
                     scorer.bundle().manifest.name,
                     scorer.bundle().dir.display(),
-                    scorer.provider().as_str(),
+                    settings
+                        .inference_server
+                        .clone()
+                        .unwrap_or_else(|| scorer.provider().as_str().to_owned()),
                     qoe_model::session::library_path()
                         .map(|p| p.display().to_string())
                         .unwrap_or_default()

@@ -18,6 +18,9 @@ pub enum Error {
     /// vocabulary lacks).
     #[error("{0}")]
     Input(String),
+    /// A remote inference server is unreachable, or holds models other than the bundle's.
+    #[error("{0}")]
+    Server(String),
 }
 
 impl Error {

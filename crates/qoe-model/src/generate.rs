@@ -34,7 +34,7 @@ impl Scorer {
         for _ in 0..max_new_tokens {
             let new = embeds.len() / self.hidden;
             let total = start + new;
-            let mut inputs: Vec<(String, ort::value::DynValue)> = vec![
+            let mut inputs: Vec<(String, crate::runner::Input)> = vec![
                 (
                     "inputs_embeds".into(),
                     f32_tensor(vec![1, new as i64, self.hidden as i64], embeds)?,

@@ -23,6 +23,8 @@ pub mod locate;
 pub mod preprocess;
 pub mod prompt;
 pub mod registry;
+pub mod remote;
+pub mod runner;
 pub mod scorer;
 pub mod session;
 pub mod stream;

@@ -15,8 +15,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ort::session::Session;
-use ort::value::Tensor;
 use qoe_core::stall::WindowStalls;
 
 use crate::bundle::{
@@ -24,6 +22,7 @@ use crate::bundle::{
 };
 use crate::error::{Error, Result};
 use crate::preprocess::{RgbImage, normalise_into, resize_bicubic};
+use crate::runner::{GraphRunner, Input};
 use crate::session::{Provider, SessionOptions, open_all};
 
 /// A tensor's shape and values.
@@ -83,7 +82,8 @@ pub struct Faults {
 pub struct Scorer {
     pub(crate) bundle: Bundle,
     provider: Provider,
-    sessions: HashMap<PartName, Mutex<Session>>,
+    /// Every graph of the bundle, local or remote.
+    graphs: HashMap<PartName, Box<dyn GraphRunner>>,
     /// The models scored ([`Bundle::models`]): `[None]` but for ensembles.
     pub(crate) models: Vec<Option<String>>,
     pub(crate) tokenizer: tokenizers::Tokenizer,
@@ -109,7 +109,7 @@ impl std::fmt::Debug for Scorer {
             .field("bundle", &self.bundle.manifest.name)
             .field("dir", &self.bundle.dir)
             .field("provider", &self.provider)
-            .field("parts", &self.sessions.keys().collect::<Vec<_>>())
+            .field("parts", &self.graphs.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -131,7 +131,7 @@ impl Scorer {
     pub fn open_with(dir: &Path, options: &SessionOptions) -> Result<Scorer> {
         let bundle = Bundle::load(dir)?;
         check_preprocess(&bundle)?;
-        let (provider, sessions) = open_all(&bundle, options)?;
+        let (provider, graphs) = open_all(&bundle, options)?;
         let tokenizer_path = bundle.path(&bundle.manifest.tokenizer);
         let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| {
             Error::Bundle(format!(
@@ -176,7 +176,7 @@ impl Scorer {
             models: bundle.models(),
             bundle,
             provider,
-            sessions,
+            graphs,
             tokenizer,
             newline,
             rows,
@@ -247,7 +247,7 @@ impl Scorer {
         &self,
         role: Role,
         items: usize,
-        inputs: impl Fn() -> Result<Vec<(&'static str, ort::value::DynValue)>>,
+        inputs: impl Fn() -> Result<Vec<(&'static str, Input)>>,
     ) -> Result<Vec<Arc<Vec<f32>>>> {
         if self.models.len() == 1 {
             return Ok(split(self.run(&PartName::own(role), inputs()?)?.1, items));
@@ -279,7 +279,7 @@ impl Scorer {
     pub(crate) fn run(
         &self,
         name: &PartName,
-        inputs: Vec<(&'static str, ort::value::DynValue)>,
+        inputs: Vec<(&'static str, Input)>,
     ) -> Result<Values> {
         let inputs = inputs.into_iter().map(|(n, v)| (n.to_owned(), v)).collect();
         let mut outputs = self.run_all(name, inputs)?;
@@ -287,26 +287,11 @@ impl Scorer {
     }
 
     /// Runs graph `name`; returns all its outputs.
-    pub(crate) fn run_all(
-        &self,
-        name: &PartName,
-        inputs: Vec<(String, ort::value::DynValue)>,
-    ) -> Result<Vec<Values>> {
-        let mut session = self
-            .sessions
+    pub(crate) fn run_all(&self, name: &PartName, inputs: Vec<(String, Input)>) -> Result<Vec<Values>> {
+        self.graphs
             .get(name)
             .ok_or_else(|| Error::Bundle(format!("this bundle has no part {name}")))?
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let outputs = session.run(inputs).map_err(|e| Error::graph(name, e))?;
-        (0..outputs.len())
-            .map(|k| {
-                let (shape, data) = outputs[k]
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| Error::graph(name, e))?;
-                Ok((shape.to_vec(), data.to_vec()))
-            })
-            .collect()
+            .run(inputs)
     }
 
     /// `image` resized as graph `role` expects (the manifest's size and filter).
@@ -484,7 +469,7 @@ impl Scorer {
 
     /// Whether this bundle can generate text (it has a `decoder_generate` graph).
     pub fn can_generate(&self) -> bool {
-        self.sessions
+        self.graphs
             .contains_key(&PartName::own(Role::DecoderGenerate))
     }
 
@@ -590,16 +575,12 @@ pub(crate) fn split(data: Vec<f32>, n: usize) -> Vec<Arc<Vec<f32>>> {
         .collect()
 }
 
-pub(crate) fn f32_tensor(shape: Vec<i64>, data: Vec<f32>) -> Result<ort::value::DynValue> {
-    Tensor::from_array((shape, data))
-        .map(|t| t.into_dyn())
-        .map_err(|e| Error::Input(format!("a float tensor: {e}")))
+pub(crate) fn f32_tensor(shape: Vec<i64>, data: Vec<f32>) -> Result<Input> {
+    Ok(Input::F32 { shape, data })
 }
 
-pub(crate) fn i64_tensor(shape: Vec<i64>, data: Vec<i64>) -> Result<ort::value::DynValue> {
-    Tensor::from_array((shape, data))
-        .map(|t| t.into_dyn())
-        .map_err(|e| Error::Input(format!("an integer tensor: {e}")))
+pub(crate) fn i64_tensor(shape: Vec<i64>, data: Vec<i64>) -> Result<Input> {
+    Ok(Input::I64 { shape, data })
 }
 
 /// [T, 3, plane] frames → [3, T, plane] channels.

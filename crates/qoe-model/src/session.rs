@@ -12,6 +12,7 @@ use ort::session::Session;
 use crate::bundle::{Bundle, PartName, TensorSpec};
 use crate::error::{Error, Result, Words};
 use crate::locate;
+use crate::runner::{GraphRunner, LocalGraph};
 
 /// The process's one ONNX Runtime environment, and the library it was loaded from.
 static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf)>> = OnceLock::new();
@@ -238,6 +239,13 @@ pub enum Provider {
         enum_value(name = "TensorRT, else CUDA, else CPU", nick = "auto")
     )]
     Auto,
+    /// A KServe v2 inference server, which the options' `server` names: chosen by that
+    /// setting, reported when in use.
+    #[cfg_attr(
+        feature = "glib",
+        enum_value(name = "A KServe v2 inference server (inference-server)", nick = "server")
+    )]
+    Server,
 }
 
 impl Words for Provider {
@@ -246,6 +254,7 @@ impl Words for Provider {
         Provider::Cuda,
         Provider::TensorRt,
         Provider::Auto,
+        Provider::Server,
     ];
 
     fn word(self) -> &'static str {
@@ -260,6 +269,7 @@ impl Provider {
             Provider::Cuda => "cuda",
             Provider::TensorRt => "tensorrt",
             Provider::Auto => "auto",
+            Provider::Server => "server",
         }
     }
 }
@@ -285,7 +295,15 @@ pub struct SessionOptions {
     /// Folder for TensorRT engines (a key folder per model, ORT version, GPU and precision
     /// inside); `None`: engines are rebuilt on every start.
     pub tensorrt_cache: Option<PathBuf>,
+    /// A KServe v2 inference server (`http://host:port`) that runs every graph; `None`: local
+    /// sessions on `provider`.
+    pub server: Option<String>,
+    /// The longest a call to `server` may take, in milliseconds; 0: [`DEFAULT_SERVER_TIMEOUT_MS`].
+    pub server_timeout_ms: u64,
 }
+
+/// The default bound on one call to an inference server.
+pub const DEFAULT_SERVER_TIMEOUT_MS: u64 = 5000;
 
 /// Opens graph `name` of `bundle` on `provider`, checking its inputs and outputs against the
 /// manifest.
@@ -340,12 +358,16 @@ pub(crate) fn open_sessions(
     bundle: &Bundle,
     provider: Provider,
     options: &SessionOptions,
-) -> Result<HashMap<PartName, Mutex<Session>>> {
-    let mut sessions = HashMap::new();
+) -> Result<HashMap<PartName, Box<dyn GraphRunner>>> {
+    let mut sessions: HashMap<PartName, Box<dyn GraphRunner>> = HashMap::new();
     for name in bundle.manifest.parts.keys() {
+        let session = Mutex::new(open_session(bundle, name, provider, options)?);
         sessions.insert(
             name.clone(),
-            Mutex::new(open_session(bundle, name, provider, options)?),
+            Box::new(LocalGraph {
+                name: name.clone(),
+                session,
+            }),
         );
     }
     Ok(sessions)
@@ -356,7 +378,20 @@ pub(crate) fn open_sessions(
 pub(crate) fn open_all(
     bundle: &Bundle,
     options: &SessionOptions,
-) -> Result<(Provider, HashMap<PartName, Mutex<Session>>)> {
+) -> Result<(Provider, HashMap<PartName, Box<dyn GraphRunner>>)> {
+    if let Some(url) = &options.server {
+        let timeout = match options.server_timeout_ms {
+            0 => DEFAULT_SERVER_TIMEOUT_MS,
+            ms => ms,
+        };
+        let graphs = crate::remote::open_all(bundle, url, std::time::Duration::from_millis(timeout))?;
+        return Ok((Provider::Server, graphs));
+    }
+    if options.provider == Provider::Server {
+        return Err(Error::Runtime(
+            "execution provider server runs graphs on an inference server, but none is set (inference-server, --inference-server)".into(),
+        ));
+    }
     if options.provider != Provider::Auto {
         return Ok((
             options.provider,
@@ -383,7 +418,7 @@ fn with_provider(
 ) -> Result<ort::session::builder::SessionBuilder> {
     use ort::ep;
     let dispatch = match provider {
-        Provider::Cpu | Provider::Auto => return Ok(builder),
+        Provider::Cpu | Provider::Auto | Provider::Server => return Ok(builder),
         Provider::Cuda => ep::CUDA::default()
             .with_device_id(options.device_id)
             .build()

@@ -224,7 +224,7 @@ impl Scorer {
         embeds: Vec<f32>,
         past_names: &[String],
         past: impl IntoIterator<Item = Values>,
-    ) -> Result<Vec<(String, ort::value::DynValue)>> {
+    ) -> Result<Vec<(String, crate::runner::Input)>> {
         let n = embeds.len() / self.hidden;
         let mut inputs = vec![(
             "inputs_embeds".to_owned(),

@@ -28,6 +28,9 @@ options:
                            if need be, unless --realtime
   --no-quality             no quality scores: stalls and freezes only (no model loaded)
   --provider NAME          where the model runs: cpu (default), cuda, tensorrt, auto
+  --inference-server URL   run the bundle's graphs on a KServe v2 server (Triton) at
+                           http://host:port, whose repository python -m qoe_onnx.triton
+                           wrote from the same bundle
   -h, --help               this text
   -V, --version            the version of qoe-probe and of the GStreamer it runs on
 
@@ -47,6 +50,7 @@ pub struct Options {
     /// The bundle folder; `None` with `--no-quality`.
     pub bundle: Option<PathBuf>,
     pub provider: Option<Provider>,
+    pub inference_server: Option<String>,
 }
 
 /// Why the command line gives no run.
@@ -112,6 +116,12 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Cli
                 let p = value(&mut parser, "--provider")?;
                 o.provider = Some(p.parse().map_err(|e| format!("--provider {p}: {e}"))?);
             }
+            Long("inference-server") => {
+                let url = value(&mut parser, "--inference-server")?;
+                qoe_model::remote::ServerAddress::parse(&url)
+                    .map_err(|e| format!("--inference-server: {e}"))?;
+                o.inference_server = Some(url);
+            }
             Long(other) => return Err(format!("unknown option --{other}").into()),
             Short(other) => return Err(format!("unknown option -{other}").into()),
             Value(v) => {
@@ -129,6 +139,11 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, Cli
         (true, Some(_)) => return Err("--bundle and --no-quality contradict each other".into()),
         (true, None) if o.provider.is_some() => {
             return Err("--provider says where the model runs, and --no-quality loads none".into());
+        }
+        (true, None) if o.inference_server.is_some() => {
+            return Err(
+                "--inference-server runs the model remotely, and --no-quality loads none".into(),
+            );
         }
         (true, None) => {}
         (false, Some(_)) => {}

@@ -233,6 +233,9 @@ fn build(options: &Options, uri: &str, stream_id: &str) -> Result<Built, String>
         if let Some(provider) = &options.provider {
             monitor.set_property("execution-provider", *provider);
         }
+        if let Some(server) = &options.inference_server {
+            monitor.set_property("inference-server", server);
+        }
     }
     let sink = make("fakesink")?;
     sink.set_property("sync", options.realtime);
