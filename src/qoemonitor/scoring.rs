@@ -537,6 +537,19 @@ fn report_failure(shared: &Shared, sink: &ReportSink, error: impl std::fmt::Disp
     });
 }
 
+/// A window the failing model did not score: the last good figures again, flagged stale, so
+/// that readers see the gap.
+fn repeat_stale(shared: &Shared, sink: &ReportSink, window: Window, running_time: Nanos) {
+    if let Some(last) = shared.last_good.lock().unwrap().clone() {
+        sink(Report::Quality(Quality {
+            window,
+            running_time,
+            stale: true,
+            ..last
+        }));
+    }
+}
+
 /// A window the workers will not score: counted, and reported for the metrics.
 fn window_dropped(shared: &Shared, sink: &ReportSink, reason: &'static str) {
     shared.windows_dropped.fetch_add(1, Ordering::Relaxed);
@@ -587,7 +600,12 @@ fn feature_thread(
                 running_time,
             } => {
                 if stream.request(window, stall, running_time).is_err() {
-                    window_dropped(shared, sink, "frames of the window were lost");
+                    // Frames lost to a failing model (an encoder, a server that is down) make
+                    // a stale window, as a failing decoder does; others a dropped one.
+                    match shared.stale.load(Ordering::SeqCst) {
+                        true => repeat_stale(shared, sink, window, running_time),
+                        false => window_dropped(shared, sink, "frames of the window were lost"),
+                    }
                 }
             }
             JobKind::End => {
@@ -695,15 +713,7 @@ fn score_thread(
             }
             Some(Err(error)) => {
                 report_failure(shared, sink, error);
-                // The last good figures again, flagged stale, so that readers see the gap.
-                if let Some(last) = shared.last_good.lock().unwrap().clone() {
-                    sink(Report::Quality(Quality {
-                        window: ready.window,
-                        running_time,
-                        stale: true,
-                        ..last
-                    }));
-                }
+                repeat_stale(shared, sink, ready.window, running_time);
             }
         }
         let rested = last_explained.is_none_or(|t| ready.window.end >= t + config.explain_interval);

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle::{Bundle, Dim, MANIFEST, PartName, TensorSpec};
 use crate::error::{Error, Result};
-use crate::runner::{GraphRunner, Input};
+use crate::runner::{GraphRunner, Graphs, Input};
 use crate::scorer::Values;
 
 /// The digest's hex digits that name a bundle's server models.
@@ -39,9 +39,10 @@ const MAX_BODY: usize = 1 << 30;
 pub fn bundle_digest(bundle: &Bundle) -> Result<String> {
     let manifest = bundle.dir.join(MANIFEST);
     let mut outer = Sha256::new();
-    outer.update(std::fs::read(&manifest).map_err(|e| {
-        Error::Bundle(format!("{}: cannot read: {e}", manifest.display()))
-    })?);
+    outer.update(
+        std::fs::read(&manifest)
+            .map_err(|e| Error::Bundle(format!("{}: cannot read: {e}", manifest.display())))?,
+    );
     let mut names: Vec<&PartName> = bundle.manifest.parts.keys().collect();
     names.sort_by_key(|n| n.to_string());
     for name in names {
@@ -113,7 +114,10 @@ impl ServerAddress {
             return Err(bad("expected http://host:port"));
         }
         Ok(ServerAddress {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port,
         })
     }
@@ -188,7 +192,13 @@ pub struct Server {
 
 impl Server {
     /// One request on a pooled connection, or a fresh one when the pooled one was closed.
-    fn call(&self, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> std::result::Result<Response, Failure> {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> std::result::Result<Response, Failure> {
         {
             let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(at) = backoff.retry_at {
@@ -208,16 +218,23 @@ impl Server {
             Some(conn) => match self.exchange(conn, method, path, headers, body) {
                 Ok(r) => Ok(r),
                 // A keep-alive connection the server closed: once more on a new one.
-                Err(_) => self.connect().and_then(|c| self.exchange(c, method, path, headers, body)),
+                Err(_) => self
+                    .connect()
+                    .and_then(|c| self.exchange(c, method, path, headers, body)),
             },
-            None => self.connect().and_then(|c| self.exchange(c, method, path, headers, body)),
+            None => self
+                .connect()
+                .and_then(|c| self.exchange(c, method, path, headers, body)),
         };
         let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok((response, conn)) => {
                 *backoff = Backoff::default();
                 if let Some(conn) = conn {
-                    self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(conn);
                 }
                 match response.status {
                     200 => Ok(response),
@@ -306,7 +323,9 @@ impl Server {
                     }
                 }
                 Err(Failure::Transport(_)) => return Ok(false),
-                Err(Failure::Answer(r)) if matches!(r.status, 400 | 404) => missing.push(model.clone()),
+                Err(Failure::Answer(r)) if matches!(r.status, 400 | 404) => {
+                    missing.push(model.clone())
+                }
                 Err(Failure::Answer(r)) => {
                     return Err(Error::Server(format!(
                         "inference server {}: model {model}: HTTP {}: {}",
@@ -318,10 +337,17 @@ impl Server {
             }
         }
         if !missing.is_empty() {
+            let which = match missing.len() == self.models.len() {
+                true => format!(
+                    "none of the {} models (such as {})",
+                    missing.len(),
+                    missing[0]
+                ),
+                false => format!("no model {}", missing.join(", ")),
+            };
             let why = format!(
-                "inference server {} has no model {} for bundle {} (digest {}){}; generate its repository from this bundle: python -m qoe_onnx.triton --bundle DIR --out REPO",
+                "inference server {} has {which} of bundle {} (digest {}){}; write its repository from this bundle: python -m qoe_onnx.triton --bundle DIR --out REPO",
                 self.url,
-                missing.join(", "),
                 self.bundle_name,
                 &self.digest[..DIGEST_DIGITS],
                 self.held_bundles()
@@ -358,7 +384,12 @@ impl Server {
         let mut digests: Vec<String> = list
             .iter()
             .filter_map(|m| m.get("name")?.as_str())
-            .filter_map(|n| n.strip_prefix("gstqoe-")?.split('-').next().map(str::to_owned))
+            .filter_map(|n| {
+                n.strip_prefix("gstqoe-")?
+                    .split('-')
+                    .next()
+                    .map(str::to_owned)
+            })
             .collect();
         digests.sort();
         digests.dedup();
@@ -376,12 +407,22 @@ impl Server {
         inputs: &[TensorSpec],
         outputs: &[TensorSpec],
     ) -> std::result::Result<(), String> {
-        let meta: serde_json::Value = serde_json::from_slice(metadata)
-            .map_err(|e| format!("inference server {}: model {model}: metadata is not JSON: {e}", self.url))?;
+        let meta: serde_json::Value = serde_json::from_slice(metadata).map_err(|e| {
+            format!(
+                "inference server {}: model {model}: metadata is not JSON: {e}",
+                self.url
+            )
+        })?;
         for (what, specs) in [("inputs", inputs), ("outputs", outputs)] {
-            let served = meta.get(what).and_then(|v| v.as_array()).cloned().unwrap_or_default();
-            let mut served_names: Vec<&str> =
-                served.iter().filter_map(|t| t.get("name")?.as_str()).collect();
+            let served = meta
+                .get(what)
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default();
+            let mut served_names: Vec<&str> = served
+                .iter()
+                .filter_map(|t| t.get("name")?.as_str())
+                .collect();
             let mut declared: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
             served_names.sort();
             declared.sort();
@@ -396,7 +437,10 @@ impl Server {
                     .iter()
                     .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(&spec.name))
                     .expect("names compared");
-                let datatype = tensor.get("datatype").and_then(|d| d.as_str()).unwrap_or("");
+                let datatype = tensor
+                    .get("datatype")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("");
                 let shape: Vec<i64> = tensor
                     .get("shape")
                     .and_then(|s| s.as_array())
@@ -439,21 +483,22 @@ fn read_response(conn: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
     let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
     let mut line = String::new();
     let mut head_bytes = 0;
-    let mut read_line = |conn: &mut BufReader<TcpStream>, line: &mut String| -> std::io::Result<()> {
-        line.clear();
-        let n = conn.read_line(line)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ));
-        }
-        head_bytes += n;
-        if head_bytes > MAX_HEAD {
-            return Err(invalid("response head too large".into()));
-        }
-        Ok(())
-    };
+    let mut read_line =
+        |conn: &mut BufReader<TcpStream>, line: &mut String| -> std::io::Result<()> {
+            line.clear();
+            let n = conn.read_line(line)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ));
+            }
+            head_bytes += n;
+            if head_bytes > MAX_HEAD {
+                return Err(invalid("response head too large".into()));
+            }
+            Ok(())
+        };
     read_line(conn, &mut line)?;
     let status = line
         .split_whitespace()
@@ -471,7 +516,11 @@ fn read_response(conn: &mut BufReader<TcpStream>) -> std::io::Result<Response> {
             headers.push((n.trim().to_owned(), v.trim().to_owned()));
         }
     }
-    let response = Response { status, headers, body: Vec::new() };
+    let response = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     let chunked = response
         .header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
@@ -561,19 +610,36 @@ impl GraphRunner for RemoteGraph {
                 Failure::Transport(why) => Error::Server(why),
                 Failure::Answer(r) => Error::graph(
                     &self.name,
-                    format!("inference server {} model {}: HTTP {}: {}", server.url, self.model, r.status, r.error_text()),
+                    format!(
+                        "inference server {} model {}: HTTP {}: {}",
+                        server.url,
+                        self.model,
+                        r.status,
+                        r.error_text()
+                    ),
                 ),
             })?;
         parse_outputs(&response, &self.outputs).map_err(|why| {
-            Error::graph(&self.name, format!("inference server {} model {}: {why}", server.url, self.model))
+            Error::graph(
+                &self.name,
+                format!(
+                    "inference server {} model {}: {why}",
+                    server.url, self.model
+                ),
+            )
         })
     }
 }
 
 /// The outputs of an infer response, in `wanted` order: binary (Triton's extension) or JSON.
-fn parse_outputs(response: &Response, wanted: &[String]) -> std::result::Result<Vec<Values>, String> {
+fn parse_outputs(
+    response: &Response,
+    wanted: &[String],
+) -> std::result::Result<Vec<Values>, String> {
     let json_length = match response.header("inference-header-content-length") {
-        Some(v) => v.parse::<usize>().map_err(|_| format!("bad Inference-Header-Content-Length {v:?}"))?,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| format!("bad Inference-Header-Content-Length {v:?}"))?,
         None => response.body.len(),
     };
     if json_length > response.body.len() {
@@ -588,8 +654,15 @@ fn parse_outputs(response: &Response, wanted: &[String]) -> std::result::Result<
     let mut offset = json_length;
     let mut by_name: HashMap<String, Values> = HashMap::new();
     for output in outputs {
-        let name = output.get("name").and_then(|n| n.as_str()).unwrap_or("?").to_owned();
-        let datatype = output.get("datatype").and_then(|d| d.as_str()).unwrap_or("");
+        let name = output
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("?")
+            .to_owned();
+        let datatype = output
+            .get("datatype")
+            .and_then(|d| d.as_str())
+            .unwrap_or("");
         if datatype != "FP32" {
             return Err(format!("output {name} is {datatype}, not FP32"));
         }
@@ -621,28 +694,35 @@ fn parse_outputs(response: &Response, wanted: &[String]) -> std::result::Result<
                 .and_then(|d| d.as_array())
                 .ok_or_else(|| format!("output {name} has no data"))?
                 .iter()
-                .map(|v| v.as_f64().map(|v| v as f32).ok_or_else(|| format!("output {name}: a value is not a number")))
+                .map(|v| {
+                    v.as_f64()
+                        .map(|v| v as f32)
+                        .ok_or_else(|| format!("output {name}: a value is not a number"))
+                })
                 .collect::<std::result::Result<_, _>>()?,
         };
         if data.len() != count as usize {
-            return Err(format!("output {name}: {} values for shape {shape:?}", data.len()));
+            return Err(format!(
+                "output {name}: {} values for shape {shape:?}",
+                data.len()
+            ));
         }
         by_name.insert(name, (shape, data));
     }
     wanted
         .iter()
-        .map(|name| by_name.remove(name).ok_or_else(|| format!("the response lacks output {name}")))
+        .map(|name| {
+            by_name
+                .remove(name)
+                .ok_or_else(|| format!("the response lacks output {name}"))
+        })
         .collect()
 }
 
 /// Every graph of `bundle` on the KServe v2 server at `url`, each call bounded by `timeout`.
 /// A server that answers with the wrong models is an error now; one that cannot be reached
 /// is checked again before the first window it takes.
-pub(crate) fn open_all(
-    bundle: &Bundle,
-    url: &str,
-    timeout: Duration,
-) -> Result<HashMap<PartName, Box<dyn GraphRunner>>> {
+pub(crate) fn open_all(bundle: &Bundle, url: &str, timeout: Duration) -> Result<Graphs> {
     let address = ServerAddress::parse(url)?;
     let digest = bundle_digest(bundle)?;
     let mut names: Vec<&PartName> = bundle.manifest.parts.keys().collect();
@@ -697,7 +777,10 @@ mod tests {
         assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 8000));
         assert_eq!(a.url(), "http://127.0.0.1:8000");
         let a = ServerAddress::parse("http://[::1]:8001/").unwrap();
-        assert_eq!((a.host.as_str(), a.port, a.url().as_str()), ("::1", 8001, "http://[::1]:8001"));
+        assert_eq!(
+            (a.host.as_str(), a.port, a.url().as_str()),
+            ("::1", 8001, "http://[::1]:8001")
+        );
         assert_eq!(ServerAddress::parse("http://pool").unwrap().port, 80);
         for (bad, says) in [
             ("grpc://h:8001", "gRPC is not supported yet"),
@@ -723,7 +806,10 @@ mod tests {
     fn response(headers: &[(&str, &str)], body: Vec<u8>) -> Response {
         Response {
             status: 200,
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
             body,
         }
     }
@@ -739,12 +825,26 @@ mod tests {
         let r = response(&[("Inference-Header-Content-Length", &length)], body);
         let out = parse_outputs(&r, &["a".into(), "b".into()]).unwrap();
         assert_eq!(out, vec![(vec![1], vec![3.25]), (vec![2], vec![1.5, -2.0])]);
-        let r = response(&[], br#"{"outputs":[{"name":"a","datatype":"FP32","shape":[1,2],"data":[0.5,1]}]}"#.to_vec());
-        assert_eq!(parse_outputs(&r, &["a".into()]).unwrap(), vec![(vec![1, 2], vec![0.5, 1.0])]);
+        let r = response(
+            &[],
+            br#"{"outputs":[{"name":"a","datatype":"FP32","shape":[1,2],"data":[0.5,1]}]}"#
+                .to_vec(),
+        );
+        assert_eq!(
+            parse_outputs(&r, &["a".into()]).unwrap(),
+            vec![(vec![1, 2], vec![0.5, 1.0])]
+        );
         let e = parse_outputs(&r, &["a".into(), "c".into()]).unwrap_err();
         assert!(e.contains("lacks output c"), "{e}");
-        let r = response(&[], br#"{"outputs":[{"name":"a","datatype":"INT64","shape":[1],"data":[1]}]}"#.to_vec());
-        assert!(parse_outputs(&r, &["a".into()]).unwrap_err().contains("INT64"));
+        let r = response(
+            &[],
+            br#"{"outputs":[{"name":"a","datatype":"INT64","shape":[1],"data":[1]}]}"#.to_vec(),
+        );
+        assert!(
+            parse_outputs(&r, &["a".into()])
+                .unwrap_err()
+                .contains("INT64")
+        );
         let r = response(&[("Inference-Header-Content-Length", "20")], br#"{"outputs":[{"name":"a","datatype":"FP32","shape":[2],"parameters":{"binary_data_size":8}}]}"#.to_vec());
         assert!(parse_outputs(&r, &["a".into()]).is_err());
     }

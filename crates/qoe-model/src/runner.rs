@@ -12,6 +12,9 @@ use crate::bundle::PartName;
 use crate::error::{Error, Result};
 use crate::scorer::Values;
 
+/// Every graph of a bundle, by part, each on its runner.
+pub type Graphs = std::collections::HashMap<PartName, Box<dyn GraphRunner>>;
+
 /// One input tensor of a graph, as plain data.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
@@ -71,7 +74,9 @@ impl GraphRunner for LocalGraph {
             .map(|(n, v)| Ok((n, v.into_ort().map_err(|e| Error::graph(&self.name, e))?)))
             .collect::<Result<Vec<_>>>()?;
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        let outputs = session.run(inputs).map_err(|e| Error::graph(&self.name, e))?;
+        let outputs = session
+            .run(inputs)
+            .map_err(|e| Error::graph(&self.name, e))?;
         (0..outputs.len())
             .map(|k| {
                 let (shape, data) = outputs[k]

@@ -22,7 +22,7 @@ use crate::bundle::{
 };
 use crate::error::{Error, Result};
 use crate::preprocess::{RgbImage, normalise_into, resize_bicubic};
-use crate::runner::{GraphRunner, Input};
+use crate::runner::{Graphs, Input};
 use crate::session::{Provider, SessionOptions, open_all};
 
 /// A tensor's shape and values.
@@ -83,7 +83,7 @@ pub struct Scorer {
     pub(crate) bundle: Bundle,
     provider: Provider,
     /// Every graph of the bundle, local or remote.
-    graphs: HashMap<PartName, Box<dyn GraphRunner>>,
+    graphs: Graphs,
     /// The models scored ([`Bundle::models`]): `[None]` but for ensembles.
     pub(crate) models: Vec<Option<String>>,
     pub(crate) tokenizer: tokenizers::Tokenizer,
@@ -287,7 +287,11 @@ impl Scorer {
     }
 
     /// Runs graph `name`; returns all its outputs.
-    pub(crate) fn run_all(&self, name: &PartName, inputs: Vec<(String, Input)>) -> Result<Vec<Values>> {
+    pub(crate) fn run_all(
+        &self,
+        name: &PartName,
+        inputs: Vec<(String, Input)>,
+    ) -> Result<Vec<Values>> {
         self.graphs
             .get(name)
             .ok_or_else(|| Error::Bundle(format!("this bundle has no part {name}")))?

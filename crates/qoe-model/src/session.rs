@@ -2,7 +2,6 @@
 //! ONNX Runtime: loading the library (the `ort` crate loads it at run time), the execution
 //! providers, and opening a bundle's graphs as sessions checked against the manifest.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -12,7 +11,7 @@ use ort::session::Session;
 use crate::bundle::{Bundle, PartName, TensorSpec};
 use crate::error::{Error, Result, Words};
 use crate::locate;
-use crate::runner::{GraphRunner, LocalGraph};
+use crate::runner::{Graphs, LocalGraph};
 
 /// The process's one ONNX Runtime environment, and the library it was loaded from.
 static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf)>> = OnceLock::new();
@@ -243,7 +242,10 @@ pub enum Provider {
     /// setting, reported when in use.
     #[cfg_attr(
         feature = "glib",
-        enum_value(name = "A KServe v2 inference server (inference-server)", nick = "server")
+        enum_value(
+            name = "A KServe v2 inference server (inference-server)",
+            nick = "server"
+        )
     )]
     Server,
 }
@@ -358,8 +360,8 @@ pub(crate) fn open_sessions(
     bundle: &Bundle,
     provider: Provider,
     options: &SessionOptions,
-) -> Result<HashMap<PartName, Box<dyn GraphRunner>>> {
-    let mut sessions: HashMap<PartName, Box<dyn GraphRunner>> = HashMap::new();
+) -> Result<Graphs> {
+    let mut sessions = Graphs::new();
     for name in bundle.manifest.parts.keys() {
         let session = Mutex::new(open_session(bundle, name, provider, options)?);
         sessions.insert(
@@ -375,16 +377,14 @@ pub(crate) fn open_sessions(
 
 /// Opens every graph of `bundle` as `options` say. `auto` tries TensorRT, then CUDA, then the
 /// CPU; an explicit provider that cannot start is an error. Returns the provider used.
-pub(crate) fn open_all(
-    bundle: &Bundle,
-    options: &SessionOptions,
-) -> Result<(Provider, HashMap<PartName, Box<dyn GraphRunner>>)> {
+pub(crate) fn open_all(bundle: &Bundle, options: &SessionOptions) -> Result<(Provider, Graphs)> {
     if let Some(url) = &options.server {
         let timeout = match options.server_timeout_ms {
             0 => DEFAULT_SERVER_TIMEOUT_MS,
             ms => ms,
         };
-        let graphs = crate::remote::open_all(bundle, url, std::time::Duration::from_millis(timeout))?;
+        let graphs =
+            crate::remote::open_all(bundle, url, std::time::Duration::from_millis(timeout))?;
         return Ok((Provider::Server, graphs));
     }
     if options.provider == Provider::Server {

@@ -1,0 +1,410 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Remote inference against a real Triton Inference Server on loopback (the `tritonserver` of
+//! PyPI's nvidia-pytriton with its python backend running onnxruntime, installed in
+//! `.cache/triton` by `pipelines/triton-server.sh setup`, which `tests/run.sh` runs), with
+//! repositories written by `python -m qoe_onnx.triton`: scores equal local ones, pipelines
+//! share a server, a server that goes away leaves the stream running with stale windows and
+//! is used again when it is back, and a server holding other graphs is refused.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bundle, init, init_ort, repo};
+use gst::prelude::*;
+use qoe_model::preprocess::RgbImage;
+use qoe_model::{Scorer, SessionOptions};
+
+/// A tritonserver child process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Triton {
+    child: Child,
+    port: u16,
+    repository: PathBuf,
+    log: PathBuf,
+}
+
+impl Triton {
+    /// Starts a server on `repository` and waits until it is ready.
+    fn start(repository: &Path, port: u16) -> Triton {
+        let script = repo().join("pipelines/triton-server.sh");
+        assert!(
+            repo().join(".cache/triton/bin/python").is_file(),
+            "no Triton in .cache/triton: run `bash pipelines/triton-server.sh setup` (tests/run.sh does)"
+        );
+        let log = repository.with_extension(format!("{port}.log"));
+        let child = Command::new("bash")
+            .arg(script)
+            .arg("serve")
+            .arg(repository)
+            .arg(port.to_string())
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        let mut server = Triton {
+            child,
+            port,
+            repository: repository.to_owned(),
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&mut self) {
+        let until = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "tritonserver exited ({status}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if http_status(self.port, "/v2/health/ready") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "tritonserver not ready in 120 s: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server as an operator would (SIGTERM) and waits for it to exit.
+    fn stop(&mut self) {
+        // SAFETY: signals our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The same repository on the same port again.
+    fn restart(&mut self) {
+        self.stop();
+        *self = Triton::start(&self.repository.clone(), self.port);
+    }
+}
+
+impl Drop for Triton {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.stop();
+        }
+    }
+}
+
+/// The status of a GET on loopback, or `None` when nothing answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A python-backend repository holding the graphs of `bundles`, in this process's scratch
+/// folder under `name`.
+fn repository(name: &str, bundles: &[&Path]) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("triton-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    for dir in bundles {
+        let status = Command::new("bash")
+            .arg(repo().join("pipelines/triton-server.sh"))
+            .arg("repo")
+            .arg(dir)
+            .arg(&out)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "qoe_onnx.triton failed on {}",
+            dir.display()
+        );
+    }
+    out
+}
+
+fn default_bundle() -> PathBuf {
+    let dir = repo().join("models/micro-vqa2-streaming");
+    assert!(
+        dir.join("decoder_score.onnx").is_file(),
+        "{}: not built; run tests/run.sh (pipelines/default-bundle.sh builds it)",
+        dir.display()
+    );
+    dir
+}
+
+fn remote(url: &str) -> SessionOptions {
+    SessionOptions {
+        server: Some(url.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Three seconds of a moving gradient with texture, at 8 fps.
+fn frames() -> Vec<RgbImage> {
+    (0..24)
+        .map(|t| {
+            let (width, height) = (320, 180);
+            let mut data = Vec::with_capacity(width * height * 3);
+            for y in 0..height {
+                for x in 0..width {
+                    let v = ((x + 3 * t) ^ (y * 2)) as u8;
+                    data.extend_from_slice(&[
+                        v,
+                        (x as u8).wrapping_add(t as u8),
+                        (y * 255 / height) as u8,
+                    ]);
+                }
+            }
+            RgbImage {
+                width,
+                height,
+                data,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn scores_through_the_server_equal_local_scores() {
+    init_ort();
+    let bundles = [
+        default_bundle(),
+        bundle("vqa2-tiny-streaming"),
+        bundle("lmm-vqa-tiny"),
+    ];
+    let refs: Vec<&Path> = bundles.iter().map(PathBuf::as_path).collect();
+    let server = Triton::start(&repository("parity", &refs), free_port());
+    let frames = frames();
+    for dir in &bundles {
+        let local = Scorer::open_with(dir, &SessionOptions::default()).unwrap();
+        let far = Scorer::open_with(dir, &remote(&server.url())).unwrap();
+        assert_eq!(far.provider(), qoe_model::Provider::Server);
+        let a = local.score(&frames, 8.0, None).unwrap();
+        let b = far.score(&frames, 8.0, None).unwrap();
+        let (a_score, b_score) = (a.score.unwrap(), b.score.unwrap());
+        assert!(
+            (a_score - b_score).abs() <= 1e-4,
+            "{}: local {a_score}, remote {b_score}",
+            dir.display()
+        );
+        for (p, q) in a.probabilities.iter().zip(&b.probabilities) {
+            assert!(
+                (p - q).abs() <= 1e-4,
+                "{}: {:?} vs {:?}",
+                dir.display(),
+                a.probabilities,
+                b.probabilities
+            );
+        }
+        assert_eq!(a.sequence_length, b.sequence_length);
+    }
+}
+
+/// A live pipeline scoring on `url`: 1 s windows of a 160×120 ball.
+fn live_pipeline(name: &str, dir: &Path, url: &str, timeout_ms: u64) -> gst::Element {
+    gst::parse::launch(&format!(
+        "videotestsrc is-live=true pattern=ball ! video/x-raw,width=160,height=120,framerate=30/1 \
+         ! qoemonitor name=m stream-id={name} bundle={} inference-server={url} \
+           inference-timeout={} window=1000000000 hop=1000000000 leaky=true stats-interval=500000000 \
+         ! fakesink sync=true",
+        dir.display(),
+        timeout_ms * 1_000_000
+    ))
+    .unwrap()
+}
+
+/// Collects a pipeline's `qoe-quality` (stale flag, score), warnings and last frame count
+/// until `done` says so or `limit` passes.
+fn watch(
+    pipeline: &gst::Element,
+    limit: Duration,
+    mut done: impl FnMut(&[(bool, f64)], &[String]) -> bool,
+) -> (Vec<(bool, f64)>, Vec<String>, u64) {
+    let bus = pipeline.bus().unwrap();
+    let (mut quality, mut warnings, mut frames) = (Vec::new(), Vec::new(), 0);
+    let until = Instant::now() + limit;
+    while Instant::now() < until && !done(&quality, &warnings) {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(200)) else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Element(e) => match e.structure() {
+                Some(s) if s.name() == "qoe-quality" => quality.push((
+                    s.get::<bool>("stale").unwrap(),
+                    s.get::<f64>("score").unwrap(),
+                )),
+                Some(s) if s.name() == "qoe-stats" => frames = s.get::<u64>("frames").unwrap(),
+                _ => {}
+            },
+            gst::MessageView::Warning(w) => warnings.push(format!("{} {:?}", w.error(), w.debug())),
+            gst::MessageView::Error(e) => panic!("{} {:?}", e.error(), e.debug()),
+            _ => {}
+        }
+    }
+    (quality, warnings, frames)
+}
+
+fn fresh(quality: &[(bool, f64)]) -> usize {
+    quality.iter().filter(|(stale, _)| !stale).count()
+}
+
+#[test]
+fn two_pipelines_share_the_server() {
+    init();
+    init_ort();
+    let dir = bundle("vqa2-tiny-streaming");
+    let server = Triton::start(&repository("shared", &[&dir]), free_port());
+    // Different timeouts: two scorers, two clients, as two probes would be.
+    let a = live_pipeline("a", &dir, &server.url(), 4000);
+    let b = live_pipeline("b", &dir, &server.url(), 5000);
+    a.set_state(gst::State::Playing).unwrap();
+    b.set_state(gst::State::Playing).unwrap();
+    let watch_b = std::thread::spawn({
+        let b = b.clone();
+        move || watch(&b, Duration::from_secs(40), |q, _| fresh(q) >= 3)
+    });
+    let (qa, wa, _) = watch(&a, Duration::from_secs(40), |q, _| fresh(q) >= 3);
+    let (qb, wb, _) = watch_b.join().unwrap();
+    a.set_state(gst::State::Null).unwrap();
+    b.set_state(gst::State::Null).unwrap();
+    assert!(
+        fresh(&qa) >= 3 && fresh(&qb) >= 3,
+        "a: {qa:?} {wa:?}; b: {qb:?} {wb:?}"
+    );
+    assert!(wa.is_empty() && wb.is_empty(), "{wa:?} {wb:?}");
+    // The same picture on both: the same score.
+    assert!((qa[0].1 - qb[0].1).abs() < 1e-4, "{qa:?} {qb:?}");
+}
+
+#[test]
+fn a_server_that_goes_away_makes_windows_stale_and_is_used_again_when_back() {
+    init();
+    init_ort();
+    let dir = bundle("vqa2-tiny-streaming");
+    let mut server = Triton::start(&repository("restart", &[&dir]), free_port());
+    let pipeline = live_pipeline("restart", &dir, &server.url(), 2000);
+    pipeline.set_state(gst::State::Playing).unwrap();
+
+    let (before, warnings, frames_before) =
+        watch(&pipeline, Duration::from_secs(30), |q, _| fresh(q) >= 2);
+    assert!(fresh(&before) >= 2, "{before:?} {warnings:?}");
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    server.stop();
+    let (down, warnings, frames_down) = watch(&pipeline, Duration::from_secs(30), |q, w| {
+        q.iter().filter(|(stale, _)| *stale).count() >= 3 && !w.is_empty()
+    });
+    let stale = down.iter().filter(|(stale, _)| *stale).count();
+    assert!(stale >= 3, "windows while the server is down: {down:?}");
+    assert!(
+        warnings.iter().any(|w| w.contains("unreachable")),
+        "{warnings:?}"
+    );
+    assert!(
+        frames_down > frames_before + 60,
+        "the stream went on: {frames_before} then {frames_down} frames"
+    );
+
+    server.restart();
+    let (after, warnings, _) = watch(&pipeline, Duration::from_secs(60), |q, _| fresh(q) >= 2);
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        fresh(&after) >= 2,
+        "no fresh window after the server came back: {after:?} {warnings:?}"
+    );
+}
+
+#[test]
+fn a_server_holding_other_graphs_is_refused() {
+    init();
+    init_ort();
+    let streaming = bundle("vqa2-tiny-streaming");
+    let ugc = bundle("vqa2-tiny-ugc");
+    let repository = repository("other", &[&streaming, &ugc]);
+    // The UGC bundle's keyframe encoder, served with a wrong picture size.
+    let digest =
+        qoe_model::remote::bundle_digest(&qoe_model::bundle::Bundle::load(&ugc).unwrap()).unwrap();
+    let part = "keyframe_encoder".parse().unwrap();
+    let config = repository
+        .join(qoe_model::remote::model_name(&digest, &part))
+        .join("config.pbtxt");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let tampered = text.replacen("dims: [ 3, ", "dims: [ 1, ", 1);
+    assert_ne!(text, tampered, "{text}");
+    std::fs::write(&config, tampered).unwrap();
+    let server = Triton::start(&repository, free_port());
+
+    let e = Scorer::open_with(&ugc, &remote(&server.url()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("keyframe_encoder")
+            && e.contains("pixel_values")
+            && e.contains("the bundle declares"),
+        "{e}"
+    );
+    let assistant = bundle("vqa2-tiny-assistant");
+    let e = Scorer::open_with(&assistant, &remote(&server.url()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("has none of the") && e.contains("vqa2-tiny-assistant"),
+        "{e}"
+    );
+    assert!(e.contains("it holds gst-qoe models of digest"), "{e}");
+
+    // The element fails its start with that message.
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=30 ! qoemonitor bundle={} inference-server={} ! fakesink",
+        assistant.display(),
+        server.url()
+    ))
+    .unwrap();
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let error = pipeline
+        .bus()
+        .unwrap()
+        .iter_timed(gst::ClockTime::from_seconds(10))
+        .find_map(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(format!("{} {:?}", e.error(), e.debug())),
+            _ => None,
+        })
+        .expect("an error message");
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(error.contains("has none of the"), "{error}");
+}
