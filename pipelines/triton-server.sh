@@ -4,7 +4,8 @@
 # inference; a GPU pool runs NVIDIA's container instead (README, "Running a GPU pool").
 #
 #   pipelines/triton-server.sh setup              # .cache/triton: the server and onnxruntime
-#   pipelines/triton-server.sh repo BUNDLE REPO   # a python-backend repository of BUNDLE
+#   pipelines/triton-server.sh repo BUNDLE REPO [ARGS]  # a python-backend repository of BUNDLE
+#                                                 # (ARGS: more options of qoe_onnx.triton)
 #   pipelines/triton-server.sh serve REPO [PORT]  # HTTP on 127.0.0.1:PORT (8000), in the foreground
 #
 # Then: qoe-probe --bundle BUNDLE --inference-server http://127.0.0.1:PORT CLIP
@@ -13,7 +14,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.cache/triton"
 site="$venv/lib/python3.11/site-packages"
 
-usage() { sed -n '7,9p' "$0" | sed 's/^# *//' >&2; exit 2; }
+usage() { sed -n '6,10p' "$0" | sed 's/^# *//' >&2; exit 2; }
 
 case "${1:-}" in
   setup)
@@ -32,9 +33,9 @@ case "${1:-}" in
     echo "triton: $("$site"/pytriton/tritonserver/bin/tritonserver --version 2>/dev/null | head -1 || echo installed) in $venv" >&2
     ;;
   repo)
-    [ $# -eq 3 ] || usage
+    [ $# -ge 3 ] || usage
     [ -x "$venv/bin/python" ] || { echo "error: $venv missing; run $0 setup" >&2; exit 1; }
-    PYTHONPATH="$root/onnx" "$venv/bin/python" -m qoe_onnx.triton --bundle "$2" --out "$3" --backend python
+    PYTHONPATH="$root/onnx" "$venv/bin/python" -m qoe_onnx.triton --bundle "$2" --out "$3" --backend python "${@:4}"
     ;;
   serve)
     [ $# -ge 2 ] || usage

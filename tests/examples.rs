@@ -13,6 +13,8 @@ use gst_rtsp_server::prelude::*;
 
 mod common;
 use common::*;
+#[path = "common/triton.rs"]
+mod triton;
 
 /// Runs `launch.sh name vars…`; returns its output, killing it after `limit`.
 fn launch(name: &str, vars: &[String], limit: Duration) -> String {
@@ -103,6 +105,29 @@ fn file_example_reports_the_hole() {
     // Scored with the default bundle, found by name; every window of the 9.5 s clip (one).
     assert!(output.contains("qoe-quality, "), "{output}");
     assert!(output.contains("stale=(boolean)false"), "{output}");
+}
+
+#[test]
+fn remote_example_scores_on_an_inference_server() {
+    // The server holds a tiny fixture bundle's graphs; the default bundle's are in
+    // tests/remote.rs.
+    let dir = bundle("vqa2-tiny-streaming");
+    let server =
+        triton::Triton::start(&triton::repository("example", &[&dir]), triton::free_port());
+    let output = launch(
+        "remote",
+        &[
+            format!("URI={}", uri(&test_video("mkv"))),
+            format!("BUNDLE={}", dir.display()),
+            format!("SERVER={}", server.url()),
+        ],
+        Duration::from_secs(60),
+    );
+    let stats = final_stats(&output, "remote");
+    assert_eq!(field(stats, "frames"), VIDEO_FRAMES);
+    assert!(output.contains("qoe-quality, "), "{output}");
+    assert!(output.contains("stale=(boolean)false"), "{output}");
+    assert!(!output.contains("stale=(boolean)true"), "{output}");
 }
 
 #[test]
