@@ -6,15 +6,17 @@
 #   pipelines/triton-server.sh setup              # .cache/triton: the server and onnxruntime
 #   pipelines/triton-server.sh repo BUNDLE REPO [ARGS]  # a python-backend repository of BUNDLE
 #                                                 # (ARGS: more options of qoe_onnx.triton)
-#   pipelines/triton-server.sh serve REPO [PORT]  # HTTP on 127.0.0.1:PORT (8000), in the foreground
+#   pipelines/triton-server.sh serve REPO [PORT [GRPC_PORT]]  # HTTP on 127.0.0.1:PORT (8000),
+#                                                 # gRPC on GRPC_PORT (8001), in the foreground
 #
 # Then: qoe-probe --bundle BUNDLE --inference-server http://127.0.0.1:PORT CLIP
+#   (or grpc://127.0.0.1:GRPC_PORT)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/.cache/triton"
 site="$venv/lib/python3.11/site-packages"
 
-usage() { sed -n '6,10p' "$0" | sed 's/^# *//' >&2; exit 2; }
+usage() { sed -n '6,11p' "$0" | sed 's/^# *//' >&2; exit 2; }
 
 case "${1:-}" in
   setup)
@@ -40,13 +42,14 @@ case "${1:-}" in
   serve)
     [ $# -ge 2 ] || usage
     port="${3:-8000}"
+    grpc_port="${4:-8001}"
     [ -x "$site/pytriton/tritonserver/bin/tritonserver" ] || { echo "error: no tritonserver in $venv; run $0 setup" >&2; exit 1; }
     # The stub finds its packages through the python3 on PATH, not PYTHONPATH.
     export PATH="$venv/bin:$PATH"
     export LD_LIBRARY_PATH="$site/nvidia_pytriton.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     exec "$site/pytriton/tritonserver/bin/tritonserver" --model-repository="$2" \
       --backend-directory="$venv/backends" --http-address=127.0.0.1 --http-port="$port" \
-      --grpc-address=127.0.0.1 --grpc-port=0 --allow-grpc=false --allow-metrics=false \
+      --grpc-address=127.0.0.1 --grpc-port="$grpc_port" --allow-metrics=false \
       --log-verbose=0
     ;;
   *) usage ;;

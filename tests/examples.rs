@@ -119,7 +119,7 @@ fn remote_example_scores_on_an_inference_server() {
         &[
             format!("URI={}", uri(&test_video("mkv"))),
             format!("BUNDLE={}", dir.display()),
-            format!("SERVER={}", server.url()),
+            format!("SERVER={}", server.grpc_url()),
         ],
         Duration::from_secs(60),
     );

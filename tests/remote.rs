@@ -74,26 +74,28 @@ fn scores_through_the_server_equal_local_scores() {
     let frames = frames();
     for dir in &bundles {
         let local = Scorer::open_with(dir, &SessionOptions::default()).unwrap();
-        let far = Scorer::open_with(dir, &remote(&server.url())).unwrap();
-        assert_eq!(far.provider(), qoe_model::Provider::Server);
         let a = local.score(&frames, 8.0, None).unwrap();
-        let b = far.score(&frames, 8.0, None).unwrap();
-        let (a_score, b_score) = (a.score.unwrap(), b.score.unwrap());
-        assert!(
-            (a_score - b_score).abs() <= 1e-4,
-            "{}: local {a_score}, remote {b_score}",
-            dir.display()
-        );
-        for (p, q) in a.probabilities.iter().zip(&b.probabilities) {
+        for url in [server.url(), server.grpc_url()] {
+            let far = Scorer::open_with(dir, &remote(&url)).unwrap();
+            assert_eq!(far.provider(), qoe_model::Provider::Server);
+            let b = far.score(&frames, 8.0, None).unwrap();
+            let (a_score, b_score) = (a.score.unwrap(), b.score.unwrap());
             assert!(
-                (p - q).abs() <= 1e-4,
-                "{}: {:?} vs {:?}",
-                dir.display(),
-                a.probabilities,
-                b.probabilities
+                (a_score - b_score).abs() <= 1e-4,
+                "{} on {url}: local {a_score}, remote {b_score}",
+                dir.display()
             );
+            for (p, q) in a.probabilities.iter().zip(&b.probabilities) {
+                assert!(
+                    (p - q).abs() <= 1e-4,
+                    "{} on {url}: {:?} vs {:?}",
+                    dir.display(),
+                    a.probabilities,
+                    b.probabilities
+                );
+            }
+            assert_eq!(a.sequence_length, b.sequence_length);
         }
-        assert_eq!(a.sequence_length, b.sequence_length);
     }
 }
 
@@ -141,6 +143,15 @@ fn watch(
     (quality, warnings, frames)
 }
 
+/// Sets a pipeline to NULL when dropped, so that a failed assertion does not leave it playing.
+struct Stopping(gst::Element);
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
 fn fresh(quality: &[(bool, f64)]) -> usize {
     quality.iter().filter(|(stale, _)| !stale).count()
 }
@@ -159,6 +170,7 @@ fn two_pipelines_share_the_server() {
         &server.url().replace("127.0.0.1", "localhost"),
         5000,
     );
+    let _stopping = (Stopping(a.clone()), Stopping(b.clone()));
     a.set_state(gst::State::Playing).unwrap();
     b.set_state(gst::State::Playing).unwrap();
     let watch_b = std::thread::spawn({
@@ -178,13 +190,24 @@ fn two_pipelines_share_the_server() {
     assert!((qa[0].1 - qb[0].1).abs() < 1e-4, "{qa:?} {qb:?}");
 }
 
-#[test]
-fn a_server_that_goes_away_makes_windows_stale_and_is_used_again_when_back() {
+/// A live pipeline on a server that is stopped mid-stream and started again, spoken to over
+/// gRPC or HTTP.
+fn goes_away_and_comes_back(grpc: bool) {
     init();
     init_ort();
     let dir = bundle("vqa2-tiny-streaming");
-    let mut server = Triton::start(&repository("restart", &[&dir]), free_port());
-    let pipeline = live_pipeline("restart", &dir, &server.url(), 2000);
+    let mut server = Triton::start(
+        &repository(&format!("restart-{grpc}"), &[&dir]),
+        free_port(),
+    );
+    let url = match grpc {
+        true => server.grpc_url(),
+        false => server.url(),
+    };
+    // A timeout long enough for a loaded CI machine (several servers starting at once); a
+    // stopped server refuses connections at once.
+    let pipeline = live_pipeline("restart", &dir, &url, 10_000);
+    let _stopping = Stopping(pipeline.clone());
     pipeline.set_state(gst::State::Playing).unwrap();
 
     let (before, warnings, frames_before) =
@@ -198,8 +221,11 @@ fn a_server_that_goes_away_makes_windows_stale_and_is_used_again_when_back() {
     });
     let stale = down.iter().filter(|(stale, _)| *stale).count();
     assert!(stale >= 3, "windows while the server is down: {down:?}");
+    // Unreachable, or (over gRPC, while Triton shuts down) its models already unloaded.
     assert!(
-        warnings.iter().any(|w| w.contains("unreachable")),
+        warnings
+            .iter()
+            .any(|w| w.contains("unreachable") || w.contains("no longer has model")),
         "{warnings:?}"
     );
     assert!(
@@ -214,6 +240,16 @@ fn a_server_that_goes_away_makes_windows_stale_and_is_used_again_when_back() {
         fresh(&after) >= 2,
         "no fresh window after the server came back: {after:?} {warnings:?}"
     );
+}
+
+#[test]
+fn a_server_that_goes_away_makes_windows_stale_and_is_used_again_when_back_http() {
+    goes_away_and_comes_back(false);
+}
+
+#[test]
+fn a_server_that_goes_away_makes_windows_stale_and_is_used_again_when_back_grpc() {
+    goes_away_and_comes_back(true);
 }
 
 #[test]
@@ -236,24 +272,26 @@ fn a_server_holding_other_graphs_is_refused() {
     std::fs::write(&config, tampered).unwrap();
     let server = Triton::start(&repository, free_port());
 
-    let e = Scorer::open_with(&ugc, &remote(&server.url()))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("keyframe_encoder")
-            && e.contains("pixel_values")
-            && e.contains("the bundle declares"),
-        "{e}"
-    );
     let assistant = bundle("vqa2-tiny-assistant");
-    let e = Scorer::open_with(&assistant, &remote(&server.url()))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("has none of the") && e.contains("vqa2-tiny-assistant"),
-        "{e}"
-    );
-    assert!(e.contains("it holds gst-qoe models of digest"), "{e}");
+    for url in [server.url(), server.grpc_url()] {
+        let e = Scorer::open_with(&ugc, &remote(&url))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("keyframe_encoder")
+                && e.contains("pixel_values")
+                && e.contains("the bundle declares"),
+            "{e}"
+        );
+        let e = Scorer::open_with(&assistant, &remote(&url))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("has none of the") && e.contains("vqa2-tiny-assistant"),
+            "{e}"
+        );
+        assert!(e.contains("it holds gst-qoe models of digest"), "{e}");
+    }
 
     // The element fails its start with that message.
     let pipeline = gst::parse::launch(&format!(

@@ -83,16 +83,25 @@ def file_sha256(path: Path) -> bytes:
     return h.digest()
 
 
+def external_data(graph: Path) -> Path:
+    """Where `qoe_onnx.export --external-data` keeps a graph's weights."""
+    return graph.with_name(graph.name + ".data")
+
+
 def bundle_digest(bundle: Path) -> str:
-    """SHA-256 over the manifest's bytes, then per part in name order: name, NUL, file SHA-256."""
+    """SHA-256 over the manifest's bytes, then per part in name order: name, NUL, the graph
+    file's SHA-256 and, when it has one, its external data file's."""
     manifest_path = bundle / MANIFEST
     raw = manifest_path.read_bytes()
     manifest = json.loads(raw)
     outer = hashlib.sha256(raw)
     for name in sorted(manifest["parts"]):
+        graph = bundle / manifest["parts"][name]["file"]
         outer.update(name.encode())
         outer.update(b"\0")
-        outer.update(file_sha256(bundle / manifest["parts"][name]["file"]))
+        outer.update(file_sha256(graph))
+        if external_data(graph).is_file():
+            outer.update(file_sha256(external_data(graph)))
     return outer.hexdigest()
 
 
@@ -172,7 +181,10 @@ def write_repository(bundle: Path, out: Path, backend: str = "onnxruntime", inst
         (folder / "config.pbtxt").write_text(
             config(name, part, backend, bundle_name, digest, instances, max_batch, threads,
                    f"{manifest_path}: parts.{part_name}"))
-        place(bundle / part["file"], folder / "1" / "model.onnx")
+        graph = bundle / part["file"]
+        place(graph, folder / "1" / "model.onnx")
+        if external_data(graph).is_file():  # found by the name the graph records
+            place(external_data(graph), folder / "1" / external_data(graph).name)
         model_py = folder / "1" / "model.py"
         if backend == "python":
             model_py.write_text(PYTHON_MODEL.format(part=part_name, bundle=bundle_name))

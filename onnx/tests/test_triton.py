@@ -57,3 +57,15 @@ def test_bad_bundles_are_named(tmp_path, capsys):
     (bundle / "keyframe_encoder.onnx").unlink()
     with pytest.raises(triton.RepositoryError, match=r"keyframe_encoder\.onnx: missing"):
         triton.write_repository(bundle, tmp_path / "r2")
+
+
+def test_external_data_travels_with_its_graph_and_counts_in_the_digest(tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(FIXTURES / "vqa2-tiny-ugc", bundle)
+    before = triton.bundle_digest(bundle)
+    data = bundle / "decoder_score.onnx.data"
+    data.write_bytes(b"weights")
+    assert triton.bundle_digest(bundle) != before
+    triton.write_repository(bundle, tmp_path / "r")
+    folder = tmp_path / "r" / triton.model_name(triton.bundle_digest(bundle), "decoder_score")
+    assert (folder / "1" / "decoder_score.onnx.data").read_bytes() == b"weights"

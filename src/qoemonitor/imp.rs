@@ -716,7 +716,7 @@ impl ObjectImpl for QoeMonitor {
                     .build(),
                 glib::ParamSpecString::builder("inference-server")
                     .nick("Inference server")
-                    .blurb("A KServe v2 inference server (Triton, KServe) that runs the bundle's graphs, as http://host:port (its HTTP port; gRPC is not supported yet); unset: they run here on execution-provider. Its model repository must be written from this bundle by python -m qoe_onnx.triton: a server holding other graphs fails the start. While the server is down or slow, windows are reported stale and the element retries with backoff; stall and freeze checks go on")
+                    .blurb("A KServe v2 inference server (Triton, KServe) that runs the bundle's graphs, as grpc://host:port (Triton: 8001) or http://host:port (8000); unset: they run here on execution-provider. Its model repository must be written from this bundle by python -m qoe_onnx.triton: a server holding other graphs fails the start. While the server is down or slow, windows are reported stale and the element retries with backoff; stall and freeze checks go on")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt64::builder("inference-timeout")

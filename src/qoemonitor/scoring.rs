@@ -622,8 +622,12 @@ fn feature_thread(
                         window_dropped(shared, sink, "the scorer fell behind");
                     }
                 }
-                Err((_, Unscorable::Empty)) | Err((_, Unscorable::Hole)) => {
-                    window_dropped(shared, sink, "no sampled frame in the window");
+                Err((window, due, Unscorable::Empty | Unscorable::Hole)) => {
+                    // Features lost to a failing model: stale, as for a failing decoder.
+                    match shared.stale.load(Ordering::SeqCst) {
+                        true => repeat_stale(shared, sink, window, due),
+                        false => window_dropped(shared, sink, "no sampled frame in the window"),
+                    }
                 }
             }
         }

@@ -17,13 +17,19 @@ use super::common::repo;
 pub struct Triton {
     child: Child,
     port: u16,
+    grpc_port: u16,
     repository: PathBuf,
     log: PathBuf,
 }
 
 impl Triton {
-    /// Starts a server on `repository` and waits until it is ready.
+    /// Starts a server on `repository`, HTTP on `port` and gRPC on a free port, and waits
+    /// until it is ready.
     pub fn start(repository: &Path, port: u16) -> Triton {
+        Triton::start_on(repository, port, free_port())
+    }
+
+    pub fn start_on(repository: &Path, port: u16, grpc_port: u16) -> Triton {
         let script = repo().join("pipelines/triton-server.sh");
         assert!(
             repo().join(".cache/triton/bin/python").is_file(),
@@ -35,6 +41,7 @@ impl Triton {
             .arg("serve")
             .arg(repository)
             .arg(port.to_string())
+            .arg(grpc_port.to_string())
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
@@ -44,6 +51,7 @@ impl Triton {
         let mut server = Triton {
             child,
             port,
+            grpc_port,
             repository: repository.to_owned(),
             log,
         };
@@ -53,6 +61,10 @@ impl Triton {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.grpc_port)
     }
 
     fn wait_ready(&mut self) {
@@ -93,7 +105,7 @@ impl Triton {
     /// The same repository on the same port again.
     pub fn restart(&mut self) {
         self.stop();
-        *self = Triton::start(&self.repository.clone(), self.port);
+        *self = Triton::start_on(&self.repository.clone(), self.port, self.grpc_port);
     }
 }
 

@@ -364,8 +364,8 @@ impl StreamScorer {
     }
 
     /// Windows whose features are complete, oldest first; with the windows that cannot be
-    /// scored.
-    pub fn ready(&mut self) -> Vec<Result<ReadyWindow, (Window, Unscorable)>> {
+    /// scored, each with the running time it was due at.
+    pub fn ready(&mut self) -> Vec<Result<ReadyWindow, (Window, Nanos, Unscorable)>> {
         let mut out = Vec::new();
         while let Some(p) = self.pending.front() {
             let motion_done = self.chunker.done() >= p.motion_needed || self.family != Family::Vqa2;
@@ -384,7 +384,7 @@ impl StreamScorer {
         out
     }
 
-    fn assemble(&mut self, p: Pending) -> Result<ReadyWindow, (Window, Unscorable)> {
+    fn assemble(&mut self, p: Pending) -> Result<ReadyWindow, (Window, Nanos, Unscorable)> {
         let w = p.window;
         let inside = |items: &VecDeque<Timed>| -> Vec<Arc<Vec<f32>>> {
             items
@@ -401,7 +401,7 @@ impl StreamScorer {
         };
         let empty = keyframes.is_empty() || (self.family != Family::CpLlm && motion.is_empty());
         if empty {
-            return Err((w, Unscorable::Empty));
+            return Err((w, p.due, Unscorable::Empty));
         }
         Ok(ReadyWindow {
             window: w,

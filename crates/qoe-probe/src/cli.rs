@@ -29,8 +29,8 @@ options:
   --no-quality             no quality scores: stalls and freezes only (no model loaded)
   --provider NAME          where the model runs: cpu (default), cuda, tensorrt, auto
   --inference-server URL   run the bundle's graphs on a KServe v2 server (Triton) at
-                           http://host:port, whose repository python -m qoe_onnx.triton
-                           wrote from the same bundle
+                           grpc://host:port or http://host:port, whose repository
+                           python -m qoe_onnx.triton wrote from the same bundle
   -h, --help               this text
   -V, --version            the version of qoe-probe and of the GStreamer it runs on
 
@@ -261,6 +261,21 @@ mod tests {
             args(&["a", "--provider", "metal"])
                 .unwrap_err()
                 .contains("not one of cpu, cuda, tensorrt, auto")
+        );
+        let e = args(&["a", "--inference-server=ftp://pool"]).unwrap_err();
+        assert!(
+            e.contains("--inference-server") && e.contains("grpc://host:port"),
+            "{e}"
+        );
+        assert!(
+            args(&[
+                "a",
+                "--no-quality",
+                "--inference-server",
+                "grpc://pool:8001"
+            ])
+            .unwrap_err()
+            .contains("--no-quality loads none")
         );
         assert_eq!(args(&["-h"]).unwrap_err(), "(help)");
         assert_eq!(args(&["--version"]).unwrap_err(), "(version)");
