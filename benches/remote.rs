@@ -5,7 +5,7 @@
 //! A Triton Inference Server (PyPI's nvidia-pytriton, python backend running onnxruntime,
 //! `pipelines/triton-server.sh`) serves the default bundle on loopback, one ONNX Runtime thread
 //! per model; the local scorer also runs one thread per graph. Both score the same synthetic
-//! 8 s window (320×180, 30 fps), and the bench prints:
+//! 8 s window (320×180, 30 fps), and the bench prints, for gRPC and for HTTP:
 //! - **per window, decoder only** (what the element runs per window once features are
 //!   cached): p50 and p99, local and remote, and the latency remote adds;
 //! - **whole window** (every keyframe and frame encoded, then the decoder): the same;
@@ -130,52 +130,53 @@ fn main() {
         )
         .unwrap(),
     );
-    let t = Instant::now();
-    let remote = Arc::new(
-        Scorer::open_with(
-            &bundle,
-            &SessionOptions {
-                server: Some(server.url()),
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
-    println!(
-        "remote scorer opened in {:.2} s (bundle digest over every graph file, models checked)",
-        t.elapsed().as_secs_f64()
-    );
     let frames = frames();
     let features = Arc::new(local.clip_features(&frames, FPS).unwrap());
-    let (a, b) = (
-        local.score_window(&features).unwrap().score.unwrap(),
-        remote.score_window(&features).unwrap().score.unwrap(),
-    );
-    println!(
-        "score local {a:.6}, remote {b:.6}, difference {:.1e}",
-        (a - b).abs()
-    );
-
-    let mut l = timed(DECODER_RUNS, || {
+    let mut local_decoder = timed(DECODER_RUNS, || {
         local.score_window(&features).unwrap();
     });
-    let mut r = timed(DECODER_RUNS, || {
-        remote.score_window(&features).unwrap();
-    });
-    row("decoder per window", &mut l, &mut r);
-    let mut l = timed(WINDOW_RUNS, || {
+    let mut local_window = timed(WINDOW_RUNS, || {
         local.score(&frames, FPS, None).unwrap();
     });
-    let mut r = timed(WINDOW_RUNS, || {
-        remote.score(&frames, FPS, None).unwrap();
-    });
-    row("whole 8 s window", &mut l, &mut r);
-
     let local_rate = streams(&local, &features);
-    let remote_rate = streams(&remote, &features);
-    println!(
-        "{STREAMS} streams, decoder windows/s: local {local_rate:.2}, one server {remote_rate:.2} (remote/local {:.2})",
-        remote_rate / local_rate
-    );
+    for url in [server.grpc_url(), server.url()] {
+        println!("-- {url}");
+        let t = Instant::now();
+        let remote = Arc::new(
+            Scorer::open_with(
+                &bundle,
+                &SessionOptions {
+                    server: Some(url.clone()),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        println!(
+            "remote scorer opened in {:.2} s (bundle digest over every graph file, models checked)",
+            t.elapsed().as_secs_f64()
+        );
+        let (a, b) = (
+            local.score_window(&features).unwrap().score.unwrap(),
+            remote.score_window(&features).unwrap().score.unwrap(),
+        );
+        println!(
+            "score local {a:.6}, remote {b:.6}, difference {:.1e}",
+            (a - b).abs()
+        );
+        let mut r = timed(DECODER_RUNS, || {
+            remote.score_window(&features).unwrap();
+        });
+        row("decoder per window", &mut local_decoder, &mut r);
+        let mut r = timed(WINDOW_RUNS, || {
+            remote.score(&frames, FPS, None).unwrap();
+        });
+        row("whole 8 s window", &mut local_window, &mut r);
+        let remote_rate = streams(&remote, &features);
+        println!(
+            "{STREAMS} streams, decoder windows/s: local {local_rate:.2}, one server {remote_rate:.2} (remote/local {:.2})",
+            remote_rate / local_rate
+        );
+    }
     drop(server);
 }
