@@ -190,8 +190,8 @@ fn two_pipelines_share_the_server() {
     assert!((qa[0].1 - qb[0].1).abs() < 1e-4, "{qa:?} {qb:?}");
 }
 
-/// A live pipeline on a server that is stopped mid-stream and started again, spoken to over
-/// gRPC or HTTP.
+/// A live pipeline on a server that goes away mid-stream and is started again: spoken to over
+/// gRPC, the server is killed (a crash); over HTTP, stopped (SIGTERM, as an operator would).
 fn goes_away_and_comes_back(grpc: bool) {
     init();
     init_ort();
@@ -215,22 +215,27 @@ fn goes_away_and_comes_back(grpc: bool) {
     assert!(fresh(&before) >= 2, "{before:?} {warnings:?}");
     assert!(warnings.is_empty(), "{warnings:?}");
 
-    server.stop();
+    match grpc {
+        true => server.kill(),
+        false => server.stop(),
+    }
     let (down, warnings, frames_down) = watch(&pipeline, Duration::from_secs(30), |q, w| {
         q.iter().filter(|(stale, _)| *stale).count() >= 3 && !w.is_empty()
     });
     let stale = down.iter().filter(|(stale, _)| *stale).count();
     assert!(stale >= 3, "windows while the server is down: {down:?}");
-    // Unreachable, or (over gRPC, while Triton shuts down) its models already unloaded.
+    // Unreachable, or (while Triton shuts down) its models already unloaded.
     assert!(
         warnings
             .iter()
             .any(|w| w.contains("unreachable") || w.contains("no longer has model")),
         "{warnings:?}"
     );
+    // Three more seconds with the server still away: the frames keep coming.
+    let (_, _, frames_later) = watch(&pipeline, Duration::from_secs(3), |_, _| false);
     assert!(
-        frames_down > frames_before + 60,
-        "the stream went on: {frames_before} then {frames_down} frames"
+        frames_later > frames_down.max(frames_before) + 60,
+        "the stream went on: {frames_before}, {frames_down}, then {frames_later} frames"
     );
 
     server.restart();

@@ -16,6 +16,8 @@ use super::common::repo;
 /// A tritonserver child process, stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Triton {
     child: Child,
+    /// Stopped or killed, and its stubs gone: nothing left for `drop`.
+    done: bool,
     port: u16,
     grpc_port: u16,
     repository: PathBuf,
@@ -50,6 +52,7 @@ impl Triton {
             .unwrap();
         let mut server = Triton {
             child,
+            done: false,
             port,
             grpc_port,
             repository: repository.to_owned(),
@@ -89,29 +92,75 @@ impl Triton {
 
     /// Stops the server as an operator would (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
-        // SAFETY: signals our own child, which has not been reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < until {
-            if self.child.try_wait().unwrap().is_some() {
-                return;
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: signals our own child, which has not been reaped yet.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let until = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < until && self.child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
+        self.kill();
+    }
+
+    /// Kills the server as a crash would (SIGKILL), then the python backend stubs it leaves
+    /// (most see it gone and exit; not always at once).
+    pub fn kill(&mut self) {
+        let mut regions = shm_regions(&format!("/proc/{}/maps", self.child.id()));
         let _ = self.child.kill();
         let _ = self.child.wait();
+        regions.extend(self.kill_stubs());
+        for region in regions {
+            let _ = std::fs::remove_file(region);
+        }
+        self.done = true;
+    }
+
+    /// Kills what still runs a model of this repository (found by its path in /proc); returns
+    /// the shared memory they mapped, which a killed server leaves in /dev/shm.
+    fn kill_stubs(&self) -> Vec<PathBuf> {
+        let needle = format!("{}/", self.repository.display());
+        let mut regions = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if !String::from_utf8_lossy(&cmdline).contains(&needle) {
+                continue;
+            }
+            regions.extend(shm_regions(&format!("/proc/{pid}/maps")));
+            // SAFETY: a plain kill(2) of a process of this test's own making.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        regions
     }
 
     /// The same repository on the same port again.
     pub fn restart(&mut self) {
-        self.stop();
+        if !self.done {
+            self.stop();
+        }
         *self = Triton::start_on(&self.repository.clone(), self.port, self.grpc_port);
     }
 }
 
+/// The python backend's shared memory files a process maps (its `/proc/PID/maps`).
+fn shm_regions(maps: &str) -> Vec<PathBuf> {
+    let mut regions: Vec<PathBuf> = std::fs::read_to_string(maps)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with("/dev/shm/triton_python_backend"))
+        .map(PathBuf::from)
+        .collect();
+    regions.dedup();
+    regions
+}
+
 impl Drop for Triton {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
+        if !self.done {
             self.stop();
         }
     }
