@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use qoe_model::preprocess::RgbImage;
 use qoe_model::{Scorer, SessionOptions};
 
 #[path = "../tests/common/mod.rs"]
@@ -33,31 +32,6 @@ const DECODER_RUNS: usize = 20;
 const WINDOW_RUNS: usize = 6;
 const STREAMS: usize = 8;
 const WINDOWS_PER_STREAM: usize = 4;
-
-/// An 8 s window of a moving textured gradient.
-fn frames() -> Vec<RgbImage> {
-    (0..(8.0 * FPS) as usize)
-        .map(|t| {
-            let (width, height) = (320, 180);
-            let mut data = Vec::with_capacity(width * height * 3);
-            for y in 0..height {
-                for x in 0..width {
-                    let v = ((x + 2 * t) ^ (y * 3)) as u8;
-                    data.extend_from_slice(&[
-                        v,
-                        (y as u8).wrapping_add(t as u8),
-                        (x * 255 / width) as u8,
-                    ]);
-                }
-            }
-            RgbImage {
-                width,
-                height,
-                data,
-            }
-        })
-        .collect()
-}
 
 fn percentile(times: &mut [f64], p: f64) -> f64 {
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -130,7 +104,7 @@ fn main() {
         )
         .unwrap(),
     );
-    let frames = frames();
+    let frames = common::textured_frames((8.0 * FPS) as usize);
     let features = Arc::new(local.clip_features(&frames, FPS).unwrap());
     let mut local_decoder = timed(DECODER_RUNS, || {
         local.score_window(&features).unwrap();

@@ -13,52 +13,16 @@ mod triton;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{bundle, init, init_ort, repo};
+use common::{bundle, default_bundle, init, init_ort};
 use gst::prelude::*;
-use qoe_model::preprocess::RgbImage;
 use qoe_model::{Scorer, SessionOptions};
 use triton::{Triton, free_port, repository};
-
-fn default_bundle() -> PathBuf {
-    let dir = repo().join("models/micro-vqa2-streaming");
-    assert!(
-        dir.join("decoder_score.onnx").is_file(),
-        "{}: not built; run tests/run.sh (pipelines/default-bundle.sh builds it)",
-        dir.display()
-    );
-    dir
-}
 
 fn remote(url: &str) -> SessionOptions {
     SessionOptions {
         server: Some(url.to_owned()),
         ..Default::default()
     }
-}
-
-/// Three seconds of a moving gradient with texture, at 8 fps.
-fn frames() -> Vec<RgbImage> {
-    (0..24)
-        .map(|t| {
-            let (width, height) = (320, 180);
-            let mut data = Vec::with_capacity(width * height * 3);
-            for y in 0..height {
-                for x in 0..width {
-                    let v = ((x + 3 * t) ^ (y * 2)) as u8;
-                    data.extend_from_slice(&[
-                        v,
-                        (x as u8).wrapping_add(t as u8),
-                        (y * 255 / height) as u8,
-                    ]);
-                }
-            }
-            RgbImage {
-                width,
-                height,
-                data,
-            }
-        })
-        .collect()
 }
 
 #[test]
@@ -71,7 +35,7 @@ fn scores_through_the_server_equal_local_scores() {
     ];
     let refs: Vec<&Path> = bundles.iter().map(PathBuf::as_path).collect();
     let server = Triton::start(&repository("parity", &refs), free_port());
-    let frames = frames();
+    let frames = common::textured_frames(24);
     for dir in &bundles {
         let local = Scorer::open_with(dir, &SessionOptions::default()).unwrap();
         let a = local.score(&frames, 8.0, None).unwrap();

@@ -15,17 +15,6 @@ use gst::prelude::*;
 mod common;
 use common::*;
 
-/// The default bundle, completed by `pipelines/default-bundle.sh` (tests/run.sh runs it).
-fn default_bundle() -> PathBuf {
-    let dir = repo().join("models/micro-vqa2-streaming");
-    assert!(
-        dir.join("decoder_score.onnx").is_file(),
-        "{}: the default bundle is not complete; run pipelines/default-bundle.sh",
-        dir.display()
-    );
-    dir
-}
-
 /// A pipeline in another process scoring `clip` with `bundle`, started again whenever it ends,
 /// until `stop`. Returns (runs that failed, whether one was still scoring at the stop).
 fn loader(

@@ -415,3 +415,45 @@ pub fn play_collecting(pipeline: &gst::Element, mut on_quality: impl FnMut(usize
     pipeline.set_state(gst::State::Null).unwrap();
     posted
 }
+
+/// models/NAME, once `pipelines/default-bundle.sh` has built its decoder graphs.
+pub fn built_bundle(name: &str) -> PathBuf {
+    let dir = repo().join("models").join(name);
+    assert!(
+        dir.join("decoder_score.onnx").is_file(),
+        "{}: the decoder graphs are not built; run `bash pipelines/default-bundle.sh` (tests/run.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// The default bundle, built.
+pub fn default_bundle() -> PathBuf {
+    built_bundle(qoe_model::locate::DEFAULT_BUNDLE)
+}
+
+/// `count` frames of a moving textured gradient, 320×180: content that a model scores the
+/// same way wherever it runs.
+pub fn textured_frames(count: usize) -> Vec<qoe_model::preprocess::RgbImage> {
+    (0..count)
+        .map(|t| {
+            let (width, height) = (320, 180);
+            let mut data = Vec::with_capacity(width * height * 3);
+            for y in 0..height {
+                for x in 0..width {
+                    let v = ((x + 3 * t) ^ (y * 2)) as u8;
+                    data.extend_from_slice(&[
+                        v,
+                        (x as u8).wrapping_add(t as u8),
+                        (y * 255 / height) as u8,
+                    ]);
+                }
+            }
+            qoe_model::preprocess::RgbImage {
+                width,
+                height,
+                data,
+            }
+        })
+        .collect()
+}

@@ -11,21 +11,6 @@ use std::process::Command;
 mod common;
 use common::*;
 
-fn default_bundle() -> PathBuf {
-    built_bundle("micro-vqa2-streaming")
-}
-
-/// models/NAME, once `pipelines/default-bundle.sh` has built its decoder.
-fn built_bundle(name: &str) -> PathBuf {
-    let dir = repo().join("models").join(name);
-    assert!(
-        dir.join("decoder_score.onnx").is_file(),
-        "{}: the decoder graphs are not built; run `bash pipelines/default-bundle.sh` (tests/run.sh does)",
-        dir.display()
-    );
-    dir
-}
-
 /// The whole-clip score of `video`: qoe-probe's JSON lines, the mean of its quality windows.
 fn score(video: &Path, bundle: &Path) -> f64 {
     let out = Command::new(env!("CARGO_BIN_EXE_qoe-probe"))

@@ -33,8 +33,10 @@ struct ModelReadyResponse {
     ready: bool,
 }
 
+/// A tensor's name, datatype and shape: the first three fields of the protocol's
+/// `TensorMetadata`, `InferInputTensor` and `InferOutputTensor` alike.
 #[derive(Clone, PartialEq, prost::Message)]
-struct TensorMetadata {
+struct Tensor {
     #[prost(string, tag = "1")]
     name: String,
     #[prost(string, tag = "2")]
@@ -48,9 +50,9 @@ struct ModelMetadataResponse {
     #[prost(string, tag = "1")]
     name: String,
     #[prost(message, repeated, tag = "4")]
-    inputs: Vec<TensorMetadata>,
+    inputs: Vec<Tensor>,
     #[prost(message, repeated, tag = "5")]
-    outputs: Vec<TensorMetadata>,
+    outputs: Vec<Tensor>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -73,17 +75,6 @@ struct RepositoryIndexResponse {
     models: Vec<ModelIndex>,
 }
 
-/// An input's or an output's description in an infer request or response.
-#[derive(Clone, PartialEq, prost::Message)]
-struct InferTensor {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    datatype: String,
-    #[prost(int64, repeated, tag = "3")]
-    shape: Vec<i64>,
-}
-
 #[derive(Clone, PartialEq, prost::Message)]
 struct RequestedOutput {
     #[prost(string, tag = "1")]
@@ -97,7 +88,7 @@ struct ModelInferRequest {
     #[prost(string, tag = "2")]
     model_version: String,
     #[prost(message, repeated, tag = "5")]
-    inputs: Vec<InferTensor>,
+    inputs: Vec<Tensor>,
     #[prost(message, repeated, tag = "6")]
     outputs: Vec<RequestedOutput>,
     #[prost(bytes = "vec", repeated, tag = "7")]
@@ -107,7 +98,7 @@ struct ModelInferRequest {
 #[derive(Clone, PartialEq, prost::Message)]
 struct ModelInferResponse {
     #[prost(message, repeated, tag = "5")]
-    outputs: Vec<InferTensor>,
+    outputs: Vec<Tensor>,
     #[prost(bytes = "vec", repeated, tag = "6")]
     raw_output_contents: Vec<Vec<u8>>,
 }
@@ -217,7 +208,7 @@ fn failure(status: tonic::Status) -> Failure {
     }
 }
 
-fn tensors(list: Vec<TensorMetadata>) -> Vec<TensorMeta> {
+fn tensors(list: Vec<Tensor>) -> Vec<TensorMeta> {
     list.into_iter()
         .map(|t| TensorMeta {
             name: t.name,
@@ -272,7 +263,7 @@ impl Protocol for Client {
             model_version: String::new(),
             inputs: inputs
                 .iter()
-                .map(|(name, value)| InferTensor {
+                .map(|(name, value)| Tensor {
                     name: name.clone(),
                     datatype: value.datatype().to_owned(),
                     shape: value.shape().to_vec(),
@@ -348,7 +339,7 @@ mod tests {
 
     #[test]
     fn outputs_come_back_in_the_asked_order_and_bad_ones_are_named() {
-        let tensor = |name: &str, shape: Vec<i64>| InferTensor {
+        let tensor = |name: &str, shape: Vec<i64>| Tensor {
             name: name.into(),
             datatype: "FP32".into(),
             shape,
