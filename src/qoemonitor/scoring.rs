@@ -550,6 +550,22 @@ fn repeat_stale(shared: &Shared, sink: &ReportSink, window: Window, running_time
     }
 }
 
+/// A window whose features are missing: stale while the model is failing (its frames were
+/// lost to an encoder or a server that is down, as a failing decoder loses a window),
+/// otherwise dropped for `reason`.
+fn window_lost(
+    shared: &Shared,
+    sink: &ReportSink,
+    window: Window,
+    due: Nanos,
+    reason: &'static str,
+) {
+    match shared.stale.load(Ordering::SeqCst) {
+        true => repeat_stale(shared, sink, window, due),
+        false => window_dropped(shared, sink, reason),
+    }
+}
+
 /// A window the workers will not score: counted, and reported for the metrics.
 fn window_dropped(shared: &Shared, sink: &ReportSink, reason: &'static str) {
     shared.windows_dropped.fetch_add(1, Ordering::Relaxed);
@@ -600,12 +616,13 @@ fn feature_thread(
                 running_time,
             } => {
                 if stream.request(window, stall, running_time).is_err() {
-                    // Frames lost to a failing model (an encoder, a server that is down) make
-                    // a stale window, as a failing decoder does; others a dropped one.
-                    match shared.stale.load(Ordering::SeqCst) {
-                        true => repeat_stale(shared, sink, window, running_time),
-                        false => window_dropped(shared, sink, "frames of the window were lost"),
-                    }
+                    window_lost(
+                        shared,
+                        sink,
+                        window,
+                        running_time,
+                        "frames of the window were lost",
+                    );
                 }
             }
             JobKind::End => {
@@ -623,11 +640,7 @@ fn feature_thread(
                     }
                 }
                 Err((window, due, Unscorable::Empty | Unscorable::Hole)) => {
-                    // Features lost to a failing model: stale, as for a failing decoder.
-                    match shared.stale.load(Ordering::SeqCst) {
-                        true => repeat_stale(shared, sink, window, due),
-                        false => window_dropped(shared, sink, "no sampled frame in the window"),
-                    }
+                    window_lost(shared, sink, window, due, "no sampled frame in the window");
                 }
             }
         }

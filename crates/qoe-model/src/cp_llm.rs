@@ -19,18 +19,18 @@ impl Scorer {
         let h = self.pixels(Role::HighLevelEncoder, high)?;
         let h = self.run(
             &PartName::own(Role::HighLevelEncoder),
-            vec![("pixel_values", f32_tensor(h.0, h.1)?)],
+            vec![("pixel_values", f32_tensor(h.0, h.1))],
         )?;
         let l = self.pixels(Role::LowLevelEncoder, low)?;
         let l = self.run(
             &PartName::own(Role::LowLevelEncoder),
-            vec![("pixel_values", f32_tensor(l.0, l.1)?)],
+            vec![("pixel_values", f32_tensor(l.0, l.1))],
         )?;
         let (_, scores) = self.run(
             &PartName::own(Role::QualityHead),
             vec![
-                ("high_level", f32_tensor(h.0, h.1)?),
-                ("low_level", f32_tensor(l.0, l.1)?),
+                ("high_level", f32_tensor(h.0, h.1)),
+                ("low_level", f32_tensor(l.0, l.1)),
             ],
         )?;
         Ok(split(scores, high.len()))

@@ -37,19 +37,19 @@ impl Scorer {
             let mut inputs: Vec<(String, crate::runner::Input)> = vec![
                 (
                     "inputs_embeds".into(),
-                    f32_tensor(vec![1, new as i64, self.hidden as i64], embeds)?,
+                    f32_tensor(vec![1, new as i64, self.hidden as i64], embeds),
                 ),
                 (
                     "attention_mask".into(),
-                    i64_tensor(vec![1, total as i64], vec![1; total])?,
+                    i64_tensor(vec![1, total as i64], vec![1; total]),
                 ),
                 (
                     "position_ids".into(),
-                    i64_tensor(vec![1, new as i64], (start as i64..total as i64).collect())?,
+                    i64_tensor(vec![1, new as i64], (start as i64..total as i64).collect()),
                 ),
             ];
             for (name, (shape, data)) in past_names.iter().zip(past.drain(..)) {
-                inputs.push((name.clone(), f32_tensor(shape, data)?));
+                inputs.push((name.clone(), f32_tensor(shape, data)));
             }
             let mut outputs = self.run_all(&generate, inputs)?;
             let present = outputs.split_off(1);

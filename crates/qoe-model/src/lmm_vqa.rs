@@ -30,7 +30,7 @@ impl Scorer {
         let shape = vec![chunks.len() as i64, 3, frames, size.0, size.1];
         let (_, tokens) = self.run(
             &PartName::own(Role::MotionEncoder),
-            vec![("chunks", f32_tensor(shape, batch)?)],
+            vec![("chunks", f32_tensor(shape, batch))],
         )?;
         Ok(split(tokens, chunks.len()))
     }
@@ -113,10 +113,10 @@ impl Scorer {
         let (_, visual) = self.run(
             &PartName::own(Role::VisualProjector),
             vec![
-                ("clip_tokens", f32_tensor(clip_shape, clip)?),
+                ("clip_tokens", f32_tensor(clip_shape, clip)),
                 (
                     "motion_tokens",
-                    f32_tensor(vec![count as i64, width as i64], motion)?,
+                    f32_tensor(vec![count as i64, width as i64], motion),
                 ),
             ],
         )?;

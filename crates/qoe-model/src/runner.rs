@@ -37,12 +37,27 @@ impl Input {
         }
     }
 
-    /// The values as little-endian bytes (KServe v2's binary tensor layout).
-    pub fn le_bytes(&self) -> Vec<u8> {
+    /// The size of the values in bytes.
+    pub fn byte_len(&self) -> usize {
         match self {
-            Input::F32 { data, .. } => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Input::I64 { data, .. } => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Input::F32 { data, .. } => data.len() * 4,
+            Input::I64 { data, .. } => data.len() * 8,
         }
+    }
+
+    /// Appends the values as little-endian bytes (KServe v2's binary tensor layout).
+    pub fn append_le_bytes(&self, out: &mut Vec<u8>) {
+        match self {
+            Input::F32 { data, .. } => out.extend(data.iter().flat_map(|v| v.to_le_bytes())),
+            Input::I64 { data, .. } => out.extend(data.iter().flat_map(|v| v.to_le_bytes())),
+        }
+    }
+
+    /// The values as little-endian bytes.
+    pub fn le_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.byte_len());
+        self.append_le_bytes(&mut out);
+        out
     }
 
     fn into_ort(self) -> ort::Result<ort::value::DynValue> {

@@ -338,7 +338,7 @@ impl Scorer {
         self.run_models(role, prepared.len(), || {
             Ok(vec![(
                 "pixel_values",
-                f32_tensor(shape.clone(), data.clone())?,
+                f32_tensor(shape.clone(), data.clone()),
             )])
         })
     }
@@ -385,7 +385,7 @@ impl Scorer {
         Ok(self
             .run(
                 &PartName::own(Role::TokenEmbedding),
-                vec![("rows", i64_tensor(vec![n], rows)?)],
+                vec![("rows", i64_tensor(vec![n], rows))],
             )?
             .1)
     }
@@ -579,12 +579,12 @@ pub(crate) fn split(data: Vec<f32>, n: usize) -> Vec<Arc<Vec<f32>>> {
         .collect()
 }
 
-pub(crate) fn f32_tensor(shape: Vec<i64>, data: Vec<f32>) -> Result<Input> {
-    Ok(Input::F32 { shape, data })
+pub(crate) fn f32_tensor(shape: Vec<i64>, data: Vec<f32>) -> Input {
+    Input::F32 { shape, data }
 }
 
-pub(crate) fn i64_tensor(shape: Vec<i64>, data: Vec<i64>) -> Result<Input> {
-    Ok(Input::I64 { shape, data })
+pub(crate) fn i64_tensor(shape: Vec<i64>, data: Vec<i64>) -> Input {
+    Input::I64 { shape, data }
 }
 
 /// [T, 3, plane] frames → [3, T, plane] channels.

@@ -26,7 +26,7 @@ impl Scorer {
         self.run_models(Role::MotionEncoder, t, || {
             Ok(vec![(
                 "frames",
-                f32_tensor(vec![1, 3, t as i64, shape[2], shape[3]], clip.clone())?,
+                f32_tensor(vec![1, 3, t as i64, shape[2], shape[3]], clip.clone()),
             )])
         })
     }
@@ -91,7 +91,7 @@ impl Scorer {
         let feat_len = motion_feat.len() / t;
         let mut inputs = vec![(
             "motion_feat",
-            f32_tensor(vec![t as i64, feat_len as i64], motion_feat.clone())?,
+            f32_tensor(vec![t as i64, feat_len as i64], motion_feat.clone()),
         )];
         // VQA²'s projector adds position embeddings; the micro bundle's pools over time.
         let projector = PartName::of(Role::MotionProjector, self.models[model].as_deref());
@@ -99,7 +99,7 @@ impl Scorer {
         if part.inputs.iter().any(|i| i.name == "positions") {
             inputs.push((
                 "positions",
-                i64_tensor(vec![t as i64], (0..t as i64).collect())?,
+                i64_tensor(vec![t as i64], (0..t as i64).collect()),
             ));
         }
         let (_, motion_embeds) = self.run(&projector, inputs)?;
@@ -190,7 +190,7 @@ impl Scorer {
         } else {
             (sequence, Arc::new(self.empty_past(&past_names)?))
         };
-        let inputs = self.prefill_inputs(embeds, &past_names, past.iter().cloned())?;
+        let inputs = self.prefill_inputs(embeds, &past_names, past.iter().cloned());
         let logits = self
             .run_all(&PartName::own(Role::DecoderScore), inputs)?
             .swap_remove(0)
@@ -224,16 +224,16 @@ impl Scorer {
         embeds: Vec<f32>,
         past_names: &[String],
         past: impl IntoIterator<Item = Values>,
-    ) -> Result<Vec<(String, crate::runner::Input)>> {
+    ) -> Vec<(String, crate::runner::Input)> {
         let n = embeds.len() / self.hidden;
         let mut inputs = vec![(
             "inputs_embeds".to_owned(),
-            f32_tensor(vec![1, n as i64, self.hidden as i64], embeds)?,
+            f32_tensor(vec![1, n as i64, self.hidden as i64], embeds),
         )];
         for (name, (shape, data)) in past_names.iter().zip(past) {
-            inputs.push((name.clone(), f32_tensor(shape, data)?));
+            inputs.push((name.clone(), f32_tensor(shape, data)));
         }
-        Ok(inputs)
+        inputs
     }
 
     /// The decoder's keys and values for the prompt opening `prefix` (embeddings), computed
@@ -245,8 +245,7 @@ impl Scorer {
         {
             return Ok(past.clone());
         }
-        let inputs =
-            self.prefill_inputs(prefix.clone(), past_names, self.empty_past(past_names)?)?;
+        let inputs = self.prefill_inputs(prefix.clone(), past_names, self.empty_past(past_names)?);
         let mut outputs = self.run_all(&PartName::own(Role::DecoderScore), inputs)?;
         let past = Arc::new(outputs.split_off(1));
         *cache = Some((prefix, past.clone()));

@@ -9,7 +9,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Failure, Metadata, Protocol, ServerAddress, TensorMeta};
+use super::{Failure, Metadata, Protocol, ServerAddress};
 use crate::runner::Input;
 use crate::scorer::Values;
 
@@ -157,42 +157,11 @@ impl Client {
     }
 }
 
-fn tensors(meta: &serde_json::Value, what: &str) -> Vec<TensorMeta> {
-    meta.get(what)
-        .and_then(|v| v.as_array())
-        .map(|list| {
-            list.iter()
-                .map(|t| TensorMeta {
-                    name: t
-                        .get("name")
-                        .and_then(|n| n.as_str())
-                        .unwrap_or("")
-                        .to_owned(),
-                    datatype: t
-                        .get("datatype")
-                        .and_then(|d| d.as_str())
-                        .unwrap_or("")
-                        .to_owned(),
-                    shape: t
-                        .get("shape")
-                        .and_then(|s| s.as_array())
-                        .map(|s| s.iter().filter_map(|d| d.as_i64()).collect())
-                        .unwrap_or_default(),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 impl Protocol for Client {
     fn metadata(&self, model: &str) -> Result<Metadata, Failure> {
         let r = self.call("GET", &format!("/v2/models/{model}"), &[], &[])?;
-        let meta: serde_json::Value = serde_json::from_slice(&r.body)
-            .map_err(|e| Failure::Answer(format!("metadata is not JSON: {e}")))?;
-        Ok(Metadata {
-            inputs: tensors(&meta, "inputs"),
-            outputs: tensors(&meta, "outputs"),
-        })
+        serde_json::from_slice(&r.body)
+            .map_err(|e| Failure::Answer(format!("metadata is not KServe v2 JSON: {e}")))
     }
 
     fn ready(&self, model: &str) -> Result<bool, Failure> {
@@ -219,13 +188,12 @@ impl Protocol for Client {
         inputs: &[(String, Input)],
         outputs: &[String],
     ) -> Result<Vec<Values>, Failure> {
-        let blobs: Vec<Vec<u8>> = inputs.iter().map(|(_, v)| v.le_bytes()).collect();
         let mut body = serde_json::json!({
-            "inputs": inputs.iter().zip(&blobs).map(|((name, value), blob)| serde_json::json!({
+            "inputs": inputs.iter().map(|(name, value)| serde_json::json!({
                 "name": name,
                 "shape": value.shape(),
                 "datatype": value.datatype(),
-                "parameters": {"binary_data_size": blob.len()},
+                "parameters": {"binary_data_size": value.byte_len()},
             })).collect::<Vec<_>>(),
             "outputs": outputs.iter().map(|name| serde_json::json!({
                 "name": name, "parameters": {"binary_data": true},
@@ -234,8 +202,9 @@ impl Protocol for Client {
         .to_string()
         .into_bytes();
         let json_length = body.len();
-        for blob in &blobs {
-            body.extend_from_slice(blob);
+        body.reserve(inputs.iter().map(|(_, v)| v.byte_len()).sum());
+        for (_, value) in inputs {
+            value.append_le_bytes(&mut body);
         }
         let response = self.call(
             "POST",

@@ -154,8 +154,8 @@ impl ServerAddress {
     }
 }
 
-/// A tensor in a model's metadata.
-#[derive(Debug, Clone, PartialEq)]
+/// A tensor in a model's metadata (KServe v2's JSON field names).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 struct TensorMeta {
     name: String,
     datatype: String,
@@ -163,7 +163,8 @@ struct TensorMeta {
 }
 
 /// A model's inputs and outputs as the server declares them.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(default)]
 struct Metadata {
     inputs: Vec<TensorMeta>,
     outputs: Vec<TensorMeta>,
