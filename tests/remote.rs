@@ -139,9 +139,9 @@ fn two_pipelines_share_the_server() {
     b.set_state(gst::State::Playing).unwrap();
     let watch_b = std::thread::spawn({
         let b = b.clone();
-        move || watch(&b, Duration::from_secs(40), |q, _| fresh(q) >= 3)
+        move || watch(&b, Duration::from_secs(90), |q, _| fresh(q) >= 3)
     });
-    let (qa, wa, _) = watch(&a, Duration::from_secs(40), |q, _| fresh(q) >= 3);
+    let (qa, wa, _) = watch(&a, Duration::from_secs(90), |q, _| fresh(q) >= 3);
     let (qb, wb, _) = watch_b.join().unwrap();
     a.set_state(gst::State::Null).unwrap();
     b.set_state(gst::State::Null).unwrap();
