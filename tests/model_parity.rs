@@ -257,6 +257,22 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         "{e}"
     );
 
+    // A decoder that says it batches but has no batch dimension and no attention mask.
+    let dir = bundle_copy("vqa2-tiny-ugc", "batch");
+    let manifest = std::fs::read_to_string(dir.join("bundle.json"))
+        .unwrap()
+        .replacen(
+            "\"file\": \"decoder_score.onnx\",",
+            "\"file\": \"decoder_score.onnx\", \"batch\": true,",
+            1,
+        );
+    std::fs::write(dir.join("bundle.json"), manifest).unwrap();
+    let e = open_error(&dir);
+    assert!(
+        e.contains("parts.decoder_score.batch is true, but its inputs \"inputs_embeds\" leads with 1 where every tensor must lead with the batch dimension"),
+        "{e}"
+    );
+
     let dir = bundle_copy("vqa2-tiny-ugc", "constant");
     std::fs::write(dir.join("image_newline.f32"), [0u8; 12]).unwrap();
     let e = open_error(&dir);

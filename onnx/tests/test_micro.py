@@ -28,7 +28,9 @@ def converted(tmp_path_factory):
 
 
 def run_decoder(session, cfg, embeds, past=None):
-    feeds = {"inputs_embeds": embeds.astype(np.float32)}
+    past_length = past[0].shape[2] if past else 0
+    feeds = {"inputs_embeds": embeds.astype(np.float32),
+             "attention_mask": np.ones((1, past_length + embeds.shape[1]), np.int64)}
     for l in range(cfg.layers):
         for i, kv in enumerate(("key", "value")):
             feeds[f"past_key_values.{l}.{kv}"] = (past[2 * l + i] if past else np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), np.float32))
@@ -67,6 +69,33 @@ def test_onnx_decoder_matches_transformers_and_the_prefix_cache_is_exact(convert
     _, past = run_decoder(session, cfg, embeds[:, :n])
     rest, _ = run_decoder(session, cfg, embeds[:, n:], past)
     np.testing.assert_allclose(rest, whole, atol=1e-4)
+
+
+def test_left_padded_rows_of_a_batch_score_as_alone(converted):
+    """Windows of different lengths in one decoder call (left-padded, masked, positions
+    counted over real tokens) give each window's level logits within 1e-4 of its own call."""
+    cfg, weights, reader, folder = converted
+    session = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    prefix = weights["embed_tokens"][smollm_prefix_ids(reader)][None]
+    _, past = run_decoder(session, cfg, prefix)
+    rng = np.random.default_rng(3)
+    rows = [np.concatenate([rng.normal(0, 0.05, (9, cfg.hidden)).astype(np.float32),
+                            weights["embed_tokens"][rng.integers(0, 5000, n)]]) for n in (12, 30, 3, 12)]
+    alone = np.stack([run_decoder(session, cfg, r[None], past)[0] for r in rows])
+    longest, p = max(len(r) for r in rows), past[0].shape[2]
+    embeds = np.zeros((len(rows), longest, cfg.hidden), np.float32)
+    mask = np.zeros((len(rows), p + longest), np.int64)
+    mask[:, :p] = 1
+    for b, r in enumerate(rows):
+        embeds[b, longest - len(r):], mask[b, p + longest - len(r):] = r, 1
+    feeds = {"inputs_embeds": embeds, "attention_mask": mask}
+    for l in range(cfg.layers):
+        for i, kv in enumerate(("key", "value")):
+            feeds[f"past_key_values.{l}.{kv}"] = np.repeat(past[2 * l + i], len(rows), axis=0)
+    batched = session.run(["level_logits"], feeds)[0]
+    assert batched.shape == (len(rows), len(LEVELS))
+    np.testing.assert_allclose(batched, alone, atol=1e-4)
+    assert np.abs(alone[0] - alone[2]).max() > 0.01, "different windows must score differently"
 
 
 def smollm_prefix_ids(reader):

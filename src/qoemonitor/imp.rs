@@ -60,6 +60,9 @@ const DEFAULT_WINDOW: gst::ClockTime = gst::ClockTime::from_seconds(8);
 const DEFAULT_HOP: gst::ClockTime = gst::ClockTime::from_seconds(2);
 /// A call to an inference server: long enough for a loaded pool, short next to a hop.
 const DEFAULT_INFERENCE_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(5);
+const DEFAULT_MAX_BATCH: u32 = qoe_model::batch::DEFAULT_MAX_ROWS as u32;
+const DEFAULT_MAX_BATCH_DELAY: gst::ClockTime =
+    gst::ClockTime::from_mseconds(qoe_model::batch::DEFAULT_MAX_DELAY.as_millis() as u64);
 const DEFAULT_EXPLAIN_INTERVAL: gst::ClockTime = gst::ClockTime::from_seconds(30);
 const DEFAULT_EXPLAIN_QUESTION: &str =
     "Describe the quality of this video and what, if anything, degrades it.";
@@ -151,6 +154,8 @@ pub(super) struct Settings {
     /// A KServe v2 server (`http://host:port`) that runs the bundle's graphs.
     pub(super) inference_server: Option<String>,
     pub(super) inference_timeout: gst::ClockTime,
+    pub(super) max_batch: u32,
+    pub(super) max_batch_delay: gst::ClockTime,
     pub(super) leaky: bool,
     pub(super) explain: Explain,
     pub(super) explain_interval: gst::ClockTime,
@@ -168,6 +173,10 @@ impl Settings {
             tensorrt_cache: self.tensorrt_cache.clone(),
             server: self.inference_server.clone(),
             server_timeout_ms: self.inference_timeout.mseconds(),
+            batch: qoe_model::batch::BatchOptions {
+                max_rows: self.max_batch as usize,
+                max_delay: self.max_batch_delay.into(),
+            },
         }
     }
 
@@ -214,6 +223,8 @@ impl Default for Settings {
             tensorrt_cache: None,
             inference_server: None,
             inference_timeout: DEFAULT_INFERENCE_TIMEOUT,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_batch_delay: DEFAULT_MAX_BATCH_DELAY,
             leaky: true,
             explain: Explain::Never,
             explain_interval: DEFAULT_EXPLAIN_INTERVAL,
@@ -727,6 +738,21 @@ impl ObjectImpl for QoeMonitor {
                     .default_value(DEFAULT_INFERENCE_TIMEOUT.nseconds())
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("max-batch")
+                    .nick("Maximum batch")
+                    .blurb("The most decoder prefills (one per window and ensemble model) that the streams sharing a model run in one call, for bundles whose decoder batches; 1 runs each alone. Taken from the first element that opens the model")
+                    .minimum(1)
+                    .maximum(256)
+                    .default_value(DEFAULT_MAX_BATCH)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("max-batch-delay")
+                    .nick("Maximum batch delay")
+                    .blurb("The longest a window waits, in nanoseconds, for other streams' windows to join its decoder batch; it never waits once every stream sharing the model has handed in one. Taken from the first element that opens the model")
+                    .maximum(gst::ClockTime::from_seconds(10).nseconds())
+                    .default_value(DEFAULT_MAX_BATCH_DELAY.nseconds())
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("leaky")
                     .nick("Leaky")
                     .blurb("When the model falls behind, drop the oldest waiting frames and windows (counted in qoe-stats and qoe_windows_dropped_total) so that the pipeline never waits. Set to false for offline analysis of files, where every window should be scored and the pipeline may slow down to the model's pace")
@@ -857,6 +883,8 @@ impl ObjectImpl for QoeMonitor {
                     .filter(|s| !s.is_empty())
             }
             "inference-timeout" => settings.inference_timeout = ns(value),
+            "max-batch" => settings.max_batch = value.get().expect("type checked upstream"),
+            "max-batch-delay" => settings.max_batch_delay = ns(value),
             "leaky" => settings.leaky = value.get().expect("type checked upstream"),
             "explain" => settings.explain = value.get().expect("type checked upstream"),
             "explain-interval" => settings.explain_interval = ns(value),
@@ -912,6 +940,8 @@ impl ObjectImpl for QoeMonitor {
                 .to_value(),
             "inference-server" => settings.inference_server.to_value(),
             "inference-timeout" => settings.inference_timeout.nseconds().to_value(),
+            "max-batch" => settings.max_batch.to_value(),
+            "max-batch-delay" => settings.max_batch_delay.nseconds().to_value(),
             "leaky" => settings.leaky.to_value(),
             "explain" => settings.explain.to_value(),
             "explain-interval" => settings.explain_interval.nseconds().to_value(),

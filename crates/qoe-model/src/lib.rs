@@ -6,13 +6,14 @@
 //! words ([`level`]), scoring with one module per model family ([`vqa2`], [`lmm_vqa`],
 //! [`cp_llm`]) over a shared core ([`scorer`]), greedy generation ([`generate`]), the
 //! per-stream feature cache ([`stream`]), the process-wide scorer registry ([`registry`]),
-//! where bundles and ONNX Runtime are found without settings ([`locate`]) and the one error
-//! type ([`error`]).
+//! batching across the streams that share a model ([`batch`]), where bundles and ONNX Runtime
+//! are found without settings ([`locate`]) and the one error type ([`error`]).
 //!
 //! It builds on `qoe-core` (time units, sampling, stall figures) and must not depend on
 //! GStreamer or on the plugin: the element and `qoe-probe` use it, never the other way round.
 //! The optional `glib` feature only registers [`session::Provider`] as a GObject enum.
 
+pub mod batch;
 pub mod bundle;
 pub mod cp_llm;
 pub mod error;

@@ -17,8 +17,8 @@ use crate::session::{Provider, SessionOptions};
 /// uses it.
 pub type SharedScorer = Arc<Scorer>;
 
-/// A bundle folder (canonical) and options (threads, their priority and the inference
-/// server's timeout count only at the first opening: they do not split the share).
+/// A bundle folder (canonical) and options (threads, their priority, the inference server's
+/// timeout and batching count only at the first opening: they do not split the share).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
     dir: PathBuf,
@@ -116,6 +116,7 @@ fn key_of(dir: &Path, options: &SessionOptions) -> Result<Key> {
             threads: 0,
             priority: crate::Priority::default(),
             server_timeout_ms: 0,
+            batch: Default::default(),
             ..options.clone()
         },
     })

@@ -20,10 +20,12 @@ use qoe_core::stall::WindowStalls;
 use crate::bundle::{
     Bundle, Family, MANIFEST, PartName, ResizeFilter, Role, ScoreMode, VocabularyRows,
 };
+use crate::batch::{BatchCounts, Batcher};
 use crate::error::{Error, Result};
 use crate::preprocess::{RgbImage, normalise_into, resize_bicubic};
 use crate::runner::{Graphs, Input};
 use crate::session::{Provider, SessionOptions, open_all};
+use crate::vqa2::PrefillRow;
 
 /// A tensor's shape and values.
 pub(crate) type Values = (Vec<i64>, Vec<f32>);
@@ -97,6 +99,11 @@ pub struct Scorer {
     /// first embedded block) with that opening's embeddings, for decoders that take a past:
     /// each window then prefills only its own tokens.
     pub(crate) prefix_cache: Mutex<Option<PrefixPast>>,
+    /// Gathers the decoder prefills of every stream into batched calls, where the decoder
+    /// batches and batching is on.
+    pub(crate) prefills: Option<Batcher<PrefillRow, Vec<f32>>>,
+    /// Whether `decoder_score` takes an `attention_mask` (batching decoders do).
+    pub(crate) decoder_takes_mask: bool,
     #[cfg(feature = "test-faults")]
     faults: Faults,
     #[cfg(feature = "test-faults")]
@@ -172,7 +179,15 @@ impl Scorer {
             .decoder
             .as_ref()
             .map_or(0, |d| d.hidden_size);
+        let decoder_score = bundle.manifest.parts.get(&PartName::own(Role::DecoderScore));
+        let decoder_takes_mask =
+            decoder_score.is_some_and(|p| p.inputs.iter().any(|i| i.name == "attention_mask"));
+        let prefills = decoder_score
+            .filter(|p| p.batch && options.batch.max_rows > 1)
+            .map(|_| Batcher::new(options.batch));
         Ok(Scorer {
+            prefills,
+            decoder_takes_mask,
             models: bundle.models(),
             bundle,
             provider,
@@ -469,6 +484,30 @@ impl Scorer {
             return Err(Error::Input(format!("test fault: window {number} fails")));
         }
         Ok(())
+    }
+
+    /// Whether the decoder's prefills of the streams that share this scorer run batched.
+    pub fn batches(&self) -> bool {
+        self.prefills.is_some()
+    }
+
+    /// Decoder batches and rows run so far (`None` when the decoder does not batch).
+    pub fn batch_counts(&self) -> Option<BatchCounts> {
+        self.prefills.as_ref().map(Batcher::counts)
+    }
+
+    /// Counts a stream that scores with this scorer, until [`Scorer::stream_left`]: a batch
+    /// stops waiting once every stream has handed in its window.
+    pub fn stream_joined(&self) {
+        if let Some(b) = &self.prefills {
+            b.join();
+        }
+    }
+
+    pub fn stream_left(&self) {
+        if let Some(b) = &self.prefills {
+            b.leave();
+        }
     }
 
     /// Whether this bundle can generate text (it has a `decoder_generate` graph).

@@ -302,6 +302,9 @@ pub struct SessionOptions {
     pub server: Option<String>,
     /// The longest a call to `server` may take, in milliseconds; 0: [`DEFAULT_SERVER_TIMEOUT_MS`].
     pub server_timeout_ms: u64,
+    /// How the streams that share the model batch their decoder prefills (graphs whose part
+    /// says `batch`).
+    pub batch: crate::batch::BatchOptions,
 }
 
 /// The default bound on one call to an inference server.

@@ -124,6 +124,12 @@ pub struct StreamScorer {
     multiple: usize,
 }
 
+impl Drop for StreamScorer {
+    fn drop(&mut self) {
+        self.scorer.stream_left();
+    }
+}
+
 impl StreamScorer {
     /// `window`: the longest window that will be requested (features older than the latest
     /// frame by more than this are dropped). `chunk`: motion frames per fast-pathway run.
@@ -135,6 +141,7 @@ impl StreamScorer {
             Family::LmmVqa => scorer.chunk_frames()?,
             _ => 0,
         };
+        scorer.stream_joined();
         Ok(StreamScorer {
             scorer,
             family,

@@ -15,6 +15,13 @@ use crate::scorer::{
     motion_indices, refs, to_channels_first,
 };
 
+/// One decoder prefill: a window's token embeddings after the prompt opening whose keys and
+/// values `past` holds (batch 1).
+pub(crate) struct PrefillRow {
+    embeds: Vec<f32>,
+    past: Arc<Vec<Values>>,
+}
+
 impl Scorer {
     /// VQA² fast pathway over consecutive prepared frames (zero-padded at both ends): one
     /// feature vector per frame.
@@ -146,12 +153,21 @@ impl Scorer {
         ))
     }
 
-    /// Level probabilities (averaged over an ensemble's models) and the weighted score.
+    /// Level probabilities (averaged over an ensemble's models) and the weighted score. The
+    /// models' prefills go to the decoder together, with other streams' where it batches.
     pub(crate) fn score_levels(&self, features: &WindowFeatures) -> Result<Scored> {
+        let mut rows = Vec::with_capacity(self.models.len());
+        let mut stages = Vec::with_capacity(self.models.len());
+        for model in 0..self.models.len() {
+            let (row, scored) = self.model_prefill(features, model)?;
+            rows.push(row);
+            stages.push(scored);
+        }
+        let logits = self.run_prefills(rows)?;
         let mut first: Option<Scored> = None;
         let mut mean = Vec::new();
-        for model in 0..self.models.len() {
-            let scored = self.model_levels(features, model)?;
+        for (logits, stages) in logits.into_iter().zip(stages) {
+            let scored = self.levels_of(&logits, stages);
             mean.resize(scored.probabilities.len(), 0.0);
             for (m, p) in mean.iter_mut().zip(&scored.probabilities) {
                 *m += p / self.models.len() as f64;
@@ -170,8 +186,9 @@ impl Scorer {
         })
     }
 
-    /// One model's level probabilities and score.
-    fn model_levels(&self, features: &WindowFeatures, model: usize) -> Result<Scored> {
+    /// One model's decoder prefill for a window (the tokens after the cached prompt opening),
+    /// and its stages' outputs.
+    fn model_prefill(&self, features: &WindowFeatures, model: usize) -> Result<(PrefillRow, Scored)> {
         let m = &self.bundle.manifest;
         let (mut sequence, stages, prefix) = self.vqa2_sequence(features, "", model)?;
         let length = sequence.len() / self.hidden;
@@ -184,29 +201,40 @@ impl Scorer {
             && !past_names.is_empty()
             && 0 < prefix
             && prefix < keep;
-        let (embeds, past) = if cached {
+        let row = if cached {
             let rest = sequence.split_off(prefix * self.hidden);
-            (rest, self.prefix_past(sequence, &past_names)?)
+            PrefillRow {
+                embeds: rest,
+                past: self.prefix_past(sequence, &past_names)?,
+            }
         } else {
-            (sequence, Arc::new(self.empty_past(&past_names)?))
+            PrefillRow {
+                embeds: sequence,
+                past: Arc::new(self.empty_past(&past_names)?),
+            }
         };
-        let inputs = self.prefill_inputs(embeds, &past_names, past.iter().cloned());
-        let logits = self
-            .run_all(&PartName::own(Role::DecoderScore), inputs)?
-            .swap_remove(0)
-            .1;
+        Ok((
+            row,
+            Scored {
+                sequence_length: length,
+                ..stages
+            },
+        ))
+    }
+
+    /// Level probabilities and score from one model's level logits.
+    fn levels_of(&self, logits: &[f32], stages: Scored) -> Scored {
         let logits: Vec<f64> = logits.iter().map(|&v| v as f64).collect();
         let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
         let total: f64 = exp.iter().sum();
         let probabilities: Vec<f64> = exp.iter().map(|e| e / total).collect();
-        Ok(Scored {
+        Scored {
             score: Some(self.weighted_score(&probabilities)),
             probabilities,
             level_logits: logits,
-            sequence_length: length,
             ..stages
-        })
+        }
     }
 
     /// The score of level probabilities: their sum weighted by the levels' weights.
@@ -218,20 +246,110 @@ impl Scorer {
             .sum()
     }
 
-    /// A `decoder_score` prefill's inputs: `embeds` after `past` (one per `past_names`).
+    /// Each row's level logits: through the batcher where the decoder batches, else one
+    /// call per row.
+    fn run_prefills(&self, rows: Vec<PrefillRow>) -> Result<Vec<Vec<f32>>> {
+        match &self.prefills {
+            Some(batcher) => batcher.submit(rows, |requests| self.prefill_requests(requests)),
+            None => rows
+                .iter()
+                .map(|row| Ok(self.prefill_rows(std::slice::from_ref(row))?.swap_remove(0)))
+                .collect(),
+        }
+    }
+
+    /// A batch of requests (each a window's rows, from any stream): one call when they share
+    /// the prompt opening's past; if that call fails, each request alone, so that a bad
+    /// window fails only its own stream.
+    fn prefill_requests(&self, requests: Vec<Vec<PrefillRow>>) -> Vec<Result<Vec<Vec<f32>>>> {
+        let alone = |requests: &[Vec<PrefillRow>]| {
+            requests
+                .iter()
+                .map(|rows| self.prefill_rows(rows))
+                .collect::<Vec<_>>()
+        };
+        let first = &requests[0][0].past;
+        let shared = requests.iter().flatten().all(|r| Arc::ptr_eq(&r.past, first));
+        if requests.len() == 1 || !shared {
+            return alone(&requests);
+        }
+        let sizes: Vec<usize> = requests.iter().map(Vec::len).collect();
+        let all: Vec<PrefillRow> = requests.into_iter().flatten().collect();
+        match self.prefill_rows(&all) {
+            Ok(logits) => {
+                let mut logits = logits.into_iter();
+                sizes
+                    .iter()
+                    .map(|&n| Ok(logits.by_ref().take(n).collect()))
+                    .collect()
+            }
+            Err(_) => {
+                let mut all = all.into_iter();
+                let requests: Vec<Vec<PrefillRow>> =
+                    sizes.iter().map(|&n| all.by_ref().take(n).collect()).collect();
+                alone(&requests)
+            }
+        }
+    }
+
+    /// One `decoder_score` call on `rows` (which share their past): each row's level logits.
+    fn prefill_rows(&self, rows: &[PrefillRow]) -> Result<Vec<Vec<f32>>> {
+        let past_names = self.past_names(Role::DecoderScore)?;
+        let inputs = self.prefill_inputs(rows, &past_names);
+        let (shape, logits) = self
+            .run_all(&PartName::own(Role::DecoderScore), inputs)?
+            .swap_remove(0);
+        let width = shape.last().copied().unwrap_or(0).max(0) as usize;
+        if width == 0 || logits.len() != width * rows.len() {
+            return Err(Error::graph(
+                PartName::own(Role::DecoderScore),
+                format!(
+                    "level logits of shape {shape:?} for {} rows of {} levels",
+                    rows.len(),
+                    self.bundle.manifest.score.levels.len()
+                ),
+            ));
+        }
+        Ok(logits.chunks_exact(width).map(<[f32]>::to_vec).collect())
+    }
+
+    /// A `decoder_score` call's inputs for `rows`, which share their past: their tokens
+    /// left-padded to the longest, the attention mask where the graph takes one (1 for the
+    /// past and each row's own tokens), and the past once per row.
     fn prefill_inputs(
         &self,
-        embeds: Vec<f32>,
+        rows: &[PrefillRow],
         past_names: &[String],
-        past: impl IntoIterator<Item = Values>,
     ) -> Vec<(String, crate::runner::Input)> {
-        let n = embeds.len() / self.hidden;
+        let hidden = self.hidden;
+        let lengths: Vec<usize> = rows.iter().map(|r| r.embeds.len() / hidden).collect();
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let past = &rows[0].past;
+        let past_len = past.first().map_or(0, |(shape, _)| shape[2] as usize);
+        let batch = rows.len();
+        let mut embeds = vec![0f32; batch * longest * hidden];
+        let mut mask = vec![0i64; batch * (past_len + longest)];
+        for (i, (row, &n)) in rows.iter().zip(&lengths).enumerate() {
+            let end = (i + 1) * longest * hidden;
+            embeds[end - n * hidden..end].copy_from_slice(&row.embeds);
+            let row_mask = &mut mask[i * (past_len + longest)..(i + 1) * (past_len + longest)];
+            row_mask[..past_len].fill(1);
+            row_mask[past_len + longest - n..].fill(1);
+        }
         let mut inputs = vec![(
             "inputs_embeds".to_owned(),
-            f32_tensor(vec![1, n as i64, self.hidden as i64], embeds),
+            f32_tensor(vec![batch as i64, longest as i64, hidden as i64], embeds),
         )];
-        for (name, (shape, data)) in past_names.iter().zip(past) {
-            inputs.push((name.clone(), f32_tensor(shape, data)));
+        if self.decoder_takes_mask {
+            inputs.push((
+                "attention_mask".to_owned(),
+                i64_tensor(vec![batch as i64, (past_len + longest) as i64], mask),
+            ));
+        }
+        for (name, (shape, data)) in past_names.iter().zip(past.iter()) {
+            let mut shape = shape.clone();
+            shape[0] = batch as i64;
+            inputs.push((name.clone(), f32_tensor(shape, data.repeat(batch))));
         }
         inputs
     }
@@ -245,7 +363,11 @@ impl Scorer {
         {
             return Ok(past.clone());
         }
-        let inputs = self.prefill_inputs(prefix.clone(), past_names, self.empty_past(past_names)?);
+        let row = PrefillRow {
+            embeds: prefix.clone(),
+            past: Arc::new(self.empty_past(past_names)?),
+        };
+        let inputs = self.prefill_inputs(std::slice::from_ref(&row), past_names);
         let mut outputs = self.run_all(&PartName::own(Role::DecoderScore), inputs)?;
         let past = Arc::new(outputs.split_off(1));
         *cache = Some((prefix, past.clone()));

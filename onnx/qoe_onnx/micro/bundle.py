@@ -31,6 +31,9 @@ from . import spec
 from .spec import LEVEL_WEIGHTS, LEVEL_WORDS, MOTION_CONTEXT, MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX
 
 DECODER_FILES = ("decoder_score.onnx", "embed_tokens.onnx", "tokenizer.json")
+# Written beside the built decoder graphs; set-up rebuilds graphs whose stamp differs (an
+# older checkout's decoder without the batch dimension and attention mask).
+DECODER_STAMP_FILE, DECODER_STAMP = "decoder.stamp", "2: batched decoder_score with attention_mask"
 LAYERS, KV_HEADS, HEAD_DIM, HIDDEN = 30, 3, 64, 576
 LEVEL_IDS = [904, 1123, 3506, 3183, 1642]  # " high" " good" " fair" " poor" " low" in SmolLM2
 
@@ -47,9 +50,9 @@ BUNDLES = {"micro-vqa2-streaming": ("streaming", "fp32"), "micro-vqa2-ugc": ("ug
 def manifest(variant: str, precision: str = "fp32") -> dict:
     pre = {"resize": "pillow-bicubic", "rescale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3,
            "channels": "rgb", "layout": "nchw"}
-    past = [B.tensor(f"past_key_values.{l}.{kv}", [1, KV_HEADS, "past", HEAD_DIM])
+    past = [B.tensor(f"past_key_values.{l}.{kv}", ["batch", KV_HEADS, "past", HEAD_DIM])
             for l in range(LAYERS) for kv in ("key", "value")]
-    present = [B.tensor(f"present.{l}.{kv}", [1, KV_HEADS, "total", HEAD_DIM])
+    present = [B.tensor(f"present.{l}.{kv}", ["batch", KV_HEADS, "total", HEAD_DIM])
                for l in range(LAYERS) for kv in ("key", "value")]
     segments = [{"text": PREFIX}, {"embed": "keyframes"}, {"embed": "motion"}]
     if variant == "streaming":
@@ -101,8 +104,10 @@ def manifest(variant: str, precision: str = "fp32") -> dict:
             },
             "decoder_score": {
                 "file": "decoder_score.onnx",
-                "inputs": [B.tensor("inputs_embeds", [1, "sequence", HIDDEN])] + past,
-                "outputs": [B.tensor("level_logits", [1, 5])] + present,
+                "batch": True,
+                "inputs": [B.tensor("inputs_embeds", ["batch", "sequence", HIDDEN]),
+                           B.tensor("attention_mask", ["batch", "total"], "int64")] + past,
+                "outputs": [B.tensor("level_logits", ["batch", 5])] + present,
             },
         },
         "preprocess": {
@@ -172,6 +177,7 @@ def build_int8_decoder(folder: Path) -> None:
     tmp = folder / "decoder_score.onnx.part"
     quantizer.model.save_model_to_file(str(tmp), False)
     tmp.rename(folder / "decoder_score.onnx")
+    (folder / DECODER_STAMP_FILE).write_text(DECODER_STAMP + "\n")
     print(f"micro-vqa2: int8 decoder built in {time.time() - started:.1f} s", file=sys.stderr, flush=True)
 
 
@@ -190,6 +196,7 @@ def build_decoder(folder: Path) -> None:
     tmp = folder / "decoder_score.onnx.part"
     onnx.save(smollm.decoder_model(cfg, weights, LEVEL_IDS), str(tmp))
     tmp.rename(target)
+    (folder / DECODER_STAMP_FILE).write_text(DECODER_STAMP + "\n")
     print(f"micro-vqa2: decoder graphs built in {time.time() - started:.1f} s", file=sys.stderr, flush=True)
 
 
@@ -199,7 +206,11 @@ def main() -> None:
     ap.add_argument("--decoder", type=Path, help="build the decoder graphs into this bundle folder")
     ap.add_argument("--int8", type=Path, metavar="FOLDER",
                     help="build the int8 decoder into this bundle folder, from the fp32 one its links lead to")
+    ap.add_argument("--stamp", action="store_true", help="print the stamp of current decoder graphs and exit")
     args = ap.parse_args()
+    if args.stamp:
+        print(DECODER_STAMP)
+        return
     if args.manifests:
         write_manifests(args.manifests)
     if args.decoder:

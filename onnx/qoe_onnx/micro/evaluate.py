@@ -54,9 +54,16 @@ class Model:
 
         self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_key_values.")]
+        self.masked = any(i.name == "attention_mask" for i in self.decoder.get_inputs())
         empty = {n: np.zeros((1, 3, 0, 64), np.float32) for n in self.past_names}
-        out = self.decoder.run(None, {"inputs_embeds": self.text(T.PREFIX)[None], **empty})
+        prefix = self.text(T.PREFIX)[None]
+        out = self.decoder.run(None, {"inputs_embeds": prefix, **self.mask(prefix, 0), **empty})
         self.prefix = dict(zip(self.past_names, out[1:]))
+        self.prefix_length = prefix.shape[1]
+
+    def mask(self, embeds: np.ndarray, past: int) -> dict:
+        """The attention mask a batching decoder takes: every token real (one row)."""
+        return {"attention_mask": np.ones((1, past + embeds.shape[1]), np.int64)} if self.masked else {}
 
     def text(self, s: str) -> np.ndarray:
         ids = np.array(self.tok.encode(s).ids, np.int64)
@@ -77,8 +84,9 @@ class Model:
         tail = ([self.text(stall)] if stall is not None else []) + [self.text(T.SUFFIX)]
         p = np.zeros(len(T.LEVEL_WEIGHTS))
         for kf, mo in features:
-            logits = self.decoder.run(["level_logits"], {"inputs_embeds": np.concatenate([kf, mo, *tail])[None],
-                                                         **self.prefix})[0][0]
+            embeds = np.concatenate([kf, mo, *tail])[None]
+            logits = self.decoder.run(["level_logits"], {"inputs_embeds": embeds, **self.prefix,
+                                                         **self.mask(embeds, self.prefix_length)})[0][0]
             e = np.exp(logits - logits.max())
             p += e / e.sum() / len(features)
         return float(p @ np.array(T.LEVEL_WEIGHTS))

@@ -6,10 +6,14 @@ written as an ONNX graph directly (numpy weights), so a newcomer's set-up stays 
 
 Graphs written:
   embed_tokens.onnx   rows [tokens] int64 -> token_embeds [tokens, 576]
-  decoder_score.onnx  inputs_embeds [1, S, 576] + past_key_values.{l}.{key,value} [1, 3, P, 64]
-                      -> level_logits [1, 5] (the level words' rows of the tied LM head, at the
-                      last position) and present.{l}.{key,value} [1, 3, P+S, 64]; with P = 0 it
+  decoder_score.onnx  inputs_embeds [B, S, 576] + attention_mask [B, P+S] (int64, 1 = a real
+                      token) + past_key_values.{l}.{key,value} [B, 3, P, 64]
+                      -> level_logits [B, 5] (the level words' rows of the tied LM head, at the
+                      last position) and present.{l}.{key,value} [B, 3, P+S, 64]; with P = 0 it
                       is a plain prefill, with the cached prompt prefix it scores the rest.
+                      Rows of a batch are windows of different lengths, left-padded: padding
+                      keys are masked out and positions count real tokens only (as Hugging
+                      Face's generate does), so every row's logits equal its unbatched ones.
 """
 
 from __future__ import annotations
@@ -173,29 +177,37 @@ def decoder_model(cfg: Config, weights: dict[str, np.ndarray], level_ids: list[i
 
     g = _Graph()
     d, hd, nh, nkv = cfg.hidden, cfg.head_dim, cfg.heads, cfg.kv_heads
-    inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [1, "sequence", d])]
-    outputs = [helper.make_tensor_value_info("level_logits", TensorProto.FLOAT, [1, len(level_ids)])]
+    inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "sequence", d]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"])]
+    outputs = [helper.make_tensor_value_info("level_logits", TensorProto.FLOAT, ["batch", len(level_ids)])]
     for l in range(cfg.layers):
         for kv in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(
-                f"past_key_values.{l}.{kv}", TensorProto.FLOAT, [1, nkv, "past", hd]))
+                f"past_key_values.{l}.{kv}", TensorProto.FLOAT, ["batch", nkv, "past", hd]))
             outputs.append(helper.make_tensor_value_info(
-                f"present.{l}.{kv}", TensorProto.FLOAT, [1, nkv, "total", hd]))
+                f"present.{l}.{kv}", TensorProto.FLOAT, ["batch", nkv, "total", hd]))
     x = "inputs_embeds"
     i64 = lambda v: g.const(v, dtype=np.int64)  # noqa: E731
     seq = g.op("Gather", [g.op("Shape", [x]), i64(1)], axis=0)
     past = g.op("Gather", [g.op("Shape", ["past_key_values.0.key"]), i64(2)], axis=0)
     total = g.op("Add", [past, seq])
-    positions = g.op("Range", [past, total, i64(1)])  # absolute positions of the new tokens
+    # Positions count each row's real tokens: a left-padded row's first real token is at the
+    # same position as it would be unpadded. [B, S]
+    counted = g.op("Sub", [g.op("CumSum", ["attention_mask", i64(1)]), i64(1)])
+    positions = g.op("Slice", [counted, g.op("Unsqueeze", [past, i64([0])]),
+                               g.op("Unsqueeze", [total, i64([0])]), i64([1])])
     inv_freq = (1.0 / cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float32) / hd)).astype(np.float32)
-    freqs = g.op("Mul", [g.op("Unsqueeze", [g.op("Cast", [positions], to=TensorProto.FLOAT), i64([1])]),
-                         g.const(inv_freq[None, :], "inv_freq")])
-    angles = g.op("Unsqueeze", [g.op("Concat", [freqs, freqs], axis=-1), i64([0, 1])])
+    freqs = g.op("Mul", [g.op("Unsqueeze", [g.op("Cast", [positions], to=TensorProto.FLOAT), i64([2])]),
+                         g.const(inv_freq[None, None, :], "inv_freq")])  # [B, S, hd/2]
+    angles = g.op("Unsqueeze", [g.op("Concat", [freqs, freqs], axis=-1), i64([1])])  # [B, 1, S, hd]
     cos, sin = g.op("Cos", [angles]), g.op("Sin", [angles])
-    # Causal mask over past + new keys: a new token at absolute position p sees keys 0..p.
+    # A new token at index past + i sees keys 0..past + i that are real tokens. [B, 1, S, P+S]
     keys = g.op("Range", [i64(0), total, i64(1)])
-    visible = g.op("LessOrEqual", [g.op("Unsqueeze", [keys, i64([0])]),
-                                   g.op("Unsqueeze", [positions, i64([1])])])
+    queries = g.op("Range", [past, total, i64(1)])
+    causal = g.op("LessOrEqual", [g.op("Unsqueeze", [keys, i64([0])]),
+                                  g.op("Unsqueeze", [queries, i64([1])])])  # [S, P+S]
+    real = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", i64([1, 2])])], to=TensorProto.BOOL)
+    visible = g.op("And", [g.op("Unsqueeze", [causal, i64([0, 1])]), real])
     mask = g.op("Where", [visible, g.const(np.float32(0)), g.const(np.float32(-1e9))])
     scale = g.const(np.float32(1.0 / np.sqrt(hd)))
     for l in range(cfg.layers):
@@ -204,7 +216,7 @@ def decoder_model(cfg: Config, weights: dict[str, np.ndarray], level_ids: list[i
 
         def heads(w, n, h=h):
             y = g.op("MatMul", [h, g.const(w.T.copy(), "w")])
-            return g.op("Transpose", [g.op("Reshape", [y, i64([1, -1, n, hd])])], perm=[0, 2, 1, 3])
+            return g.op("Transpose", [g.op("Reshape", [y, i64([0, -1, n, hd])])], perm=[0, 2, 1, 3])
 
         q = _rotate(g, heads(weights[p + "self_attn.q_proj"], nh), cos, sin, hd // 2)
         k = _rotate(g, heads(weights[p + "self_attn.k_proj"], nkv), cos, sin, hd // 2)
@@ -214,19 +226,19 @@ def decoder_model(cfg: Config, weights: dict[str, np.ndarray], level_ids: list[i
 
         def repeat(t):  # grouped-query attention: each KV head serves heads/kv_heads query heads
             u = g.op("Unsqueeze", [t, i64([2])])
-            return g.op("Reshape", [g.op("Concat", [u] * (nh // nkv), axis=2), i64([1, nh, -1, hd])])
+            return g.op("Reshape", [g.op("Concat", [u] * (nh // nkv), axis=2), i64([0, nh, -1, hd])])
 
         scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, g.op("Transpose", [repeat(k)], perm=[0, 1, 3, 2])]),
                                           scale]), mask])
         attended = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), repeat(v)])
-        merged = g.op("Reshape", [g.op("Transpose", [attended], perm=[0, 2, 1, 3]), i64([1, -1, d])])
+        merged = g.op("Reshape", [g.op("Transpose", [attended], perm=[0, 2, 1, 3]), i64([0, -1, d])])
         x = g.op("Add", [x, g.op("MatMul", [merged, g.const(weights[p + "self_attn.o_proj"].T.copy(), "w")])])
         h = _rms_norm(g, x, weights[p + "post_attention_layernorm"], cfg.eps)
         gate = g.op("MatMul", [h, g.const(weights[p + "mlp.gate_proj"].T.copy(), "w")])
         up = g.op("MatMul", [h, g.const(weights[p + "mlp.up_proj"].T.copy(), "w")])
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
         x = g.op("Add", [x, g.op("MatMul", [act, g.const(weights[p + "mlp.down_proj"].T.copy(), "w")])])
-    last = g.op("Gather", [x, g.op("Sub", [seq, i64(1)])], axis=1)  # [1, hidden]
+    last = g.op("Gather", [x, g.op("Sub", [seq, i64(1)])], axis=1)  # [B, hidden]: left padding ends every row here
     last = _rms_norm(g, last, weights["norm"], cfg.eps)
     head = weights["embed_tokens"][level_ids].T.copy()  # tied LM head, level rows only
     g.op("MatMul", [last, g.const(head, "level_rows")], outputs=["level_logits"])

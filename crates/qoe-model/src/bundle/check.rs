@@ -214,6 +214,11 @@ impl Bundle {
                 here.display()
             ));
         }
+        for (name, part) in &m.parts {
+            if part.batch {
+                check_batch(&here.display().to_string(), name, part)?;
+            }
+        }
         self.check_ensemble()?;
         if !self.dir.join(&m.tokenizer).is_file() {
             return err(format!(
@@ -292,4 +297,39 @@ impl Bundle {
         }
         Ok(())
     }
+}
+
+/// A part that says it batches: every tensor leads with one named dimension, and a decoder
+/// takes the attention mask that makes padding harmless.
+fn check_batch(here: &str, name: &PartName, part: &super::Part) -> Result<()> {
+    let mut batch_dim: Option<&str> = None;
+    for (kind, specs) in [("inputs", &part.inputs), ("outputs", &part.outputs)] {
+        for spec in specs.iter() {
+            match spec.shape.first() {
+                Some(super::Dim::Named(dim)) if batch_dim.is_none_or(|b| b == dim) => {
+                    batch_dim = Some(dim)
+                }
+                other => {
+                    return err(format!(
+                        "{here}: parts.{name}.batch is true, but its {kind} \"{}\" leads with {} where every tensor must lead with the batch dimension \"{}\"",
+                        spec.name,
+                        match other {
+                            Some(super::Dim::Fixed(n)) => n.to_string(),
+                            Some(super::Dim::Named(d)) => format!("\"{d}\""),
+                            None => "no dimension".into(),
+                        },
+                        batch_dim.unwrap_or("batch")
+                    ));
+                }
+            }
+        }
+    }
+    if name.role == Role::DecoderScore
+        && !part.inputs.iter().any(|i| i.name == "attention_mask")
+    {
+        return err(format!(
+            "{here}: parts.{name}.batch is true, but it has no \"attention_mask\" input: a batched decoder needs it to pad rows"
+        ));
+    }
+    Ok(())
 }

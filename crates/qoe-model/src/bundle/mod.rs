@@ -49,6 +49,11 @@ pub struct Part {
     pub file: String,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// Whether the graph scores several rows (windows, of any streams) in one call: every
+    /// input and output leads with the same named batch dimension, and a decoder takes an
+    /// `attention_mask` so that left-padded rows of different lengths score as alone.
+    #[serde(default)]
+    pub batch: bool,
 }
 
 /// How frames are resized to an encoder's input. Only Pillow's bicubic filter, reproduced to

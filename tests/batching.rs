@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Batched scoring across streams (#33), with the default bundle's batching decoder: windows
+//! of different lengths from several threads at once score as they do alone.
+
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use qoe_core::stall::WindowStalls;
+use qoe_model::batch::BatchOptions;
+use qoe_model::{Scored, Scorer, SessionOptions, WindowFeatures};
+
+mod common;
+
+fn open(dir: &Path, batch: BatchOptions) -> Scorer {
+    common::init_ort();
+    Scorer::open_with(
+        dir,
+        &SessionOptions {
+            threads: 1,
+            batch,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Windows that differ in content, in keyframe count and in their stall sentence, so that
+/// the decoder's rows differ in length.
+fn windows(scorer: &Scorer, count: usize) -> Vec<WindowFeatures> {
+    let frames = common::textured_frames(120);
+    (0..count)
+        .map(|i| {
+            let start = 7 * i;
+            let length = 30 + 10 * (i % 3); // 3 to 5 keyframes at 10 fps
+            let features = scorer
+                .clip_features(&frames[start..start + length], 10.0)
+                .unwrap();
+            let stall = (i % 2 == 1).then(|| WindowStalls {
+                count: i as u64 * 7,
+                total: i as u64 * 1_234_567_891,
+                initial_buffering: 250_000_000,
+                ..Default::default()
+            });
+            WindowFeatures { stall, ..features }
+        })
+        .collect()
+}
+
+fn assert_same(what: &str, batched: &Scored, alone: &Scored) {
+    let (b, a) = (batched.score.unwrap(), alone.score.unwrap());
+    assert!((b - a).abs() <= 1e-4, "{what}: score {b} batched, {a} alone");
+    for (pb, pa) in batched.probabilities.iter().zip(&alone.probabilities) {
+        assert!((pb - pa).abs() <= 1e-4, "{what}: probabilities {:?} batched, {:?} alone", batched.probabilities, alone.probabilities);
+    }
+    assert_eq!(batched.sequence_length, alone.sequence_length, "{what}");
+}
+
+#[test]
+fn windows_of_many_streams_in_one_batch_score_as_alone() {
+    let dir = common::default_bundle();
+    let alone = open(
+        &dir,
+        BatchOptions {
+            max_rows: 1,
+            ..Default::default()
+        },
+    );
+    assert!(!alone.batches(), "max_rows 1 runs every prefill alone");
+    let streams = 6;
+    let features = windows(&alone, streams);
+    let expected: Vec<Scored> = features
+        .iter()
+        .map(|f| alone.score_window(f).unwrap())
+        .collect();
+    let lengths: std::collections::BTreeSet<usize> =
+        expected.iter().map(|s| s.sequence_length).collect();
+    assert!(lengths.len() >= 3, "rows must differ in length: {lengths:?}");
+    drop(alone);
+
+    // A minute's delay: the batch runs when every stream has handed in its window.
+    let batched = Arc::new(open(
+        &dir,
+        BatchOptions {
+            max_rows: 16,
+            max_delay: Duration::from_secs(60),
+        },
+    ));
+    assert!(batched.batches());
+    for _ in 0..streams {
+        batched.stream_joined();
+    }
+    let barrier = Arc::new(Barrier::new(streams));
+    let threads: Vec<_> = features
+        .into_iter()
+        .map(|f| {
+            let (scorer, barrier) = (batched.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                scorer.score_window(&f).unwrap()
+            })
+        })
+        .collect();
+    for (i, (thread, alone)) in threads.into_iter().zip(&expected).enumerate() {
+        assert_same(&format!("window {i}"), &thread.join().unwrap(), alone);
+    }
+    let counts = batched.batch_counts().unwrap();
+    // Each window is two rows (the ensemble's models): all twelve in one call.
+    assert_eq!((counts.batches, counts.rows, counts.largest), (1, 12, 12));
+
+    // A lone stream's window runs at once, its ensemble's two rows in one call.
+    for _ in 1..streams {
+        batched.stream_left();
+    }
+    let started = std::time::Instant::now();
+    let again = batched.score_window(&windows(&batched, 1)[0]).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_same("lone window", &again, &expected[0]);
+    let counts = batched.batch_counts().unwrap();
+    assert_eq!((counts.batches, counts.rows), (2, 14));
+}
+
+#[test]
+fn bundles_without_a_batching_decoder_score_one_row_at_a_time() {
+    for name in ["vqa2-tiny-streaming", "vqa2-tiny-ugc"] {
+        let scorer = open(&common::bundle(name), BatchOptions::default());
+        assert!(!scorer.batches(), "{name}: its decoder does not batch");
+        assert_eq!(scorer.batch_counts(), None);
+    }
+}
