@@ -12,12 +12,14 @@
 //!    a window falling due to its score (the batch's wait included), where the time goes
 //!    (resize, vision, motion, decoder), the batches run and the largest score difference
 //!    between the two arms (goal ≤ 1e-4).
-//! 2. **End to end.** One 720p30 stream (`QOE_BENCH_SECONDS`, default 30 s of `testsrc2`)
+//! 2. **End to end.** One 720p30 stream (`QOE_BENCH_SECONDS`, default 60 s of `testsrc2`)
 //!    through `decodebin ! qoemonitor ! fakesink` with the default bundle and default settings
 //!    but `leaky=false` (every window scored), against `identity`, alternately: seconds of
-//!    video per CPU-second of what the element and its model add (goal ≥ 4).
+//!    video per CPU-second of what the element and its model add (goal ≥ 4), with the model
+//!    already loaded (its load is printed apart), and the CPU time by thread.
 //!
-//! Environment: `QOE_BENCH_STREAMS` (default `1,4,16`), `QOE_BENCH_SECONDS`, `ORT_DYLIB_PATH`.
+//! Environment: `QOE_BENCH_STREAMS` (default `1,4,16`; `none`: the end-to-end part only),
+//! `QOE_BENCH_SECONDS`, `ORT_DYLIB_PATH`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,7 +65,7 @@ fn run_stream(scorer: &Arc<Scorer>, frames: &[RgbImage], offset: usize) -> Strea
         latencies: Vec::new(),
         stages: StageTimes::default(),
     };
-    let mut score_ready = |stream: &mut StreamScorer, run: &mut StreamRun| {
+    let score_ready = |stream: &mut StreamScorer, run: &mut StreamRun| {
         for ready in stream.ready() {
             let ready = ready.expect("a full window");
             let due = Instant::now();
@@ -161,6 +163,14 @@ fn open(bundle: &std::path::Path, max_rows: usize) -> Arc<Scorer> {
 }
 
 fn scoring(bundle: &std::path::Path) {
+    let counts: Vec<usize> = std::env::var("QOE_BENCH_STREAMS")
+        .unwrap_or_else(|_| "1,4,16".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    if counts.is_empty() {
+        return; // QOE_BENCH_STREAMS=none: the end-to-end part only
+    }
     eprintln!("encoding and decoding 20 s of 720p30 (once) ...");
     let clip = common::clip(
         "bench-720p30-20s.mp4",
@@ -173,11 +183,6 @@ fn scoring(bundle: &std::path::Path) {
             .map(|(_, image)| image)
             .collect(),
     );
-    let counts: Vec<usize> = std::env::var("QOE_BENCH_STREAMS")
-        .unwrap_or_else(|_| "1,4,16".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
     let alone = open(bundle, 1);
     let batched = open(bundle, qoe_model::batch::DEFAULT_MAX_ROWS);
     println!(
@@ -230,14 +235,37 @@ fn scoring(bundle: &std::path::Path) {
     println!("largest score difference, batched against unbatched: {largest_difference:.2e} (goal <= 1e-4)");
 }
 
-/// Process CPU seconds of one run of `description` to EOS.
-fn pipeline_cpu(description: &str) -> f64 {
+/// CPU seconds so far of this process's threads, summed by thread name.
+fn threads_by_name() -> HashMap<String, f64> {
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut by_name = HashMap::new();
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid … utime(14) stime(15)
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split(' ').collect();
+        let cpu = (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / tick;
+        // Numbered threads of one kind (avdec_h264's, GStreamer's task pools) count together.
+        let kind = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == ':' || c == '-');
+        *by_name.entry(kind.to_owned()).or_insert(0.0) += cpu;
+    }
+    by_name
+}
+
+/// Process CPU seconds of one run of `description` to EOS, and the CPU seconds its threads
+/// spent by thread name (those that ended before EOS are in none).
+fn pipeline_cpu(description: &str) -> (f64, HashMap<String, f64>) {
     use gst::prelude::*;
     let pipeline = gst::parse::launch(description)
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
     let cpu0 = cpu_seconds();
+    let threads0 = threads_by_name();
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
     for msg in bus.iter_timed(gst::ClockTime::NONE) {
@@ -250,15 +278,19 @@ fn pipeline_cpu(description: &str) -> f64 {
             _ => {}
         }
     }
+    let mut threads = threads_by_name();
+    for (name, cpu) in threads.iter_mut() {
+        *cpu -= threads0.get(name).copied().unwrap_or(0.0);
+    }
     pipeline.set_state(gst::State::Null).unwrap();
-    cpu_seconds() - cpu0
+    (cpu_seconds() - cpu0, threads)
 }
 
 fn end_to_end(bundle: &std::path::Path) {
     let seconds: u64 = std::env::var("QOE_BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(60);
     eprintln!("encoding {seconds} s of 720p30 (once) ...");
     let clip = common::clip(
         &format!("bench-720p30-{seconds}s.mp4"),
@@ -272,14 +304,33 @@ fn end_to_end(bundle: &std::path::Path) {
         )
     };
     let monitor = format!("qoemonitor bundle={} leaky=false", bundle.display());
+    // Held, the model stays loaded between runs (the element's default options share it):
+    // what is measured is the stream's cost, not the model's load, printed apart.
+    let cpu0 = cpu_seconds();
+    let _held = qoe_model::shared_scorer(bundle, &SessionOptions::default()).unwrap();
+    println!("loading the default bundle (once per process): {:.2} CPU-s", cpu_seconds() - cpu0);
     pipeline_cpu(&pipeline("identity")); // warm caches and the registry
-    let (mut identity, mut scored) = (Vec::new(), Vec::new());
+    let (mut identity, mut scored, mut by_thread) = (Vec::new(), Vec::new(), HashMap::new());
     for _ in 0..2 {
-        identity.push(pipeline_cpu(&pipeline("identity")));
-        scored.push(pipeline_cpu(&pipeline(&monitor)));
+        identity.push(pipeline_cpu(&pipeline("identity")).0);
+        let (cpu, threads) = pipeline_cpu(&pipeline(&monitor));
+        if scored.iter().all(|&c| cpu < c) {
+            by_thread = threads;
+        }
+        scored.push(cpu);
     }
     let min = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
     let (id, qoe) = (min(&identity), min(&scored));
+    let mut threads: Vec<(String, f64)> = by_thread.into_iter().filter(|(_, c)| *c >= 0.05).collect();
+    threads.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    println!(
+        "  CPU seconds by thread in that qoemonitor run: {}",
+        threads
+            .iter()
+            .map(|(name, cpu)| format!("{name} {cpu:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!(
         "end to end, {seconds} s of 720p30, decodebin ! {{identity|qoemonitor (default bundle, default settings, leaky=false)}} ! fakesink, \
          process CPU, the lower of 2 alternating runs: identity {id:.2} s, qoemonitor {qoe:.2} s; \

@@ -214,7 +214,7 @@ fn bad_bundles_are_refused_naming_file_and_field() {
     std::fs::write(dir.join("bundle.json"), manifest).unwrap();
     let e = open_error(&dir);
     assert!(
-        e.contains("field format_version is 7; this reader knows 1 to 2"),
+        e.contains("field format_version is 7; this reader knows 1 to 3"),
         "{e}"
     );
 
@@ -266,6 +266,13 @@ fn bad_bundles_are_refused_naming_file_and_field() {
             "\"file\": \"decoder_score.onnx\", \"batch\": true,",
             1,
         );
+    std::fs::write(dir.join("bundle.json"), &manifest).unwrap();
+    let e = open_error(&dir);
+    assert!(
+        e.contains("parts.decoder_score.batch needs format_version 3 or later (it is 1)"),
+        "{e}"
+    );
+    let manifest = manifest.replace("\"format_version\": 1", "\"format_version\": 3");
     std::fs::write(dir.join("bundle.json"), manifest).unwrap();
     let e = open_error(&dir);
     assert!(

@@ -15,6 +15,11 @@ FORMAT_VERSION = 1  # what a bundle is written as unless it has an ensemble
 # MEMBER_ROLES, the level probabilities averaged over the members (a version-1 reader would
 # ignore the field and score with one model).
 ENSEMBLE_FORMAT_VERSION = 2
+# Version 3 adds parts' "batch": the graph takes rows of any streams in one call, every tensor
+# leading with one named dimension, and a batching decoder_score takes "attention_mask" (a
+# version-2 reader would not feed it).
+BATCH_FORMAT_VERSION = 3
+NEWEST_FORMAT_VERSION = BATCH_FORMAT_VERSION
 MEMBER_ROLES = ("keyframe_encoder", "motion_encoder", "motion_projector")
 MANIFEST = "bundle.json"
 # level-logits: softmax over the level words' logits at one position, weighted sum (VQA²);
@@ -60,10 +65,10 @@ def load(folder: Path) -> dict:
         raise BundleError(f"{path}: not JSON ({e})") from e
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: field format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") not in range(1, ENSEMBLE_FORMAT_VERSION + 1):
+    if manifest.get("format_version") not in range(1, NEWEST_FORMAT_VERSION + 1):
         raise BundleError(
             f"{path}: field format_version is {manifest.get('format_version')!r}; "
-            f"this reader knows 1 to {ENSEMBLE_FORMAT_VERSION}"
+            f"this reader knows 1 to {NEWEST_FORMAT_VERSION}"
         )
     _check_ensemble(path, manifest)
     return manifest

@@ -79,7 +79,7 @@ def manifest(variant: str, precision: str = "fp32") -> dict:
                   for name in ENSEMBLE for role in B.MEMBER_ROLES})
     return {
         "format": B.FORMAT,
-        "format_version": B.ENSEMBLE_FORMAT_VERSION if ENSEMBLE else B.FORMAT_VERSION,
+        "format_version": B.BATCH_FORMAT_VERSION,  # the decoder batches (and the bundle is an ensemble)
         "name": f"micro-vqa2-{variant}" + ("-int8" if precision == "int8" else ""),
         "family": "vqa2",
         "variant": variant,

@@ -216,6 +216,13 @@ impl Bundle {
         }
         for (name, part) in &m.parts {
             if part.batch {
+                if m.format_version < BATCH_FORMAT_VERSION {
+                    return err(format!(
+                        "{}: parts.{name}.batch needs format_version {BATCH_FORMAT_VERSION} or later (it is {}): older readers would not feed the attention mask",
+                        here.display(),
+                        m.format_version
+                    ));
+                }
                 check_batch(&here.display().to_string(), name, part)?;
             }
         }

@@ -14,8 +14,12 @@ mod check;
 
 pub const FORMAT: &str = "gst-qoe-bundle";
 /// The newest format this reader knows; it reads every version from 1. Version 2 adds
-/// `ensemble`, which a version-1 reader would ignore and so score differently.
-pub const FORMAT_VERSION: u32 = 2;
+/// `ensemble`, which a version-1 reader would ignore and so score differently; version 3
+/// adds `parts.*.batch`, whose decoders take an `attention_mask` that an older reader does
+/// not feed.
+pub const FORMAT_VERSION: u32 = 3;
+/// The first format version with batching parts.
+pub const BATCH_FORMAT_VERSION: u32 = 3;
 pub const MANIFEST: &str = "bundle.json";
 
 /// The largest picture side a bundle may ask for.
