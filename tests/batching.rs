@@ -56,11 +56,12 @@ fn assert_same(what: &str, batched: &Scored, alone: &Scored) {
     assert_eq!(batched.sequence_length, alone.sequence_length, "{what}");
 }
 
-#[test]
-fn windows_of_many_streams_in_one_batch_score_as_alone() {
-    let dir = common::default_bundle();
+/// Six streams' windows (of different lengths) scored at once through a batching scorer of
+/// bundle `dir` equal the same windows scored alone, and go as one decoder call; then a
+/// lone stream's window runs at once. `rows` is the decoder rows per window (ensemble models).
+fn six_streams_in_one_batch_score_as_alone(dir: &Path, rows: u64) {
     let alone = open(
-        &dir,
+        dir,
         BatchOptions {
             max_rows: 1,
             ..Default::default()
@@ -80,7 +81,7 @@ fn windows_of_many_streams_in_one_batch_score_as_alone() {
 
     // A minute's delay: the batch runs when every stream has handed in its window.
     let batched = Arc::new(open(
-        &dir,
+        dir,
         BatchOptions {
             max_rows: 16,
             max_delay: Duration::from_secs(60),
@@ -105,10 +106,14 @@ fn windows_of_many_streams_in_one_batch_score_as_alone() {
         assert_same(&format!("window {i}"), &thread.join().unwrap(), alone);
     }
     let counts = batched.batch_counts().unwrap();
-    // Each window is two rows (the ensemble's models): all twelve in one call.
-    assert_eq!((counts.batches, counts.rows, counts.largest), (1, 12, 12));
+    let all = streams as u64 * rows;
+    assert_eq!(
+        (counts.batches, counts.rows, counts.largest),
+        (1, all, all as usize),
+        "every window in one call"
+    );
 
-    // A lone stream's window runs at once, its ensemble's two rows in one call.
+    // A lone stream's window runs at once (an ensemble's rows in one call).
     for _ in 1..streams {
         batched.stream_left();
     }
@@ -117,12 +122,28 @@ fn windows_of_many_streams_in_one_batch_score_as_alone() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_same("lone window", &again, &expected[0]);
     let counts = batched.batch_counts().unwrap();
-    assert_eq!((counts.batches, counts.rows), (2, 14));
+    assert_eq!((counts.batches, counts.rows), (2, all + rows));
 }
 
+/// The default bundle: SmolLM2's decoder after the cached prompt opening, two models.
 #[test]
-fn bundles_without_a_batching_decoder_score_one_row_at_a_time() {
+fn default_bundle_windows_of_many_streams_in_one_batch_score_as_alone() {
+    six_streams_in_one_batch_score_as_alone(&common::default_bundle(), 2);
+}
+
+/// The VQA² exporter's decoders (Qwen2 from PyTorch, whole prompts, no prefix cache).
+#[test]
+fn vqa2_exported_windows_of_many_streams_in_one_batch_score_as_alone() {
     for name in ["vqa2-tiny-streaming", "vqa2-tiny-ugc"] {
+        six_streams_in_one_batch_score_as_alone(&common::bundle(name), 1);
+    }
+}
+
+/// LMM-VQA scores by a generated answer and CP-LLM by a head over keyframes: neither runs
+/// a scoring prefill, and their windows are scored one by one.
+#[test]
+fn bundles_without_a_batching_decoder_score_one_window_at_a_time() {
+    for name in ["lmm-vqa-tiny", "cp-llm-tiny"] {
         let scorer = open(&common::bundle(name), BatchOptions::default());
         assert!(!scorer.batches(), "{name}: its decoder does not batch");
         assert_eq!(scorer.batch_counts(), None);

@@ -210,7 +210,7 @@ fn bad_bundles_are_refused_naming_file_and_field() {
     let dir = bundle_copy("vqa2-tiny-ugc", "version");
     let manifest = std::fs::read_to_string(dir.join("bundle.json"))
         .unwrap()
-        .replace("\"format_version\": 1", "\"format_version\": 7");
+        .replace("\"format_version\": 3", "\"format_version\": 7");
     std::fs::write(dir.join("bundle.json"), manifest).unwrap();
     let e = open_error(&dir);
     assert!(
@@ -257,28 +257,37 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         "{e}"
     );
 
-    // A decoder that says it batches but has no batch dimension and no attention mask.
-    let dir = bundle_copy("vqa2-tiny-ugc", "batch");
-    let manifest = std::fs::read_to_string(dir.join("bundle.json"))
-        .unwrap()
-        .replacen(
-            "\"file\": \"decoder_score.onnx\",",
-            "\"file\": \"decoder_score.onnx\", \"batch\": true,",
-            1,
-        );
-    std::fs::write(dir.join("bundle.json"), &manifest).unwrap();
-    let e = open_error(&dir);
-    assert!(
-        e.contains("parts.decoder_score.batch needs format_version 3 or later (it is 1)"),
-        "{e}"
-    );
-    let manifest = manifest.replace("\"format_version\": 1", "\"format_version\": 3");
-    std::fs::write(dir.join("bundle.json"), manifest).unwrap();
-    let e = open_error(&dir);
-    assert!(
-        e.contains("parts.decoder_score.batch is true, but its inputs \"inputs_embeds\" leads with 1 where every tensor must lead with the batch dimension"),
-        "{e}"
-    );
+    // The fixture's decoder batches: not under an older format version, not without its
+    // batch dimension, not without the attention mask.
+    let batch_cases: [(&str, fn(&mut Value), &str); 3] = [
+        (
+            "batch-version",
+            |m| m["format_version"] = Value::from(2),
+            "parts.decoder_score.batch needs format_version 3 or later (it is 2)",
+        ),
+        (
+            "batch-dim",
+            |m| m["parts"]["decoder_score"]["inputs"][0]["shape"][0] = Value::from(1),
+            "parts.decoder_score.batch is true, but its inputs \"inputs_embeds\" leads with 1 where every tensor must lead with the batch dimension \"batch\"",
+        ),
+        (
+            "batch-mask",
+            |m| {
+                let inputs = m["parts"]["decoder_score"]["inputs"].as_array_mut().unwrap();
+                inputs.retain(|i| i["name"] != "attention_mask");
+            },
+            "parts.decoder_score.batch is true, but it has no \"attention_mask\" input",
+        ),
+    ];
+    for (tag, edit, want) in batch_cases {
+        let dir = bundle_copy("vqa2-tiny-ugc", tag);
+        let mut manifest: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("bundle.json")).unwrap()).unwrap();
+        edit(&mut manifest);
+        std::fs::write(dir.join("bundle.json"), manifest.to_string()).unwrap();
+        let e = open_error(&dir);
+        assert!(e.contains(want), "{tag}: {e}");
+    }
 
     let dir = bundle_copy("vqa2-tiny-ugc", "constant");
     std::fs::write(dir.join("image_newline.f32"), [0u8; 12]).unwrap();
@@ -313,7 +322,7 @@ fn ensemble_copy(name: &str, tag: &str, member: &str, edit: impl FnOnce(&mut Val
         manifest["parts"][format!("{role}@{member}")] = part;
     }
     manifest["ensemble"] = serde_json::json!([member]);
-    manifest["format_version"] = Value::from(2);
+    manifest["format_version"] = Value::from(qoe_model::bundle::FORMAT_VERSION);
     edit(&mut manifest);
     std::fs::write(dir.join("bundle.json"), manifest.to_string()).unwrap();
     dir

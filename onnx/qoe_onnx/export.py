@@ -184,14 +184,17 @@ def export(
         if any(len(ids) != 1 for ids in level_ids):
             raise CheckpointError(f"{tokenizer_json}: level words are not single tokens: {level_ids}")
         level_ids = [ids[0] for ids in level_ids]
-        parts["decoder_score"] = export_graph(
+        # Batched: rows of different lengths, left-padded (the example's second row is).
+        parts["decoder_score"] = {**export_graph(
             vqa2.ScoreDecoder(model.llm, model.level_rows(level_ids)),
-            (torch.zeros(1, 7, h),),
+            (torch.zeros(2, 7, h), torch.tensor([[1] * 7, [0, 0] + [1] * 5])),
             out / "decoder_score.onnx",
-            [bundle.tensor("inputs_embeds", [1, "sequence", h])],
-            [bundle.tensor("level_logits", [1, len(level_ids)])],
-            {"inputs_embeds": {1: "sequence"}},
-        )
+            [bundle.tensor("inputs_embeds", ["batch", "sequence", h]),
+             bundle.tensor("attention_mask", ["batch", "sequence"], "int64")],
+            [bundle.tensor("level_logits", ["batch", len(level_ids)])],
+            {"inputs_embeds": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+             "level_logits": {0: "batch"}},
+        ), "batch": True}
 
         head_rows = model.lm_head if rows is None else model.lm_head[rows]
         layers, kv = cfg.llm["num_hidden_layers"], cfg.llm["num_key_value_heads"]
@@ -246,7 +249,7 @@ def export(
         }
     manifest = {
         "format": bundle.FORMAT,
-        "format_version": bundle.FORMAT_VERSION,
+        "format_version": bundle.BATCH_FORMAT_VERSION,  # decoder_score batches
         "name": name or f"vqa2-{variant_name}",
         "family": "vqa2",
         "variant": variant_name,

@@ -98,7 +98,11 @@ class Runner:
         score = self.manifest["score"]
         # Under a causal mask nothing after the logit position affects it.
         keep = len(sequence) + score["logit_position"] + 1
-        logits = self.run("decoder_score", inputs_embeds=sequence[None, :keep])[0].astype(np.float64)
+        embeds = sequence[None, :keep]
+        # A batching decoder takes a mask: one row, every token real.
+        mask = ({"attention_mask": np.ones(embeds.shape[:2], np.int64)}
+                if any(i["name"] == "attention_mask" for i in self.manifest["parts"]["decoder_score"]["inputs"]) else {})
+        logits = self.run("decoder_score", inputs_embeds=embeds, **mask)[0].astype(np.float64)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         weights = np.array([level["weight"] for level in score["levels"]])

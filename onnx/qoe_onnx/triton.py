@@ -18,8 +18,9 @@ Backends:
   which starts the `tritonserver` of PyPI's nvidia-pytriton).
 
 Graphs whose inputs and outputs all lead with the same named dimension (the keyframe
-encoders: one item per keyframe) get `max_batch_size` and dynamic batching, so that the
-server merges different probes' requests; the others take whole tensors (`max_batch_size: 0`).
+encoders: one item per keyframe; a batching `decoder_score`: one row per window) get
+`max_batch_size` and dynamic batching, so that the server merges different probes' requests
+(Triton merges requests of equal shapes); the others take whole tensors (`max_batch_size: 0`).
 Needs only the standard library.
 """
 

@@ -134,8 +134,10 @@ class MotionProjector(nn.Module):
 
 
 class ScoreDecoder(nn.Module):
-    """``inputs_embeds`` [1, S, H] → ``level_logits`` [1, L] at the last position: Qwen2 and
-    only the level words' rows of ``lm_head`` (spec section 9)."""
+    """``inputs_embeds`` [B, S, H] and ``attention_mask`` [B, S] → ``level_logits`` [B, L] at
+    the last position: Qwen2 and only the level words' rows of ``lm_head`` (spec section 9).
+    Rows are windows of any streams, left-padded to the longest (mask 0); positions count
+    each row's real tokens, so a row scores as it would alone."""
 
     def __init__(self, llm: Qwen2Model, level_rows: torch.Tensor) -> None:
         super().__init__()
@@ -144,11 +146,14 @@ class ScoreDecoder(nn.Module):
         with torch.no_grad():
             self.level_head.weight.copy_(level_rows)
 
-    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        # An explicit all-ones mask keeps transformers off its packed-sequence detection, which
-        # does not export.
-        mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.int64)
-        hidden = self.llm(inputs_embeds=inputs_embeds, attention_mask=mask, use_cache=False).last_hidden_state
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        # An explicit mask (all ones for one row) also keeps transformers off its
+        # packed-sequence detection, which does not export.
+        if attention_mask is None:
+            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.int64)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions,
+                          use_cache=False).last_hidden_state
         return self.level_head(hidden[:, -1])
 
 

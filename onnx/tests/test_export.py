@@ -39,7 +39,7 @@ def graph_cases(model):
             "motion_encoder": ({"frames": frames}, model.motion(frames)),
             "motion_projector": ({"motion_feat": feat, "positions": positions}, model.motion_projector(feat, positions)),
             "decoder_score": (
-                {"inputs_embeds": embeds},
+                {"inputs_embeds": embeds, "attention_mask": torch.ones(1, 40, dtype=torch.int64)},
                 (model.llm(inputs_embeds=embeds).last_hidden_state[:, -1] @ model.lm_head[level_ids].T),
             ),
         }
@@ -61,6 +61,29 @@ def test_fp16_graph_is_close_to_pytorch(export_bundle, tiny_model, part):
     assert got.dtype == np.float32, "fp16 bundles keep fp32 inputs and outputs"
     scale = float(np.abs(expected.numpy()).max())
     assert float(np.abs(got - expected.numpy()).max()) <= FP16_RELATIVE * scale
+
+
+def test_batched_decoder_rows_score_as_alone(export_bundle, tiny_model):
+    """Windows of different lengths in one decoder_score call, left-padded under the mask,
+    give each window's level logits within 1e-4 of PyTorch on that window alone."""
+    folder = export_bundle()
+    manifest = json.loads((folder / "bundle.json").read_text())
+    assert manifest["parts"]["decoder_score"]["batch"] is True
+    g = torch.Generator().manual_seed(5)
+    h = tiny_model.cfg.hidden_size
+    rows = [torch.randn(n, h, generator=g) for n in (40, 23, 7, 23)]
+    level_ids = [1550, 1661, 6624, 7852, 3347]
+    with torch.no_grad():
+        alone = np.stack([(tiny_model.llm(inputs_embeds=r[None]).last_hidden_state[0, -1]
+                           @ tiny_model.lm_head[level_ids].T).numpy() for r in rows])
+    longest = max(len(r) for r in rows)
+    embeds = np.zeros((len(rows), longest, h), np.float32)
+    mask = np.zeros((len(rows), longest), np.int64)
+    for b, r in enumerate(rows):
+        embeds[b, longest - len(r):], mask[b, longest - len(r):] = r.numpy(), 1
+    got = session(folder, "decoder_score").run(None, {"inputs_embeds": embeds, "attention_mask": mask})[0]
+    np.testing.assert_allclose(got, alone, atol=1e-4)
+    assert np.abs(alone[0] - alone[2]).max() > 1e-3, "different windows must score differently"
 
 
 def test_token_embedding_rows_follow_the_subset(export_bundle, tiny_model):
@@ -210,7 +233,8 @@ def test_bundle_validation_names_the_field(export_bundle, tmp_path):
     manifest["format_version"] = 1
     manifest["parts"]["decoder_score"]["inputs"][0]["name"] = "embeds"
     (folder / "bundle.json").write_text(json.dumps(manifest))
-    with pytest.raises(bundle.BundleError, match=r"decoder_score.onnx: inputs are \['inputs_embeds'\], the manifest declares \['embeds'\]"):
+    with pytest.raises(bundle.BundleError, match=r"decoder_score.onnx: inputs are \['inputs_embeds', 'attention_mask'\], "
+                                                 r"the manifest declares \['embeds', 'attention_mask'\]"):
         bundle.validate(folder)
     manifest["parts"]["decoder_score"]["inputs"][0]["name"] = "inputs_embeds"
     (folder / "bundle.json").write_text(json.dumps(manifest))

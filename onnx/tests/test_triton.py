@@ -27,7 +27,8 @@ def test_one_model_per_graph_with_the_manifests_tensors(tmp_path):
         for tensor in part["inputs"] + part["outputs"]:
             assert f'name: "{tensor["name"]}"' in config
         assert f'string_value: "{digest}"' in config
-        batched = part_name.startswith("keyframe_encoder")
+        # Keyframe encoders (one item per keyframe) and the batching decoder (one row per window).
+        batched = part_name.startswith("keyframe_encoder") or part_name == "decoder_score"
         assert ("max_batch_size: 64" in config) == batched, (part_name, config)
         assert ("dynamic_batching" in config) == batched
 

@@ -15,6 +15,12 @@ use crate::scorer::{
     motion_indices, refs, to_channels_first,
 };
 
+/// Whether two rows' pasts are one: the same cached opening, or none (no tokens).
+fn same_past(a: &Arc<Vec<Values>>, b: &Arc<Vec<Values>>) -> bool {
+    let empty = |p: &Arc<Vec<Values>>| p.iter().all(|(_, data)| data.is_empty());
+    Arc::ptr_eq(a, b) || (empty(a) && empty(b))
+}
+
 /// One decoder prefill: a window's token embeddings after the prompt opening whose keys and
 /// values `past` holds (batch 1).
 pub(crate) struct PrefillRow {
@@ -269,7 +275,7 @@ impl Scorer {
                 .collect::<Vec<_>>()
         };
         let first = &requests[0][0].past;
-        let shared = requests.iter().flatten().all(|r| Arc::ptr_eq(&r.past, first));
+        let shared = requests.iter().flatten().all(|r| same_past(&r.past, first));
         if requests.len() == 1 || !shared {
             return alone(&requests);
         }

@@ -214,6 +214,7 @@ impl Bundle {
                 here.display()
             ));
         }
+        self.check_ensemble()?;
         for (name, part) in &m.parts {
             if part.batch {
                 if m.format_version < BATCH_FORMAT_VERSION {
@@ -226,7 +227,6 @@ impl Bundle {
                 check_batch(&here.display().to_string(), name, part)?;
             }
         }
-        self.check_ensemble()?;
         if !self.dir.join(&m.tokenizer).is_file() {
             return err(format!(
                 "{}: tokenizer \"{}\" does not exist",
