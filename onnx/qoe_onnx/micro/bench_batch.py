@@ -6,7 +6,8 @@ against B calls of one row, alternately, on one ONNX Runtime thread.
 Rows are random embeddings after the cached prompt opening (the real prefix's token rows), as
 many new tokens as a window carries: 21 with the UGC prompt, about 45 with the streaming
 prompt's stall sentence. Prints the time of one row alone and the gain of each batch size, and
-the largest logit difference between a row batched and alone.
+the largest logit difference between a row batched and alone; then the same gain for the
+bundle's keyframe encoders (random pictures of their input size).
 """
 
 from __future__ import annotations
@@ -79,6 +80,22 @@ def main() -> None:
             for i, r in enumerate(rows):
                 difference = max(difference, float(np.abs(together[i] - call([r])[0]).max()))
         print(f"| {n} | {one * 1000:.0f} ms | " + " | ".join(cells) + f" | {difference:.1e} |", flush=True)
+
+    # The keyframe encoders take a batch of keyframes already: would merging streams' help?
+    print("keyframe encoders: one call of B keyframes against B calls of one")
+    print("| graph | one keyframe | " + " | ".join(f"B = {b}" for b in batches[1:]) + " |")
+    print("|---|---|" + "---|" * len(batches[1:]))
+    for graph in sorted(args.bundle.glob("**/keyframe_encoder.onnx")):
+        encoder = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
+        shape = [d for d in encoder.get_inputs()[0].shape[1:]]
+        cells = []
+        for b in batches[1:]:
+            pixels = rng.uniform(-1, 1, (b, *shape)).astype(np.float32)
+            batched = timed(lambda: encoder.run(None, {"pixel_values": pixels}), 3)
+            alone = timed(lambda: [encoder.run(None, {"pixel_values": p[None]}) for p in pixels], 3)
+            cells.append(f"{alone / batched:.2f}×")
+        one = timed(lambda: encoder.run(None, {"pixel_values": pixels[:1]}), 5)
+        print(f"| {graph.relative_to(args.bundle)} | {one * 1000:.1f} ms | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
