@@ -139,6 +139,82 @@ fn vqa2_exported_windows_of_many_streams_in_one_batch_score_as_alone() {
     }
 }
 
+/// One stream's bad window in a batch fails that window only: the batch is retried window by
+/// window, and the others' scores are their own.
+#[test]
+fn a_bad_window_in_a_batch_fails_only_its_own_stream() {
+    let dir = common::bundle("vqa2-tiny-streaming");
+    let alone = open(
+        &dir,
+        BatchOptions {
+            max_rows: 1,
+            ..Default::default()
+        },
+    );
+    let streams = 4;
+    let features = windows(&alone, streams);
+    let expected: Vec<Scored> = features
+        .iter()
+        .map(|f| alone.score_window(f).unwrap())
+        .collect();
+    // Rows are the prompt up to the logit position: the longest window's fails.
+    let position = alone.bundle().manifest.score.logit_position.unwrap_or(-1);
+    let rows: Vec<usize> = expected
+        .iter()
+        .map(|s| (s.sequence_length as i64 + position + 1) as usize)
+        .collect();
+    let longest = *rows.iter().max().unwrap();
+    assert_eq!(rows.iter().filter(|&&r| r == longest).count(), 1, "{rows:?}");
+    let bad = rows.iter().position(|&r| r == longest).unwrap();
+    let below = *rows.iter().filter(|&&r| r < longest).max().unwrap();
+    drop(alone);
+
+    common::init_ort();
+    let batched = Arc::new(
+        Scorer::open_with_faults(
+            &dir,
+            &SessionOptions {
+                threads: 1,
+                batch: BatchOptions {
+                    max_rows: 16,
+                    max_delay: Duration::from_secs(60),
+                },
+                ..Default::default()
+            },
+            qoe_model::scorer::Faults {
+                fail_rows_over: Some(below),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    for _ in 0..streams {
+        batched.stream_joined();
+    }
+    let barrier = Arc::new(Barrier::new(streams));
+    let threads: Vec<_> = features
+        .into_iter()
+        .map(|f| {
+            let (scorer, barrier) = (batched.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                scorer.score_window(&f)
+            })
+        })
+        .collect();
+    for (i, (thread, alone)) in threads.into_iter().zip(&expected).enumerate() {
+        let result = thread.join().unwrap();
+        if i == bad {
+            let e = result.unwrap_err().to_string();
+            assert!(e.contains("test fault: a row of more than"), "{e}");
+        } else {
+            assert_same(&format!("window {i}"), &result.unwrap(), alone);
+        }
+    }
+    let counts = batched.batch_counts().unwrap();
+    assert_eq!((counts.batches, counts.rows), (1, streams as u64), "one batch, then its retries");
+}
+
 /// LMM-VQA scores by a generated answer and CP-LLM by a head over keyframes: neither runs
 /// a scoring prefill, and their windows are scored one by one.
 #[test]

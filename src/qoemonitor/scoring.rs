@@ -78,11 +78,7 @@ fn guarded<T>(
 ) -> Result<T, ScoringError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         shared.panics.fetch_add(1, Ordering::Relaxed);
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".into());
+        let message = qoe_model::error::panic_message(&*panic);
         Err(ScoringError::Panicked { stage, message })
     })
 }

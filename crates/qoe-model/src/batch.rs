@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, panic_message};
 
 /// How a shared model batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -190,12 +190,10 @@ impl<R, O> Batcher<R, O> {
         state.counts.largest = state.counts.largest.max(rows);
         drop(state);
         let results = catch_unwind(AssertUnwindSafe(|| run(batch))).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            let error = Error::Input(format!("a batched model call panicked: {what}"));
+            let error = Error::Input(format!(
+                "a batched model call panicked: {}",
+                panic_message(&*panic)
+            ));
             tickets.iter().map(|_| Err(error.clone())).collect()
         });
         let mut state = self.lock();

@@ -35,6 +35,15 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a caught panic says ("(no message)" when it carries neither text type).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// A closed set of words (a manifest's roles, the execution providers): every value, each
 /// value's word, and a value from its word.
 pub trait Words: Copy + 'static {

@@ -77,6 +77,9 @@ pub struct Faults {
     pub fail_from_window: Option<u64>,
     /// Window this number panics (a bug in the model code, as a last line of defence).
     pub panic_at_window: Option<u64>,
+    /// A decoder call fails when one of its rows holds more tokens than this: one stream's
+    /// bad window inside a batch.
+    pub fail_rows_over: Option<usize>,
 }
 
 /// A model bundle opened on ONNX Runtime. Every method takes `&self`: each graph has its own
@@ -105,7 +108,7 @@ pub struct Scorer {
     /// Whether `decoder_score` takes an `attention_mask` (batching decoders do).
     pub(crate) decoder_takes_mask: bool,
     #[cfg(feature = "test-faults")]
-    faults: Faults,
+    pub(crate) faults: Faults,
     #[cfg(feature = "test-faults")]
     windows: std::sync::atomic::AtomicU64,
 }

@@ -7,13 +7,24 @@
 use std::sync::Arc;
 
 use crate::bundle::{Block, PartName, Role, Segment};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, panic_message};
 use crate::preprocess::RgbImage;
 use crate::prompt::{fill_text, stall_text};
 use crate::scorer::{
     Scored, Scorer, Values, WindowFeatures, f32_tensor, i64_tensor, keyframe_indices,
     motion_indices, refs, to_channels_first,
 };
+
+/// `f`'s result, or its panic as an error: in a batch, a panic on one stream's window must
+/// fail only that window (the batch is retried window by window).
+fn unpanicked<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(Error::graph(
+            PartName::own(Role::DecoderScore),
+            format!("the decoder call panicked: {}", panic_message(&*panic)),
+        ))
+    })
+}
 
 /// Whether two rows' pasts are one: the same cached opening, or none (no tokens).
 fn same_past(a: &Arc<Vec<Values>>, b: &Arc<Vec<Values>>) -> bool {
@@ -271,7 +282,7 @@ impl Scorer {
         let alone = |requests: &[Vec<PrefillRow>]| {
             requests
                 .iter()
-                .map(|rows| self.prefill_rows(rows))
+                .map(|rows| unpanicked(|| self.prefill_rows(rows)))
                 .collect::<Vec<_>>()
         };
         let first = &requests[0][0].past;
@@ -281,7 +292,7 @@ impl Scorer {
         }
         let sizes: Vec<usize> = requests.iter().map(Vec::len).collect();
         let all: Vec<PrefillRow> = requests.into_iter().flatten().collect();
-        match self.prefill_rows(&all) {
+        match unpanicked(|| self.prefill_rows(&all)) {
             Ok(logits) => {
                 let mut logits = logits.into_iter();
                 sizes
@@ -300,6 +311,15 @@ impl Scorer {
 
     /// One `decoder_score` call on `rows` (which share their past): each row's level logits.
     fn prefill_rows(&self, rows: &[PrefillRow]) -> Result<Vec<Vec<f32>>> {
+        #[cfg(feature = "test-faults")]
+        if let Some(limit) = self.faults.fail_rows_over
+            && rows.iter().any(|r| r.embeds.len() / self.hidden > limit)
+        {
+            return Err(Error::graph(
+                PartName::own(Role::DecoderScore),
+                format!("test fault: a row of more than {limit} tokens"),
+            ));
+        }
         let past_names = self.past_names(Role::DecoderScore)?;
         let inputs = self.prefill_inputs(rows, &past_names);
         let (shape, logits) = self
