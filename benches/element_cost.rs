@@ -23,12 +23,7 @@ use gst::prelude::*;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-fn cpu_seconds(who: i32) -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(who, &mut usage) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
+use common::cpu_seconds;
 
 fn video() -> PathBuf {
     eprintln!("encoding the 1080p30 test stream (once) ...");

@@ -39,11 +39,9 @@ const FPS: u64 = 30;
 const WINDOW: u64 = 8 * SECOND;
 const HOP: u64 = 2 * SECOND;
 
+/// Process CPU seconds so far.
 fn cpu_seconds() -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    common::cpu_seconds(libc::RUSAGE_SELF)
 }
 
 /// What one stream's run gave: each window's score by its start, the time from due to
@@ -57,7 +55,8 @@ struct StreamRun {
 /// Scores `frames` (a stream starting at frame `offset`, wrapping) as the element does.
 fn run_stream(scorer: &Arc<Scorer>, frames: &[RgbImage], offset: usize) -> StreamRun {
     let time = |i: usize| i as u64 * SECOND / FPS;
-    let mut stream = StreamScorer::new(scorer.clone(), WINDOW, (HOP / SECOND * FPS) as usize).unwrap();
+    let mut stream =
+        StreamScorer::new(scorer.clone(), WINDOW, (HOP / SECOND * FPS) as usize).unwrap();
     let mut keyframes = KeyframeSampler::default();
     let mut scheduler = WindowScheduler::new(WINDOW, HOP);
     let mut run = StreamRun {
@@ -175,7 +174,9 @@ fn scoring(bundle: &std::path::Path) {
     let clip = common::clip(
         "bench-720p30-20s.mp4",
         "testsrc2=size=1280x720:rate=30:duration=20",
-        &["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"],
+        &[
+            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+        ],
     );
     let frames: Arc<Vec<RgbImage>> = Arc::new(
         common::decode_rgb(&clip)
@@ -207,7 +208,10 @@ fn scoring(bundle: &std::path::Path) {
                 largest_difference = largest_difference.max((score - sb[start]).abs());
             }
         }
-        for (name, arm, gain) in [("unbatched", &a, 1.0), ("batched", &b, b.throughput / a.throughput)] {
+        for (name, arm, gain) in [
+            ("unbatched", &a, 1.0),
+            ("batched", &b, b.throughput / a.throughput),
+        ] {
             let s = arm.stages;
             let total = s.total().max(1e-9);
             let batches = if name == "batched" {
@@ -232,23 +236,31 @@ fn scoring(bundle: &std::path::Path) {
             );
         }
     }
-    println!("largest score difference, batched against unbatched: {largest_difference:.2e} (goal <= 1e-4)");
+    println!(
+        "largest score difference, batched against unbatched: {largest_difference:.2e} (goal <= 1e-4)"
+    );
 }
 
 /// CPU seconds so far of this process's threads, summed by thread name.
 fn threads_by_name() -> HashMap<String, f64> {
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut by_name = HashMap::new();
-    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
         // pid (comm) state ppid … utime(14) stime(15)
-        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")) else {
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") "))
+        else {
             continue;
         };
         let f: Vec<&str> = rest.split(' ').collect();
-        let cpu = (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / tick;
+        let cpu =
+            (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / tick;
         // Numbered threads of one kind (avdec_h264's, GStreamer's task pools) count together.
         let kind = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == ':' || c == '-');
         *by_name.entry(kind.to_owned()).or_insert(0.0) += cpu;
@@ -295,7 +307,9 @@ fn end_to_end(bundle: &std::path::Path) {
     let clip = common::clip(
         &format!("bench-720p30-{seconds}s.mp4"),
         &format!("testsrc2=size=1280x720:rate=30:duration={seconds}"),
-        &["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"],
+        &[
+            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+        ],
     );
     let pipeline = |element: &str| {
         format!(
@@ -308,7 +322,10 @@ fn end_to_end(bundle: &std::path::Path) {
     // what is measured is the stream's cost, not the model's load, printed apart.
     let cpu0 = cpu_seconds();
     let _held = qoe_model::shared_scorer(bundle, &SessionOptions::default()).unwrap();
-    println!("loading the default bundle (once per process): {:.2} CPU-s", cpu_seconds() - cpu0);
+    println!(
+        "loading the default bundle (once per process): {:.2} CPU-s",
+        cpu_seconds() - cpu0
+    );
     pipeline_cpu(&pipeline("identity")); // warm caches and the registry
     let (mut identity, mut scored, mut by_thread) = (Vec::new(), Vec::new(), HashMap::new());
     for _ in 0..2 {
@@ -321,7 +338,8 @@ fn end_to_end(bundle: &std::path::Path) {
     }
     let min = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
     let (id, qoe) = (min(&identity), min(&scored));
-    let mut threads: Vec<(String, f64)> = by_thread.into_iter().filter(|(_, c)| *c >= 0.05).collect();
+    let mut threads: Vec<(String, f64)> =
+        by_thread.into_iter().filter(|(_, c)| *c >= 0.05).collect();
     threads.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
     println!(
         "  CPU seconds by thread in that qoemonitor run: {}",

@@ -38,11 +38,9 @@ const FPS: u64 = 30;
 const WINDOW: u64 = 8 * SECOND;
 const HOP: u64 = 2 * SECOND;
 
+/// Process CPU seconds so far.
 fn cpu_seconds() -> f64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    common::cpu_seconds(libc::RUSAGE_SELF)
 }
 
 fn main() {

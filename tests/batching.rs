@@ -49,11 +49,39 @@ fn windows(scorer: &Scorer, count: usize) -> Vec<WindowFeatures> {
 
 fn assert_same(what: &str, batched: &Scored, alone: &Scored) {
     let (b, a) = (batched.score.unwrap(), alone.score.unwrap());
-    assert!((b - a).abs() <= 1e-4, "{what}: score {b} batched, {a} alone");
+    assert!(
+        (b - a).abs() <= 1e-4,
+        "{what}: score {b} batched, {a} alone"
+    );
     for (pb, pa) in batched.probabilities.iter().zip(&alone.probabilities) {
-        assert!((pb - pa).abs() <= 1e-4, "{what}: probabilities {:?} batched, {:?} alone", batched.probabilities, alone.probabilities);
+        assert!(
+            (pb - pa).abs() <= 1e-4,
+            "{what}: probabilities {:?} batched, {:?} alone",
+            batched.probabilities,
+            alone.probabilities
+        );
     }
     assert_eq!(batched.sequence_length, alone.sequence_length, "{what}");
+}
+
+/// Each window scored by a stream of its own, all handed in at once (every stream counted as
+/// a user of `scorer`, so that the batch waits for all of them).
+fn at_once(scorer: &Arc<Scorer>, features: Vec<WindowFeatures>) -> Vec<qoe_model::Result<Scored>> {
+    for _ in 0..features.len() {
+        scorer.stream_joined();
+    }
+    let barrier = Arc::new(Barrier::new(features.len()));
+    let threads: Vec<_> = features
+        .into_iter()
+        .map(|f| {
+            let (scorer, barrier) = (scorer.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                scorer.score_window(&f)
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
 
 /// Six streams' windows (of different lengths) scored at once through a batching scorer of
@@ -76,7 +104,10 @@ fn six_streams_in_one_batch_score_as_alone(dir: &Path, rows: u64) {
         .collect();
     let lengths: std::collections::BTreeSet<usize> =
         expected.iter().map(|s| s.sequence_length).collect();
-    assert!(lengths.len() >= 3, "rows must differ in length: {lengths:?}");
+    assert!(
+        lengths.len() >= 3,
+        "rows must differ in length: {lengths:?}"
+    );
     drop(alone);
 
     // A minute's delay: the batch runs when every stream has handed in its window.
@@ -88,22 +119,12 @@ fn six_streams_in_one_batch_score_as_alone(dir: &Path, rows: u64) {
         },
     ));
     assert!(batched.batches());
-    for _ in 0..streams {
-        batched.stream_joined();
-    }
-    let barrier = Arc::new(Barrier::new(streams));
-    let threads: Vec<_> = features
+    for (i, (result, alone)) in at_once(&batched, features)
         .into_iter()
-        .map(|f| {
-            let (scorer, barrier) = (batched.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                scorer.score_window(&f).unwrap()
-            })
-        })
-        .collect();
-    for (i, (thread, alone)) in threads.into_iter().zip(&expected).enumerate() {
-        assert_same(&format!("window {i}"), &thread.join().unwrap(), alone);
+        .zip(&expected)
+        .enumerate()
+    {
+        assert_same(&format!("window {i}"), &result.unwrap(), alone);
     }
     let counts = batched.batch_counts().unwrap();
     let all = streams as u64 * rows;
@@ -164,7 +185,11 @@ fn a_bad_window_in_a_batch_fails_only_its_own_stream() {
         .map(|s| (s.sequence_length as i64 + position + 1) as usize)
         .collect();
     let longest = *rows.iter().max().unwrap();
-    assert_eq!(rows.iter().filter(|&&r| r == longest).count(), 1, "{rows:?}");
+    assert_eq!(
+        rows.iter().filter(|&&r| r == longest).count(),
+        1,
+        "{rows:?}"
+    );
     let bad = rows.iter().position(|&r| r == longest).unwrap();
     let below = *rows.iter().filter(|&&r| r < longest).max().unwrap();
     drop(alone);
@@ -188,22 +213,11 @@ fn a_bad_window_in_a_batch_fails_only_its_own_stream() {
         )
         .unwrap(),
     );
-    for _ in 0..streams {
-        batched.stream_joined();
-    }
-    let barrier = Arc::new(Barrier::new(streams));
-    let threads: Vec<_> = features
+    for (i, (result, alone)) in at_once(&batched, features)
         .into_iter()
-        .map(|f| {
-            let (scorer, barrier) = (batched.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                scorer.score_window(&f)
-            })
-        })
-        .collect();
-    for (i, (thread, alone)) in threads.into_iter().zip(&expected).enumerate() {
-        let result = thread.join().unwrap();
+        .zip(&expected)
+        .enumerate()
+    {
         if i == bad {
             let e = result.unwrap_err().to_string();
             assert!(e.contains("test fault: a row of more than"), "{e}");
@@ -212,7 +226,11 @@ fn a_bad_window_in_a_batch_fails_only_its_own_stream() {
         }
     }
     let counts = batched.batch_counts().unwrap();
-    assert_eq!((counts.batches, counts.rows), (1, streams as u64), "one batch, then its retries");
+    assert_eq!(
+        (counts.batches, counts.rows),
+        (1, streams as u64),
+        "one batch, then its retries"
+    );
 }
 
 /// LMM-VQA scores by a generated answer and CP-LLM by a head over keyframes: neither runs

@@ -259,7 +259,7 @@ fn bad_bundles_are_refused_naming_file_and_field() {
 
     // The fixture's decoder batches: not under an older format version, not without its
     // batch dimension, not without the attention mask.
-    let batch_cases: [(&str, fn(&mut Value), &str); 3] = [
+    let batch_cases: [ManifestCase; 3] = [
         (
             "batch-version",
             |m| m["format_version"] = Value::from(2),
@@ -273,7 +273,9 @@ fn bad_bundles_are_refused_naming_file_and_field() {
         (
             "batch-mask",
             |m| {
-                let inputs = m["parts"]["decoder_score"]["inputs"].as_array_mut().unwrap();
+                let inputs = m["parts"]["decoder_score"]["inputs"]
+                    .as_array_mut()
+                    .unwrap();
                 inputs.retain(|i| i["name"] != "attention_mask");
             },
             "parts.decoder_score.batch is true, but it has no \"attention_mask\" input",
@@ -282,7 +284,8 @@ fn bad_bundles_are_refused_naming_file_and_field() {
     for (tag, edit, want) in batch_cases {
         let dir = bundle_copy("vqa2-tiny-ugc", tag);
         let mut manifest: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("bundle.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("bundle.json")).unwrap())
+                .unwrap();
         edit(&mut manifest);
         std::fs::write(dir.join("bundle.json"), manifest.to_string()).unwrap();
         let e = open_error(&dir);

@@ -10,6 +10,14 @@ use gst::prelude::*;
 
 pub const MS: u64 = 1_000_000;
 
+/// CPU seconds (user and system) of `who`: `libc::RUSAGE_SELF` or `libc::RUSAGE_CHILDREN`.
+pub fn cpu_seconds(who: i32) -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// The test video: 8 s of moving `testsrc2` (320x240, 30 fps) made here with FFmpeg (Debian's
 /// `ffmpeg`), where source frames 150..=194 are replaced by frame 149 (a content freeze) and
 /// every frame from 60 on is shifted 1.5 s later (a timestamp hole, i.e. a stall); x264.

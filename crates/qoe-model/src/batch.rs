@@ -200,7 +200,9 @@ impl<R, O> Batcher<R, O> {
         let mut results = results.into_iter();
         for ticket in tickets {
             let result = results.next().unwrap_or_else(|| {
-                Err(Error::Input("a batched model call returned too few results".into()))
+                Err(Error::Input(
+                    "a batched model call returned too few results".into(),
+                ))
             });
             state.done.insert(ticket, result);
         }
@@ -237,7 +239,10 @@ mod tests {
         batcher.join();
         let started = Instant::now();
         assert_eq!(batcher.submit(vec![1, 2], doubled).unwrap(), vec![2, 4]);
-        assert!(started.elapsed() < Duration::from_secs(5), "it waited for nobody");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "it waited for nobody"
+        );
         assert_eq!(
             batcher.counts(),
             BatchCounts {

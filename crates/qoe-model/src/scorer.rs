@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 
 use qoe_core::stall::WindowStalls;
 
+use crate::batch::{BatchCounts, Batcher};
 use crate::bundle::{
     Bundle, Family, MANIFEST, PartName, ResizeFilter, Role, ScoreMode, VocabularyRows,
 };
-use crate::batch::{BatchCounts, Batcher};
 use crate::error::{Error, Result};
 use crate::preprocess::{RgbImage, normalise_into, resize_bicubic};
 use crate::runner::{Graphs, Input};
@@ -182,7 +182,10 @@ impl Scorer {
             .decoder
             .as_ref()
             .map_or(0, |d| d.hidden_size);
-        let decoder_score = bundle.manifest.parts.get(&PartName::own(Role::DecoderScore));
+        let decoder_score = bundle
+            .manifest
+            .parts
+            .get(&PartName::own(Role::DecoderScore));
         let decoder_takes_mask =
             decoder_score.is_some_and(|p| p.inputs.iter().any(|i| i.name == "attention_mask"));
         let prefills = decoder_score

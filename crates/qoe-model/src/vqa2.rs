@@ -205,7 +205,11 @@ impl Scorer {
 
     /// One model's decoder prefill for a window (the tokens after the cached prompt opening),
     /// and its stages' outputs.
-    fn model_prefill(&self, features: &WindowFeatures, model: usize) -> Result<(PrefillRow, Scored)> {
+    fn model_prefill(
+        &self,
+        features: &WindowFeatures,
+        model: usize,
+    ) -> Result<(PrefillRow, Scored)> {
         let m = &self.bundle.manifest;
         let (mut sequence, stages, prefix) = self.vqa2_sequence(features, "", model)?;
         let length = sequence.len() / self.hidden;
@@ -302,8 +306,10 @@ impl Scorer {
             }
             Err(_) => {
                 let mut all = all.into_iter();
-                let requests: Vec<Vec<PrefillRow>> =
-                    sizes.iter().map(|&n| all.by_ref().take(n).collect()).collect();
+                let requests: Vec<Vec<PrefillRow>> = sizes
+                    .iter()
+                    .map(|&n| all.by_ref().take(n).collect())
+                    .collect();
                 alone(&requests)
             }
         }

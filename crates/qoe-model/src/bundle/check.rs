@@ -331,9 +331,7 @@ fn check_batch(here: &str, name: &PartName, part: &super::Part) -> Result<()> {
             }
         }
     }
-    if name.role == Role::DecoderScore
-        && !part.inputs.iter().any(|i| i.name == "attention_mask")
-    {
+    if name.role == Role::DecoderScore && !part.inputs.iter().any(|i| i.name == "attention_mask") {
         return err(format!(
             "{here}: parts.{name}.batch is true, but it has no \"attention_mask\" input: a batched decoder needs it to pad rows"
         ));
