@@ -284,7 +284,7 @@ def test_evaluate_averages_an_ensembles_level_probabilities(tmp_path):
         for role in B.MEMBER_ROLES:
             m["parts"][role] = m["parts"][f"{role}{model}"]
         m["parts"] = {k: v for k, v in m["parts"].items() if "@" not in k}
-        m["ensemble"], m["format_version"] = [], B.FORMAT_VERSION
+        m["ensemble"] = []
         (folder / B.MANIFEST).write_text(json.dumps(m))
         return folder
 

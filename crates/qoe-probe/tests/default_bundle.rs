@@ -197,7 +197,6 @@ fn the_ensemble_scores_the_mean_of_its_models() {
             }
             parts.retain(|role, _| !role.contains('@'));
             m["ensemble"] = serde_json::json!([]);
-            m["format_version"] = serde_json::json!(1);
         })
     };
     let video = fixtures().join("eval/photo_flow_5120x2880__crf45.mp4");
