@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 
 from qoe_onnx import bundle, export, ort_pipeline, prompts, reference
 from qoe_onnx.checkpoint import CheckpointError
+from qoe_onnx.micro.smollm import left_padded
 
 # fp32 graphs: ORT and PyTorch differ only by kernel rounding. fp16 graphs keep fp32 inputs,
 # outputs and normalisations; the tolerance is relative to the output's scale.
@@ -76,11 +77,7 @@ def test_batched_decoder_rows_score_as_alone(export_bundle, tiny_model):
     with torch.no_grad():
         alone = np.stack([(tiny_model.llm(inputs_embeds=r[None]).last_hidden_state[0, -1]
                            @ tiny_model.lm_head[level_ids].T).numpy() for r in rows])
-    longest = max(len(r) for r in rows)
-    embeds = np.zeros((len(rows), longest, h), np.float32)
-    mask = np.zeros((len(rows), longest), np.int64)
-    for b, r in enumerate(rows):
-        embeds[b, longest - len(r):], mask[b, longest - len(r):] = r.numpy(), 1
+    embeds, mask = left_padded([r.numpy() for r in rows], past=0)
     got = session(folder, "decoder_score").run(None, {"inputs_embeds": embeds, "attention_mask": mask})[0]
     np.testing.assert_allclose(got, alone, atol=1e-4)
     assert np.abs(alone[0] - alone[2]).max() > 1e-3, "different windows must score differently"

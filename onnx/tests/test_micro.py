@@ -82,12 +82,7 @@ def test_left_padded_rows_of_a_batch_score_as_alone(converted):
     rows = [np.concatenate([rng.normal(0, 0.05, (9, cfg.hidden)).astype(np.float32),
                             weights["embed_tokens"][rng.integers(0, 5000, n)]]) for n in (12, 30, 3, 12)]
     alone = np.stack([run_decoder(session, cfg, r[None], past)[0] for r in rows])
-    longest, p = max(len(r) for r in rows), past[0].shape[2]
-    embeds = np.zeros((len(rows), longest, cfg.hidden), np.float32)
-    mask = np.zeros((len(rows), p + longest), np.int64)
-    mask[:, :p] = 1
-    for b, r in enumerate(rows):
-        embeds[b, longest - len(r):], mask[b, p + longest - len(r):] = r, 1
+    embeds, mask = smollm.left_padded(rows, past[0].shape[2])
     feeds = {"inputs_embeds": embeds, "attention_mask": mask}
     for l in range(cfg.layers):
         for i, kv in enumerate(("key", "value")):

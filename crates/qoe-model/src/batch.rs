@@ -31,9 +31,10 @@ pub struct BatchOptions {
     pub max_delay: Duration,
 }
 
-/// Rows per batch by default: on the 2-core machine the default bundle's decoder costs 0.68×
-/// per row at 16 rows of 21 tokens against one at a time, and 0.74× at 32
-/// (`cargo bench --bench multi_stream`).
+/// Rows per batch by default: on the 2-core machine the default bundle's decoder costs 0.81×
+/// per row at 16 rows of 45 tokens (a streaming window) against one at a time, and 0.79× at
+/// 32; 0.75× and 0.68× at 21 tokens (`python -m qoe_onnx.micro.bench_batch`). 16 rows of an
+/// ensemble are 8 windows.
 pub const DEFAULT_MAX_ROWS: usize = 16;
 /// The default wait for a batch to fill.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(20);
@@ -96,10 +97,6 @@ impl<R, O> Batcher<R, O> {
             }),
             finished: Condvar::new(),
         }
-    }
-
-    pub fn options(&self) -> BatchOptions {
-        self.options
     }
 
     /// Streams that use the model now.

@@ -23,6 +23,7 @@ def main() -> None:
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
+    from . import smollm
     from .spec import PREFIX
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,12 +46,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
 
     def call(rows: list[np.ndarray]) -> np.ndarray:
-        longest = max(len(r) for r in rows)
-        embeds = np.zeros((len(rows), longest, prefix.shape[1]), np.float32)
-        m = np.zeros((len(rows), p + longest), np.int64)
-        m[:, :p] = 1
-        for b, r in enumerate(rows):
-            embeds[b, longest - len(r):], m[b, p + longest - len(r):] = r, 1
+        embeds, m = smollm.left_padded(rows, p)
         feeds = {"inputs_embeds": embeds, "attention_mask": m}
         feeds.update({n: np.repeat(v, len(rows), axis=0) for n, v in zip(past_names, past)})
         return decoder.run(["level_logits"], feeds)[0]

@@ -249,6 +249,19 @@ def decoder_model(cfg: Config, weights: dict[str, np.ndarray], level_ids: list[i
     return model
 
 
+def left_padded(rows: list[np.ndarray], past: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of token embeddings [n_i, hidden] as one batch for a batching decoder_score:
+    inputs_embeds [B, longest, hidden] left-padded with zeros, and the attention mask
+    [B, past + longest] (1 for the past and each row's own tokens)."""
+    longest = max(len(r) for r in rows)
+    embeds = np.zeros((len(rows), longest, rows[0].shape[1]), np.float32)
+    mask = np.zeros((len(rows), past + longest), np.int64)
+    mask[:, :past] = 1
+    for b, r in enumerate(rows):
+        embeds[b, longest - len(r):], mask[b, past + longest - len(r):] = r, 1
+    return embeds, mask
+
+
 def embed_model(weights: dict[str, np.ndarray]):
     from onnx import TensorProto, helper, numpy_helper
 
