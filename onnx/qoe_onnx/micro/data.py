@@ -66,10 +66,21 @@ DISTORTIONS = [
     ("frame_drops", "temporal", [0.2, 0.4, 0.7]),
     ("shake", "temporal", [1, 2, 4]),
     ("freeze", "temporal", [0.5, 1.5, 3.0]),
+    # The damage of real delivery (#30), after every family above so that their clips, seeds and
+    # labels stay as they were. "delivery" distorts the whole clip with its own seed per family, so
+    # a stronger level hits everything a weaker one hits and more (the ladders are ordered).
+    ("banding", "spatial", [8, 16, 32]),
+    ("interlacing", "delivery", [1, 3, 6]),
+    ("error_blocks", "delivery", [0.03, 0.10, 0.30]),
+    ("black_frames", "delivery", [0.1, 0.25, 0.5]),
+    ("transmission_h264", "delivery", [0.01, 0.04, 0.12]),
+    ("transmission_hevc", "delivery", [0.01, 0.04, 0.12]),
 ]
 LEVELS = {family: levels for family, _, levels in DISTORTIONS}
 SPATIAL = [d[0] for d in DISTORTIONS if d[1] == "spatial"] + ["compression"]
 TEMPORAL = [d[0] for d in DISTORTIONS if d[1] == "temporal"]
+DELIVERY = [d[0] for d in DISTORTIONS if d[1] == "delivery"]
+TRANSMISSION = [f for f in DELIVERY if f.startswith("transmission_")]
 DELIVERY_CRF = 18
 
 
@@ -350,6 +361,9 @@ def spatial(family: str, level, frame: np.ndarray, rng) -> np.ndarray:
         h, w = f.shape[0] // b * b, f.shape[1] // b * b
         blocks = f[:h, :w].reshape(h // b, b, w // b, b, 3).mean(axis=(1, 3))
         f[:h, :w] = np.repeat(np.repeat(blocks, b, 0), b, 1)
+    elif family == "banding":  # coarse quantisation: smooth gradients become flat bands `level` apart
+        step = int(level)
+        return (frame // step * step + step // 2).astype(np.uint8)
     elif family == "downscale":
         h, w = frame.shape[:2]
         small = Image.fromarray(frame).resize((int(w / level), int(h / level)), Image.BILINEAR)
@@ -390,6 +404,119 @@ def temporal(family: str, level, frames: np.ndarray, fps: float, rng) -> np.ndar
     else:
         raise ValueError(family)
     return frames[index]
+
+
+def delivery_damage(family: str, level, frames: np.ndarray, fps: float, seed: int) -> np.ndarray:
+    """The damage of real delivery to a whole clip. Every family draws from its own `seed` in the
+    same order at every level, and a level only decides how many draws hit, so each stronger level
+    damages what the weaker ones do and more."""
+    rng = np.random.default_rng(seed)
+    n = len(frames)
+    out = frames.copy()
+    if family == "interlacing":
+        # Fields shot 1/(2 fps) apart and woven without deinterlacing, during a pan of `level`
+        # pixels a field: the odd rows come from the next frame, moved, and every edge combs.
+        later = frames[np.minimum(np.arange(n) + 1, n - 1)]
+        shift = int(level)
+        out[:, 1::2, shift:] = later[:, 1::2, :WIDTH - shift]
+        out[:, 1::2, :shift] = later[:, 1::2, :1]
+    elif family == "error_blocks":
+        # Macroblocks a decoder could not rebuild, shown as flat green (YUV all zero) or grey, from
+        # a random frame of each second until the next keyframe (one a second), covering `level` of
+        # the picture.
+        per_second = max(1, round(fps))
+        macroblocks = (HEIGHT // 16) * (WIDTH // 16)
+        for start in range(0, n, per_second):
+            order = rng.permutation(macroblocks)  # the blocks hit, first to last
+            onset = start + int(rng.integers(0, per_second // 2 + 1))
+            colour = ERROR_GREEN if rng.random() < 0.5 else ERROR_GREY
+            mask = np.zeros(macroblocks, bool)
+            mask[order[:int(round(level * macroblocks))]] = True
+            pixels = np.kron(mask.reshape(HEIGHT // 16, WIDTH // 16), np.ones((16, 16), bool))
+            out[onset:start + per_second, :pixels.shape[0], :pixels.shape[1]][:, pixels] = colour
+    elif family == "black_frames":
+        # Lost signal: black for `level` of the clip, from the first whole second after a third.
+        per_second = max(1, round(fps))
+        start = -(-n // 3 // per_second) * per_second
+        out[start:start + int(round(level * n))] = 0
+    elif family in TRANSMISSION:
+        out = transmission_errors(family.removeprefix("transmission_"), float(level), frames, fps, rng)
+    else:
+        raise ValueError(family)
+    return out
+
+
+ERROR_GREEN = (0, 135, 0)  # what BT.601 YUV (0, 0, 0) shows as
+ERROR_GREY = (128, 128, 128)
+# Slices per frame: H.264 as broadcast encoders cut frames, so that one lost packet loses a band.
+# HEVC one: x265 needs wavefronts for slices, and FFmpeg 5.1 mis-decodes x265's multi-slice
+# wavefront streams even undamaged (SSIM 0.58 against 0.83 with one slice), so a lost HEVC packet
+# loses a whole frame, and its references with it.
+SLICES = {"h264": 4, "hevc": 1}
+TRANSMISSION_CODECS = {
+    "h264": ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-threads", "1", "-slices", "4",
+             "-bsf:v", "h264_mp4toannexb", "-f", "h264"],
+    "hevc": ["-c:v", "libx265", "-preset", "veryfast", "-crf", "20",
+             "-x265-params", "pools=none:frame-threads=1:log-level=error", "-f", "hevc"],
+}
+
+# H.264 decodes damaged slices as far as it can; FFmpeg's HEVC decoder mis-decodes even a clean
+# stream with `ignore_err` (seen on FFmpeg 5.1), so it keeps its defaults.
+RECEIVER_OPTIONS = {"h264": ["-err_detect", "ignore_err"], "hevc": []}
+
+
+def nal_units(stream: bytes) -> list[bytes]:
+    """An Annex B stream cut at its start codes; each unit keeps its own start code."""
+    starts = [m.start() for m in re.finditer(b"\x00\x00\x01", stream)]
+    starts = [s - 1 if s > 0 and stream[s - 1] == 0 else s for s in starts]
+    return [stream[a:b] for a, b in zip(starts, starts[1:] + [len(stream)])]
+
+
+def is_slice(codec: str, unit: bytes) -> tuple[bool, bool]:
+    """(a coded slice, of a keyframe) for an H.264 or HEVC NAL unit with its start code."""
+    header = unit[unit.index(b"\x00\x00\x01") + 3]
+    if codec == "h264":
+        kind = header & 0x1F
+        return kind in (1, 5), kind == 5
+    kind = (header >> 1) & 0x3F
+    return kind < 32, 16 <= kind <= 21
+
+
+def transmission_errors(codec: str, share: float, frames: np.ndarray, fps: float, rng) -> np.ndarray:
+    """Frames sent as `codec` (H.264 or HEVC, a keyframe every 2 s, SLICES[codec] slices a frame), a
+    `share` of the slices lost and as many again hit by bit errors (eight random bytes of the slice
+    overwritten), then decoded by FFmpeg with its error concealment, as a receiver shows them. The
+    first keyframe arrives whole, so that the decoder can start."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sent = f"{tmp}/sent.{codec}"
+        encode(frames, fps, sent, TRANSMISSION_CODECS[codec][:2] + ["-g", str(2 * round(fps))]
+               + TRANSMISSION_CODECS[codec][2:])
+        units = nal_units(Path(sent).read_bytes())
+        received, first_frame_over = [], False
+        for unit in units:
+            draw, where = rng.random(), rng.random(8)
+            slice_, key = is_slice(codec, unit)
+            first_frame_over = first_frame_over or (slice_ and not key)
+            if slice_ and first_frame_over and draw < share:
+                continue  # the packet is lost
+            if slice_ and first_frame_over and draw < 2 * share:
+                unit = bytearray(unit)
+                body = len(unit) - 8  # the start code and slice header stay readable
+                for w in where:
+                    unit[8 + int(w * body)] = int(w * 65536) & 0xFF
+                unit = bytes(unit)
+            received.append(unit)
+        Path(f"{tmp}/received.{codec}").write_bytes(b"".join(received))
+        raw = subprocess.run(
+            ["ffmpeg", "-v", "quiet", *RECEIVER_OPTIONS[codec], "-f", codec, "-framerate", str(fps),
+             "-i", f"{tmp}/received.{codec}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+            capture_output=True).stdout
+    shown = np.frombuffer(raw[:len(raw) // frames[0].nbytes * frames[0].nbytes], np.uint8).reshape(-1, *frames.shape[1:])
+    if len(shown) == 0:
+        raise RuntimeError(f"{codec} with {share:.0%} of slices lost: FFmpeg decoded no frame")
+    # A frame lost whole leaves the last one on screen; the clip keeps its length.
+    index = np.minimum(np.arange(len(frames)), len(shown) - 1)
+    return shown[index]
 
 
 # ---------------------------------------------------------------- delivery, labels, inputs
@@ -464,6 +591,8 @@ def make_source(job: tuple[dict, str]) -> list[dict]:
                 distorted = np.stack([spatial(family, level, f, rng) for f in frames])
             elif kind == "temporal":
                 distorted = temporal(family, level, frames, fps, rng)
+            elif kind == "delivery":
+                distorted = delivery_damage(family, level, frames, fps, zlib.crc32(f"{source['name']}/{family}".encode()))
             else:
                 distorted = frames
             crf = int(level) if kind == "codec" else DELIVERY_CRF

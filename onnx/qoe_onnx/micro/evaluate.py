@@ -102,29 +102,34 @@ def correlations(pred, mos) -> dict:
     return {"srcc": float(spearmanr(pred, mos)[0]), "plcc": float(pearsonr(pred, mos)[0]), "n": len(pred)}
 
 
-def flip_rate(rows, pred) -> float:
-    """Wrongly ordered same-source pairs on the compression ladder (ties count as wrong)."""
+def flip_rate(rows, pred, family: str = "compression") -> float:
+    """Wrongly ordered same-source pairs on one family's ladder: its pristine clip (strength 0) and
+    its graded strengths (the compression ladder: pristine, CRF 33, 39, 45, 51). Ties count as wrong."""
     wrong = total = 0
     by_source: dict[str, list] = {}
     for r, p in zip(rows, pred):
-        if r["family"] in ("pristine", "compression"):
-            by_source.setdefault(r["source"], []).append((r["crf"], p))
+        if r["family"] in ("pristine", family):
+            by_source.setdefault(r["source"], []).append((r["strength"], p))
     for items in by_source.values():
-        for (c1, p1), (c2, p2) in itertools.combinations(items, 2):
-            if c1 == c2:
+        for (s1, p1), (s2, p2) in itertools.combinations(items, 2):
+            if s1 == s2:
                 continue
-            better, worse = ((p1, p2) if c1 < c2 else (p2, p1))
+            better, worse = ((p1, p2) if s1 < s2 else (p2, p1))
             wrong += better <= worse
             total += 1
     return wrong / max(total, 1)
 
 
 def table(rows, pred) -> dict:
+    """SRCC and PLCC overall and per impairment family (each with the pristine clips), the
+    compression ladder's flip rate, and each family's ladder flip rate (the transmission-error
+    ladders among them)."""
     out = {"overall": correlations(pred, [r["mos"] for r in rows]), "flip_rate": flip_rate(rows, pred),
-           "families": {}}
+           "families": {}, "flip_rates": {}}
     for fam in sorted({r["family"] for r in rows} - {"pristine"}):
         idx = [i for i, r in enumerate(rows) if r["family"] in (fam, "pristine")]
         out["families"][fam] = correlations([pred[i] for i in idx], [rows[i]["mos"] for i in idx])
+        out["flip_rates"][fam] = flip_rate(rows, pred, fam)
     return out
 
 
@@ -263,7 +268,9 @@ def main():
     for name, t in results.items():
         if isinstance(t, dict) and "overall" in t:
             o = t["overall"]
-            log(f"{name:45s} SRCC {o['srcc']:.3f}  PLCC {o['plcc']:.3f}  flip {t.get('flip_rate', float('nan')):.3f}")
+            log(f"{name:45s} SRCC {o['srcc']:.3f}  PLCC {o['plcc']:.3f}  flip {t.get('flip_rate', float('nan')):.3f}"
+                + "".join(f"  {fam} flip {rate:.3f}" for fam, rate in t.get("flip_rates", {}).items()
+                          if fam in micro_data.TRANSMISSION))
 
 
 if __name__ == "__main__":

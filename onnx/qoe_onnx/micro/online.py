@@ -24,8 +24,8 @@ from . import data as micro_data
 FAMILIES = [d[0] for d in micro_data.DISTORTIONS if d[1] == "spatial"]
 UNDISTORTED = {"jpeg": 100, "blur": 0.0, "motion_blur": 1, "noise": 0.0, "overexposure": 1.0, "underexposure": 1.0,
                "low_contrast": 1.0, "high_contrast": 1.0, "oversaturation": 1.0, "desaturation": 1.0, "block": 1,
-               "downscale": 1.0}
-INTEGER_LEVELS = ("jpeg", "motion_blur", "block")
+               "downscale": 1.0, "banding": 1}
+INTEGER_LEVELS = ("jpeg", "motion_blur", "block", "banding")
 PRISTINE_SHARE = 0.15  # of the online samples, undistorted (the stored clips have 1 in 53)
 DELIVERY_JPEG = 90  # a light lossy encoding after the distortion, as x264 CRF 18 is for the stored clips
 REGION = (0.1, 0.45)  # a crop's side as a share of the still's width, log-uniform (the test pans: 0.22-0.36)

@@ -1,0 +1,117 @@
+"""The delivery impairments of the micro VQA² training data (#30): each family changes a real
+clip as `data.py` says, and each ladder grows with its strength."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qoe_onnx.micro import data, evaluate
+
+CLIP = Path(__file__).resolve().parents[2] / "tests/fixtures/eval/photo_kokkini_3840x2160__pristine.mp4"
+
+
+@pytest.fixture(scope="module")
+def clip():
+    frames, fps = data.decode(str(CLIP))
+    return frames[:100], fps  # 4 s at 25 fps
+
+
+def changed_frames(a, b, threshold=8):
+    return np.abs(a.astype(int) - b).max(axis=(1, 2, 3)) > threshold
+
+
+def test_every_new_family_has_three_graded_levels_after_the_old_ones():
+    names = [d[0] for d in data.DISTORTIONS]
+    assert names[:17][-1] == "freeze", "the families before #30 keep their places (and their clips' seeds)"
+    for family in ("banding", "interlacing", "error_blocks", "black_frames", "transmission_h264", "transmission_hevc"):
+        assert family in names[17:] and len(data.LEVELS[family]) == 3
+    assert data.TRANSMISSION == ["transmission_h264", "transmission_hevc"]
+
+
+def test_banding_quantises_to_flat_bands(clip):
+    frame = clip[0][0]
+    for step in data.LEVELS["banding"]:
+        banded = data.spatial("banding", step, frame, None)
+        assert set(np.unique(banded)) <= {v * step + step // 2 for v in range(256 // step)}
+        assert np.abs(banded.astype(int) - frame).max() <= step // 2 + 1
+    assert np.array_equal(data.spatial("banding", 1, frame, None), frame)  # online.py's "undistorted"
+
+
+def test_interlacing_weaves_the_next_frames_odd_rows_moved(clip):
+    frames, fps = clip
+    for shift in data.LEVELS["interlacing"]:
+        woven = data.delivery_damage("interlacing", shift, frames, fps, seed=1)
+        assert np.array_equal(woven[:, 0::2], frames[:, 0::2]), "the even field stays"
+        assert np.array_equal(woven[:-1, 1::2, shift:], frames[1:, 1::2, :-shift])
+
+
+def test_error_blocks_are_green_or_grey_macroblocks_that_grow_with_the_level(clip):
+    frames, fps = clip
+    hit = []
+    for share in data.LEVELS["error_blocks"]:
+        out = data.delivery_damage("error_blocks", share, frames, fps, seed=3)
+        mask = np.any(out != frames, axis=-1)
+        colours = {tuple(c) for c in out[mask]}
+        assert colours <= {data.ERROR_GREEN, data.ERROR_GREY} and colours
+        # Whole 16x16 macroblocks, and each second's last frame has `share` of the blocks hit.
+        blocks = mask[:, :176].reshape(len(frames), 11, 16, 20, 16)
+        assert np.all(blocks.all(axis=(2, 4)) == blocks.any(axis=(2, 4)))
+        last = blocks[24].any(axis=(1, 3))
+        assert abs(last.mean() - share) < 0.01
+        hit.append(mask)
+    assert np.all(hit[1][hit[0]]) and np.all(hit[2][hit[1]]), "a stronger level hits what a weaker one does"
+
+
+def test_black_frames_start_on_a_whole_second_and_last_their_share(clip):
+    frames, fps = clip
+    for share in data.LEVELS["black_frames"]:
+        out = data.delivery_damage("black_frames", share, frames, fps, seed=0)
+        black = np.flatnonzero(out.max(axis=(1, 2, 3)) == 0)
+        assert len(black) == round(share * len(frames)) and black[0] == 50  # 4 s clip: from 2 s
+        assert np.all(np.diff(black) == 1)
+        assert np.array_equal(np.delete(out, black, axis=0), np.delete(frames, black, axis=0))
+
+
+def test_nal_units_split_an_annex_b_stream_at_its_start_codes():
+    stream = b"\x00\x00\x00\x01\x67\xaa\x00\x00\x01\x68\xbb\x00\x00\x01\x65\xcc\xdd\x00\x00\x00\x01\x41\xee"
+    units = data.nal_units(stream)
+    assert b"".join(units) == stream and len(units) == 4
+    assert [data.is_slice("h264", u) for u in units] == [(False, False), (False, False), (True, True), (True, False)]
+    # HEVC: the type is bits 1-6 of the first header byte (IDR_W_RADL 19, TRAIL_R 1, SPS 33).
+    assert data.is_slice("hevc", b"\x00\x00\x01\x26\x01") == (True, True)
+    assert data.is_slice("hevc", b"\x00\x00\x01\x02\x01") == (True, False)
+    assert data.is_slice("hevc", b"\x00\x00\x01\x42\x01") == (False, False)
+
+
+@pytest.mark.parametrize("family", ["transmission_h264", "transmission_hevc"])
+def test_transmission_errors_damage_more_as_more_slices_are_lost(family, clip, tmp_path):
+    """Nothing lost decodes as the clean stream; the first keyframe arrives whole; each stronger
+    level damages more frames and lowers FFmpeg's SSIM against the pristine clip."""
+    frames, fps = clip
+    codec = family.removeprefix("transmission_")
+    clean = data.transmission_errors(codec, 0.0, frames, fps, np.random.default_rng(0))
+    assert len(clean) == len(frames) and np.abs(clean.astype(int) - frames).mean() < 3
+    data.encode(frames, fps, str(tmp_path / "reference.mkv"), data.LOSSLESS)
+    damaged, similarity = [], []
+    for share in data.LEVELS[family]:
+        out = data.delivery_damage(family, share, frames, fps, seed=5)
+        assert out.shape == frames.shape
+        assert np.array_equal(out[0], clean[0]), "the first keyframe arrives whole"
+        damaged.append(changed_frames(out, clean).mean())
+        data.encode(out, fps, str(tmp_path / "damaged.mkv"), data.LOSSLESS)
+        similarity.append(data.compare(str(tmp_path / "damaged.mkv"), str(tmp_path / "reference.mkv"))[0])
+    assert 0 < damaged[0] < damaged[1] <= damaged[2] and damaged[2] > 0.5, damaged
+    assert similarity[0] > similarity[1] > similarity[2], similarity
+
+
+def test_flip_rate_orders_any_ladder_by_strength(monkeypatch):
+    rows = [{"source": s, "family": f, "strength": k}
+            for s in ("a", "b") for f, k in (("pristine", 0), ("transmission_h264", 1), ("transmission_h264", 2),
+                                             ("transmission_h264", 3), ("compression", 1))]
+    pred = [0.9, 0.7, 0.5, 0.3, 0.8, 0.9, 0.5, 0.7, 0.3, 0.8]  # source b: strengths 1 and 2 swapped
+    assert evaluate.flip_rate(rows, pred, "transmission_h264") == 1 / 12
+    assert evaluate.flip_rate(rows, pred) == 0.0
+    monkeypatch.setattr(evaluate, "correlations", lambda pred, mos: {})  # scipy: requirements-micro.txt only
+    t = evaluate.table([r | {"mos": 50.0 + i} for i, r in enumerate(rows)], pred)
+    assert t["flip_rates"]["transmission_h264"] == 1 / 12 and t["flip_rates"]["compression"] == 0.0
