@@ -327,7 +327,8 @@ def die_after_each_save(monkeypatch):
 
 def assert_same_weights(whole: dict, resumed: dict):
     assert whole.get("recipe") == resumed.get("recipe")
-    for module in whole.keys() - {"recipe"}:
+    assert whole.get("tower_kind") == resumed.get("tower_kind")
+    for module in whole.keys() - {"recipe", "tower_kind"}:
         for name, tensor in whole[module].items():
             assert torch.equal(tensor, resumed[module][name]), f"{module}.{name}"
 

@@ -97,3 +97,25 @@ def test_missing_or_broken_weights_are_named(tmp_path):
     with pytest.raises(SystemExit, match="foreign.pth: not EfficientNet-Lite0's state dict"):
         pretrained.load_weights(foreign)
     assert pretrained.weights_path().is_file()
+
+
+def test_a_pretrained_tower_goes_through_every_stage(tmp_path):
+    """train --tower lite0: stage 1 keeps ImageNet's weights (standardised) and trains only the
+    motion branch; stages 2 and 3 and the export take it; stage 3 tunes it."""
+    from test_micro import tiny_training_set
+
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    s1 = train.stage1(rows, arrays, tmp_path, epochs=10, motion_epochs=1, tower_kind="lite0")
+    assert s1["tower_kind"] == "lite0" and s1["recipe"]["tower"] == "lite0" and s1["recipe"]["epochs"] == 0
+    package = pretrained.load_weights()
+    assert torch.equal(s1["tower"]["net._conv_stem.weight"], package["_conv_stem.weight"])
+    assert not torch.equal(s1["tower"]["feature_std"], torch.ones(pretrained.FEATURES))
+    s2 = train.stage2(s1, rows, arrays, tmp_path, steps=2, batch=2)
+    assert s2["model"]["keyframe.net.0.weight"].shape == (576, pretrained.FEATURES)
+    t1, t2 = train.stage3(s1, s2, rows, arrays, tmp_path, steps=4, batch=2)
+    assert t1["tower_kind"] == "lite0"
+    assert not torch.equal(t1["tower"]["net._conv_head.weight"], package["_conv_head.weight"]), "stage 3 tunes it"
+    train.export(t1, t2, tmp_path / "bundle")
+    keyframes = normalise(torch.from_numpy(arrays["s"]["keyframes"][0]))
+    got = ort.InferenceSession(str(tmp_path / "bundle" / "keyframe_encoder.onnx")).run(None, {"pixel_values": keyframes.numpy()})[0]
+    assert got.shape == (4, 1, 576)

@@ -454,7 +454,9 @@ def release_freed_memory() -> None:
 def tower_features(state, rows, arrays, compile_steps: bool = False):
     """Per clip: keyframe features [K, 704] and per-frame motion features [F, 48] (frozen)."""
     tower, branch = load_towers(state)
-    tower = CompiledStep(tower, compile_steps, "stage 2 vision tower", dynamic=True)
+    # The micro tower only: compiling EfficientNet-Lite0 for any number of keyframes took over
+    # 10 minutes here, and its uncompiled pass is 0.2 s a clip.
+    tower = CompiledStep(tower, compile_steps and isinstance(tower, VisionTower), "stage 2 vision tower", dynamic=True)
     feats = []
     for i, r in enumerate(rows):
         clip = arrays[r["source"]]
@@ -656,7 +658,8 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
     tuned = finished(work, "stage 3", recipe)
     if tuned is None:
         tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps)
-    return {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
+    return {k: tuned[k] for k in ("tower", "branch")} | {"tower_kind": state1.get("tower_kind", "micro")}, \
+        {"model": tuned["model"]}
 
 
 def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int,
@@ -671,7 +674,8 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
         p.requires_grad_(False)  # no gradient graph through them at all: their input needs none
     model = Scorer2(576, keyframe_features(state1))  # its initial weights are overwritten at once: no seed needed
     model.load_state_dict(state2["model"])
-    tower_step = CompiledStep(tower, compile_steps, "stage 3 vision tower", dynamic=True)
+    tower_step = CompiledStep(tower, compile_steps and isinstance(tower, VisionTower), "stage 3 vision tower",
+                              dynamic=True)
 
     def window_features(i, s0, w):
         a, r = arrays[rows[i]["source"]], rows[i]
