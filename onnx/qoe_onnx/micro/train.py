@@ -87,7 +87,8 @@ def load_arrays(data: Path, sources: set[str]) -> dict[str, dict]:
     return arrays
 
 
-SPATIAL_CLASSES = ["pristine"] + micro_data.SPATIAL
+# What the vision tower learns to tell apart in stage 1: the families a keyframe shows.
+SPATIAL_CLASSES = ["pristine"] + micro_data.SPATIAL + micro_data.DELIVERY
 CROP = 128  # stage 1 trains the (fully convolutional) vision tower on 128x128 crops of keyframes
 TEMPORAL_CLASSES = ["pristine"] + micro_data.TEMPORAL
 
@@ -227,31 +228,38 @@ TOWERS = ("micro", "lite0")  # the vision tower trained here (VisionTower), or p
 NORMALISATION_KEYFRAMES = 512  # training keyframes the pretrained tower's standardisation is measured on
 
 
-def train_vision_tower(train: list[dict], arrays: dict, resume: "Progress", rng, epochs: int, online_pairs: int,
-                       stills, compile_steps: bool, tower_input: str) -> VisionTower:
-    """Stage 1's vision part: the micro VisionTower trained to tell distortions apart."""
+PRETRAINED_RATE = 0.1  # stage 1: the pretrained tower learns at a tenth of the micro tower's rate
+
+
+def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume: "Progress", rng, epochs: int,
+                       online_pairs: int, stills, compile_steps: bool) -> nn.Module:
+    """Stage 1's vision part: the tower trained to tell distortions apart. The micro VisionTower
+    from scratch; the pretrained one from ImageNet's weights at PRETRAINED_RATE of the rate, its
+    batch norms keeping ImageNet's statistics (batches of 32 crops would make them noisy)."""
     # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
     # of the same source, keyframe and crop, so what tells them apart is the distortion, not the
     # content (a margin ranking loss on the pseudo-MOS head). Random crops multiply the content.
     # With `online_pairs`, that many of the 16 pairs a step are new crops of the training stills,
     # distorted and labelled on the fly (online.py; run 7 tried 6 and was worse, so 0 by default).
-    tower = VisionTower(tower_input)
-    head = nn.Linear(KEYFRAME_FEATURES, len(SPATIAL_CLASSES) + 2)
+    scratch = isinstance(tower, VisionTower)
+    head = nn.Linear(KEYFRAME_FEATURES if scratch else pretrained.FEATURES, len(SPATIAL_CLASSES) + 2)
     items = [(r, k) for r in train if r["family"] in SPATIAL_CLASSES
              for k in range(arrays[r["source"]]["keyframes"].shape[1])]
     versions: dict[str, list[dict]] = {}
     for r in train:
         if r["family"] in SPATIAL_CLASSES:
             versions.setdefault(r["source"], []).append(r)
-    opt = torch.optim.AdamW(list(tower.parameters()) + list(head.parameters()), 2e-3, weight_decay=1e-4)
+    rates = [2e-3 if scratch else 2e-3 * PRETRAINED_RATE, 2e-3]
+    opt = torch.optim.AdamW([{"params": list(tower.parameters()), "lr": rates[0]},
+                             {"params": list(head.parameters()), "lr": rates[1]}], 2e-3, weight_decay=1e-4)
     pairs = 16
     stored = pairs - online_pairs
     steps = epochs * len(items) // (2 * pairs)  # an epoch: the steps 16 stored pairs a step would take
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps)
     vision = dict(tower=tower, head=head, opt=opt, sched=sched)
     resume.restore("vision", **vision)
-    tower.train()
-    vision_step = CompiledStep(nn.Sequential(tower, head), compile_steps and resume.done("vision") < epochs)
+    tower.train(scratch)
+    vision_step = CompiledStep(nn.Sequential(tower, head), compile_steps and scratch and resume.done("vision") < epochs)
     started = time.time()
     for epoch in range(resume.done("vision"), epochs):
         order = rng.permutation(len(items))
@@ -302,7 +310,7 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
     if tower_input != "rgb":  # recorded only when asked, so the recipes of earlier runs stay as they were
         recipe["tower_input"] = tower_input
     if tower_kind != "micro":
-        recipe |= {"tower": tower_kind, "epochs": 0, "online_pairs": 0}
+        recipe["tower"] = tower_kind
     if (done := finished(work, "stage 1", recipe)) is not None:
         return done
     torch.manual_seed(seed)
@@ -311,10 +319,9 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
     train = [r for r in rows if r["split"] == "train"]
 
     started = time.time()
-    if tower_kind == "lite0":  # ImageNet's weights, not trained here: only the motion branch below
-        tower = pretrained_tower(train, arrays, rng)
-    else:
-        tower = train_vision_tower(train, arrays, resume, rng, epochs, online_pairs, stills, compile_steps, tower_input)
+    tower = pretrained_tower(train, arrays, rng) if tower_kind == "lite0" else VisionTower(tower_input)
+    if epochs:  # the pretrained tower with 0 epochs: ImageNet's weights as they are (frozen here)
+        tower = train_vision_tower(tower, train, arrays, resume, rng, epochs, online_pairs, stills, compile_steps)
 
     # Motion branch: dense frames of temporally distorted clips, and of the others as "none".
     branch = MotionBranch()
@@ -805,7 +812,9 @@ def main():
     ap.add_argument("--data", type=Path, default=Path(".cache/micro"))
     ap.add_argument("--work", type=Path, default=Path(".cache/micro/train"))
     ap.add_argument("--out", type=Path, default=Path("models/micro-vqa2"))
-    ap.add_argument("--epochs", type=int, default=10, help="stage 1 epochs of the vision tower")
+    ap.add_argument("--epochs", type=int, default=10,
+                    help="stage 1 epochs of the vision tower (with --tower lite0: tuning ImageNet's weights at a "
+                         "tenth of the rate; 0 keeps them frozen)")
     ap.add_argument("--motion-epochs", type=int, default=8, help="stage 1 epochs of the motion branch")
     ap.add_argument("--online-pairs", type=int, default=0, choices=range(16), metavar="0-15",
                     help="stage 1: of the vision tower's 16 pairs a step, how many are online crops of the "
