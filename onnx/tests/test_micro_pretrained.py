@@ -100,13 +100,13 @@ def test_missing_or_broken_weights_are_named(tmp_path):
 
 
 def test_a_pretrained_tower_goes_through_every_stage(tmp_path):
-    """train --tower lite0: stage 1 keeps ImageNet's weights (standardised) and trains only the
-    motion branch; stages 2 and 3 and the export take it; stage 3 tunes it."""
+    """train --tower lite0 --epochs 0: stage 1 keeps ImageNet's weights (standardised) and trains
+    only the motion branch; stages 2 and 3 and the export take it; stage 3 tunes it."""
     from test_micro import tiny_training_set
 
     rows, arrays, _ = tiny_training_set(keyframes=4)
-    s1 = train.stage1(rows, arrays, tmp_path, epochs=10, motion_epochs=1, tower_kind="lite0")
-    assert s1["tower_kind"] == "lite0" and s1["recipe"]["tower"] == "lite0" and s1["recipe"]["epochs"] == 0
+    s1 = train.stage1(rows, arrays, tmp_path, epochs=0, motion_epochs=1, tower_kind="lite0")
+    assert s1["tower_kind"] == "lite0" and s1["recipe"]["tower"] == "lite0"
     package = pretrained.load_weights()
     assert torch.equal(s1["tower"]["net._conv_stem.weight"], package["_conv_stem.weight"])
     assert not torch.equal(s1["tower"]["feature_std"], torch.ones(pretrained.FEATURES))
@@ -119,3 +119,15 @@ def test_a_pretrained_tower_goes_through_every_stage(tmp_path):
     keyframes = normalise(torch.from_numpy(arrays["s"]["keyframes"][0]))
     got = ort.InferenceSession(str(tmp_path / "bundle" / "keyframe_encoder.onnx")).run(None, {"pixel_values": keyframes.numpy()})[0]
     assert got.shape == (4, 1, 576)
+
+
+def test_stage1_tunes_the_pretrained_tower_with_imagenets_batch_statistics(tmp_path):
+    """--epochs N with the pretrained tower: its weights move, its batch norms' statistics stay."""
+    from test_micro import tiny_training_set
+
+    rows, arrays, _ = tiny_training_set(keyframes=12)
+    s1 = train.stage1(rows, arrays, tmp_path, epochs=2, motion_epochs=0, tower_kind="lite0")
+    package = pretrained.load_weights()
+    assert not torch.equal(s1["tower"]["net._conv_stem.weight"], package["_conv_stem.weight"])
+    for name in ("_bn0.running_mean", "_blocks.7._bn1.running_var", "_bn1.running_mean"):
+        assert torch.equal(s1["tower"][f"net.{name}"], package[name]), name
