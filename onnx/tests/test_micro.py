@@ -129,6 +129,22 @@ def test_labels_and_stalls():
 EVAL_CLIP = Path(__file__).resolve().parents[2] / "tests/fixtures/eval/photo_kokkini_3840x2160__pristine.mp4"
 
 
+def test_compare_labels_and_decodes_a_clip_in_one_pass(tmp_path):
+    """`data.compare` gives the SSIM and PSNR that FFV1's reference gave (the labels of earlier
+    data) against the uncompressed reference, and the delivered clip's frames exactly as
+    `data.decode` reads them."""
+    frames, fps = data.decode(str(EVAL_CLIP), seconds=1)
+    noisy = np.stack([data.spatial("noise", 16.0, f, np.random.default_rng(0)) for f in frames])
+    data.deliver(noisy, fps, 30, str(tmp_path / "clip.mp4"))
+    data.encode(frames, fps, str(tmp_path / "reference.nut"), data.LOSSLESS)
+    data.encode(frames, fps, str(tmp_path / "reference.mkv"), ["-c:v", "ffv1"])
+    height, width = frames.shape[1:3]
+    ssim, psnr, shown = data.compare(str(tmp_path / "clip.mp4"), str(tmp_path / "reference.nut"), (width, height))
+    ffv1 = data.compare(str(tmp_path / "clip.mp4"), str(tmp_path / "reference.mkv"), (width, height))
+    assert 0.3 < ssim < 0.95 and (ssim, psnr) == ffv1[:2]
+    assert np.array_equal(shown, data.decode(str(tmp_path / "clip.mp4"))[0])
+
+
 @pytest.mark.parametrize("family", online.FAMILIES)
 def test_online_labels_use_ffmpegs_ssim(family, tmp_path):
     """The online samples' SSIM is what `data.compare` (FFmpeg's `ssim` filter on yuv420p, the
@@ -138,8 +154,8 @@ def test_online_labels_use_ffmpegs_ssim(family, tmp_path):
     reference = online.random_crop(frames[0], 128, rng)
     distorted = data.jpeg(data.spatial(family, online.level_at(family, 1.5), reference, rng), online.DELIVERY_JPEG)
     for name, pixels in (("a", distorted), ("b", reference)):
-        data.encode(pixels[None], 25.0, str(tmp_path / f"{name}.mkv"), data.LOSSLESS)
-    ffmpeg, _ = data.compare(str(tmp_path / "a.mkv"), str(tmp_path / "b.mkv"))
+        data.encode(pixels[None], 25.0, str(tmp_path / f"{name}.nut"), data.LOSSLESS)
+    ffmpeg = data.compare(str(tmp_path / "a.nut"), str(tmp_path / "b.nut"), (128, 128))[0]
     assert ffmpeg < 0.995, "the distortion must change the picture for the comparison to mean something"
     assert abs(online.ffmpeg_ssim(distorted, reference) - ffmpeg) < 0.003
 

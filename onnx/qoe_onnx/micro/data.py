@@ -531,7 +531,10 @@ def encode(frames: np.ndarray, fps: float, out: str, codec: list[str]) -> None:
         input=frames.tobytes(), check=True)
 
 
-LOSSLESS = ["-c:v", "ffv1"]  # the pristine reference the labels compare against
+# The pristine reference the labels compare against: uncompressed yuv420p (NUT), the same frames
+# FFV1 kept but read back in a fraction of the time (decoding FFV1 for every clip took longer
+# than the comparison itself).
+LOSSLESS = ["-c:v", "rawvideo", "-f", "nut"]
 
 
 def deliver(frames: np.ndarray, fps: float, crf: int, out: str) -> None:
@@ -539,16 +542,20 @@ def deliver(frames: np.ndarray, fps: float, crf: int, out: str) -> None:
     encode(frames, fps, out, ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-threads", "1"])
 
 
-def compare(distorted: str, reference: str) -> tuple[float, float]:
-    """FFmpeg's full-reference SSIM (All) and PSNR (average) of two clips."""
-    err = subprocess.run(
-        ["ffmpeg", "-v", "info", "-nostats", "-i", distorted, "-i", reference, "-lavfi",
-         "[0:v]split[a0][a1];[1:v]split[b0][b1];[a0][b0]ssim;[a1][b1]psnr", "-f", "null", "-"],
-        check=True, capture_output=True, text=True).stderr
+def compare(distorted: str, reference: str, size: tuple[int, int] = (WIDTH, HEIGHT)) -> tuple[float, float, np.ndarray]:
+    """FFmpeg's full-reference SSIM (All) and PSNR (average) of two clips, and the distorted clip's
+    frames as RGB (`size` its width and height), from one decode of each."""
+    width, height = size
+    done = subprocess.run(
+        ["ffmpeg", "-v", "info", "-nostats", "-i", distorted, "-i", reference, "-filter_complex",
+         "[0:v]split=3[a0][a1][shown];[1:v]split[b0][b1];[a0][b0]ssim,nullsink;[a1][b1]psnr,nullsink",
+         "-map", "[shown]", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        check=True, capture_output=True)
+    err = done.stderr.decode()
     ssim = float(re.search(r"SSIM .*All:([0-9.]+)", err)[1])
     psnr_text = re.search(r"PSNR .*average:([0-9.inf]+)", err)[1]
     psnr = 100.0 if psnr_text == "inf" else float(psnr_text)
-    return ssim, psnr
+    return ssim, psnr, np.frombuffer(done.stdout, np.uint8).reshape(-1, height, width, 3)
 
 
 def model_inputs(frames: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -584,7 +591,7 @@ def make_source(job: tuple[dict, str]) -> list[dict]:
     frames, fps = pristine_frames(source)
     rows, keyframes, motion = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        reference = f"{tmp}/reference.mkv"
+        reference = f"{tmp}/reference.nut"
         encode(frames, fps, reference, LOSSLESS)
         for family, kind, strength, level in variants():
             if kind == "spatial":
@@ -598,12 +605,11 @@ def make_source(job: tuple[dict, str]) -> list[dict]:
             crf = int(level) if kind == "codec" else DELIVERY_CRF
             clip = f"{tmp}/clip.mp4"
             deliver(distorted, fps, crf, clip)
-            ssim, psnr = compare(clip, reference)
+            ssim, psnr, decoded = compare(clip, reference)
             if source["split"] == "test":  # kept for the no-reference baselines (Table 3)
                 kept = test_clip_path(Path(out), source["name"], family, strength)
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(clip, kept)
-            decoded, _ = decode(clip, size=(WIDTH, HEIGHT))
             k, m = model_inputs(decoded, fps)
             keyframes.append(k)
             motion.append(m)

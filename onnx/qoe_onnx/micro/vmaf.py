@@ -71,7 +71,7 @@ def score_test_split(data: Path, sources: list[dict], rows: list[dict], scorer) 
         for source in sources:
             started = time.time()
             frames, fps = micro_data.pristine_frames(source)
-            reference = Path(tmp) / "reference.mkv"
+            reference = Path(tmp) / "reference.nut"
             micro_data.encode(frames, fps, str(reference), micro_data.LOSSLESS)
             reference_y = luma(reference)
             mine = [r for r in rows if r["source"] == source["name"]]
