@@ -115,3 +115,11 @@ def test_flip_rate_orders_any_ladder_by_strength(monkeypatch):
     monkeypatch.setattr(evaluate, "correlations", lambda pred, mos: {})  # scipy: requirements-micro.txt only
     t = evaluate.table([r | {"mos": 50.0 + i} for i, r in enumerate(rows)], pred)
     assert t["flip_rates"]["transmission_h264"] == 1 / 12 and t["flip_rates"]["compression"] == 0.0
+
+
+def test_calibration_averages_the_poor_or_low_clips_and_the_pristine_ones():
+    rows = [{"family": "pristine", "mos": 95.0}, {"family": "pristine", "mos": 85.0},
+            {"family": "transmission_h264", "mos": 39.9}, {"family": "compression", "mos": 5.0},
+            {"family": "blur", "mos": 40.0}]
+    c = evaluate.calibration(rows, [0.8, 0.6, 0.5, 0.2, 0.1])
+    assert c == {"poor_or_low": 0.35, "poor_or_low_n": 2, "pristine": 0.7, "pristine_n": 2}

@@ -133,6 +133,21 @@ def table(rows, pred) -> dict:
     return out
 
 
+# The levels an operator acts on (#30's calibration goals): clips labelled poor or low must score
+# below POOR_BELOW on average, the pristine clips (delivered at CRF 18) above PRISTINE_ABOVE.
+POOR_BELOW, PRISTINE_ABOVE = 0.45, 0.70
+
+
+def calibration(rows, pred) -> dict:
+    """The mean score of the clips labelled poor or low (pseudo-MOS under 40) and of the pristine
+    clips, and how many of each."""
+    poor = [p for r, p in zip(rows, pred) if micro_data.level_of(r["mos"]) >= 3]
+    pristine = [p for r, p in zip(rows, pred) if r["family"] == "pristine"]
+    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+    return {"poor_or_low": mean(poor), "poor_or_low_n": len(poor),
+            "pristine": mean(pristine), "pristine_n": len(pristine)}
+
+
 # ---------------------------------------------------------------- baselines
 
 
@@ -248,7 +263,7 @@ def main():
         lowered.append(r["mos"] * T.stall_factor(count, total, initial))
     log(f"scored in {time.time() - started:.0f} s")
     results = {"split": split, "clips": len(rows), "sources": sorted({r["source"] for r in rows}),
-               "micro-vqa2 (ugc prompt)": table(rows, ugc),
+               "micro-vqa2 (ugc prompt)": table(rows, ugc) | {"calibration": calibration(rows, ugc)},
                "micro-vqa2 (streaming prompt, random stalls)": {
                    "overall": correlations(streaming, lowered)},
                "per_clip": [{"source": r["source"], "family": r["family"], "strength": r["strength"],
@@ -271,6 +286,9 @@ def main():
             log(f"{name:45s} SRCC {o['srcc']:.3f}  PLCC {o['plcc']:.3f}  flip {t.get('flip_rate', float('nan')):.3f}"
                 + "".join(f"  {fam} flip {rate:.3f}" for fam, rate in t.get("flip_rates", {}).items()
                           if fam in micro_data.TRANSMISSION))
+    c = results["micro-vqa2 (ugc prompt)"]["calibration"]
+    log(f"calibration: poor or low clips score {c['poor_or_low']:.3f} on average (goal < {POOR_BELOW}, "
+        f"{c['poor_or_low_n']} clips), pristine {c['pristine']:.3f} (goal > {PRISTINE_ABOVE}, {c['pristine_n']} clips)")
 
 
 if __name__ == "__main__":
