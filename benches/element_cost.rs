@@ -27,13 +27,7 @@ use common::cpu_seconds;
 
 fn video() -> PathBuf {
     eprintln!("encoding the 1080p30 test stream (once) ...");
-    common::clip(
-        "bench-1080p30.mp4",
-        "testsrc2=size=1920x1080:rate=30:duration=10",
-        &[
-            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-        ],
-    )
+    common::testsrc_x264(1920, 1080, 10)
 }
 
 /// CPU seconds of the calling thread.
@@ -92,7 +86,7 @@ fn run(description: &str) -> (f64, f64, f64) {
                 gst::PadProbeReturn::Ok
             },
         );
-    let (cpu0, wall0) = (cpu_seconds(libc::RUSAGE_SELF), Instant::now());
+    let (cpu0, wall0) = (common::process_cpu_seconds(), Instant::now());
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
     for msg in bus.iter_timed(gst::ClockTime::NONE) {
@@ -105,7 +99,7 @@ fn run(description: &str) -> (f64, f64, f64) {
     // The model's own threads (features, decoder, and ONNX Runtime's pool, which the
     // features and score threads run on) are counted apart before they go away at NULL.
     let model = threads_cpu_seconds("qoe-");
-    let process = cpu_seconds(libc::RUSAGE_SELF) - cpu0;
+    let process = common::process_cpu_seconds() - cpu0;
     pipeline.set_state(gst::State::Null).unwrap();
     let thread = streaming.lock().unwrap().1;
     (process - model, wall0.elapsed().as_secs_f64(), thread)

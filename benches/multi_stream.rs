@@ -23,13 +23,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
-use qoe_core::sampling::{KeyframeSampler, WindowScheduler};
 use qoe_core::time::SECOND;
 use qoe_model::batch::BatchOptions;
 use qoe_model::preprocess::RgbImage;
-use qoe_model::stream::{StageTimes, StreamScorer};
+use qoe_model::stream::StageTimes;
 use qoe_model::{Scorer, SessionOptions};
 
 #[path = "../tests/common/mod.rs"]
@@ -38,11 +36,6 @@ mod common;
 const FPS: u64 = 30;
 const WINDOW: u64 = 8 * SECOND;
 const HOP: u64 = 2 * SECOND;
-
-/// Process CPU seconds so far.
-fn cpu_seconds() -> f64 {
-    common::cpu_seconds(libc::RUSAGE_SELF)
-}
 
 /// What one stream's run gave: each window's score by its start, the time from due to
 /// scored per window, and the stages' times.
@@ -54,49 +47,25 @@ struct StreamRun {
 
 /// Scores `frames` (a stream starting at frame `offset`, wrapping) as the element does.
 fn run_stream(scorer: &Arc<Scorer>, frames: &[RgbImage], offset: usize) -> StreamRun {
-    let time = |i: usize| i as u64 * SECOND / FPS;
-    let mut stream =
-        StreamScorer::new(scorer.clone(), WINDOW, (HOP / SECOND * FPS) as usize).unwrap();
-    let mut keyframes = KeyframeSampler::default();
-    let mut scheduler = WindowScheduler::new(WINDOW, HOP);
     let mut run = StreamRun {
         scores: HashMap::new(),
         latencies: Vec::new(),
         stages: StageTimes::default(),
     };
-    let score_ready = |stream: &mut StreamScorer, run: &mut StreamRun| {
-        for ready in stream.ready() {
-            let ready = ready.expect("a full window");
-            let due = Instant::now();
-            let scored = scorer.score_window(&ready.features).unwrap();
-            let took = due.elapsed().as_secs_f64();
+    common::score_as_the_element_does(
+        scorer,
+        frames,
+        offset,
+        (WINDOW, HOP),
+        |ready, score, took| {
             run.latencies.push(took);
             run.stages.preprocess += ready.spent.preprocess;
             run.stages.vision += ready.spent.vision;
             run.stages.motion += ready.spent.motion;
             run.stages.decoder += took;
-            run.scores.insert(ready.window.start, scored.score.unwrap());
-        }
-    };
-    for i in 0..frames.len() {
-        let frame = &frames[(i + offset) % frames.len()];
-        for w in scheduler.on_frame(time(i)) {
-            stream.request(w, None, 0).unwrap();
-        }
-        let keyframe = keyframes.is_keyframe(time(i));
-        let motion = scorer
-            .motion_stride()
-            .is_some_and(|stride| (i as u64).is_multiple_of(stride));
-        if keyframe || motion {
-            stream.add_frame(time(i), frame, keyframe, motion).unwrap();
-        }
-        score_ready(&mut stream, &mut run);
-    }
-    if let Some(w) = scheduler.finish(time(frames.len())) {
-        stream.request(w, None, 0).unwrap();
-    }
-    stream.finish().unwrap();
-    score_ready(&mut stream, &mut run);
+            run.scores.insert(ready.window.start, score);
+        },
+    );
     run
 }
 
@@ -110,7 +79,7 @@ struct Arm {
 
 fn run_arm(scorer: &Arc<Scorer>, frames: &Arc<Vec<RgbImage>>, streams: usize) -> Arm {
     let seconds = frames.len() as f64 / FPS as f64;
-    let cpu0 = cpu_seconds();
+    let cpu0 = common::process_cpu_seconds();
     let threads: Vec<_> = (0..streams)
         .map(|s| {
             let (scorer, frames) = (scorer.clone(), frames.clone());
@@ -118,7 +87,7 @@ fn run_arm(scorer: &Arc<Scorer>, frames: &Arc<Vec<RgbImage>>, streams: usize) ->
         })
         .collect();
     let runs: Vec<StreamRun> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = common::process_cpu_seconds() - cpu0;
     let mut arm = Arm {
         throughput: streams as f64 * seconds / cpu,
         latencies: Vec::new(),
@@ -171,13 +140,7 @@ fn scoring(bundle: &std::path::Path) {
         return; // QOE_BENCH_STREAMS=none: the end-to-end part only
     }
     eprintln!("encoding and decoding 20 s of 720p30 (once) ...");
-    let clip = common::clip(
-        "bench-720p30-20s.mp4",
-        "testsrc2=size=1280x720:rate=30:duration=20",
-        &[
-            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-        ],
-    );
+    let clip = common::testsrc_x264(1280, 720, 20);
     let frames: Arc<Vec<RgbImage>> = Arc::new(
         common::decode_rgb(&clip)
             .into_iter()
@@ -276,7 +239,7 @@ fn pipeline_cpu(description: &str) -> (f64, HashMap<String, f64>) {
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
-    let cpu0 = cpu_seconds();
+    let cpu0 = common::process_cpu_seconds();
     let threads0 = threads_by_name();
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
@@ -295,7 +258,7 @@ fn pipeline_cpu(description: &str) -> (f64, HashMap<String, f64>) {
         *cpu -= threads0.get(name).copied().unwrap_or(0.0);
     }
     pipeline.set_state(gst::State::Null).unwrap();
-    (cpu_seconds() - cpu0, threads)
+    (common::process_cpu_seconds() - cpu0, threads)
 }
 
 fn end_to_end(bundle: &std::path::Path) {
@@ -304,13 +267,7 @@ fn end_to_end(bundle: &std::path::Path) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     eprintln!("encoding {seconds} s of 720p30 (once) ...");
-    let clip = common::clip(
-        &format!("bench-720p30-{seconds}s.mp4"),
-        &format!("testsrc2=size=1280x720:rate=30:duration={seconds}"),
-        &[
-            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-        ],
-    );
+    let clip = common::testsrc_x264(1280, 720, seconds);
     let pipeline = |element: &str| {
         format!(
             "filesrc location={} ! decodebin ! {element} ! fakesink sync=false",
@@ -320,11 +277,11 @@ fn end_to_end(bundle: &std::path::Path) {
     let monitor = format!("qoemonitor bundle={} leaky=false", bundle.display());
     // Held, the model stays loaded between runs (the element's default options share it):
     // what is measured is the stream's cost, not the model's load, printed apart.
-    let cpu0 = cpu_seconds();
+    let cpu0 = common::process_cpu_seconds();
     let _held = qoe_model::shared_scorer(bundle, &SessionOptions::default()).unwrap();
     println!(
         "loading the default bundle (once per process): {:.2} CPU-s",
-        cpu_seconds() - cpu0
+        common::process_cpu_seconds() - cpu0
     );
     pipeline_cpu(&pipeline("identity")); // warm caches and the registry
     let (mut identity, mut scored, mut by_thread) = (Vec::new(), Vec::new(), HashMap::new());

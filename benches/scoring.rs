@@ -25,11 +25,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use qoe_core::sampling::{KeyframeSampler, WindowScheduler};
 use qoe_core::time::SECOND;
 use qoe_model::Scorer;
 use qoe_model::preprocess::RgbImage;
-use qoe_model::stream::{StageTimes, StreamScorer};
+use qoe_model::stream::StageTimes;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -37,11 +36,6 @@ mod common;
 const FPS: u64 = 30;
 const WINDOW: u64 = 8 * SECOND;
 const HOP: u64 = 2 * SECOND;
-
-/// Process CPU seconds so far.
-fn cpu_seconds() -> f64 {
-    common::cpu_seconds(libc::RUSAGE_SELF)
-}
 
 fn main() {
     gst::init().unwrap();
@@ -56,13 +50,7 @@ fn main() {
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
     eprintln!("encoding and decoding 20 s of 720p30 (once) ...");
-    let clip = common::clip(
-        "bench-720p30-20s.mp4",
-        "testsrc2=size=1280x720:rate=30:duration=20",
-        &[
-            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-        ],
-    );
+    let clip = common::testsrc_x264(1280, 720, 20);
     let frames: Vec<RgbImage> = common::decode_rgb(&clip)
         .into_iter()
         .map(|(_, image)| image)
@@ -74,49 +62,20 @@ fn main() {
     let time = |i: usize| i as u64 * SECOND / FPS;
 
     // Cached, as the element does it.
-    let cpu0 = cpu_seconds();
-    let mut stream =
-        StreamScorer::new(scorer.clone(), WINDOW, (HOP / SECOND * FPS) as usize).unwrap();
-    let mut keyframes = KeyframeSampler::default();
-    let mut scheduler = WindowScheduler::new(WINDOW, HOP);
+    let cpu0 = common::process_cpu_seconds();
     let (mut cached, mut decoder, mut windows) = (StageTimes::default(), 0.0, Vec::new());
-    let mut score_ready =
-        |stream: &mut StreamScorer, cached: &mut StageTimes, decoder: &mut f64| {
-            for ready in stream.ready() {
-                let ready = ready.expect("a full window");
-                let t0 = Instant::now();
-                let scored = scorer.score_window(&ready.features).unwrap();
-                *decoder += t0.elapsed().as_secs_f64();
-                cached.preprocess += ready.spent.preprocess;
-                cached.vision += ready.spent.vision;
-                cached.motion += ready.spent.motion;
-                windows.push((ready.window, scored.score.unwrap()));
-            }
-        };
-    for (i, frame) in frames.iter().enumerate() {
-        for w in scheduler.on_frame(time(i)) {
-            stream.request(w, None, 0).unwrap();
-        }
-        // As the element samples: keyframes at 1 fps, motion frames at the bundle's stride.
-        let keyframe = keyframes.is_keyframe(time(i));
-        let motion = scorer
-            .motion_stride()
-            .is_some_and(|stride| (i as u64).is_multiple_of(stride));
-        if keyframe || motion {
-            stream.add_frame(time(i), frame, keyframe, motion).unwrap();
-        }
-        score_ready(&mut stream, &mut cached, &mut decoder);
-    }
-    if let Some(w) = scheduler.finish(time(frames.len())) {
-        stream.request(w, None, 0).unwrap();
-    }
-    stream.finish().unwrap();
-    score_ready(&mut stream, &mut cached, &mut decoder);
-    let cached_cpu = cpu_seconds() - cpu0;
+    common::score_as_the_element_does(&scorer, &frames, 0, (WINDOW, HOP), |ready, score, took| {
+        decoder += took;
+        cached.preprocess += ready.spent.preprocess;
+        cached.vision += ready.spent.vision;
+        cached.motion += ready.spent.motion;
+        windows.push((ready.window, score));
+    });
+    let cached_cpu = common::process_cpu_seconds() - cpu0;
     let n = windows.len() as f64;
 
     // Uncached: every window from its own frames.
-    let cpu0 = cpu_seconds();
+    let cpu0 = common::process_cpu_seconds();
     let (mut features_uncached, mut decoder_uncached) = (0.0, 0.0);
     let mut window_features = Vec::new();
     for (w, _) in &windows {
@@ -132,7 +91,7 @@ fn main() {
         decoder_uncached += t0.elapsed().as_secs_f64();
         window_features.push(features);
     }
-    let uncached_cpu = cpu_seconds() - cpu0;
+    let uncached_cpu = common::process_cpu_seconds() - cpu0;
 
     let ms = |s: f64| s / n * 1e3;
     let models = scorer.bundle().models().len();

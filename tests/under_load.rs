@@ -56,13 +56,7 @@ fn a_live_stream_keeps_its_frame_rate_beside_two_scoring_pipelines() {
     init();
     init_ort();
     let bundle = default_bundle();
-    let clip = clip(
-        "load-720p.mp4",
-        "testsrc2=size=1280x720:rate=30:duration=4",
-        &[
-            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-        ],
-    );
+    let clip = testsrc_x264(1280, 720, 4);
     let stop = Arc::new(AtomicBool::new(false));
     let loaders: Vec<_> = (0..2)
         .map(|_| loader(clip.clone(), bundle.clone(), stop.clone()))

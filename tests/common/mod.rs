@@ -172,6 +172,72 @@ pub fn clip(name: &str, lavfi: &str, args: &[&str]) -> PathBuf {
     made_once(name, &[&["-f", "lavfi", "-i", lavfi][..], args].concat())
 }
 
+/// `seconds` of moving `testsrc2` at `width`x`height`, 30 fps, in x264 (veryfast), made once:
+/// the stream the benches and the load test score.
+pub fn testsrc_x264(width: u32, height: u32, seconds: u64) -> PathBuf {
+    clip(
+        &format!("testsrc2-{width}x{height}p30-{seconds}s.mp4"),
+        &format!("testsrc2=size={width}x{height}:rate=30:duration={seconds}"),
+        &[
+            "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+        ],
+    )
+}
+
+/// Scores `frames` (30 fps, starting at frame `offset` and wrapping) with `scorer` as the
+/// element does: windows of `window` every `hop`, keyframes at 1 fps, motion frames at the
+/// bundle's stride, each frame's features once. Calls `scored` with each window when it is
+/// ready, its score and the decoder's seconds for it.
+pub fn score_as_the_element_does(
+    scorer: &std::sync::Arc<qoe_model::Scorer>,
+    frames: &[qoe_model::preprocess::RgbImage],
+    offset: usize,
+    (window, hop): (u64, u64),
+    mut scored: impl FnMut(&qoe_model::stream::ReadyWindow, f64, f64),
+) {
+    use qoe_core::sampling::{KeyframeSampler, WindowScheduler};
+    use qoe_core::time::SECOND;
+    const FPS: u64 = 30;
+    let time = |i: usize| i as u64 * SECOND / FPS;
+    let mut stream =
+        qoe_model::stream::StreamScorer::new(scorer.clone(), window, (hop / SECOND * FPS) as usize)
+            .unwrap();
+    let mut keyframes = KeyframeSampler::default();
+    let mut scheduler = WindowScheduler::new(window, hop);
+    let mut score_ready = |stream: &mut qoe_model::stream::StreamScorer| {
+        for ready in stream.ready() {
+            let ready = ready.expect("a full window");
+            let due = std::time::Instant::now();
+            let score = scorer.score_window(&ready.features).unwrap().score.unwrap();
+            scored(&ready, score, due.elapsed().as_secs_f64());
+        }
+    };
+    for i in 0..frames.len() {
+        let frame = &frames[(i + offset) % frames.len()];
+        for w in scheduler.on_frame(time(i)) {
+            stream.request(w, None, 0).unwrap();
+        }
+        let keyframe = keyframes.is_keyframe(time(i));
+        let motion = scorer
+            .motion_stride()
+            .is_some_and(|stride| (i as u64).is_multiple_of(stride));
+        if keyframe || motion {
+            stream.add_frame(time(i), frame, keyframe, motion).unwrap();
+        }
+        score_ready(&mut stream);
+    }
+    if let Some(w) = scheduler.finish(time(frames.len())) {
+        stream.request(w, None, 0).unwrap();
+    }
+    stream.finish().unwrap();
+    score_ready(&mut stream);
+}
+
+/// Process CPU seconds so far (user and system).
+pub fn process_cpu_seconds() -> f64 {
+    cpu_seconds(libc::RUSAGE_SELF)
+}
+
 /// x264 keeping every frame at its own timestamp (no B-frames, timestamps passed through),
 /// so that holes and repeats made by the filters stay where they are.
 pub const X264_AS_IS: [&str; 8] = [
