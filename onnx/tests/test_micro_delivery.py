@@ -123,3 +123,15 @@ def test_calibration_averages_the_poor_or_low_clips_and_the_pristine_ones():
             {"family": "blur", "mos": 40.0}]
     c = evaluate.calibration(rows, [0.8, 0.6, 0.5, 0.2, 0.1])
     assert c == {"poor_or_low": 0.35, "poor_or_low_n": 2, "pristine": 0.7, "pristine_n": 2}
+
+
+def test_ffmpegs_detectors_measure_a_clip_with_black_frames(clip, tmp_path):
+    """blurdetect gives NaN on a black frame: the baseline averages the frames it can measure."""
+    frames, fps = clip
+    row = {"source": "kokkini", "family": "black_frames", "strength": 3}
+    damaged = data.delivery_damage("black_frames", 0.5, frames, fps, seed=5)
+    path = data.test_clip_path(tmp_path, row["source"], row["family"], row["strength"])
+    path.parent.mkdir(parents=True)
+    data.deliver(damaged, fps, 18, str(path))
+    block, blur = evaluate.ffmpeg_detect([row], tmp_path)
+    assert np.isfinite(block[0]) and np.isfinite(blur[0]) and blur[0] < 0

@@ -208,14 +208,20 @@ def clip_path(r, data: Path) -> Path:
 
 
 def ffmpeg_detect(rows, data: Path) -> list[list[float]]:
-    """FFmpeg's blockdetect and blurdetect in one pass over each clip, mean over one frame in 25."""
+    """FFmpeg's blockdetect and blurdetect in one pass over each clip, mean over one frame in 25:
+    over the frames each can measure (blurdetect gives NaN on a black frame)."""
     block, blur = [], []
     for r in rows:
-        err = subprocess.run(["ffmpeg", "-v", "info", "-nostats", "-i", str(clip_path(r, data)), "-vf",
-                              "select='not(mod(n\\,25))',blockdetect,blurdetect", "-f", "null", "-"],
-                             capture_output=True, text=True).stderr
-        block.append(-float(re.search(r"block mean: ([0-9.]+)", err)[1]))
-        blur.append(-float(re.search(r"blur mean: ([0-9.]+)", err)[1]))
+        path = clip_path(r, data)
+        err = subprocess.run(["ffmpeg", "-v", "info", "-nostats", "-i", str(path), "-vf",
+                              "select='not(mod(n\\,25))',blockdetect,blurdetect,metadata=mode=print",
+                              "-f", "null", "-"], capture_output=True, text=True).stderr
+        for name, out in (("block", block), ("blur", blur)):
+            values = [float(v) for v in re.findall(rf"lavfi\.{name}=(\S+)", err)]
+            finite = [v for v in values if np.isfinite(v)]
+            if not finite:
+                raise SystemExit(f"{path}: FFmpeg's {name}detect measured none of its {len(values)} frames")
+            out.append(-float(np.mean(finite)))
     return [block, blur]
 
 
@@ -276,6 +282,9 @@ def main():
             log(f"baselines kept from {args.out}: {', '.join(kept) or 'none there'}")
     else:
         for names, scorer in BASELINES.items():
+            # Written before each baseline, so that one that fails loses only itself (a rerun with
+            # --no-baselines keeps those written).
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
             started = time.time()
             results.update({name: table(rows, scores) for name, scores in zip(names, scorer(rows, args.data), strict=True)})
             log(f"{', '.join(names)} in {time.time() - started:.0f} s")
