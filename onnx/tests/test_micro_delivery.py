@@ -135,3 +135,9 @@ def test_ffmpegs_detectors_measure_a_clip_with_black_frames(clip, tmp_path):
     data.deliver(damaged, fps, 18, str(path))
     block, blur = evaluate.ffmpeg_detect([row], tmp_path)
     assert np.isfinite(block[0]) and np.isfinite(blur[0]) and blur[0] < 0
+
+
+def test_a_baseline_averages_what_it_could_measure_and_names_a_clip_it_could_not():
+    assert evaluate.finite_mean([2.0, float("nan"), 4.0], "BRISQUE", Path("a.mp4")) == 3.0
+    with pytest.raises(SystemExit, match=r"a\.mp4: BRISQUE measured none of its 2 pictures"):
+        evaluate.finite_mean([float("nan"), float("-nan")], "BRISQUE", Path("a.mp4"))

@@ -160,7 +160,8 @@ def brisque_scores(rows, data: Path):
 
     b = Fixed(url=False)
     full = clip_frames(rows, data)
-    return [-float(np.mean([b.score(f) for f in frames])) for frames in full]
+    return [-finite_mean([b.score(f) for f in frames], "BRISQUE", path)
+            for frames, path in zip(full, (clip_path(r, data) for r in rows))]
 
 
 def niqe_scores(rows, data: Path):
@@ -207,6 +208,15 @@ def clip_path(r, data: Path) -> Path:
     return micro_data.test_clip_path(data, r["source"], r["family"], r["strength"])
 
 
+def finite_mean(values, measure: str, path: Path) -> float:
+    """The mean of the values a measure could give (BRISQUE and blurdetect give NaN on a black
+    picture); none at all is an error naming the clip."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    if not finite:
+        raise SystemExit(f"{path}: {measure} measured none of its {len(values)} pictures")
+    return float(np.mean(finite))
+
+
 def ffmpeg_detect(rows, data: Path) -> list[list[float]]:
     """FFmpeg's blockdetect and blurdetect in one pass over each clip, mean over one frame in 25:
     over the frames each can measure (blurdetect gives NaN on a black frame)."""
@@ -218,10 +228,7 @@ def ffmpeg_detect(rows, data: Path) -> list[list[float]]:
                               "-f", "null", "-"], capture_output=True, text=True).stderr
         for name, out in (("block", block), ("blur", blur)):
             values = [float(v) for v in re.findall(rf"lavfi\.{name}=(\S+)", err)]
-            finite = [v for v in values if np.isfinite(v)]
-            if not finite:
-                raise SystemExit(f"{path}: FFmpeg's {name}detect measured none of its {len(values)} frames")
-            out.append(-float(np.mean(finite)))
+            out.append(-finite_mean(values, f"FFmpeg's {name}detect", path))
     return [block, blur]
 
 
