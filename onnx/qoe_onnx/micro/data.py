@@ -271,14 +271,14 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.resize((width, height), Image.BICUBIC)
 
 
-def decode(path: str, start: float = 0.0, seconds: float | None = None, size=None) -> tuple[np.ndarray, float]:
+def decode(path: str, start: float = 0.0, seconds: float | None = None) -> tuple[np.ndarray, float]:
     """All frames of a video as RGB (FFmpeg), with its frame rate."""
     rate = subprocess.run(
         ["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "stream=r_frame_rate",
          "-of", "csv=p=0", path], check=True, capture_output=True, text=True).stdout.strip()
     num, den = rate.split("/")
     fps = float(num) / float(den)
-    w, h = size or probe_size(path)
+    w, h = probe_size(path)
     cmd = ["ffmpeg", "-v", "error", "-ss", str(start), "-i", path]
     if seconds:
         cmd += ["-frames:v", str(int(round(seconds * fps)))]

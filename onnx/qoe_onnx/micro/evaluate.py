@@ -160,8 +160,8 @@ def brisque_scores(rows, data: Path):
 
     b = Fixed(url=False)
     full = clip_frames(rows, data)
-    return [-finite_mean([b.score(f) for f in frames], "BRISQUE", path)
-            for frames, path in zip(full, (clip_path(r, data) for r in rows))]
+    return [-finite_mean([b.score(f) for f in frames], "BRISQUE", clip_path(r, data))
+            for frames, r in zip(full, rows)]
 
 
 def niqe_scores(rows, data: Path):

@@ -190,6 +190,12 @@ class Progress:
         self.path.unlink(missing_ok=True)
 
 
+def compiles(tower: nn.Module, compile_steps: bool) -> bool:
+    """Whether a vision tower runs compiled: the micro tower only. Compiling EfficientNet-Lite0 for
+    any number of keyframes took over 10 minutes here, and its uncompiled pass is 0.2 s a clip."""
+    return compile_steps and isinstance(tower, VisionTower)
+
+
 class CompiledStep:
     """A module called through torch.compile, or as it is where compiling fails.
 
@@ -259,7 +265,7 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     vision = dict(tower=tower, head=head, opt=opt, sched=sched)
     resume.restore("vision", **vision)
     tower.train(scratch)
-    vision_step = CompiledStep(nn.Sequential(tower, head), compile_steps and scratch and resume.done("vision") < epochs)
+    vision_step = CompiledStep(nn.Sequential(tower, head), compiles(tower, compile_steps) and resume.done("vision") < epochs)
     started = time.time()
     for epoch in range(resume.done("vision"), epochs):
         order = rng.permutation(len(items))
@@ -461,9 +467,7 @@ def release_freed_memory() -> None:
 def tower_features(state, rows, arrays, compile_steps: bool = False):
     """Per clip: keyframe features [K, 704] and per-frame motion features [F, 48] (frozen)."""
     tower, branch = load_towers(state)
-    # The micro tower only: compiling EfficientNet-Lite0 for any number of keyframes took over
-    # 10 minutes here, and its uncompiled pass is 0.2 s a clip.
-    tower = CompiledStep(tower, compile_steps and isinstance(tower, VisionTower), "stage 2 vision tower", dynamic=True)
+    tower = CompiledStep(tower, compiles(tower, compile_steps), "stage 2 vision tower", dynamic=True)
     feats = []
     for i, r in enumerate(rows):
         clip = arrays[r["source"]]
@@ -681,8 +685,7 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
         p.requires_grad_(False)  # no gradient graph through them at all: their input needs none
     model = Scorer2(576, keyframe_features(state1))  # its initial weights are overwritten at once: no seed needed
     model.load_state_dict(state2["model"])
-    tower_step = CompiledStep(tower, compile_steps and isinstance(tower, VisionTower), "stage 3 vision tower",
-                              dynamic=True)
+    tower_step = CompiledStep(tower, compiles(tower, compile_steps), "stage 3 vision tower", dynamic=True)
 
     def window_features(i, s0, w):
         a, r = arrays[rows[i]["source"]], rows[i]
