@@ -19,6 +19,10 @@
 //! builds for the default one), the two decoders also score the same windows alternately, and
 //! it prints their time per window, the ratio and the largest score difference.
 //!
+//! It also times the keyframe encoder per keyframe, the previous default bundle (the ensemble
+//! of two micro towers, read from git at [`OLD_DEFAULT`]) against this one, alternately on the
+//! same keyframes in one run.
+//!
 //! Environment: `QOE_BENCH_BUNDLE` (default models/micro-vqa2-streaming), `QOE_BENCH_THREADS`
 //! (ONNX Runtime threads, default 1), `ORT_DYLIB_PATH`.
 
@@ -36,6 +40,8 @@ mod common;
 const FPS: u64 = 30;
 const WINDOW: u64 = 8 * SECOND;
 const HOP: u64 = 2 * SECOND;
+/// The last commit whose default bundle was the two-model ensemble (runs 20 and 12).
+const OLD_DEFAULT: &str = "f6f9245";
 
 fn main() {
     gst::init().unwrap();
@@ -155,7 +161,99 @@ fn main() {
             int8_s / fp32_s
         );
     }
+    keyframe_encoders(&scorer, &bundle, &frames, threads);
     first_start();
+}
+
+/// The keyframe encoder's time per keyframe: the previous default bundle (from git at
+/// [`OLD_DEFAULT`], its small graphs beside this bundle's decoder) against `scorer`'s,
+/// alternately on the same keyframes, one keyframe per call as the element runs them.
+fn keyframe_encoders(
+    scorer: &Scorer,
+    bundle: &std::path::Path,
+    frames: &[RgbImage],
+    threads: usize,
+) {
+    use qoe_model::bundle::Role;
+    let Some(old_folder) = old_default(bundle) else {
+        println!(
+            "keyframe encoder, old default against this one: not measured (no git history at {OLD_DEFAULT})"
+        );
+        return;
+    };
+    let old = Scorer::open(&old_folder, threads).unwrap();
+    let keyframes: Vec<&RgbImage> = frames.iter().step_by(FPS as usize).collect();
+    let prepare = |s: &Scorer| -> Vec<RgbImage> {
+        keyframes
+            .iter()
+            .map(|k| s.prepare(Role::KeyframeEncoder, k).unwrap())
+            .collect()
+    };
+    let (old_prepared, new_prepared) = (prepare(&old), prepare(scorer));
+    let (mut old_s, mut new_s) = (0.0, 0.0);
+    const ROUNDS: usize = 3;
+    for _round in 0..ROUNDS {
+        for (a, b) in old_prepared.iter().zip(&new_prepared) {
+            let t0 = Instant::now();
+            old.encode_pictures(Role::KeyframeEncoder, &[a]).unwrap();
+            old_s += t0.elapsed().as_secs_f64();
+            let t0 = Instant::now();
+            scorer.encode_pictures(Role::KeyframeEncoder, &[b]).unwrap();
+            new_s += t0.elapsed().as_secs_f64();
+        }
+    }
+    let per = |s: f64| s / (ROUNDS * keyframes.len()) as f64 * 1e3;
+    println!(
+        "keyframe encoder per keyframe, alternately on {} keyframes: old default ({OLD_DEFAULT}, {} \
+         model(s)) {:.1} ms, this bundle ({} model(s)) {:.1} ms (this/old {:.2})",
+        keyframes.len(),
+        old.bundle().models().len(),
+        per(old_s),
+        scorer.bundle().models().len(),
+        per(new_s),
+        new_s / old_s
+    );
+    let _ = std::fs::remove_dir_all(old_folder);
+}
+
+/// The default bundle as it was at [`OLD_DEFAULT`]: its manifest and small graphs from git in a
+/// scratch folder, linked to `bundle`'s decoder graphs and tokenizer. None without the history.
+fn old_default(bundle: &std::path::Path) -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let folder = std::env::temp_dir().join(format!("qoe-old-default-{}", std::process::id()));
+    std::fs::create_dir_all(folder.join("rgb")).ok()?;
+    for file in [
+        "bundle.json",
+        "keyframe_encoder.onnx",
+        "motion_fast.onnx",
+        "motion_projector.onnx",
+        "rgb/keyframe_encoder.onnx",
+        "rgb/motion_fast.onnx",
+        "rgb/motion_projector.onnx",
+    ] {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args([
+                "show",
+                &format!("{OLD_DEFAULT}:models/micro-vqa2-streaming/{file}"),
+            ])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&folder);
+            return None;
+        }
+        std::fs::write(folder.join(file), out.stdout).ok()?;
+    }
+    for file in ["decoder_score.onnx", "embed_tokens.onnx", "tokenizer.json"] {
+        std::os::unix::fs::symlink(
+            std::fs::canonicalize(bundle.join(file)).ok()?,
+            folder.join(file),
+        )
+        .ok()?;
+    }
+    Some(folder)
 }
 
 /// The first-start cost: building the default bundle's decoder graphs from the GGUF, as
