@@ -303,11 +303,9 @@ def test_evaluate_averages_an_ensembles_level_probabilities(tmp_path):
     "other": its graphs with the motion projector's weights scaled, so that it scores apart."""
     import json
 
-    import onnx
-    from onnx import numpy_helper
-
     from qoe_onnx import bundle as B
     from qoe_onnx.micro import evaluate
+    from scaled_graph import write_scaled
 
     committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
     if not (committed / "decoder_score.onnx").exists():
@@ -319,14 +317,11 @@ def test_evaluate_averages_an_ensembles_level_probabilities(tmp_path):
         if f.is_file() and f.name != B.MANIFEST:
             (pair / f.name).symlink_to(f.resolve())
     for role in B.MEMBER_ROLES:
-        (pair / "other" / manifest["parts"][role]["file"]).symlink_to((committed / manifest["parts"][role]["file"]).resolve())
-    projector = pair / "other" / manifest["parts"]["motion_projector"]["file"]
-    graph = onnx.load(str(projector))
-    projector.unlink()
-    for init in graph.graph.initializer:
-        if init.data_type == onnx.TensorProto.FLOAT:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
-    onnx.save(graph, str(projector))
+        graph = manifest["parts"][role]["file"]
+        if role == "motion_projector":
+            write_scaled(committed / graph, pair / "other" / graph)
+        else:
+            (pair / "other" / graph).symlink_to((committed / graph).resolve())
     together = json.loads(json.dumps(manifest))
     together["parts"].update({f"{role}@other": {**manifest["parts"][role], "file": f"other/{manifest['parts'][role]['file']}"}
                               for role in B.MEMBER_ROLES})

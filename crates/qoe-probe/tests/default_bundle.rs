@@ -173,8 +173,9 @@ fn the_prefix_cache_changes_nothing() {
 /// An ensemble of the default model and a second one scores, through the element, the mean
 /// of what each scores alone (the same graphs under one-model manifests), since every
 /// window's score is linear in the averaged level probabilities. The second model is the
-/// default's graphs with the motion projector's weights scaled by 1.5 (written with the
-/// `onnx` package of `.cache/venv`, which tests/run.sh installs), so that the two differ.
+/// default's graphs with the motion projector's weights scaled by 1.5
+/// (`onnx/tests/scaled_graph.py` in `.cache/venv`, which tests/run.sh makes), so that the
+/// two differ.
 #[test]
 fn an_ensemble_scores_the_mean_of_its_models() {
     use qoe_model::bundle::MEMBER_ROLES;
@@ -200,14 +201,7 @@ fn an_ensemble_scores_the_mean_of_its_models() {
     }
     let python = repo().join(".cache/venv/bin/python");
     let scaled = Command::new(&python)
-        .args([
-            "-c",
-            "import sys, onnx; from onnx import numpy_helper as h\n\
-             m = onnx.load(sys.argv[1])\n\
-             for t in m.graph.initializer:\n\
-             \x20   if t.data_type == onnx.TensorProto.FLOAT: t.CopyFrom(h.from_array(h.to_array(t) * 1.5, t.name))\n\
-             onnx.save(m, sys.argv[2])",
-        ])
+        .arg(repo().join("onnx/tests/scaled_graph.py"))
         .arg(bundle.join("motion_projector.onnx"))
         .arg(other.join("motion_projector.onnx"))
         .status()
