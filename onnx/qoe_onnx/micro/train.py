@@ -507,15 +507,27 @@ def window_span(keyframes: int, frames: int, s0: int, w: int) -> tuple[int, int]
     return int(s0 * per_kf), int((s0 + w) * per_kf)
 
 
-def tuned_window_features(tower, branch: MotionBranch, keyframes: np.ndarray, frames: np.ndarray,
-                          s0: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage 3's features of keyframes [s0, s0 + w) and their motion frames, with gradients: the
-    tower (the VisionTower, or a CompiledStep of it) on those keyframes only, the branch on those frames and the context its receptive field
-    reaches, so they equal the whole clip's (`tower_features`) for far less work."""
-    f0, f1 = window_span(len(keyframes), len(frames), s0, w)
-    c0, c1 = max(0, f0 - MOTION_CONTEXT), min(len(frames), f1 + MOTION_CONTEXT - 1)
-    mo = branch(normalise(torch.from_numpy(frames[c0:c1])).permute(1, 0, 2, 3).unsqueeze(0))
-    return tower(normalise(torch.from_numpy(keyframes[s0:s0 + w]))), mo[f0 - c0:f1 - c0]
+def tuned_window_features(tower, branch: MotionBranch, shots: list[tuple[np.ndarray, np.ndarray, int, int]]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 3's features of a window, with gradients. `shots` are (keyframes, frames, s0, w) of
+    one clip or more, each giving keyframes [s0, s0 + w) and their motion frames, played one
+    after the other as a scene cut joins two shots: the motion branch runs over the joined frames,
+    so its receptive field spans the cut as the element's does. The tower (the VisionTower, or a
+    CompiledStep of it) runs on those keyframes only and the branch on those frames and the
+    context its receptive field reaches at the window's two ends, so one shot's features equal the
+    whole clip's (`tower_features`) for far less work."""
+    keyframes, frames, trims = [], [], []
+    for n, (kf, fr, s0, w) in enumerate(shots):
+        f0, f1 = window_span(len(kf), len(fr), s0, w)
+        c0 = max(0, f0 - MOTION_CONTEXT) if n == 0 else f0
+        c1 = min(len(fr), f1 + MOTION_CONTEXT - 1) if n == len(shots) - 1 else f1
+        keyframes.append(kf[s0:s0 + w])
+        frames.append(fr[c0:c1])
+        trims.append((f0 - c0, c1 - f1))
+    joined = torch.from_numpy(np.concatenate(frames))
+    mo = branch(normalise(joined).permute(1, 0, 2, 3).unsqueeze(0))
+    mo = mo[trims[0][0]:len(mo) - trims[-1][1]]
+    return tower(normalise(torch.from_numpy(np.concatenate(keyframes)))), mo
 
 
 class Scorer2(nn.Module):
@@ -560,12 +572,16 @@ SAVE_EVERY = 50  # steps of stage 2 or 3 between two saves of its progress
 
 
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
-                  opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict) -> dict:
+                  opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict, cuts: float = 0.0) -> dict:
     """The scoring steps of stages 2 and 3 through the frozen SmolLM2: level word cross-entropy,
     squared error of the weighted score and a ranking hinge within same-source pairs.
-    `window_features(i, s0, w)` gives clip i's keyframe and motion features for keyframes
-    [s0, s0 + w); `trained` are the modules whose weights this part changes (saved with its progress,
-    then in its `checkpoint`, whose dictionary of their weights and `recipe` it returns)."""
+    `window_features([(i, s0, w), ...])` gives the keyframe and motion features of a window made
+    of clip i's keyframes [s0, s0 + w) (and their motion frames), then the next shot's after a
+    scene cut, if any. A share `cuts` of the pairs' windows go on, after a cut, in another training
+    source's clips with the same impairments (labelled with the two clips' pseudo-MOS weighted by
+    their keyframes): real video cuts between shots, and a cut is not damage. `trained` are the
+    modules whose weights this part changes (saved with its progress, then in its `checkpoint`,
+    whose dictionary of their weights and `recipe` it returns)."""
     from tokenizers import Tokenizer
 
     cfg, weights, reader = smollm.load()
@@ -577,6 +593,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     by_source: dict[str, list[int]] = {}
     for i in train_idx:
         by_source.setdefault(rows[i]["source"], []).append(i)
+    same_impairment = {(rows[i]["source"], rows[i]["family"], rows[i]["strength"]): i for i in train_idx}
     resume = Progress(checkpoint(work, part, "-partial"), rng, recipe)
     progress = dict(trained, opt=opt, sched=sched)
     resume.restore(part, **progress)
@@ -599,9 +616,20 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
                 count, total, initial = random_stalls(rng)
                 stall = stall_sentence(count, total, initial)
                 factor = stall_factor(count, total, initial)
-            for i in (first, second):
-                kf_w, mo_w = window_features(i, s0, w)
-                label = rows[i]["mos"] * factor
+            windows = [[(i, s0, w)] for i in (first, second)]
+            if cuts and rng.random() < cuts:
+                # A scene cut: 2 or more keyframes of this source, then 2 or more of another's.
+                other = str(rng.choice(sorted(set(by_source) - {rows[first]["source"]})))
+                partners = [same_impairment[(other, rows[i]["family"], rows[i]["strength"])] for i in (first, second)]
+                w = int(rng.integers(2, k + 1))
+                s0 = int(rng.integers(0, k - w + 1))
+                k2 = min(keyframe_counts[j] for j in partners)
+                w2 = int(rng.integers(2, k2 + 1))
+                t0 = int(rng.integers(0, k2 - w2 + 1))
+                windows = [[(i, s0, w), (j, t0, w2)] for i, j in zip((first, second), partners)]
+            for window in windows:
+                kf_w, mo_w = window_features(window)
+                label = factor * sum(rows[j]["mos"] * n for j, _, n in window) / sum(n for _, _, n in window)
                 seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
                 targets.append(micro_data.level_of(label))
                 mos.append(label / 100.0)
@@ -642,10 +670,14 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
     log(f"stage 2: tower features of {len(rows)} clips")
     feats = tower_features(state, rows, arrays, compile_steps)
 
-    def window_features(i, s0, w):
-        kf, mo = feats[i]
-        f0, f1 = window_span(kf.shape[0], mo.shape[0], s0, w)
-        return kf[s0:s0 + w], mo[f0:f1]
+    def window_features(shots):
+        kfs, mos = [], []
+        for i, s0, w in shots:  # (stage 2 trains without cuts: its features are each clip's own)
+            kf, mo = feats[i]
+            f0, f1 = window_span(kf.shape[0], mo.shape[0], s0, w)
+            kfs.append(kf[s0:s0 + w])
+            mos.append(mo[f0:f1])
+        return torch.cat(kfs), torch.cat(mos)
 
     torch.manual_seed(seed)  # the projectors' initial weights, whether stage 1 ran in this process or not
     model = Scorer2(576, keyframe_features(state))
@@ -656,25 +688,27 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
 
 
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0,
-           compile_steps: bool = False):
+           compile_steps: bool = False, cuts: float = 0.0):
     """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
     and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
     stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
     rates, so the tuning refines what they learned rather than undoes it. Returns stage 1's and
-    2's dictionaries with the tuned weights; with 0 steps, the two unchanged."""
+    2's dictionaries with the tuned weights; with 0 steps, the two unchanged. A share `cuts` of
+    the windows span a scene cut (`train_scoring`)."""
     if steps == 0:
         return state1, state2
     recipe = {"stage 2": state2.get("recipe"), "steps": steps, "batch": batch, "seed": seed,
-              "frozen_stages": frozen_stages}
+              "frozen_stages": frozen_stages, "cuts": cuts}
     tuned = finished(work, "stage 3", recipe)
     if tuned is None:
-        tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps)
+        tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps,
+                     cuts)
     return {k: tuned[k] for k in ("tower", "branch")} | {"tower_kind": state1.get("tower_kind", "micro")}, \
         {"model": tuned["model"]}
 
 
 def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int,
-         recipe: dict, compile_steps: bool = False) -> dict:
+         recipe: dict, compile_steps: bool = False, cuts: float = 0.0) -> dict:
     """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
     tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper."""
@@ -687,9 +721,10 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     model.load_state_dict(state2["model"])
     tower_step = CompiledStep(tower, compiles(tower, compile_steps), "stage 3 vision tower", dynamic=True)
 
-    def window_features(i, s0, w):
-        a, r = arrays[rows[i]["source"]], rows[i]
-        return tuned_window_features(tower_step, branch, a["keyframes"][r["index"]], a["motion"][r["index"]], s0, w)
+    def window_features(shots):
+        clip = lambda i: (arrays[rows[i]["source"]]["keyframes"][rows[i]["index"]],  # noqa: E731
+                          arrays[rows[i]["source"]]["motion"][rows[i]["index"]])
+        return tuned_window_features(tower_step, branch, [(*clip(i), s0, w) for i, s0, w in shots])
 
     towers = [p for p in list(tower.parameters()) + list(branch.parameters()) if p.requires_grad]
     groups = [{"params": towers, "weight_decay": 1e-4},
@@ -699,7 +734,7 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     return train_scoring("stage 3", work, rows, window_features,
                          [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
                          dict(tower=tower, branch=branch, model=model), steps, batch,
-                         np.random.default_rng([seed, 3]), recipe)
+                         np.random.default_rng([seed, 3]), recipe, cuts)
 
 
 # ---------------------------------------------------------------- from a bundle
@@ -831,6 +866,9 @@ def main():
                     metavar=f"0-{tower_stages}",
                     help="stage 3: how many of the vision tower's first stages keep stage 1's weights "
                          "(the full-resolution stages cost most to tune)")
+    ap.add_argument("--cuts", type=float, default=0.0, metavar="SHARE",
+                    help="stage 3: the share of windows (0 to 1) that cut from one training source's clip to "
+                         "another's with the same impairment, as real video cuts between shots")
     ap.add_argument("--tower-input", choices=TOWER_INPUTS, default="rgb",
                     help="stage 1: what the vision tower sees: rgb, or rgb+mscn (the luma's contrast-normalised "
                          "coefficients as a fourth channel, computed in the graph; run 20, the committed bundle)")
@@ -857,6 +895,8 @@ def main():
     if args.from_bundle and args.tower_input != "rgb":  # before loading any clips
         raise SystemExit(f"--tower-input {args.tower_input} is stage 1's choice; with --from-bundle the bundle's "
                          f"keyframe_encoder.onnx decides (its first convolution's input channels)")
+    if not 0.0 <= args.cuts <= 1.0:
+        raise SystemExit(f"--cuts {args.cuts}: a share of stage 3's windows, from 0 to 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -876,7 +916,7 @@ def main():
                     tower_kind=args.tower)
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
-                    args.tune_frozen_stages, not args.no_compile)
+                    args.tune_frozen_stages, not args.no_compile, args.cuts)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
