@@ -545,7 +545,8 @@ def test_stage3_windows_across_a_scene_cut_join_two_clips_frames():
 
 
 def test_stage3_with_cuts_records_them_and_trains_otherwise(tmp_path, monkeypatch):
-    """`--cuts` is part of stage 3's recipe, and windows across a cut change what it learns."""
+    """`--cuts` is part of stage 3's recipe (absent at 0, so that checkpoints made before it
+    stay valid), and windows across a cut change what it learns."""
     towers = untrained_towers()
     rows, arrays, _ = tiny_training_set(keyframes=4)
     other = [r | {"source": "t", "mos": r["mos"] - 5} for r in rows]
@@ -557,6 +558,8 @@ def test_stage3_with_cuts_records_them_and_trains_otherwise(tmp_path, monkeypatc
     plain = train.stage3(towers, projectors, rows, arrays, tmp_path / "plain", steps=2, batch=2)
     cut = train.stage3(towers, projectors, rows, arrays, tmp_path / "cut", steps=2, batch=2, cuts=1.0)
     assert torch.load(tmp_path / "cut" / "stage3.pt", weights_only=False)["recipe"]["cuts"] == 1.0
+    assert "cuts" not in torch.load(tmp_path / "plain" / "stage3.pt", weights_only=False)["recipe"], \
+        "without cuts, the recipe is that of checkpoints made before --cuts"
     assert any(not torch.equal(t, plain[1]["model"][n]) for n, t in cut[1]["model"].items())
     with pytest.raises(SystemExit, match=r"another recipe \(cuts 1.0 there, 0.5 asked\)"):
         train.stage3(towers, projectors, rows, arrays, tmp_path / "cut", steps=2, batch=2, cuts=0.5)

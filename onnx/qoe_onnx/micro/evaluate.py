@@ -162,17 +162,18 @@ def cut_windows(rows, arrays):
     keyframes and motion frames, the label (the two clips' mean pseudo-MOS) and each clip's index
     in `rows`."""
     sources = sorted({r["source"] for r in rows})
+    next_source = dict(zip(sources, sources[1:] + sources[:1]))
     at = {(r["source"], r["family"], r["strength"]): i for i, r in enumerate(rows)}
     for i, r in enumerate(rows):
-        j = at.get((sources[(sources.index(r["source"]) + 1) % len(sources)], r["family"], r["strength"]))
+        j = at.get((next_source[r["source"]], r["family"], r["strength"]))
         if j is None:
             continue
         shots = []
-        for n, k in ((i, "head"), (j, "tail")):
+        for n, head in ((i, True), (j, False)):
             a = arrays[rows[n]["source"]]
             keyframes, frames = a["keyframes"][rows[n]["index"]], a["motion"][rows[n]["index"]]
             w = min(CUT_KEYFRAMES, len(keyframes))
-            s0 = 0 if k == "head" else len(keyframes) - w
+            s0 = 0 if head else len(keyframes) - w
             f0, f1 = T.window_span(len(keyframes), len(frames), s0, w)
             shots.append((keyframes[s0:s0 + w], frames[f0:f1]))
         yield (np.concatenate([kf for kf, _ in shots]), np.concatenate([mo for _, mo in shots]),

@@ -618,7 +618,8 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
                 factor = stall_factor(count, total, initial)
             windows = [[(i, s0, w)] for i in (first, second)]
             if cuts and rng.random() < cuts:
-                # A scene cut: 2 or more keyframes of this source, then 2 or more of another's.
+                # A scene cut: 2 or more keyframes of this source, then 2 or more of another's
+                # (the window drawn again; the draws above keep runs without cuts as they were).
                 other = str(rng.choice(sorted(set(by_source) - {rows[first]["source"]})))
                 partners = [same_impairment[(other, rows[i]["family"], rows[i]["strength"])] for i in (first, second)]
                 w = int(rng.integers(2, k + 1))
@@ -698,7 +699,8 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
     if steps == 0:
         return state1, state2
     recipe = {"stage 2": state2.get("recipe"), "steps": steps, "batch": batch, "seed": seed,
-              "frozen_stages": frozen_stages, "cuts": cuts}
+              "frozen_stages": frozen_stages,
+              **({"cuts": cuts} if cuts else {})}  # without cuts, the recipe of checkpoints made before --cuts
     tuned = finished(work, "stage 3", recipe)
     if tuned is None:
         tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps,
