@@ -820,3 +820,16 @@ def test_tower_input_with_a_bundle_is_refused(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"--tower-input rgb\+mscn is stage 1's choice; with --from-bundle"):
         train.main()
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("share", ["1.5", "-0.1"])
+def test_a_cuts_share_outside_0_to_1_is_refused(tmp_path, monkeypatch, share):
+    """`--cuts` is a share of stage 3's windows: outside 0 to 1 it is refused, named, before any
+    clips are loaded (the data folder is empty)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "b"), "--cuts", share])
+    with pytest.raises(SystemExit, match=rf"--cuts {share}: a share of stage 3's windows, from 0 to 1"):
+        train.main()
+    assert not (tmp_path / "w").exists()
