@@ -565,6 +565,60 @@ def test_stage3_with_cuts_records_them_and_trains_otherwise(tmp_path, monkeypatc
         train.stage3(towers, projectors, rows, arrays, tmp_path / "cut", steps=2, batch=2, cuts=0.5)
 
 
+def test_batch_hinges_read_every_pair_whose_labels_differ_with_a_margin_no_larger_than_their_gap():
+    pred = torch.tensor([0.9, 0.5, 0.52, 0.1])
+    target = torch.tensor([0.8, 0.5, 0.5, 0.49])
+    hinges = train.batch_hinges(pred, target)
+    # Pairs (0,1) (0,2) (0,3) (1,3) (2,3) differ; (1,2) are equal and left out.
+    assert hinges.numel() == 5
+    # (1,3): labels 0.01 apart, predictions 0.4 apart the right way: no hinge;
+    # (0,1): margin 0.05, ordered by 0.4: none.
+    assert hinges.sum().item() == 0.0
+    flipped = train.batch_hinges(torch.tensor([0.1, 0.5, 0.52, 0.9]), target)
+    # Each pair now the wrong way: (2,3) 0.01 + 0.38, (1,3) 0.01 + 0.4, (0,1) 0.05 + 0.4,
+    # (0,2) 0.05 + 0.42, (0,3) 0.05 + 0.8.
+    assert sorted(round(h, 4) for h in flipped.tolist()) == [0.39, 0.41, 0.45, 0.47, 0.85]
+
+
+def test_soft_level_targets_keep_the_labels_bin_most_probable_and_order_labels_within_a_bin():
+    labels = torch.linspace(0.0, 1.0, 101)
+    targets = train.soft_level_targets(labels)
+    assert torch.allclose(targets.sum(-1), torch.ones(101))
+    bins = [data.level_of(100 * float(m)) for m in labels]
+    assert targets.argmax(-1).tolist() == bins
+    # The weighted score of the targets rises with the label, within a bin too (0.81 < 0.99).
+    expected = targets @ torch.tensor(train.LEVEL_WEIGHTS)
+    assert bool((expected[1:] > expected[:-1]).all())
+
+
+def test_delivery_damage_starts_pairs_as_often_as_delivery_weight_says():
+    rows = [{"family": f} for f in ("pristine", "noise", "transmission_h264", "error_blocks", "stutter")]
+    assert train.first_clip_odds(rows, [0, 1, 2, 3, 4], 1.0) is None
+    assert train.first_clip_odds(rows, [0, 1, 2, 3, 4], 3.0).tolist() == [1 / 9, 1 / 9, 3 / 9, 3 / 9, 1 / 9]
+    assert train.first_clip_odds(rows, [1, 2], 4.0).tolist() == [0.2, 0.8]
+
+
+def test_stage3_loss_and_draw_options_are_recorded_and_train_otherwise(tmp_path):
+    """`--rank-pairs batch`, `--level-targets soft` and `--delivery-weight` are part of stage 3's
+    recipe (absent at their defaults, so that older checkpoints stay valid), and change what it learns."""
+    towers = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    for run in ("pairs", "batch"):
+        (tmp_path / run).mkdir()
+    projectors = train.stage2(towers, rows, arrays, tmp_path / "pairs", steps=2, batch=4)
+    pairs = train.stage3(towers, projectors, rows, arrays, tmp_path / "pairs", steps=2, batch=4)
+    batch = train.stage3(towers, projectors, rows, arrays, tmp_path / "batch", steps=2, batch=4, rank_pairs="batch",
+                         level_targets="soft", delivery_weight=2.0)
+    recipe = torch.load(tmp_path / "batch" / "stage3.pt", weights_only=False)["recipe"]
+    assert (recipe["rank_pairs"], recipe["level_targets"], recipe["delivery_weight"]) == ("batch", "soft", 2.0)
+    assert not {"rank_pairs", "level_targets", "delivery_weight"} & set(
+        torch.load(tmp_path / "pairs" / "stage3.pt", weights_only=False)["recipe"])
+    assert any(not torch.equal(t, pairs[1]["model"][n]) for n, t in batch[1]["model"].items())
+    with pytest.raises(SystemExit, match=r"another recipe \(delivery_weight 2.0 there, None asked; "
+                                         r"level_targets 'soft' there, None asked; rank_pairs 'batch' there, None asked\)"):
+        train.stage3(towers, projectors, rows, arrays, tmp_path / "batch", steps=2, batch=4)
+
+
 def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
     """Stage 3 (towers and projectors through the frozen SmolLM2) stopped after step 2 of 4 and
     rerun ends with the weights of a run never stopped; it does change the towers (only the
@@ -831,5 +885,18 @@ def test_a_cuts_share_outside_0_to_1_is_refused(tmp_path, monkeypatch, share):
     monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
                                       "--out", str(tmp_path / "b"), "--cuts", share])
     with pytest.raises(SystemExit, match=rf"--cuts {share}: a share of stage 3's windows, from 0 to 1"):
+        train.main()
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("weight", ["0", "-2"])
+def test_a_delivery_weight_of_0_or_less_is_refused(tmp_path, monkeypatch, weight):
+    """`--delivery-weight` multiplies how often delivery damage starts a pair: at 0 or below it
+    is refused, named, before any clips are loaded (the data folder is empty)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "b"), "--delivery-weight", weight])
+    with pytest.raises(SystemExit, match=rf"--delivery-weight {float(weight)}: how many times as often"):
         train.main()
     assert not (tmp_path / "w").exists()

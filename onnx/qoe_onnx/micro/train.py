@@ -105,6 +105,29 @@ def pair_hinges(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.05) 
     return F.relu(margin - order * (pred[0::2] - pred[1::2]))[order != 0]
 
 
+RANK_PAIRS = ("pairs", "batch")
+LEVEL_TARGETS = ("bins", "soft")
+LEVEL_CENTRES = torch.tensor([0.9, 0.7, 0.5, 0.3, 0.1])  # the five 20-point bins' middles, high first
+
+
+def soft_level_targets(mos: torch.Tensor, width: float = 0.1) -> torch.Tensor:
+    """Each label (0-1) as a distribution over the five levels, a Gaussian of `width` (half a bin)
+    around it over the bins' middles: its own bin stays the most probable (the element reports
+    the most probable word), and where in the bin it lies shows in its neighbours' share, which a
+    one-hot bin hides (every clip from 80 to 100 would be equally "high")."""
+    return torch.softmax(-((mos[:, None] - LEVEL_CENTRES[None, :]) ** 2) / (2 * width ** 2), dim=-1)
+
+
+def batch_hinges(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
+    """Margin ranking hinges of every pair of the batch whose targets differ, each pair's margin
+    the smaller of `margin` and its targets' difference, so that near-equal labels are not pushed
+    apart further than they are: the SRCC the evaluation reads orders every clip against every other."""
+    gap = target[:, None] - target[None, :]
+    ordered = torch.triu(torch.ones_like(gap, dtype=torch.bool), 1) & (gap != 0)
+    hinges = F.relu(gap.abs().clamp(max=margin) - torch.sign(gap) * (pred[:, None] - pred[None, :]))
+    return hinges[ordered]
+
+
 # ---------------------------------------------------------------- stage 1
 
 
@@ -568,18 +591,35 @@ def sample_sequence(model: Scorer2, prompting: Prompting, kf, mo, stall_text: st
     return torch.cat(parts)
 
 
+def first_clip_odds(rows, train_idx: list[int], delivery_weight: float) -> np.ndarray | None:
+    """How likely each training clip is to start a pair: `delivery_weight` times as likely for
+    the delivery families as for the others; None (uniform) at 1, so that the draws of runs
+    made before `--delivery-weight` stay as they were."""
+    if delivery_weight == 1.0:
+        return None
+    odds = np.array([delivery_weight if rows[i]["family"] in micro_data.DELIVERY else 1.0 for i in train_idx])
+    return odds / odds.sum()
+
+
 SAVE_EVERY = 50  # steps of stage 2 or 3 between two saves of its progress
 
 
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
-                  opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict, cuts: float = 0.0) -> dict:
+                  opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict, cuts: float = 0.0,
+                  rank_pairs: str = "pairs", level_targets: str = "bins", delivery_weight: float = 1.0) -> dict:
     """The scoring steps of stages 2 and 3 through the frozen SmolLM2: level word cross-entropy,
     squared error of the weighted score and a ranking hinge within same-source pairs.
     `window_features([(i, s0, w), ...])` gives the keyframe and motion features of a window made
     of clip i's keyframes [s0, s0 + w) (and their motion frames), then the next shot's after a
     scene cut, if any. A share `cuts` of the pairs' windows go on, after a cut, in another training
     source's clips with the same impairments (labelled with the two clips' pseudo-MOS weighted by
-    their keyframes): real video cuts between shots, and a cut is not damage. `trained` are the
+    their keyframes): real video cuts between shots, and a cut is not damage. The ranking hinge
+    reads the same-source pairs (`rank_pairs` "pairs") or every pair of the step's windows
+    ("batch": `batch_hinges`); the level word's cross-entropy has the label's bin as its target
+    (`level_targets` "bins") or a distribution over the levels (`soft_level_targets`). A pair's
+    first clip is drawn `delivery_weight` times as often from the delivery families (transmission
+    errors, error blocks, black frames, interlacing: the damage the element is there to see) as
+    from the others. `trained` are the
     modules whose weights this part changes (saved with its progress, then in its `checkpoint`,
     whose dictionary of their weights and `recipe` it returns)."""
     from tokenizers import Tokenizer
@@ -601,10 +641,11 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     weights_t = torch.tensor(LEVEL_WEIGHTS)
     level_ids = torch.tensor(prompting.level_ids)
     parameters = [p for g in opt.param_groups for p in g["params"]]
+    draw = first_clip_odds(rows, train_idx, delivery_weight)
     started = time.time()
     for step in range(start, steps):
         seqs, targets, mos = [], [], []
-        for first in rng.choice(train_idx, batch // 2):
+        for first in rng.choice(train_idx, batch // 2, p=draw):
             # A pair from one source: the same window and the same stalls for both clips.
             second = int(rng.choice(by_source[rows[first]["source"]]))
             k = min(keyframe_counts[first], keyframe_counts[second])
@@ -639,12 +680,21 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
         hidden, _ = decoder(x, prefix_kv)
         last = hidden[torch.arange(len(seqs)), torch.tensor(lengths) - 1]
         logits = last @ decoder.w("embed_tokens").T
-        ce = F.cross_entropy(logits, level_ids[torch.tensor(targets)])
+        target = torch.tensor(mos, dtype=torch.float32)
+        if level_targets == "soft":
+            wanted = torch.zeros_like(logits)
+            wanted[:, level_ids] = soft_level_targets(target)
+            ce = F.cross_entropy(logits, wanted)
+        else:
+            ce = F.cross_entropy(logits, level_ids[torch.tensor(targets)])
         probs = logits[:, level_ids].softmax(-1)
         score = probs @ weights_t
-        target = torch.tensor(mos, dtype=torch.float32)
         mse = F.mse_loss(score, target)
-        rank = pair_hinges(score, target).sum() / max(1, len(target) // 2)
+        if rank_pairs == "batch":
+            hinges = batch_hinges(score, target)
+            rank = hinges.mean() if hinges.numel() else score.sum() * 0.0
+        else:
+            rank = pair_hinges(score, target).sum() / max(1, len(target) // 2)
         loss = ce + 4.0 * mse + 4.0 * rank
         opt.zero_grad()
         loss.backward()
@@ -689,28 +739,34 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
 
 
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0,
-           compile_steps: bool = False, cuts: float = 0.0):
+           compile_steps: bool = False, cuts: float = 0.0, rank_pairs: str = "pairs", level_targets: str = "bins",
+           delivery_weight: float = 1.0):
     """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
     and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
     stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
     rates, so the tuning refines what they learned rather than undoes it. Returns stage 1's and
     2's dictionaries with the tuned weights; with 0 steps, the two unchanged. A share `cuts` of
-    the windows span a scene cut (`train_scoring`)."""
+    the windows span a scene cut; `rank_pairs`, `level_targets` and `delivery_weight` choose the
+    ranking pairs, the level targets and how often delivery damage is drawn (`train_scoring`)."""
     if steps == 0:
         return state1, state2
     recipe = {"stage 2": state2.get("recipe"), "steps": steps, "batch": batch, "seed": seed,
               "frozen_stages": frozen_stages,
-              **({"cuts": cuts} if cuts else {})}  # without cuts, the recipe of checkpoints made before --cuts
+              **({"cuts": cuts} if cuts else {}),  # without cuts, the recipe of checkpoints made before --cuts
+              **({"rank_pairs": rank_pairs} if rank_pairs != "pairs" else {}),
+              **({"level_targets": level_targets} if level_targets != "bins" else {}),
+              **({"delivery_weight": delivery_weight} if delivery_weight != 1.0 else {})}
     tuned = finished(work, "stage 3", recipe)
     if tuned is None:
         tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps,
-                     cuts)
+                     cuts, rank_pairs, level_targets, delivery_weight)
     return {k: tuned[k] for k in ("tower", "branch")} | {"tower_kind": state1.get("tower_kind", "micro")}, \
         {"model": tuned["model"]}
 
 
 def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int,
-         recipe: dict, compile_steps: bool = False, cuts: float = 0.0) -> dict:
+         recipe: dict, compile_steps: bool = False, cuts: float = 0.0, rank_pairs: str = "pairs",
+         level_targets: str = "bins", delivery_weight: float = 1.0) -> dict:
     """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
     tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper."""
@@ -736,7 +792,7 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     return train_scoring("stage 3", work, rows, window_features,
                          [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
                          dict(tower=tower, branch=branch, model=model), steps, batch,
-                         np.random.default_rng([seed, 3]), recipe, cuts)
+                         np.random.default_rng([seed, 3]), recipe, cuts, rank_pairs, level_targets, delivery_weight)
 
 
 # ---------------------------------------------------------------- from a bundle
@@ -871,6 +927,15 @@ def main():
     ap.add_argument("--cuts", type=float, default=0.0, metavar="SHARE",
                     help="stage 3: the share of windows (0 to 1) that cut from one training source's clip to "
                          "another's with the same impairment, as real video cuts between shots")
+    ap.add_argument("--rank-pairs", choices=RANK_PAIRS, default="pairs",
+                    help="stage 3: which windows the ranking hinge compares: pairs (two clips of one source, "
+                         "as stage 2) or batch (every two windows of a step whose labels differ)")
+    ap.add_argument("--level-targets", choices=LEVEL_TARGETS, default="bins",
+                    help="stage 3: the level word's cross-entropy target: bins (the label's 20-point bin, as "
+                         "stage 2) or soft (a distribution over the levels around the label: where in its bin)")
+    ap.add_argument("--delivery-weight", type=float, default=1.0, metavar="W",
+                    help="stage 3: how many times as often a pair starts from a clip with delivery damage "
+                         "(transmission errors, error blocks, black frames, interlacing) as from any other (1: uniform)")
     ap.add_argument("--tower-input", choices=TOWER_INPUTS, default="rgb",
                     help="stage 1: what the vision tower sees: rgb, or rgb+mscn (the luma's contrast-normalised "
                          "coefficients as a fourth channel, computed in the graph; run 20, the committed bundle)")
@@ -897,6 +962,9 @@ def main():
     if args.from_bundle and args.tower_input != "rgb":  # before loading any clips
         raise SystemExit(f"--tower-input {args.tower_input} is stage 1's choice; with --from-bundle the bundle's "
                          f"keyframe_encoder.onnx decides (its first convolution's input channels)")
+    if not args.delivery_weight > 0:
+        raise SystemExit(f"--delivery-weight {args.delivery_weight}: how many times as often delivery damage is "
+                         "drawn, above 0")
     if not 0.0 <= args.cuts <= 1.0:
         raise SystemExit(f"--cuts {args.cuts}: a share of stage 3's windows, from 0 to 1")
     if args.threads:
@@ -918,7 +986,8 @@ def main():
                     tower_kind=args.tower)
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
-                    args.tune_frozen_stages, not args.no_compile, args.cuts)
+                    args.tune_frozen_stages, not args.no_compile, args.cuts, args.rank_pairs, args.level_targets,
+                    args.delivery_weight)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
