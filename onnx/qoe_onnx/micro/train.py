@@ -602,6 +602,8 @@ def first_clip_odds(rows, train_idx: list[int], delivery_weight: float) -> np.nd
 
 
 SAVE_EVERY = 50  # steps of stage 2 or 3 between two saves of its progress
+# Stage 3's options at their defaults, which its recipe leaves out (`stage3`).
+STAGE3_DEFAULTS = {"cuts": 0.0, "rank_pairs": "pairs", "level_targets": "bins", "delivery_weight": 1.0}
 
 
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
@@ -692,7 +694,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
         mse = F.mse_loss(score, target)
         if rank_pairs == "batch":
             hinges = batch_hinges(score, target)
-            rank = hinges.mean() if hinges.numel() else score.sum() * 0.0
+            rank = hinges.sum() / max(1, hinges.numel())
         else:
             rank = pair_hinges(score, target).sum() / max(1, len(target) // 2)
         loss = ce + 4.0 * mse + 4.0 * rank
@@ -750,26 +752,26 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
     ranking pairs, the level targets and how often delivery damage is drawn (`train_scoring`)."""
     if steps == 0:
         return state1, state2
+    options = {"cuts": cuts, "rank_pairs": rank_pairs, "level_targets": level_targets,
+               "delivery_weight": delivery_weight}
     recipe = {"stage 2": state2.get("recipe"), "steps": steps, "batch": batch, "seed": seed,
               "frozen_stages": frozen_stages,
-              **({"cuts": cuts} if cuts else {}),  # without cuts, the recipe of checkpoints made before --cuts
-              **({"rank_pairs": rank_pairs} if rank_pairs != "pairs" else {}),
-              **({"level_targets": level_targets} if level_targets != "bins" else {}),
-              **({"delivery_weight": delivery_weight} if delivery_weight != 1.0 else {})}
+              # Only the options not at their defaults: the recipe of checkpoints made before each option.
+              **{k: v for k, v in options.items() if v != STAGE3_DEFAULTS[k]}}
     tuned = finished(work, "stage 3", recipe)
     if tuned is None:
         tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps,
-                     cuts, rank_pairs, level_targets, delivery_weight)
+                     **options)
     return {k: tuned[k] for k in ("tower", "branch")} | {"tower_kind": state1.get("tower_kind", "micro")}, \
         {"model": tuned["model"]}
 
 
 def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int,
-         recipe: dict, compile_steps: bool = False, cuts: float = 0.0, rank_pairs: str = "pairs",
-         level_targets: str = "bins", delivery_weight: float = 1.0) -> dict:
+         recipe: dict, compile_steps: bool = False, **options) -> dict:
     """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
-    tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper."""
+    tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper.
+    `options` (cuts, ranking pairs, level targets, delivery weight) go to `train_scoring`."""
     tower, branch = load_towers(state1)
     if frozen_stages and not isinstance(tower, VisionTower):
         raise SystemExit("--tune-frozen-stages is for the micro vision tower's stages")
@@ -792,7 +794,7 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     return train_scoring("stage 3", work, rows, window_features,
                          [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
                          dict(tower=tower, branch=branch, model=model), steps, batch,
-                         np.random.default_rng([seed, 3]), recipe, cuts, rank_pairs, level_targets, delivery_weight)
+                         np.random.default_rng([seed, 3]), recipe, **options)
 
 
 # ---------------------------------------------------------------- from a bundle
