@@ -592,9 +592,9 @@ def test_soft_level_targets_keep_the_labels_bin_most_probable_and_order_labels_w
 
 
 def test_delivery_damage_starts_pairs_as_often_as_delivery_weight_says():
-    rows = [{"family": f} for f in ("pristine", "noise", "transmission_h264", "error_blocks", "stutter")]
-    assert train.first_clip_odds(rows, [0, 1, 2, 3, 4], 1.0) is None
-    assert train.first_clip_odds(rows, [0, 1, 2, 3, 4], 3.0).tolist() == [1 / 9, 1 / 9, 3 / 9, 3 / 9, 1 / 9]
+    rows = [{"family": f} for f in ("pristine", "noise", "transmission_h264", "error_blocks", "stutter", "compression_hd")]
+    assert train.first_clip_odds(rows, [0, 1, 2, 3, 4, 5], 1.0) is None
+    assert train.first_clip_odds(rows, [0, 1, 2, 3, 4, 5], 3.0).tolist() == [1 / 12, 1 / 12, 3 / 12, 3 / 12, 1 / 12, 3 / 12]
     assert train.first_clip_odds(rows, [1, 2], 4.0).tolist() == [0.2, 0.8]
 
 

@@ -1,6 +1,7 @@
 """The delivery impairments of the micro VQA² training data (#30): each family changes a real
 clip as `data.py` says, and each ladder grows with its strength."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,65 @@ def test_every_new_family_has_three_graded_levels_after_the_old_ones():
     assert names[:17][-1] == "freeze", "the families before #30 keep their places (and their clips' seeds)"
     for family in ("banding", "interlacing", "error_blocks", "black_frames", "transmission_h264", "transmission_hevc"):
         assert family in names[17:] and len(data.LEVELS[family]) == 3
-    assert data.TRANSMISSION == ["transmission_h264", "transmission_hevc"]
+    assert data.TRANSMISSION == ["transmission_h264", "transmission_hevc", "transmission_h264_hd"]
+
+
+def test_the_hd_families_come_last_and_draw_nothing_from_the_shared_stream():
+    """So that they can be added to finished data without changing any clip made before."""
+    names = [d[0] for d in data.DISTORTIONS]
+    assert names[-2:] == data.HD == ["compression_hd", "transmission_h264_hd"]
+    assert data.LEVELS["compression_hd"] == data.LEVELS["compression"]
+    assert data.LEVELS["transmission_h264_hd"] == data.LEVELS["transmission_h264"]
+    assert {kind for family, kind, _ in data.DISTORTIONS if family in data.HD} <= {"codec", "delivery"}
+
+
+def test_a_larger_pristine_clip_shows_the_same_view(tmp_path):
+    """pristine_frames at HD_SCALE: the same pan over the photograph (and the same low-resolution
+    softness), at twice the size; shrunk to 320x180 it is the 320x180 clip within rounding."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:900, 0:1600]
+    picture = np.stack([(x * 255 // 1600), (y * 255 // 900), ((x // 40 + y // 40) % 2) * 200], -1).astype(np.uint8)
+    Image.fromarray(picture).save(tmp_path / "photo.png")
+    for extra in ({}, {"lowres": data.LOWRES_WIDTH}):
+        source = {"name": "p", "photo": str(tmp_path / "photo.png"), "seconds": 1, "seed": 4} | extra
+        small, fps = data.pristine_frames(source)
+        large, fps2 = data.pristine_frames(source, data.HD_SCALE)
+        assert fps == fps2 and small.shape == (25, 180, 320, 3) and large.shape == (25, 360, 640, 3)
+        shrunk = np.stack([np.asarray(Image.fromarray(f).resize((320, 180), Image.BICUBIC)) for f in large])
+        assert np.abs(shrunk.astype(int) - small).mean() < 4, extra
+
+
+def test_a_finished_source_gets_only_the_families_added_since(tmp_path, monkeypatch):
+    """A source made before the hd families is read back, the new clips appended: delivered at
+    640x360 (the kept test clip is that size), labelled there, shrunk to the model's sizes as the
+    element shrinks a larger video; every clip made before stays as it was."""
+    source = {"name": "carphone", "video": str(CLIP), "start": 0.0, "seconds": 2, "split": "test"}
+    monkeypatch.setattr(data, "DISTORTIONS", [("noise", "spatial", [16.0])])
+    first = data.make_source((source, str(tmp_path)))
+    before = dict(np.load(tmp_path / "clips/carphone.npz"))
+    assert [r["family"] for r in first] == ["pristine", "noise"]
+
+    monkeypatch.setattr(data, "DISTORTIONS", [("noise", "spatial", [16.0]), ("compression_hd", "codec", [51])])
+    rows = data.make_source((source, str(tmp_path)))
+    after = np.load(tmp_path / "clips/carphone.npz")
+    assert rows[:2] == first and [r["family"] for r in rows] == ["pristine", "noise", "compression_hd"]
+    for name in ("keyframes", "motion"):
+        assert np.array_equal(after[name][:2], before[name])
+    kept = data.test_clip_path(tmp_path, "carphone", "compression_hd", 1)
+    assert data.probe_size(str(kept)) == (640, 360)
+    decoded, fps = data.decode(str(kept))
+    keyframes, motion = data.model_inputs(decoded, fps)
+    assert np.array_equal(after["keyframes"][2], keyframes) and np.array_equal(after["motion"][2], motion)
+    assert rows[2]["crf"] == 51 and rows[2]["ssim"] < rows[0]["ssim"]
+    assert json.loads((tmp_path / "clips/carphone.json").read_text()) == rows
+    assert data.make_source((source, str(tmp_path))) == rows, "a finished source is only read back"
+
+    # Families that draw from the shared stream cannot be added afterwards: named, nothing written.
+    monkeypatch.setattr(data, "DISTORTIONS", data.DISTORTIONS + [("blur", "spatial", [2.5])])
+    with pytest.raises(SystemExit, match=r"carphone\.npz: made with 3 clips.*spatial or temporal"):
+        data.make_source((source, str(tmp_path)))
+    assert len(json.loads((tmp_path / "clips/carphone.json").read_text())) == 3
 
 
 def test_banding_quantises_to_flat_bands(clip):

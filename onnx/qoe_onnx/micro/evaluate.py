@@ -352,7 +352,7 @@ def main():
             o = t["overall"]
             log(f"{name:45s} SRCC {o['srcc']:.3f}  PLCC {o['plcc']:.3f}  flip {t.get('flip_rate', float('nan')):.3f}"
                 + "".join(f"  {fam} flip {rate:.3f}" for fam, rate in t.get("flip_rates", {}).items()
-                          if fam in micro_data.TRANSMISSION))
+                          if fam in micro_data.TRANSMISSION or fam in micro_data.HD))
     c = results["micro-vqa2 (ugc prompt)"]["calibration"]
     log(f"calibration: poor or low clips score {c['poor_or_low']:.3f} on average (goal < {POOR_BELOW}, "
         f"{c['poor_or_low_n']} clips), pristine {c['pristine']:.3f} (goal > {PRISTINE_ABOVE}, {c['pristine_n']} clips)")

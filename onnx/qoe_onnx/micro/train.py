@@ -593,11 +593,12 @@ def sample_sequence(model: Scorer2, prompting: Prompting, kf, mo, stall_text: st
 
 def first_clip_odds(rows, train_idx: list[int], delivery_weight: float) -> np.ndarray | None:
     """How likely each training clip is to start a pair: `delivery_weight` times as likely for
-    the delivery families as for the others; None (uniform) at 1, so that the draws of runs
-    made before `--delivery-weight` stay as they were."""
+    the delivery families (and the damage done at a larger size) as for the others; None
+    (uniform) at 1, so that the draws of runs made before `--delivery-weight` stay as they were."""
     if delivery_weight == 1.0:
         return None
-    odds = np.array([delivery_weight if rows[i]["family"] in micro_data.DELIVERY else 1.0 for i in train_idx])
+    weighted = set(micro_data.DELIVERY) | set(micro_data.HD)
+    odds = np.array([delivery_weight if rows[i]["family"] in weighted else 1.0 for i in train_idx])
     return odds / odds.sum()
 
 
@@ -620,8 +621,8 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     ("batch": `batch_hinges`); the level word's cross-entropy has the label's bin as its target
     (`level_targets` "bins") or a distribution over the levels (`soft_level_targets`). A pair's
     first clip is drawn `delivery_weight` times as often from the delivery families (transmission
-    errors, error blocks, black frames, interlacing: the damage the element is there to see) as
-    from the others. `trained` are the
+    errors, error blocks, black frames, interlacing, and the damage done at 640x360: what the
+    element is there to see) as from the others. `trained` are the
     modules whose weights this part changes (saved with its progress, then in its `checkpoint`,
     whose dictionary of their weights and `recipe` it returns)."""
     from tokenizers import Tokenizer
@@ -937,7 +938,8 @@ def main():
                          "stage 2) or soft (a distribution over the levels around the label: where in its bin)")
     ap.add_argument("--delivery-weight", type=float, default=1.0, metavar="W",
                     help="stage 3: how many times as often a pair starts from a clip with delivery damage "
-                         "(transmission errors, error blocks, black frames, interlacing) as from any other (1: uniform)")
+                         "(transmission errors, error blocks, black frames, interlacing, and the 640x360 families) as from any "
+                         "other (1: uniform)")
     ap.add_argument("--tower-input", choices=TOWER_INPUTS, default="rgb",
                     help="stage 1: what the vision tower sees: rgb, or rgb+mscn (the luma's contrast-normalised "
                          "coefficients as a fourth channel, computed in the graph; run 20, the committed bundle)")
