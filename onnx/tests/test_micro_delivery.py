@@ -39,6 +39,15 @@ def test_the_hd_families_come_last_and_draw_nothing_from_the_shared_stream():
     assert {kind for family, kind, _ in data.DISTORTIONS if family in data.HD} <= {"codec", "delivery"}
 
 
+def test_stage1_counts_the_damage_done_at_640x360_as_the_same_damage():
+    from qoe_onnx.micro import train
+
+    assert not set(data.HD) & set(train.SPATIAL_CLASSES)
+    assert train.spatial_class("compression_hd") == "compression"
+    assert train.spatial_class("transmission_h264_hd") == train.spatial_class("transmission_h264") == "transmission_h264"
+    assert train.spatial_class("noise") == "noise" and train.spatial_class("stutter") is None
+
+
 def test_a_larger_pristine_clip_shows_the_same_view(tmp_path):
     """pristine_frames at HD_SCALE: the same pan over the photograph (and the same low-resolution
     softness), at twice the size; shrunk to 320x180 it is the 320x180 clip within rounding."""

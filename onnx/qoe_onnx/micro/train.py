@@ -88,7 +88,14 @@ def load_arrays(data: Path, sources: set[str]) -> dict[str, dict]:
 
 
 # What the vision tower learns to tell apart in stage 1: the families a keyframe shows.
-SPATIAL_CLASSES = ["pristine"] + micro_data.SPATIAL + micro_data.DELIVERY
+SPATIAL_CLASSES = ["pristine"] + micro_data.SPATIAL + [f for f in micro_data.DELIVERY if f not in micro_data.HD]
+
+
+def spatial_class(family: str) -> str | None:
+    """A clip's stage-1 class: its family, the damage done at 640x360 counted as the same damage
+    (compression_hd as compression), or None for a family no keyframe shows."""
+    family = family.removesuffix("_hd") if family in micro_data.HD else family
+    return family if family in SPATIAL_CLASSES else None
 CROP = 128  # stage 1 trains the (fully convolutional) vision tower on 128x128 crops of keyframes
 TEMPORAL_CLASSES = ["pristine"] + micro_data.TEMPORAL
 
@@ -272,11 +279,11 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     # distorted and labelled on the fly (online.py; run 7 tried 6 and was worse, so 0 by default).
     scratch = isinstance(tower, VisionTower)
     head = nn.Linear(KEYFRAME_FEATURES if scratch else pretrained.FEATURES, len(SPATIAL_CLASSES) + 2)
-    items = [(r, k) for r in train if r["family"] in SPATIAL_CLASSES
+    items = [(r, k) for r in train if spatial_class(r["family"])
              for k in range(arrays[r["source"]]["keyframes"].shape[1])]
     versions: dict[str, list[dict]] = {}
     for r in train:
-        if r["family"] in SPATIAL_CLASSES:
+        if spatial_class(r["family"]):
             versions.setdefault(r["source"], []).append(r)
     rates = [2e-3 if scratch else 2e-3 * PRETRAINED_RATE, 2e-3]
     opt = torch.optim.AdamW([{"params": list(tower.parameters()), "lr": rates[0]},
@@ -311,7 +318,7 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
             if rng.random() < 0.5:
                 pix = pix.flip(2)
             out = vision_step(normalise(pix))
-            cls = torch.tensor([SPATIAL_CLASSES.index(r["family"]) for r in batch])
+            cls = torch.tensor([SPATIAL_CLASSES.index(spatial_class(r["family"])) for r in batch])
             sev = torch.tensor([severity(r) for r in batch], dtype=torch.float32)
             mos = torch.tensor([r["mos"] / 100 for r in batch], dtype=torch.float32)
             hinges = pair_hinges(out[:, -1], mos)
