@@ -94,6 +94,12 @@ TRANSMISSION = [f for f in DELIVERY if f.startswith("transmission_")]
 DELIVERY_CRF = 18
 
 
+def base_family(family: str) -> str:
+    """The family a 640x360 one repeats at the larger size (compression_hd: compression); any
+    other family itself."""
+    return family.removesuffix("_hd") if family in HD else family
+
+
 def pseudo_mos(ssim: float) -> float:
     """FFmpeg's SSIM (All: Y, U and V weighted 4:1:1) to 0-100.
 
@@ -453,8 +459,7 @@ def delivery_damage(family: str, level, frames: np.ndarray, fps: float, seed: in
         start = -(-n // 3 // per_second) * per_second
         out[start:start + int(round(level * n))] = 0
     elif family in TRANSMISSION:
-        codec = family.removeprefix("transmission_").removesuffix("_hd")
-        out = transmission_errors(codec, float(level), frames, fps, rng)
+        out = transmission_errors(base_family(family).removeprefix("transmission_"), float(level), frames, fps, rng)
     else:
         raise ValueError(family)
     return out

@@ -89,15 +89,15 @@ def load_arrays(data: Path, sources: set[str]) -> dict[str, dict]:
 
 # What the vision tower learns to tell apart in stage 1: the families a keyframe shows.
 SPATIAL_CLASSES = ["pristine"] + micro_data.SPATIAL + [f for f in micro_data.DELIVERY if f not in micro_data.HD]
+CROP = 128  # stage 1 trains the (fully convolutional) vision tower on 128x128 crops of keyframes
+TEMPORAL_CLASSES = ["pristine"] + micro_data.TEMPORAL
 
 
 def spatial_class(family: str) -> str | None:
     """A clip's stage-1 class: its family, the damage done at 640x360 counted as the same damage
     (compression_hd as compression), or None for a family no keyframe shows."""
-    family = family.removesuffix("_hd") if family in micro_data.HD else family
+    family = micro_data.base_family(family)
     return family if family in SPATIAL_CLASSES else None
-CROP = 128  # stage 1 trains the (fully convolutional) vision tower on 128x128 crops of keyframes
-TEMPORAL_CLASSES = ["pristine"] + micro_data.TEMPORAL
 
 
 def severity(row: dict) -> float:
