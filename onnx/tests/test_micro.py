@@ -900,3 +900,51 @@ def test_a_delivery_weight_of_0_or_less_is_refused(tmp_path, monkeypatch, weight
     with pytest.raises(SystemExit, match=rf"--delivery-weight {float(weight)}: how many times as often"):
         train.main()
     assert not (tmp_path / "w").exists()
+
+
+def test_a_refresh_trains_a_bundles_tower_in_distortion_pairs_and_resumes(tmp_path, monkeypatch):
+    """`--refresh-epochs`: stage 1's distortion pairs again on a bundle's tower. Its convolutions
+    move, its batch norms stay the identities the folded graphs need, the motion branch and the
+    projectors stay; stage 3's start records it; a rerun skips it, an interrupted one resumes to
+    the same weights; 0 epochs leaves the bundle as it is."""
+    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
+    state1, state2 = train.from_bundle(committed)
+    rows, arrays, _ = tiny_training_set(keyframes=12)
+    assert train.refresh_tower(state1, state2, rows, arrays, tmp_path / "none", epochs=0) == (state1, state2)
+    for run in ("whole", "resumed"):
+        (tmp_path / run).mkdir()
+    refreshed, projectors = train.refresh_tower(state1, state2, rows, arrays, tmp_path / "whole", epochs=2)
+    tower = refreshed["tower"]
+    convolutions = [n for n in tower if n.endswith(".0.weight")]
+    assert len(convolutions) == 5 and all(not torch.equal(tower[n], state1["tower"][n]) for n in convolutions)
+    assert all(torch.equal(tower[n], state1["tower"][n]) for n in tower if "running" in n), \
+        "batch norm statistics stay the folded graphs' identities"
+    assert all(torch.equal(t, state1["branch"][n]) for n, t in refreshed["branch"].items())
+    assert all(torch.equal(t, state2["model"][n]) for n, t in projectors["model"].items())
+    assert projectors["recipe"] == {"stage 2": state2["recipe"],
+                                    "refresh": {"start": state1["recipe"], "data": train.data_fingerprint(rows),
+                                                "epochs": 2, "seed": 0}}
+    assert (tmp_path / "whole" / "stage1refresh.pt").exists()
+    again = train.refresh_tower(state1, state2, rows, arrays, tmp_path / "whole", epochs=2)  # skipped
+    assert_same_weights(refreshed, again[0])
+    with pytest.raises(SystemExit, match=r"stage1refresh\.pt was made by another recipe \(epochs 2 there, 3 asked\)"):
+        train.refresh_tower(state1, state2, rows, arrays, tmp_path / "whole", epochs=3)
+    live_again = die_after_each_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train.refresh_tower(state1, state2, rows, arrays, tmp_path / "resumed", epochs=2)
+    live_again()
+    resumed, _ = train.refresh_tower(state1, state2, rows, arrays, tmp_path / "resumed", epochs=2)
+    assert not (tmp_path / "resumed" / "stage1refresh-partial.pt").exists()
+    assert_same_weights(refreshed, resumed)
+
+
+def test_a_refresh_without_a_bundle_is_refused(tmp_path, monkeypatch):
+    """`--refresh-epochs` goes on from a bundle's tower; without `--from-bundle` it is refused,
+    named, before any clips are loaded (the data folder is empty)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "b"), "--refresh-epochs", "2"])
+    with pytest.raises(SystemExit, match=r"--refresh-epochs 2 goes on from a bundle's tower: give --from-bundle"):
+        train.main()
+    assert not (tmp_path / "w").exists()

@@ -265,13 +265,16 @@ NORMALISATION_KEYFRAMES = 512  # training keyframes the pretrained tower's stand
 
 
 PRETRAINED_RATE = 0.1  # stage 1: the pretrained tower learns at a tenth of the micro tower's rate
+REFRESH_RATE = 0.1  # --refresh-epochs: a bundle's trained tower goes on at a tenth of stage 1's rate
 
 
 def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume: "Progress", rng, epochs: int,
-                       online_pairs: int, stills, compile_steps: bool) -> nn.Module:
+                       online_pairs: int, stills, compile_steps: bool, refresh: bool = False) -> nn.Module:
     """Stage 1's vision part: the tower trained to tell distortions apart. The micro VisionTower
     from scratch; the pretrained one from ImageNet's weights at PRETRAINED_RATE of the rate, its
-    batch norms keeping ImageNet's statistics (batches of 32 crops would make them noisy)."""
+    batch norms keeping ImageNet's statistics (batches of 32 crops would make them noisy). With
+    `refresh`, a trained micro tower (a bundle's: batch norms folded into its convolutions) goes on
+    at REFRESH_RATE of the rate, its batch norms kept as the identities they are."""
     # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
     # of the same source, keyframe and crop, so what tells them apart is the distortion, not the
     # content (a margin ranking loss on the pseudo-MOS head). Random crops multiply the content.
@@ -285,7 +288,7 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     for r in train:
         if spatial_class(r["family"]):
             versions.setdefault(r["source"], []).append(r)
-    rates = [2e-3 if scratch else 2e-3 * PRETRAINED_RATE, 2e-3]
+    rates = [2e-3 * (REFRESH_RATE if refresh else 1.0 if scratch else PRETRAINED_RATE), 2e-3]
     opt = torch.optim.AdamW([{"params": list(tower.parameters()), "lr": rates[0]},
                              {"params": list(head.parameters()), "lr": rates[1]}], 2e-3, weight_decay=1e-4)
     pairs = 16
@@ -294,7 +297,7 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps)
     vision = dict(tower=tower, head=head, opt=opt, sched=sched)
     resume.restore("vision", **vision)
-    tower.train(scratch)
+    tower.train(scratch and not refresh)
     vision_step = CompiledStep(nn.Sequential(tower, head), compiles(tower, compile_steps) and resume.done("vision") < epochs)
     started = time.time()
     for epoch in range(resume.done("vision"), epochs):
@@ -394,6 +397,31 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
     torch.save(state, checkpoint(work, "stage 1"))
     resume.finish()
     return state
+
+
+def refresh_tower(state1, state2, rows, arrays, work: Path, epochs: int, seed: int = 0,
+                  compile_steps: bool = False) -> tuple[dict, dict]:
+    """Stage 1's distortion pairs again, for `epochs`, on a bundle's vision tower (`from_bundle`),
+    on today's data: stage 3 tunes the tower at a twentieth of stage 1's rate through the scoring
+    loss only, too gently to learn damage its stage 1 never saw (the 640x360 families). The
+    motion branch and the projectors stay as they are; stage 3 goes on from here (stage 2's
+    recipe records this one, so stage 3's checkpoints name it). 0 epochs: the two unchanged."""
+    if epochs == 0:
+        return state1, state2
+    recipe = dict(start=state1.get("recipe"), data=data_fingerprint(rows), epochs=epochs, seed=seed)
+    if (done := finished(work, "stage 1 refresh", recipe)) is None:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng([seed, 1])
+        resume = Progress(checkpoint(work, "stage 1 refresh", "-partial"), rng, recipe)
+        tower, _ = load_towers(state1)
+        if not isinstance(tower, VisionTower):
+            raise SystemExit("--refresh-epochs is for the micro vision tower")
+        train = [r for r in rows if r["split"] == "train"]
+        tower = train_vision_tower(tower, train, arrays, resume, rng, epochs, 0, None, compile_steps, refresh=True)
+        done = state1 | {"tower": tower.state_dict(), "recipe": recipe}
+        torch.save(done, checkpoint(work, "stage 1 refresh"))
+        resume.finish()
+    return done, state2 | {"recipe": {"stage 2": state2.get("recipe"), "refresh": recipe}}
 
 
 @torch.no_grad()
@@ -962,6 +990,9 @@ def main():
     ap.add_argument("--from-bundle", type=Path, metavar="DIR",
                     help="no stages 1 and 2: stage 3 starts from the weights of the bundle DIR's small graphs "
                          "(models/micro-vqa2-streaming: the committed run; its checkpoints are not committed)")
+    ap.add_argument("--refresh-epochs", type=int, default=0, metavar="N",
+                    help="with --from-bundle: N epochs of stage 1's distortion pairs on the bundle's vision tower "
+                         "(at a tenth of stage 1's rate) before stage 3, so it learns damage its stage 1 never saw")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--no-compile", action="store_true",
                     help="the vision tower uncompiled in every stage (torch.compile needs a C++ compiler, g++, "
@@ -973,6 +1004,11 @@ def main():
     if args.from_bundle and args.tower_input != "rgb":  # before loading any clips
         raise SystemExit(f"--tower-input {args.tower_input} is stage 1's choice; with --from-bundle the bundle's "
                          f"keyframe_encoder.onnx decides (its first convolution's input channels)")
+    if args.refresh_epochs and not args.from_bundle:
+        raise SystemExit(f"--refresh-epochs {args.refresh_epochs} goes on from a bundle's tower: give --from-bundle "
+                         "(without it, stage 1 trains the tower for --epochs)")
+    if args.refresh_epochs < 0:
+        raise SystemExit(f"--refresh-epochs {args.refresh_epochs}: a number of epochs, 0 or more")
     if not args.delivery_weight > 0:
         raise SystemExit(f"--delivery-weight {args.delivery_weight}: how many times as often delivery damage is "
                          "drawn, above 0")
@@ -991,6 +1027,8 @@ def main():
     stills = online.load_stills(args.data) if args.online_pairs else None
     if args.from_bundle:
         s1, s2 = from_bundle(args.from_bundle)
+        s1, s2 = refresh_tower(s1, s2, rows, arrays, args.work, args.refresh_epochs, args.seed,
+                               not args.no_compile)
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                     args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input,
