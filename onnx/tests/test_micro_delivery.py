@@ -33,8 +33,11 @@ def test_every_new_family_has_three_graded_levels_after_the_old_ones():
 def test_the_hd_families_come_last_and_draw_nothing_from_the_shared_stream():
     """So that they can be added to finished data without changing any clip made before."""
     names = [d[0] for d in data.DISTORTIONS]
-    assert names[-2:] == data.HD == ["compression_hd", "transmission_h264_hd"]
-    assert data.LEVELS["compression_hd"] == data.LEVELS["compression"]
+    assert names[-4:] == data.HD == ["compression_hd", "transmission_h264_hd", "compression_270p", "compression_540p"]
+    assert set(data.SCALES) == set(data.HD) and data.frame_size(data.SCALES["compression_270p"]) == (480, 270)
+    assert data.frame_size(data.SCALES["compression_540p"]) == (960, 540)
+    for family in ("compression_hd", "compression_270p", "compression_540p"):
+        assert data.LEVELS[family] == data.LEVELS["compression"] and data.base_family(family) == "compression"
     assert data.LEVELS["transmission_h264_hd"] == data.LEVELS["transmission_h264"]
     assert {kind for family, kind, _ in data.DISTORTIONS if family in data.HD} <= {"codec", "delivery"}
 
@@ -43,14 +46,14 @@ def test_stage1_counts_the_damage_done_at_640x360_as_the_same_damage():
     from qoe_onnx.micro import train
 
     assert not set(data.HD) & set(train.SPATIAL_CLASSES)
-    assert train.spatial_class("compression_hd") == "compression"
+    assert train.spatial_class("compression_hd") == train.spatial_class("compression_540p") == "compression"
     assert train.spatial_class("transmission_h264_hd") == train.spatial_class("transmission_h264") == "transmission_h264"
     assert train.spatial_class("noise") == "noise" and train.spatial_class("stutter") is None
 
 
 def test_a_larger_pristine_clip_shows_the_same_view(tmp_path):
-    """pristine_frames at HD_SCALE: the same pan over the photograph (and the same low-resolution
-    softness), at twice the size; shrunk to 320x180 it is the 320x180 clip within rounding."""
+    """pristine_frames at 2, 1.5 and 3 times 320x180: the same pan over the photograph (and the
+    same low-resolution softness), larger; shrunk to 320x180 it is the 320x180 clip within rounding."""
     from PIL import Image
 
     y, x = np.mgrid[0:900, 0:1600]
@@ -59,10 +62,12 @@ def test_a_larger_pristine_clip_shows_the_same_view(tmp_path):
     for extra in ({}, {"lowres": data.LOWRES_WIDTH}):
         source = {"name": "p", "photo": str(tmp_path / "photo.png"), "seconds": 1, "seed": 4} | extra
         small, fps = data.pristine_frames(source)
-        large, fps2 = data.pristine_frames(source, data.HD_SCALE)
-        assert fps == fps2 and small.shape == (25, 180, 320, 3) and large.shape == (25, 360, 640, 3)
-        shrunk = np.stack([np.asarray(Image.fromarray(f).resize((320, 180), Image.BICUBIC)) for f in large])
-        assert np.abs(shrunk.astype(int) - small).mean() < 4, extra
+        assert small.shape == (25, 180, 320, 3)
+        for scale in (data.HD_SCALE, 1.5, 3):
+            large, fps2 = data.pristine_frames(source, scale)
+            assert fps == fps2 and large.shape == (25, *data.frame_size(scale)[::-1], 3)
+            shrunk = np.stack([np.asarray(Image.fromarray(f).resize((320, 180), Image.BICUBIC)) for f in large])
+            assert np.abs(shrunk.astype(int) - small).mean() < 4, (extra, scale)
 
 
 def test_a_finished_source_gets_only_the_families_added_since(tmp_path, monkeypatch):
