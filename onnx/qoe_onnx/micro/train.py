@@ -403,7 +403,7 @@ def refresh_tower(state1, state2, rows, arrays, work: Path, epochs: int, seed: i
                   compile_steps: bool = False) -> tuple[dict, dict]:
     """Stage 1's distortion pairs again, for `epochs`, on a bundle's vision tower (`from_bundle`),
     on today's data: stage 3 tunes the tower at a twentieth of stage 1's rate through the scoring
-    loss only, too gently to learn damage its stage 1 never saw (the 640x360 families). The
+    loss only, too gently to learn damage its stage 1 never saw (the larger-size families). The
     motion branch and the projectors stay as they are; stage 3 goes on from here (stage 2's
     recipe records this one, so stage 3's checkpoints name it). 0 epochs: the two unchanged."""
     if epochs == 0:
