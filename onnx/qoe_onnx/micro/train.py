@@ -94,8 +94,8 @@ TEMPORAL_CLASSES = ["pristine"] + micro_data.TEMPORAL
 
 
 def spatial_class(family: str) -> str | None:
-    """A clip's stage-1 class: its family, the damage done at 640x360 counted as the same damage
-    (compression_hd as compression), or None for a family no keyframe shows."""
+    """A clip's stage-1 class: its family, the damage done at a larger size counted as the same
+    damage (compression_hd and compression_540p as compression), or None for a family no keyframe shows."""
     family = micro_data.base_family(family)
     return family if family in SPATIAL_CLASSES else None
 
@@ -413,9 +413,7 @@ def refresh_tower(state1, state2, rows, arrays, work: Path, epochs: int, seed: i
         torch.manual_seed(seed)
         rng = np.random.default_rng([seed, 1])
         resume = Progress(checkpoint(work, "stage 1 refresh", "-partial"), rng, recipe)
-        tower, _ = load_towers(state1)
-        if not isinstance(tower, VisionTower):
-            raise SystemExit("--refresh-epochs is for the micro vision tower")
+        tower, _ = load_towers(state1)  # from_bundle's: always the micro VisionTower
         train = [r for r in rows if r["split"] == "train"]
         tower = train_vision_tower(tower, train, arrays, resume, rng, epochs, 0, None, compile_steps, refresh=True)
         done = state1 | {"tower": tower.state_dict(), "recipe": recipe}
