@@ -948,3 +948,16 @@ def test_a_refresh_without_a_bundle_is_refused(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"--refresh-epochs 2 goes on from a bundle's tower: give --from-bundle"):
         train.main()
     assert not (tmp_path / "w").exists()
+
+
+def test_a_negative_refresh_is_refused(tmp_path, monkeypatch):
+    """`--refresh-epochs` below 0 is refused, named, before any clips are loaded."""
+    import sys
+
+    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
+    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "b"), "--from-bundle", str(committed),
+                                      "--refresh-epochs", "-1"])
+    with pytest.raises(SystemExit, match=r"--refresh-epochs -1: a number of epochs, 0 or more"):
+        train.main()
+    assert not (tmp_path / "w").exists()
