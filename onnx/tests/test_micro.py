@@ -938,6 +938,37 @@ def test_a_refresh_trains_a_bundles_tower_in_distortion_pairs_and_resumes(tmp_pa
     assert_same_weights(refreshed, resumed)
 
 
+def test_a_refresh_anchor_holds_the_features_of_clips_made_at_the_models_size(tmp_path, monkeypatch):
+    """`--refresh-anchor`: the refreshed tower's features on clips made at the model's size stay
+    nearer the bundle's than an unanchored refresh leaves them, while a clip made at a larger size
+    adds nothing to the anchor's loss; the weight is part of the refresh's recipe."""
+    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
+    state1, state2 = train.from_bundle(committed)
+    rows, arrays, _ = tiny_training_set(keyframes=24)
+    rows[3] = rows[3] | {"family": "compression_hd", "strength": 4}  # made at a larger size: not anchored
+    monkeypatch.setattr(train, "REFRESH_RATE", 1.0)  # moves far enough in a few steps to tell the two apart
+    before = train.load_towers(state1)[0]
+    crops = arrays["s"]["keyframes"][:3, :, :train.CROP, :train.CROP]  # the three clips made at the model's size
+    crops = torch.from_numpy(crops.reshape(-1, train.CROP, train.CROP, 3))
+    anchor = train.FeatureAnchor(before, [(r, k) for r in rows for k in range(24)], arrays, weight=1.0)
+    assert anchor.loss(train.normalise(crops[:2]), before(train.normalise(crops[:2])), [rows[0], rows[1]]).item() == 0
+    assert anchor.loss(train.normalise(crops[:2]), torch.zeros(2, train.KEYFRAME_FEATURES), [rows[3]] * 2).item() == 0
+
+    def drift(weight, run):
+        (tmp_path / run).mkdir()
+        refreshed, projectors = train.refresh_tower(state1, state2, rows, arrays, tmp_path / run, epochs=2,
+                                                    anchor=weight)
+        tower = train.load_towers(refreshed)[0]
+        with torch.no_grad():
+            x = train.normalise(crops)
+            return ((tower(x) - before(x)) / anchor.scale).pow(2).mean().item(), projectors["recipe"]["refresh"]
+
+    free, recipe = drift(0.0, "free")
+    held, anchored_recipe = drift(100.0, "held")
+    assert "anchor" not in recipe and anchored_recipe["anchor"] == 100.0
+    assert held < 0.5 * free, (held, free)
+
+
 def test_a_refresh_without_a_bundle_is_refused(tmp_path, monkeypatch):
     """`--refresh-epochs` goes on from a bundle's tower; without `--from-bundle` it is refused,
     named, before any clips are loaded (the data folder is empty)."""
@@ -959,5 +990,18 @@ def test_a_negative_refresh_is_refused(tmp_path, monkeypatch):
                                       "--out", str(tmp_path / "b"), "--from-bundle", str(committed),
                                       "--refresh-epochs", "-1"])
     with pytest.raises(SystemExit, match=r"--refresh-epochs -1: a number of epochs, 0 or more"):
+        train.main()
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("extra", [["--refresh-anchor", "-1", "--refresh-epochs", "2"], ["--refresh-anchor", "1"]])
+def test_a_refresh_anchor_is_a_weight_for_a_refresh(tmp_path, monkeypatch, extra):
+    """`--refresh-anchor` below 0, or without `--refresh-epochs`, is refused, named, before any clips are loaded."""
+    import sys
+
+    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
+    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "b"), "--from-bundle", str(committed), *extra])
+    with pytest.raises(SystemExit, match=r"--refresh-anchor -?1\.0: a weight, 0 or more, for a refresh"):
         train.main()
     assert not (tmp_path / "w").exists()

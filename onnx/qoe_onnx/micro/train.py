@@ -32,6 +32,7 @@ bench_train.py; needs g++ and Python's headers, else it runs uncompiled and says
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import hashlib
 import json
@@ -266,15 +267,59 @@ NORMALISATION_KEYFRAMES = 512  # training keyframes the pretrained tower's stand
 
 PRETRAINED_RATE = 0.1  # stage 1: the pretrained tower learns at a tenth of the micro tower's rate
 REFRESH_RATE = 0.1  # --refresh-epochs: a bundle's trained tower goes on at a tenth of stage 1's rate
+ANCHOR_SAMPLE = 512  # --refresh-anchor: crops whose reference features set each feature's scale
+
+
+class FeaturesAndHead(nn.Module):
+    """The tower's features and the head's outputs side by side, [B, F + H], so one (compiled)
+    call gives both: the head's losses and the refresh's anchor on the features."""
+
+    def __init__(self, tower: nn.Module, head: nn.Module):
+        super().__init__()
+        self.tower, self.head = tower, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.tower(x)
+        return torch.cat([features, self.head(features)], dim=1)
+
+
+class FeatureAnchor:
+    """--refresh-anchor: a frozen copy of the tower as a refresh found it, and a loss that keeps the
+    refreshed tower's features where they were for every clip made at the model's size. A refresh
+    without it learns the larger-size compression but loses families that change the whole
+    picture's tone (#30, eighth session: low contrast 0.61 -> 0.49). Features are compared in
+    units of their spread over ANCHOR_SAMPLE centre crops, so no statistic dominates by its scale."""
+
+    def __init__(self, tower: nn.Module, items: list[tuple[dict, int]], arrays: dict, weight: float):
+        self.reference = copy.deepcopy(tower).eval().requires_grad_(False)
+        self.weight = weight
+        y0, x0 = (KEYFRAME_HEIGHT - CROP) // 2, (KEYFRAME_WIDTH - CROP) // 2
+        step = max(1, len(items) // ANCHOR_SAMPLE)
+        crops = [arrays[r["source"]]["keyframes"][r["index"], k, y0:y0 + CROP, x0:x0 + CROP]
+                 for r, k in items[::step][:ANCHOR_SAMPLE]]
+        with torch.no_grad():
+            spread = torch.cat([self.reference(normalise(torch.from_numpy(np.stack(crops[i:i + 64]))))
+                                for i in range(0, len(crops), 64)]).std(0)
+        self.scale = spread.clamp_min(0.1 * spread.mean().item())  # near-constant statistics: not blown up
+
+    def loss(self, pix: torch.Tensor, features: torch.Tensor, batch: list[dict]) -> torch.Tensor:
+        anchored = torch.tensor([r["family"] not in micro_data.SCALES for r in batch])
+        if not anchored.any():
+            return torch.zeros(())
+        with torch.no_grad():
+            before = self.reference(pix[anchored])
+        return self.weight * ((features[anchored] - before) / self.scale).pow(2).mean()
 
 
 def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume: "Progress", rng, epochs: int,
-                       online_pairs: int, stills, compile_steps: bool, refresh: bool = False) -> nn.Module:
+                       online_pairs: int, stills, compile_steps: bool, refresh: bool = False,
+                       anchor: float = 0.0) -> nn.Module:
     """Stage 1's vision part: the tower trained to tell distortions apart. The micro VisionTower
     from scratch; the pretrained one from ImageNet's weights at PRETRAINED_RATE of the rate, its
     batch norms keeping ImageNet's statistics (batches of 32 crops would make them noisy). With
     `refresh`, a trained micro tower (a bundle's: batch norms folded into its convolutions) goes on
-    at REFRESH_RATE of the rate, its batch norms kept as the identities they are."""
+    at REFRESH_RATE of the rate, its batch norms kept as the identities they are; `anchor` > 0
+    adds its FeatureAnchor's loss at that weight."""
     # Vision tower: keyframes of spatially distorted and pristine clips, in pairs of two versions
     # of the same source, keyframe and crop, so what tells them apart is the distortion, not the
     # content (a margin ranking loss on the pseudo-MOS head). Random crops multiply the content.
@@ -288,6 +333,7 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     for r in train:
         if spatial_class(r["family"]):
             versions.setdefault(r["source"], []).append(r)
+    anchored = FeatureAnchor(tower, items, arrays, anchor) if anchor else None  # before any restore
     rates = [2e-3 * (REFRESH_RATE if refresh else 1.0 if scratch else PRETRAINED_RATE), 2e-3]
     opt = torch.optim.AdamW([{"params": list(tower.parameters()), "lr": rates[0]},
                              {"params": list(head.parameters()), "lr": rates[1]}], 2e-3, weight_decay=1e-4)
@@ -298,7 +344,9 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     vision = dict(tower=tower, head=head, opt=opt, sched=sched)
     resume.restore("vision", **vision)
     tower.train(scratch and not refresh)
-    vision_step = CompiledStep(nn.Sequential(tower, head), compiles(tower, compile_steps) and resume.done("vision") < epochs)
+    vision_step = CompiledStep(FeaturesAndHead(tower, head),
+                               compiles(tower, compile_steps) and resume.done("vision") < epochs)
+    features = KEYFRAME_FEATURES if scratch else pretrained.FEATURES
     started = time.time()
     for epoch in range(resume.done("vision"), epochs):
         order = rng.permutation(len(items))
@@ -320,7 +368,9 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
             pix = torch.from_numpy(np.stack(pix))
             if rng.random() < 0.5:
                 pix = pix.flip(2)
-            out = vision_step(normalise(pix))
+            pix = normalise(pix)
+            both = vision_step(pix)
+            out = both[:, features:]
             cls = torch.tensor([SPATIAL_CLASSES.index(spatial_class(r["family"])) for r in batch])
             sev = torch.tensor([severity(r) for r in batch], dtype=torch.float32)
             mos = torch.tensor([r["mos"] / 100 for r in batch], dtype=torch.float32)
@@ -328,6 +378,9 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
             rank = hinges.mean() if len(hinges) else torch.zeros(())
             loss = (F.cross_entropy(out[:, :-2], cls) + F.mse_loss(out[:, -2], sev) + 4 * F.mse_loss(out[:, -1], mos)
                     + 4 * rank)
+            if anchored:
+                drift = anchored.loss(pix, both[:, :features], batch)
+                loss = loss + drift
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -335,7 +388,8 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
             correct += (out[:, :-2].argmax(1) == cls).sum().item()
             total += len(batch)
         log(f"stage 1 vision: epoch {epoch + 1}/{epochs}, family accuracy {correct / total:.3f}, "
-            f"loss {loss.item():.3f}, rank {rank.item():.3f}, {time.time() - started:.0f} s")
+            f"loss {loss.item():.3f}, rank {rank.item():.3f}"
+            + (f", anchor {drift.item():.3f}" if anchored else "") + f", {time.time() - started:.0f} s")
         resume.save("vision", epoch + 1, **vision)
 
     return tower
@@ -400,22 +454,26 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
 
 
 def refresh_tower(state1, state2, rows, arrays, work: Path, epochs: int, seed: int = 0,
-                  compile_steps: bool = False) -> tuple[dict, dict]:
+                  compile_steps: bool = False, anchor: float = 0.0) -> tuple[dict, dict]:
     """Stage 1's distortion pairs again, for `epochs`, on a bundle's vision tower (`from_bundle`),
     on today's data: stage 3 tunes the tower at a twentieth of stage 1's rate through the scoring
     loss only, too gently to learn damage its stage 1 never saw (the larger-size families). The
     motion branch and the projectors stay as they are; stage 3 goes on from here (stage 2's
-    recipe records this one, so stage 3's checkpoints name it). 0 epochs: the two unchanged."""
+    recipe records this one, so stage 3's checkpoints name it). `anchor` > 0: FeatureAnchor's
+    loss at that weight. 0 epochs: the two unchanged."""
     if epochs == 0:
         return state1, state2
     recipe = dict(start=state1.get("recipe"), data=data_fingerprint(rows), epochs=epochs, seed=seed)
+    if anchor:  # recorded only when asked, so earlier refreshes' checkpoints stay valid
+        recipe["anchor"] = anchor
     if (done := finished(work, "stage 1 refresh", recipe)) is None:
         torch.manual_seed(seed)
         rng = np.random.default_rng([seed, 1])
         resume = Progress(checkpoint(work, "stage 1 refresh", "-partial"), rng, recipe)
         tower, _ = load_towers(state1)  # from_bundle's: always the micro VisionTower
         train = [r for r in rows if r["split"] == "train"]
-        tower = train_vision_tower(tower, train, arrays, resume, rng, epochs, 0, None, compile_steps, refresh=True)
+        tower = train_vision_tower(tower, train, arrays, resume, rng, epochs, 0, None, compile_steps, refresh=True,
+                                   anchor=anchor)
         done = state1 | {"tower": tower.state_dict(), "recipe": recipe}
         torch.save(done, checkpoint(work, "stage 1 refresh"))
         resume.finish()
@@ -991,6 +1049,9 @@ def main():
     ap.add_argument("--refresh-epochs", type=int, default=0, metavar="N",
                     help="with --from-bundle: N epochs of stage 1's distortion pairs on the bundle's vision tower "
                          "(at a tenth of stage 1's rate) before stage 3, so it learns damage its stage 1 never saw")
+    ap.add_argument("--refresh-anchor", type=float, default=0.0, metavar="W",
+                    help="with --refresh-epochs: a loss at weight W keeping the tower's features, in units of "
+                         "their spread, where they were for every clip made at the model's size (0: none)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--no-compile", action="store_true",
                     help="the vision tower uncompiled in every stage (torch.compile needs a C++ compiler, g++, "
@@ -1007,6 +1068,9 @@ def main():
                          "(without it, stage 1 trains the tower for --epochs)")
     if args.refresh_epochs < 0:
         raise SystemExit(f"--refresh-epochs {args.refresh_epochs}: a number of epochs, 0 or more")
+    if args.refresh_anchor < 0 or (args.refresh_anchor and not args.refresh_epochs):
+        raise SystemExit(f"--refresh-anchor {args.refresh_anchor}: a weight, 0 or more, for a refresh "
+                         "(give --refresh-epochs too)")
     if not args.delivery_weight > 0:
         raise SystemExit(f"--delivery-weight {args.delivery_weight}: how many times as often delivery damage is "
                          "drawn, above 0")
@@ -1026,7 +1090,7 @@ def main():
     if args.from_bundle:
         s1, s2 = from_bundle(args.from_bundle)
         s1, s2 = refresh_tower(s1, s2, rows, arrays, args.work, args.refresh_epochs, args.seed,
-                               not args.no_compile)
+                               not args.no_compile, args.refresh_anchor)
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                     args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input,
