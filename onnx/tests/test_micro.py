@@ -129,6 +129,7 @@ def test_labels_and_stalls():
 
 
 EVAL_CLIP = Path(__file__).resolve().parents[2] / "tests/fixtures/eval/photo_kokkini_3840x2160__pristine.mp4"
+COMMITTED = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"  # the default bundle
 
 
 def test_compare_labels_and_decodes_a_clip_in_one_pass(tmp_path):
@@ -307,21 +308,20 @@ def test_evaluate_averages_an_ensembles_level_probabilities(tmp_path):
     from qoe_onnx.micro import evaluate
     from scaled_graph import write_scaled
 
-    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
-    if not (committed / "decoder_score.onnx").exists():
+    if not (COMMITTED / "decoder_score.onnx").exists():
         pytest.skip("the decoder graphs are not built (pipelines/default-bundle.sh; tests/run.sh runs it first)")
-    manifest = json.loads((committed / B.MANIFEST).read_text())
+    manifest = json.loads((COMMITTED / B.MANIFEST).read_text())
     pair = tmp_path / "pair"
     (pair / "other").mkdir(parents=True)
-    for f in committed.iterdir():
+    for f in COMMITTED.iterdir():
         if f.is_file() and f.name != B.MANIFEST:
             (pair / f.name).symlink_to(f.resolve())
     for role in B.MEMBER_ROLES:
         graph = manifest["parts"][role]["file"]
         if role == "motion_projector":
-            write_scaled(committed / graph, pair / "other" / graph)
+            write_scaled(COMMITTED / graph, pair / "other" / graph)
         else:
-            (pair / "other" / graph).symlink_to((committed / graph).resolve())
+            (pair / "other" / graph).symlink_to((COMMITTED / graph).resolve())
     together = json.loads(json.dumps(manifest))
     together["parts"].update({f"{role}@other": {**manifest["parts"][role], "file": f"other/{manifest['parts'][role]['file']}"}
                               for role in B.MEMBER_ROLES})
@@ -723,9 +723,8 @@ def test_the_committed_graphs_load_back_for_stage3(tmp_path):
 
     import onnxruntime as ort
 
-    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
-    state1, state2 = train.from_bundle(committed)
-    assert state1["recipe"] == state2["recipe"] and str(committed) in state1["recipe"]["bundle"]
+    state1, state2 = train.from_bundle(COMMITTED)
+    assert state1["recipe"] == state2["recipe"] and str(COMMITTED) in state1["recipe"]["bundle"]
     train.export(state1, state2, tmp_path / "again")
     rng = np.random.default_rng(0)
     inputs = {"keyframe_encoder.onnx": rng.normal(size=(2, 3, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH)),
@@ -734,18 +733,18 @@ def test_the_committed_graphs_load_back_for_stage3(tmp_path):
     for name, x in inputs.items():
         outs = [ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
                 .run(None, {"pixel_values" if "keyframe" in name else "frames" if "fast" in name else "motion_feat":
-                            x.astype(np.float32)})[0] for folder in (committed, tmp_path / "again")]
+                            x.astype(np.float32)})[0] for folder in (COMMITTED, tmp_path / "again")]
         assert outs[0].shape == outs[1].shape and np.abs(outs[0]).max() > 0.1, name
         np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4, err_msg=name)
 
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in train.BUNDLE_GRAPHS:
-        shutil.copy(committed / name, broken / name)
+        shutil.copy(COMMITTED / name, broken / name)
     (broken / "motion_projector.onnx").unlink()
     with pytest.raises(SystemExit, match=r"broken/motion_projector\.onnx is missing"):
         train.from_bundle(broken)
-    shutil.copy(committed / "motion_fast.onnx", broken / "keyframe_encoder.onnx")
+    shutil.copy(COMMITTED / "motion_fast.onnx", broken / "keyframe_encoder.onnx")
     with pytest.raises(SystemExit, match=r"broken/keyframe_encoder\.onnx has 3 layers where the micro VQA² has 5"):
         train.from_bundle(broken)
     (broken / "keyframe_encoder.onnx").write_bytes(b"not onnx")
@@ -862,44 +861,39 @@ def test_the_mscn_channel_divides_out_local_brightness_and_contrast(tmp_path):
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-4, atol=1e-4)
 
 
+def assert_train_refuses(tmp_path, monkeypatch, options: list[str], message: str):
+    """`train` with `options` on an empty data folder is refused with `message` before any clip
+    is loaded, and writes nothing (neither its work folder nor its bundle)."""
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "b"), *options])
+    with pytest.raises(SystemExit, match=message):
+        train.main()
+    assert not (tmp_path / "w").exists() and not (tmp_path / "b").exists()
+
+
 def test_tower_input_with_a_bundle_is_refused(tmp_path, monkeypatch):
     """`--from-bundle` takes the tower's input from the bundle's graph; asking for another with
     `--tower-input` is refused, named, before any clips are loaded (the data folder is empty)."""
-    import sys
-
-    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
-    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
-                                      "--out", str(tmp_path / "b"), "--from-bundle", str(committed),
-                                      "--tower-input", "rgb+mscn"])
-    with pytest.raises(SystemExit, match=r"--tower-input rgb\+mscn is stage 1's choice; with --from-bundle"):
-        train.main()
-    assert not (tmp_path / "b").exists()
+    assert_train_refuses(tmp_path, monkeypatch, ["--from-bundle", str(COMMITTED), "--tower-input", "rgb+mscn"],
+                         r"--tower-input rgb\+mscn is stage 1's choice; with --from-bundle")
 
 
 @pytest.mark.parametrize("share", ["1.5", "-0.1"])
 def test_a_cuts_share_outside_0_to_1_is_refused(tmp_path, monkeypatch, share):
     """`--cuts` is a share of stage 3's windows: outside 0 to 1 it is refused, named, before any
     clips are loaded (the data folder is empty)."""
-    import sys
-
-    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
-                                      "--out", str(tmp_path / "b"), "--cuts", share])
-    with pytest.raises(SystemExit, match=rf"--cuts {share}: a share of stage 3's windows, from 0 to 1"):
-        train.main()
-    assert not (tmp_path / "w").exists()
+    assert_train_refuses(tmp_path, monkeypatch, ["--cuts", share],
+                         rf"--cuts {share}: a share of stage 3's windows, from 0 to 1")
 
 
 @pytest.mark.parametrize("weight", ["0", "-2"])
 def test_a_delivery_weight_of_0_or_less_is_refused(tmp_path, monkeypatch, weight):
     """`--delivery-weight` multiplies how often delivery damage starts a pair: at 0 or below it
     is refused, named, before any clips are loaded (the data folder is empty)."""
-    import sys
-
-    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
-                                      "--out", str(tmp_path / "b"), "--delivery-weight", weight])
-    with pytest.raises(SystemExit, match=rf"--delivery-weight {float(weight)}: how many times as often"):
-        train.main()
-    assert not (tmp_path / "w").exists()
+    assert_train_refuses(tmp_path, monkeypatch, ["--delivery-weight", weight],
+                         rf"--delivery-weight {float(weight)}: how many times as often")
 
 
 def test_a_refresh_trains_a_bundles_tower_in_distortion_pairs_and_resumes(tmp_path, monkeypatch):
@@ -907,8 +901,7 @@ def test_a_refresh_trains_a_bundles_tower_in_distortion_pairs_and_resumes(tmp_pa
     move, its batch norms stay the identities the folded graphs need, the motion branch and the
     projectors stay; stage 3's start records it; a rerun skips it, an interrupted one resumes to
     the same weights; 0 epochs leaves the bundle as it is."""
-    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
-    state1, state2 = train.from_bundle(committed)
+    state1, state2 = train.from_bundle(COMMITTED)
     rows, arrays, _ = tiny_training_set(keyframes=12)
     assert train.refresh_tower(state1, state2, rows, arrays, tmp_path / "none", epochs=0) == (state1, state2)
     for run in ("whole", "resumed"):
@@ -942,8 +935,7 @@ def test_a_refresh_anchor_holds_the_features_of_clips_made_at_the_models_size(tm
     """`--refresh-anchor`: the refreshed tower's features on clips made at the model's size stay
     nearer the bundle's than an unanchored refresh leaves them, while a clip made at a larger size
     adds nothing to the anchor's loss; the weight is part of the refresh's recipe."""
-    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
-    state1, state2 = train.from_bundle(committed)
+    state1, state2 = train.from_bundle(COMMITTED)
     rows, arrays, _ = tiny_training_set(keyframes=24)
     rows[3] = rows[3] | {"family": "compression_hd", "strength": 4}  # made at a larger size: not anchored
     monkeypatch.setattr(train, "REFRESH_RATE", 1.0)  # moves far enough in a few steps to tell the two apart
@@ -972,36 +964,18 @@ def test_a_refresh_anchor_holds_the_features_of_clips_made_at_the_models_size(tm
 def test_a_refresh_without_a_bundle_is_refused(tmp_path, monkeypatch):
     """`--refresh-epochs` goes on from a bundle's tower; without `--from-bundle` it is refused,
     named, before any clips are loaded (the data folder is empty)."""
-    import sys
-
-    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
-                                      "--out", str(tmp_path / "b"), "--refresh-epochs", "2"])
-    with pytest.raises(SystemExit, match=r"--refresh-epochs 2 goes on from a bundle's tower: give --from-bundle"):
-        train.main()
-    assert not (tmp_path / "w").exists()
+    assert_train_refuses(tmp_path, monkeypatch, ["--refresh-epochs", "2"],
+                         r"--refresh-epochs 2 goes on from a bundle's tower: give --from-bundle")
 
 
 def test_a_negative_refresh_is_refused(tmp_path, monkeypatch):
     """`--refresh-epochs` below 0 is refused, named, before any clips are loaded."""
-    import sys
-
-    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
-    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
-                                      "--out", str(tmp_path / "b"), "--from-bundle", str(committed),
-                                      "--refresh-epochs", "-1"])
-    with pytest.raises(SystemExit, match=r"--refresh-epochs -1: a number of epochs, 0 or more"):
-        train.main()
-    assert not (tmp_path / "w").exists()
+    assert_train_refuses(tmp_path, monkeypatch, ["--from-bundle", str(COMMITTED), "--refresh-epochs", "-1"],
+                         r"--refresh-epochs -1: a number of epochs, 0 or more")
 
 
 @pytest.mark.parametrize("extra", [["--refresh-anchor", "-1", "--refresh-epochs", "2"], ["--refresh-anchor", "1"]])
 def test_a_refresh_anchor_is_a_weight_for_a_refresh(tmp_path, monkeypatch, extra):
     """`--refresh-anchor` below 0, or without `--refresh-epochs`, is refused, named, before any clips are loaded."""
-    import sys
-
-    committed = Path(__file__).resolve().parents[2] / "models" / "micro-vqa2-streaming"
-    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
-                                      "--out", str(tmp_path / "b"), "--from-bundle", str(committed), *extra])
-    with pytest.raises(SystemExit, match=r"--refresh-anchor -?1\.0: a weight, 0 or more, for a refresh"):
-        train.main()
-    assert not (tmp_path / "w").exists()
+    assert_train_refuses(tmp_path, monkeypatch, ["--from-bundle", str(COMMITTED), *extra],
+                         r"--refresh-anchor -?1\.0: a weight, 0 or more, for a refresh")

@@ -326,14 +326,15 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     # With `online_pairs`, that many of the 16 pairs a step are new crops of the training stills,
     # distorted and labelled on the fly (online.py; run 7 tried 6 and was worse, so 0 by default).
     scratch = isinstance(tower, VisionTower)
-    head = nn.Linear(KEYFRAME_FEATURES if scratch else pretrained.FEATURES, len(SPATIAL_CLASSES) + 2)
+    features = KEYFRAME_FEATURES if scratch else pretrained.FEATURES
+    head = nn.Linear(features, len(SPATIAL_CLASSES) + 2)
     items = [(r, k) for r in train if spatial_class(r["family"])
              for k in range(arrays[r["source"]]["keyframes"].shape[1])]
     versions: dict[str, list[dict]] = {}
     for r in train:
         if spatial_class(r["family"]):
             versions.setdefault(r["source"], []).append(r)
-    anchored = FeatureAnchor(tower, items, arrays, anchor) if anchor else None  # before any restore
+    feature_anchor = FeatureAnchor(tower, items, arrays, anchor) if anchor else None  # before any restore
     rates = [2e-3 * (REFRESH_RATE if refresh else 1.0 if scratch else PRETRAINED_RATE), 2e-3]
     opt = torch.optim.AdamW([{"params": list(tower.parameters()), "lr": rates[0]},
                              {"params": list(head.parameters()), "lr": rates[1]}], 2e-3, weight_decay=1e-4)
@@ -346,7 +347,6 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     tower.train(scratch and not refresh)
     vision_step = CompiledStep(FeaturesAndHead(tower, head),
                                compiles(tower, compile_steps) and resume.done("vision") < epochs)
-    features = KEYFRAME_FEATURES if scratch else pretrained.FEATURES
     started = time.time()
     for epoch in range(resume.done("vision"), epochs):
         order = rng.permutation(len(items))
@@ -378,8 +378,8 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
             rank = hinges.mean() if len(hinges) else torch.zeros(())
             loss = (F.cross_entropy(out[:, :-2], cls) + F.mse_loss(out[:, -2], sev) + 4 * F.mse_loss(out[:, -1], mos)
                     + 4 * rank)
-            if anchored:
-                drift = anchored.loss(pix, both[:, :features], batch)
+            if feature_anchor:
+                drift = feature_anchor.loss(pix, both[:, :features], batch)
                 loss = loss + drift
             opt.zero_grad()
             loss.backward()
@@ -389,7 +389,7 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
             total += len(batch)
         log(f"stage 1 vision: epoch {epoch + 1}/{epochs}, family accuracy {correct / total:.3f}, "
             f"loss {loss.item():.3f}, rank {rank.item():.3f}"
-            + (f", anchor {drift.item():.3f}" if anchored else "") + f", {time.time() - started:.0f} s")
+            + (f", anchor {drift.item():.3f}" if feature_anchor else "") + f", {time.time() - started:.0f} s")
         resume.save("vision", epoch + 1, **vision)
 
     return tower
