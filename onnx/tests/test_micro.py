@@ -593,9 +593,36 @@ def test_soft_level_targets_keep_the_labels_bin_most_probable_and_order_labels_w
 
 def test_delivery_damage_starts_pairs_as_often_as_delivery_weight_says():
     rows = [{"family": f} for f in ("pristine", "noise", "transmission_h264", "error_blocks", "stutter", "compression_hd")]
-    assert train.first_clip_odds(rows, [0, 1, 2, 3, 4, 5], 1.0) is None
-    assert train.first_clip_odds(rows, [0, 1, 2, 3, 4, 5], 3.0).tolist() == [1 / 12, 1 / 12, 3 / 12, 3 / 12, 1 / 12, 3 / 12]
-    assert train.first_clip_odds(rows, [1, 2], 4.0).tolist() == [0.2, 0.8]
+    assert train.clip_odds(rows, [0, 1, 2, 3, 4, 5], 1.0) is None
+    assert train.clip_odds(rows, [0, 1, 2, 3, 4, 5], 3.0).tolist() == [1 / 12, 1 / 12, 3 / 12, 3 / 12, 1 / 12, 3 / 12]
+    assert train.clip_odds(rows, [1, 2], 4.0).tolist() == [0.2, 0.8]
+
+
+def test_damage_made_at_a_larger_size_is_drawn_as_often_as_larger_size_weight_says():
+    """`larger_size_weight` scales the odds of the families made at a larger size (every one of
+    `data.HD`), on top of `delivery_weight`, and of no other family; it draws both clips of a pair
+    (the second from the first's source), where `delivery_weight` draws only the first."""
+    families = ["pristine", "noise", "transmission_h264", *data.HD]
+    rows = [{"family": f, "source": s} for s in ("a", "b") for f in families]
+    every = list(range(len(rows)))
+    assert train.clip_odds(rows, every, larger_size_weight=1.0) is None
+    hd = [r["family"] in data.HD for r in rows]
+    odds = train.clip_odds(rows, every, larger_size_weight=0.5)
+    weights = [0.5 if h else 1.0 for h in hd]
+    assert odds.tolist() == pytest.approx([w / sum(weights) for w in weights])
+    both = train.clip_odds(rows, every, delivery_weight=3.0, larger_size_weight=0.5)
+    weights = [1.5 if h else 3.0 if r["family"] == "transmission_h264" else 1.0 for h, r in zip(hd, rows)]
+    assert both.tolist() == pytest.approx([w / sum(weights) for w in weights])
+    pairs = train.PairDraw(rows, every, larger_size_weight=0.25)
+    rng = np.random.default_rng(0)
+    firsts = pairs.firsts(rng, 4000)
+    seconds = [pairs.second(rng, int(i)) for i in firsts]
+    assert all(rows[i]["source"] == rows[j]["source"] for i, j in zip(firsts, seconds))
+    expected = 0.25 * len(data.HD) / (3 + 0.25 * len(data.HD))  # the larger-size share of each draw
+    for drawn in (firsts, seconds):
+        assert np.mean([hd[i] for i in drawn]) == pytest.approx(expected, abs=0.03)
+    uniform = train.PairDraw(rows, every, delivery_weight=3.0)  # delivery_weight: the first clip only
+    assert uniform.second_odds == {"a": None, "b": None}
 
 
 def test_stage3_loss_and_draw_options_are_recorded_and_train_otherwise(tmp_path):
@@ -608,14 +635,15 @@ def test_stage3_loss_and_draw_options_are_recorded_and_train_otherwise(tmp_path)
     projectors = train.stage2(towers, rows, arrays, tmp_path / "pairs", steps=2, batch=4)
     pairs = train.stage3(towers, projectors, rows, arrays, tmp_path / "pairs", steps=2, batch=4)
     batch = train.stage3(towers, projectors, rows, arrays, tmp_path / "batch", steps=2, batch=4, rank_pairs="batch",
-                         level_targets="soft", delivery_weight=2.0)
+                         level_targets="soft", delivery_weight=2.0, larger_size_weight=0.5)
     recipe = torch.load(tmp_path / "batch" / "stage3.pt", weights_only=False)["recipe"]
-    assert (recipe["rank_pairs"], recipe["level_targets"], recipe["delivery_weight"]) == ("batch", "soft", 2.0)
-    assert not {"rank_pairs", "level_targets", "delivery_weight"} & set(
+    assert (recipe["rank_pairs"], recipe["level_targets"], recipe["delivery_weight"], recipe["larger_size_weight"]) \
+        == ("batch", "soft", 2.0, 0.5)
+    assert not {"rank_pairs", "level_targets", "delivery_weight", "larger_size_weight"} & set(
         torch.load(tmp_path / "pairs" / "stage3.pt", weights_only=False)["recipe"])
     assert any(not torch.equal(t, pairs[1]["model"][n]) for n, t in batch[1]["model"].items())
     with pytest.raises(SystemExit, match=r"another recipe \(delivery_weight 2.0 there, None asked; "
-                                         r"level_targets 'soft' there, None asked; rank_pairs 'batch' there, None asked\)"):
+                                         r"larger_size_weight 0.5 there, None asked; level_targets 'soft' there, None asked; rank_pairs 'batch' there, None asked\)"):
         train.stage3(towers, projectors, rows, arrays, tmp_path / "batch", steps=2, batch=4)
 
 
@@ -894,6 +922,14 @@ def test_a_delivery_weight_of_0_or_less_is_refused(tmp_path, monkeypatch, weight
     is refused, named, before any clips are loaded (the data folder is empty)."""
     assert_train_refuses(tmp_path, monkeypatch, ["--delivery-weight", weight],
                          rf"--delivery-weight {float(weight)}: how many times as often")
+
+
+@pytest.mark.parametrize("weight", ["0", "-0.5"])
+def test_a_larger_size_weight_of_0_or_less_is_refused(tmp_path, monkeypatch, weight):
+    """`--larger-size-weight` multiplies how often the damage made at a larger size is drawn: at 0
+    or below it is refused, named, before any clips are loaded (the data folder is empty)."""
+    assert_train_refuses(tmp_path, monkeypatch, ["--larger-size-weight", weight],
+                         rf"--larger-size-weight {float(weight)}: how many times as often")
 
 
 def test_a_refresh_trains_a_bundles_tower_in_distortion_pairs_and_resumes(tmp_path, monkeypatch):

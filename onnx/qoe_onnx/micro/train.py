@@ -682,25 +682,52 @@ def sample_sequence(model: Scorer2, prompting: Prompting, kf, mo, stall_text: st
     return torch.cat(parts)
 
 
-def first_clip_odds(rows, train_idx: list[int], delivery_weight: float) -> np.ndarray | None:
-    """How likely each training clip is to start a pair: `delivery_weight` times as likely for
-    the delivery families (and the damage done at a larger size) as for the others; None
-    (uniform) at 1, so that the draws of runs made before `--delivery-weight` stay as they were."""
-    if delivery_weight == 1.0:
+def clip_odds(rows, indices: list[int], delivery_weight: float = 1.0,
+              larger_size_weight: float = 1.0) -> np.ndarray | None:
+    """How likely each of the clips `indices` is to be drawn: `delivery_weight` times as likely for
+    the delivery families (and the damage done at a larger size), and `larger_size_weight` times
+    for the damage done at a larger size than the model's (`micro_data.HD`), as for the others;
+    None (uniform) when both are 1, so that the draws of runs made before either option stay as
+    they were."""
+    if delivery_weight == 1.0 and larger_size_weight == 1.0:
         return None
-    weighted = set(micro_data.DELIVERY) | set(micro_data.HD)
-    odds = np.array([delivery_weight if rows[i]["family"] in weighted else 1.0 for i in train_idx])
+    delivery = set(micro_data.DELIVERY) | set(micro_data.HD)
+    odds = np.array([(delivery_weight if rows[i]["family"] in delivery else 1.0)
+                     * (larger_size_weight if rows[i]["family"] in micro_data.HD else 1.0) for i in indices])
     return odds / odds.sum()
+
+
+class PairDraw:
+    """The scoring steps' pairs: a first training clip (`clip_odds` with both weights), then a
+    second from the same source (uniform, or with `larger_size_weight` alone)."""
+
+    def __init__(self, rows, train_idx: list[int], delivery_weight: float = 1.0, larger_size_weight: float = 1.0):
+        self.rows, self.train_idx = rows, train_idx
+        self.by_source: dict[str, list[int]] = {}
+        for i in train_idx:
+            self.by_source.setdefault(rows[i]["source"], []).append(i)
+        self.first_odds = clip_odds(rows, train_idx, delivery_weight, larger_size_weight)
+        self.second_odds = {source: clip_odds(rows, clips, larger_size_weight=larger_size_weight)
+                            for source, clips in self.by_source.items()}
+
+    def firsts(self, rng, count: int) -> np.ndarray:
+        return rng.choice(self.train_idx, count, p=self.first_odds)
+
+    def second(self, rng, first: int) -> int:
+        source = self.rows[first]["source"]
+        return int(rng.choice(self.by_source[source], p=self.second_odds[source]))
 
 
 SAVE_EVERY = 50  # steps of stage 2 or 3 between two saves of its progress
 # Stage 3's options at their defaults, which its recipe leaves out (`stage3`).
-STAGE3_DEFAULTS = {"cuts": 0.0, "rank_pairs": "pairs", "level_targets": "bins", "delivery_weight": 1.0}
+STAGE3_DEFAULTS = {"cuts": 0.0, "rank_pairs": "pairs", "level_targets": "bins", "delivery_weight": 1.0,
+                   "larger_size_weight": 1.0}
 
 
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
                   opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict, cuts: float = 0.0,
-                  rank_pairs: str = "pairs", level_targets: str = "bins", delivery_weight: float = 1.0) -> dict:
+                  rank_pairs: str = "pairs", level_targets: str = "bins", delivery_weight: float = 1.0,
+                  larger_size_weight: float = 1.0) -> dict:
     """The scoring steps of stages 2 and 3 through the frozen SmolLM2: level word cross-entropy,
     squared error of the weighted score and a ranking hinge within same-source pairs.
     `window_features([(i, s0, w), ...])` gives the keyframe and motion features of a window made
@@ -724,9 +751,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     with torch.no_grad():
         _, prefix_kv = decoder(prompting.text(PREFIX)[None])
     train_idx = [i for i, r in enumerate(rows) if r["split"] == "train"]
-    by_source: dict[str, list[int]] = {}
-    for i in train_idx:
-        by_source.setdefault(rows[i]["source"], []).append(i)
+    pairs = PairDraw(rows, train_idx, delivery_weight, larger_size_weight)
     same_impairment = {(rows[i]["source"], rows[i]["family"], rows[i]["strength"]): i for i in train_idx}
     resume = Progress(checkpoint(work, part, "-partial"), rng, recipe)
     progress = dict(trained, opt=opt, sched=sched)
@@ -735,13 +760,12 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     weights_t = torch.tensor(LEVEL_WEIGHTS)
     level_ids = torch.tensor(prompting.level_ids)
     parameters = [p for g in opt.param_groups for p in g["params"]]
-    draw = first_clip_odds(rows, train_idx, delivery_weight)
     started = time.time()
     for step in range(start, steps):
         seqs, targets, mos = [], [], []
-        for first in rng.choice(train_idx, batch // 2, p=draw):
+        for first in pairs.firsts(rng, batch // 2):
             # A pair from one source: the same window and the same stalls for both clips.
-            second = int(rng.choice(by_source[rows[first]["source"]]))
+            second = pairs.second(rng, first)
             k = min(keyframe_counts[first], keyframe_counts[second])
             # A window of 4 to all keyframes (and their motion frames), as the element's windows.
             w = int(rng.integers(min(4, k), k + 1))
@@ -755,7 +779,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
             if cuts and rng.random() < cuts:
                 # A scene cut: 2 or more keyframes of this source, then 2 or more of another's
                 # (the window drawn again; the draws above keep runs without cuts as they were).
-                other = str(rng.choice(sorted(set(by_source) - {rows[first]["source"]})))
+                other = str(rng.choice(sorted(set(pairs.by_source) - {rows[first]["source"]})))
                 partners = [same_impairment[(other, rows[i]["family"], rows[i]["strength"])] for i in (first, second)]
                 w = int(rng.integers(2, k + 1))
                 s0 = int(rng.integers(0, k - w + 1))
@@ -834,18 +858,19 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
 
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0,
            compile_steps: bool = False, cuts: float = 0.0, rank_pairs: str = "pairs", level_targets: str = "bins",
-           delivery_weight: float = 1.0):
+           delivery_weight: float = 1.0, larger_size_weight: float = 1.0):
     """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
     and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
     stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
     rates, so the tuning refines what they learned rather than undoes it. Returns stage 1's and
     2's dictionaries with the tuned weights; with 0 steps, the two unchanged. A share `cuts` of
-    the windows span a scene cut; `rank_pairs`, `level_targets` and `delivery_weight` choose the
-    ranking pairs, the level targets and how often delivery damage is drawn (`train_scoring`)."""
+    the windows span a scene cut; `rank_pairs`, `level_targets`, `delivery_weight` and
+    `larger_size_weight` choose the ranking pairs, the level targets and how often delivery damage
+    and the damage done at a larger size are drawn (`train_scoring`)."""
     if steps == 0:
         return state1, state2
     options = {"cuts": cuts, "rank_pairs": rank_pairs, "level_targets": level_targets,
-               "delivery_weight": delivery_weight}
+               "delivery_weight": delivery_weight, "larger_size_weight": larger_size_weight}
     recipe = {"stage 2": state2.get("recipe"), "steps": steps, "batch": batch, "seed": seed,
               "frozen_stages": frozen_stages,
               # Only the options not at their defaults: the recipe of checkpoints made before each option.
@@ -863,7 +888,8 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
     tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper.
-    `options` (cuts, ranking pairs, level targets, delivery weight) go to `train_scoring`."""
+    `options` (cuts, ranking pairs, level targets, delivery and larger-size weights) go to
+    `train_scoring`."""
     tower, branch = load_towers(state1)
     if frozen_stages and not isinstance(tower, VisionTower):
         raise SystemExit("--tune-frozen-stages is for the micro vision tower's stages")
@@ -1031,6 +1057,10 @@ def main():
                     help="stage 3: how many times as often a pair starts from a clip with delivery damage "
                          "(transmission errors, error blocks, black frames, interlacing, and the 640x360 families) as from any "
                          "other (1: uniform)")
+    ap.add_argument("--larger-size-weight", type=float, default=1.0, metavar="W",
+                    help="stage 3: how many times as often either clip of a pair is drawn from the damage done at a "
+                         "larger size than the model's (the 480x270, 640x360 and 960x540 families) as from any other "
+                         "(1: uniform; below 1 keeps more pairs for the clips made at the model's size)")
     ap.add_argument("--tower-input", choices=TOWER_INPUTS, default="rgb",
                     help="stage 1: what the vision tower sees: rgb, or rgb+mscn (the luma's contrast-normalised "
                          "coefficients as a fourth channel, computed in the graph; run 20, the committed bundle)")
@@ -1074,6 +1104,9 @@ def main():
     if not args.delivery_weight > 0:
         raise SystemExit(f"--delivery-weight {args.delivery_weight}: how many times as often delivery damage is "
                          "drawn, above 0")
+    if not args.larger_size_weight > 0:
+        raise SystemExit(f"--larger-size-weight {args.larger_size_weight}: how many times as often the damage done "
+                         "at a larger size is drawn, above 0")
     if not 0.0 <= args.cuts <= 1.0:
         raise SystemExit(f"--cuts {args.cuts}: a share of stage 3's windows, from 0 to 1")
     if args.threads:
@@ -1098,7 +1131,7 @@ def main():
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile, args.cuts, args.rank_pairs, args.level_targets,
-                    args.delivery_weight)
+                    args.delivery_weight, args.larger_size_weight)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
