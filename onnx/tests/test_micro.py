@@ -456,9 +456,11 @@ def test_a_failed_compile_trains_uncompiled_and_says_so(tmp_path, monkeypatch, c
     assert_same_weights(plain, fallen_back)
 
 
-def test_the_training_bench_times_both_steps(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("anchor", [[], ["--anchor"]])
+def test_the_training_bench_times_both_steps(tmp_path, monkeypatch, capsys, anchor):
     """`bench_train` runs both versions of the step on a data folder's keyframes and prints
-    their medians and ratio."""
+    their medians and ratio; with `--anchor`, the anchored refresh's step, its reference
+    uncompiled against compiled."""
     import json
     import re
     import sys
@@ -469,10 +471,11 @@ def test_the_training_bench_times_both_steps(tmp_path, monkeypatch, capsys):
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "s.json").write_text(json.dumps(rows))
     np.savez(tmp_path / "clips" / "s.npz", **arrays["s"])
-    monkeypatch.setattr(sys, "argv", ["bench_train", "--data", str(tmp_path), "--rounds", "1", "--steps", "1"])
+    monkeypatch.setattr(sys, "argv", ["bench_train", "--data", str(tmp_path), "--rounds", "1", "--steps", "1", *anchor])
     bench_train.main()
     out = capsys.readouterr().out
-    assert re.search(r"round 1: uncompiled \d+ ms a step, compiled \d+ ms a step", out), out
+    what = "the anchor's reference " if anchor else ""
+    assert re.search(rf"round 1: {what}uncompiled \d+ ms a step, {what}compiled \d+ ms a step", out), out
     assert re.search(r"compiled / uncompiled = \d+\.\d\d", out), out
 
 
@@ -981,6 +984,13 @@ def test_a_refresh_anchor_holds_the_features_of_clips_made_at_the_models_size(tm
     anchor = train.FeatureAnchor(before, [(r, k) for r in rows for k in range(24)], arrays, weight=1.0)
     assert anchor.loss(train.normalise(crops[:2]), before(train.normalise(crops[:2])), [rows[0], rows[1]]).item() == 0
     assert anchor.loss(train.normalise(crops[:2]), torch.zeros(2, train.KEYFRAME_FEATURES), [rows[3]] * 2).item() == 0
+    # Its reference compiled (as a compiled refresh runs it) gives the same loss, up to float rounding.
+    compiled = train.FeatureAnchor(before, [(r, k) for r in rows for k in range(24)], arrays, weight=1.0,
+                                   compile_it=True)
+    x, mixed = train.normalise(crops[:4]), [rows[0], rows[3], rows[1], rows[2]]
+    moved = before(x).detach() * 1.1
+    assert compiled.loss(x, moved, mixed).item() == pytest.approx(anchor.loss(x, moved, mixed).item(), rel=1e-4)
+    assert anchor.loss(x, moved, mixed).item() > 0
 
     def drift(weight, run):
         (tmp_path / run).mkdir()

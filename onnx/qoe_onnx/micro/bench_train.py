@@ -1,6 +1,6 @@
 """Side-by-side timing of stage 1's vision step, uncompiled and compiled (train.CompiledStep).
 
-    python -m qoe_onnx.micro.bench_train --data .cache/micro [--rounds 3]
+    python -m qoe_onnx.micro.bench_train --data .cache/micro [--rounds 3] [--anchor]
 
 The step train.py runs most (about half of a training run): the vision tower and its head,
 forward and backward with AdamW, on a batch of 32 random 128x128 crops of real keyframes (of
@@ -8,6 +8,10 @@ the first source in DATA; `data --split test` is enough). Both versions start fr
 weights and alternate in rounds of 10 steps, so a busy machine slows both alike; prints each
 round, the medians and their ratio. Compiling (once, before the first round) needs g++ and
 Python's headers (pipelines/install-deps.sh installs both).
+
+With --anchor, the step of an anchored refresh (`train --refresh-anchor`): both versions run the
+tower and head compiled and add the FeatureAnchor's loss; what differs is the anchor's frozen
+reference tower, uncompiled against compiled.
 """
 
 from __future__ import annotations
@@ -33,9 +37,15 @@ def main():
     ap.add_argument("--data", type=Path, default=Path(".cache/micro"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10, help="steps a round")
+    ap.add_argument("--anchor", action="store_true",
+                    help="time the anchored refresh's step: the anchor's reference uncompiled against compiled")
     args = ap.parse_args()
     _, arrays = T.load_clips(args.data)
-    keyframes = arrays[sorted(arrays)[0]]["keyframes"]  # [clips, K, 180, 320, 3]
+    source = sorted(arrays)[0]
+    keyframes = arrays[source]["keyframes"]  # [clips, K, 180, 320, 3]
+    # Clips made at the model's size, so the anchor holds every crop of a step.
+    rows = [{"source": source, "index": c, "family": "noise"} for c in range(keyframes.shape[0])]
+    items = [(r, k) for r in rows for k in range(keyframes.shape[1])]
     rng = np.random.default_rng(0)
 
     def batch() -> torch.Tensor:
@@ -48,16 +58,23 @@ def main():
     versions = {}
     for name, compile_it in (("uncompiled", False), ("compiled", True)):
         torch.manual_seed(0)
-        net = nn.Sequential(VisionTower(), nn.Linear(T.KEYFRAME_FEATURES, len(T.SPATIAL_CLASSES) + 2))
-        versions[name] = (T.CompiledStep(net, compile_it), torch.optim.AdamW(net.parameters(), 2e-3))
+        tower = VisionTower()
+        net = T.FeaturesAndHead(tower, nn.Linear(T.KEYFRAME_FEATURES, len(T.SPATIAL_CLASSES) + 2))
+        anchor = T.FeatureAnchor(tower, items, arrays, 1.0, compile_it) if args.anchor else None
+        versions[name] = (T.CompiledStep(net, compile_it or args.anchor), torch.optim.AdamW(net.parameters(), 2e-3),
+                          anchor)
     classes = torch.arange(BATCH) % len(T.SPATIAL_CLASSES)
+    what = "the anchor's reference " if args.anchor else ""
 
     def seconds_a_step(name: str, steps: int) -> float:
-        step, opt = versions[name]
+        step, opt, anchor = versions[name]
         started = time.time()
         for _ in range(steps):
-            out = step(batch())
-            loss = F.cross_entropy(out[:, :len(T.SPATIAL_CLASSES)], classes)
+            pix = batch()
+            out = step(pix)
+            loss = F.cross_entropy(out[:, T.KEYFRAME_FEATURES:][:, :len(T.SPATIAL_CLASSES)], classes)
+            if anchor:
+                loss = loss + anchor.loss(pix, out[:, :T.KEYFRAME_FEATURES], [rows[0]] * BATCH)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -69,10 +86,10 @@ def main():
     for r in range(args.rounds):
         for name in versions:
             times[name].append(seconds_a_step(name, args.steps))
-        print(f"round {r + 1}: " + ", ".join(f"{n} {t[-1] * 1000:.0f} ms a step" for n, t in times.items()),
+        print(f"round {r + 1}: " + ", ".join(f"{what}{n} {t[-1] * 1000:.0f} ms a step" for n, t in times.items()),
               flush=True)
     plain, compiled = (statistics.median(times[n]) for n in versions)
-    print(f"median: uncompiled {plain * 1000:.0f} ms, compiled {compiled * 1000:.0f} ms a step "
+    print(f"median: {what}uncompiled {plain * 1000:.0f} ms, compiled {compiled * 1000:.0f} ms a step "
           f"({torch.get_num_threads()} threads); compiled / uncompiled = {compiled / plain:.2f}")
 
 

@@ -288,10 +288,14 @@ class FeatureAnchor:
     refreshed tower's features where they were for every clip made at the model's size. A refresh
     without it learns the larger-size compression but loses families that change the whole
     picture's tone (#30, eighth session: low contrast 0.61 -> 0.49). Features are compared in
-    units of their spread over ANCHOR_SAMPLE centre crops, so no statistic dominates by its scale."""
+    units of their spread over ANCHOR_SAMPLE centre crops, so no statistic dominates by its scale.
+    With `compile_it`, the copy runs compiled on every crop of a step (one shape, one compile),
+    and the anchored rows are taken from its output."""
 
-    def __init__(self, tower: nn.Module, items: list[tuple[dict, int]], arrays: dict, weight: float):
+    def __init__(self, tower: nn.Module, items: list[tuple[dict, int]], arrays: dict, weight: float,
+                 compile_it: bool = False):
         self.reference = copy.deepcopy(tower).eval().requires_grad_(False)
+        self.reference_step = CompiledStep(self.reference, compile_it, "refresh anchor reference")
         self.weight = weight
         y0, x0 = (KEYFRAME_HEIGHT - CROP) // 2, (KEYFRAME_WIDTH - CROP) // 2
         step = max(1, len(items) // ANCHOR_SAMPLE)
@@ -307,7 +311,7 @@ class FeatureAnchor:
         if not anchored.any():
             return torch.zeros(())
         with torch.no_grad():
-            before = self.reference(pix[anchored])
+            before = self.reference_step(pix)[anchored]
         return self.weight * ((features[anchored] - before) / self.scale).pow(2).mean()
 
 
@@ -334,7 +338,9 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     for r in train:
         if spatial_class(r["family"]):
             versions.setdefault(r["source"], []).append(r)
-    feature_anchor = FeatureAnchor(tower, items, arrays, anchor) if anchor else None  # before any restore
+    feature_anchor = (FeatureAnchor(tower, items, arrays, anchor, compiles(tower, compile_steps) and
+                                    resume.done("vision") < epochs)
+                      if anchor else None)  # before any restore
     rates = [2e-3 * (REFRESH_RATE if refresh else 1.0 if scratch else PRETRAINED_RATE), 2e-3]
     opt = torch.optim.AdamW([{"params": list(tower.parameters()), "lr": rates[0]},
                              {"params": list(head.parameters()), "lr": rates[1]}], 2e-3, weight_decay=1e-4)
