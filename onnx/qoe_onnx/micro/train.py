@@ -338,9 +338,8 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     for r in train:
         if spatial_class(r["family"]):
             versions.setdefault(r["source"], []).append(r)
-    feature_anchor = (FeatureAnchor(tower, items, arrays, anchor, compiles(tower, compile_steps) and
-                                    resume.done("vision") < epochs)
-                      if anchor else None)  # before any restore
+    compile_now = compiles(tower, compile_steps) and resume.done("vision") < epochs  # nothing to compile for when done
+    feature_anchor = FeatureAnchor(tower, items, arrays, anchor, compile_now) if anchor else None  # before any restore
     rates = [2e-3 * (REFRESH_RATE if refresh else 1.0 if scratch else PRETRAINED_RATE), 2e-3]
     opt = torch.optim.AdamW([{"params": list(tower.parameters()), "lr": rates[0]},
                              {"params": list(head.parameters()), "lr": rates[1]}], 2e-3, weight_decay=1e-4)
@@ -351,8 +350,7 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
     vision = dict(tower=tower, head=head, opt=opt, sched=sched)
     resume.restore("vision", **vision)
     tower.train(scratch and not refresh)
-    vision_step = CompiledStep(FeaturesAndHead(tower, head),
-                               compiles(tower, compile_steps) and resume.done("vision") < epochs)
+    vision_step = CompiledStep(FeaturesAndHead(tower, head), compile_now)
     started = time.time()
     for epoch in range(resume.done("vision"), epochs):
         order = rng.permutation(len(items))
