@@ -1007,6 +1007,111 @@ def test_a_refresh_anchor_holds_the_features_of_clips_made_at_the_models_size(tm
     assert held < 0.1 * free, (held, free)
 
 
+def motion_refresh_set():
+    """tiny_training_set's clips with delivery damage among them, twice over (8 clips: one motion
+    step's accumulated gradient)."""
+    rows, arrays, _ = tiny_training_set(keyframes=12)
+    rows[2] = rows[2] | {"family": "transmission_hevc", "strength": 3}
+    rows[3] = rows[3] | {"family": "transmission_h264_hd", "strength": 2}
+    return rows * 2, arrays
+
+
+def test_the_motion_refresh_names_delivery_damage_and_counts_the_larger_size_as_the_same():
+    """`--motion-refresh-epochs` asks the branch to name the delivery families besides the temporal
+    ones; damage done at a larger size is its base family's, and damage no motion frame names
+    (blur, compression) is "no motion damage", as in stage 1."""
+    classes = train.MOTION_REFRESH_CLASSES
+    assert classes[:len(train.TEMPORAL_CLASSES)] == train.TEMPORAL_CLASSES
+    assert {"transmission_h264", "transmission_hevc", "error_blocks", "black_frames", "interlacing"} <= set(classes)
+    assert "transmission_h264_hd" not in classes
+    assert train.motion_class("transmission_h264_hd", classes) == "transmission_h264"
+    assert train.motion_class("stutter", classes) == "stutter"
+    assert train.motion_class("blur", classes) == train.motion_class("compression_540p", classes) == "pristine"
+    assert train.motion_class("transmission_hevc", train.TEMPORAL_CLASSES) == "pristine"  # stage 1's classes
+
+
+def test_a_motion_refresh_trains_a_bundles_motion_branch_and_resumes(tmp_path, monkeypatch):
+    """`--motion-refresh-epochs`: stage 1's motion task again on a bundle's branch. Its
+    convolutions move, its batch norms' statistics stay the folded graphs' identities, the tower
+    and the projectors stay; stage 3's start records it; a rerun skips it, an interrupted one
+    resumes to the same weights; 0 epochs leaves the bundle as it is."""
+    state1, state2 = train.from_bundle(COMMITTED)
+    rows, arrays = motion_refresh_set()
+    assert train.refresh_motion(state1, state2, rows, arrays, tmp_path / "none", epochs=0) == (state1, state2)
+    for run in ("whole", "resumed"):
+        (tmp_path / run).mkdir()
+    refreshed, projectors = train.refresh_motion(state1, state2, rows, arrays, tmp_path / "whole", epochs=2)
+    branch = refreshed["branch"]
+    convolutions = [n for n in branch if n.endswith(".0.weight")]
+    assert len(convolutions) == 3 and all(not torch.equal(branch[n], state1["branch"][n]) for n in convolutions)
+    assert all(torch.equal(branch[n], state1["branch"][n]) for n in branch if "running" in n)
+    assert all(torch.equal(t, state1["tower"][n]) for n, t in refreshed["tower"].items())
+    assert all(torch.equal(t, state2["model"][n]) for n, t in projectors["model"].items())
+    assert projectors["recipe"] == {"stage 2": state2["recipe"],
+                                    "motion refresh": {"start": state1["recipe"], "data": train.data_fingerprint(rows),
+                                                       "epochs": 2, "seed": 0, "anchor": 0.0}}
+    again = train.refresh_motion(state1, state2, rows, arrays, tmp_path / "whole", epochs=2)  # skipped
+    assert_same_weights(refreshed, again[0])
+    with pytest.raises(SystemExit, match=r"motionrefresh\.pt was made by another recipe \(epochs 2 there, 3 asked\)"):
+        train.refresh_motion(state1, state2, rows, arrays, tmp_path / "whole", epochs=3)
+    live_again = die_after_each_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train.refresh_motion(state1, state2, rows, arrays, tmp_path / "resumed", epochs=2)
+    live_again()
+    resumed, _ = train.refresh_motion(state1, state2, rows, arrays, tmp_path / "resumed", epochs=2)
+    assert not (tmp_path / "resumed" / "motionrefresh-partial.pt").exists()
+    assert_same_weights(refreshed, resumed)
+
+
+def test_a_motion_refresh_anchor_holds_the_features_of_clips_without_delivery_damage(tmp_path, monkeypatch):
+    """`--motion-refresh-anchor`: the refreshed branch's pooled features on clips without delivery
+    damage stay nearer the bundle's than an unanchored refresh leaves them, while a clip with
+    delivery damage adds nothing to the anchor's loss; the weight is part of the recipe."""
+    state1, state2 = train.from_bundle(COMMITTED)
+    rows, arrays = motion_refresh_set()
+    monkeypatch.setattr(train, "REFRESH_RATE", 1.0)  # moves far enough in a few steps to tell the two apart
+    before = train.load_towers(state1)[1]
+    anchor = train.MotionAnchor(before, rows, arrays, weight=1.0)
+    x = train.motion_window(arrays, rows[0], 0)
+    same = train.motion_pool(before(x)).detach()
+    assert anchor.loss(x, same, rows[0]).item() == 0
+    assert anchor.loss(x, same * 1.1, rows[2]).item() == anchor.loss(x, same * 1.1, rows[3]).item() == 0
+    assert anchor.loss(x, same * 1.1, rows[1]).item() > 0
+
+    def drift(weight, run):
+        (tmp_path / run).mkdir()
+        refreshed, projectors = train.refresh_motion(state1, state2, rows, arrays, tmp_path / run, epochs=2,
+                                                     anchor=weight)
+        branch = train.load_towers(refreshed)[1]
+        with torch.no_grad():
+            moved = [((train.motion_pool(branch(x)) - train.motion_pool(before(x))) / anchor.scale).pow(2).mean()
+                     for x in (train.motion_window(arrays, r, 0) for r in (rows[0], rows[1]))]
+        return sum(moved).item(), projectors["recipe"]["motion refresh"]
+
+    free, recipe = drift(0.0, "free")
+    held, anchored_recipe = drift(100.0, "held")
+    assert recipe["anchor"] == 0.0 and anchored_recipe["anchor"] == 100.0
+    assert held < 0.1 * free, (held, free)
+
+
+def test_a_motion_refresh_without_a_bundle_is_refused(tmp_path, monkeypatch):
+    """`--motion-refresh-epochs` goes on from a bundle's motion branch; without `--from-bundle` it
+    is refused, named, before any clips are loaded (the data folder is empty)."""
+    assert_train_refuses(tmp_path, monkeypatch, ["--motion-refresh-epochs", "1"],
+                         r"--motion-refresh-epochs 1 goes on from a bundle's motion branch: give --from-bundle")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--motion-refresh-epochs", "-1"], r"--motion-refresh-epochs -1: a number of epochs, 0 or more"),
+    (["--motion-refresh-epochs", "1", "--motion-refresh-anchor", "-1"],
+     r"--motion-refresh-anchor -1\.0: a weight, 0 or more, for a motion refresh"),
+    (["--motion-refresh-anchor", "1"], r"--motion-refresh-anchor 1\.0: a weight, 0 or more, for a motion refresh")])
+def test_motion_refresh_epochs_and_anchor_out_of_range_are_refused(tmp_path, monkeypatch, extra, message):
+    """A negative motion refresh, a negative anchor, or an anchor without a motion refresh is
+    refused, named, before any clips are loaded."""
+    assert_train_refuses(tmp_path, monkeypatch, ["--from-bundle", str(COMMITTED), *extra], message)
+
+
 def test_a_refresh_without_a_bundle_is_refused(tmp_path, monkeypatch):
     """`--refresh-epochs` goes on from a bundle's tower; without `--from-bundle` it is refused,
     named, before any clips are loaded (the data folder is empty)."""

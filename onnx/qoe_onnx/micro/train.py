@@ -315,6 +315,98 @@ class FeatureAnchor:
         return self.weight * ((features[anchored] - before) / self.scale).pow(2).mean()
 
 
+MOTION_WINDOW = 48  # motion frames a stage-1 motion step reads (about 4 s)
+MOTION_ACCUMULATE = 8  # clips a motion step's gradient adds up
+# --motion-refresh-epochs: what the motion branch learns to tell apart on today's data. Delivery
+# damage (transmission errors, error blocks, black frames, interlacing) came after the committed
+# run's stage 1, which saw those clips only as "no motion damage" at their mildest strength.
+DELIVERY_CLASSES = [f for f in micro_data.DELIVERY if f not in micro_data.SCALES]
+MOTION_REFRESH_CLASSES = TEMPORAL_CLASSES + DELIVERY_CLASSES
+MOTION_ANCHOR_SAMPLE = 256  # --motion-refresh-anchor: clips whose reference features set each feature's scale
+
+
+def motion_class(family: str, classes: list[str]) -> str:
+    """A clip's motion class among `classes`: its family (the damage done at a larger size
+    counted as the same damage), or "pristine" for damage the motion branch is not asked to name."""
+    family = micro_data.base_family(family)
+    return family if family in classes else "pristine"
+
+
+class MotionAnchor:
+    """--motion-refresh-anchor: a frozen copy of the motion branch as the refresh found it, and a
+    loss keeping the refreshed branch's pooled window features where they were for every clip of a
+    family its stage 1 already named (temporal damage, or none), in units of their spread over
+    MOTION_ANCHOR_SAMPLE clips, as FeatureAnchor does for the tower."""
+
+    def __init__(self, branch: MotionBranch, clips: list[dict], arrays: dict, weight: float):
+        self.reference = copy.deepcopy(branch).eval().requires_grad_(False)
+        self.weight = weight
+        step = max(1, len(clips) // MOTION_ANCHOR_SAMPLE)
+        with torch.no_grad():
+            pooled = torch.stack([self.features(motion_window(arrays, r, 0)) for r in clips[::step]])
+        spread = pooled.std(0) if len(pooled) > 1 else torch.ones(pooled.shape[1])
+        self.scale = spread.clamp_min(0.1 * spread.mean().item() + 1e-6)  # near-constant statistics: not blown up
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return motion_pool(self.reference(x))
+
+    def loss(self, x: torch.Tensor, pooled: torch.Tensor, r: dict) -> torch.Tensor:
+        if motion_class(r["family"], DELIVERY_CLASSES) != "pristine":
+            return torch.zeros(())  # the delivery damage the refresh is for
+        with torch.no_grad():
+            before = self.features(x)
+        return self.weight * ((pooled - before) / self.scale).pow(2).mean()
+
+
+def motion_window(arrays: dict, r: dict, start: int) -> torch.Tensor:
+    """[1, 3, MOTION_WINDOW, 64, 64]: a clip's motion frames from `start`, normalised."""
+    frames = arrays[r["source"]]["motion"][r["index"]]
+    return normalise(torch.from_numpy(frames[start:start + MOTION_WINDOW])).permute(1, 0, 2, 3).unsqueeze(0)
+
+
+def train_motion_branch(branch: MotionBranch, clips: list[dict], classes: list[str], arrays: dict,
+                        resume: "Progress", rng, epochs: int, rate: float = 1e-3, anchor: float = 0.0) -> None:
+    """Stage 1's motion part: the branch (in place) on windows of dense frames, a linear head
+    naming each clip's motion class among `classes`, its strength and its pseudo-MOS. Stage 1
+    trains a new branch at 1e-3; a refresh goes on from a bundle's at `rate` (its head, new, at
+    1e-3), with `anchor` > 0 adding MotionAnchor's loss at that weight."""
+    head = nn.Linear(3 * MOTION_FEATURES, len(classes) + 2)
+    motion_anchor = MotionAnchor(branch, clips, arrays, anchor) if anchor else None  # before any restore
+    opt = torch.optim.AdamW([{"params": list(branch.parameters()), "lr": rate},
+                             {"params": list(head.parameters()), "lr": 1e-3}], 1e-3, weight_decay=1e-4)
+    motion = dict(branch=branch, head=head, opt=opt)
+    resume.restore("motion", **motion)
+    started = time.time()
+    for epoch in range(resume.done("motion"), epochs):
+        correct = total = 0
+        drift = 0.0
+        opt.zero_grad()
+        for n, i in enumerate(rng.permutation(len(clips))):
+            r = clips[i]
+            frames = arrays[r["source"]]["motion"][r["index"]]
+            x = motion_window(arrays, r, rng.integers(0, max(1, len(frames) - MOTION_WINDOW)))
+            pooled = motion_pool(branch(x))
+            out = head(pooled)
+            fam = motion_class(r["family"], classes)
+            cls = torch.tensor([classes.index(fam)])
+            sev = torch.tensor([severity(r) if fam != "pristine" else 0.0])
+            mos = torch.tensor([r["mos"] / 100])
+            loss = F.cross_entropy(out[None, :-2], cls) + F.mse_loss(out[-2:-1], sev) + 4 * F.mse_loss(out[-1:], mos)
+            if motion_anchor:
+                held = motion_anchor.loss(x, pooled, r)
+                drift += held.item()
+                loss = loss + held
+            (loss / MOTION_ACCUMULATE).backward()
+            if (n + 1) % MOTION_ACCUMULATE == 0:
+                opt.step()
+                opt.zero_grad()
+            correct += int(out[:-2].argmax().item() == cls.item())
+            total += 1
+        log(f"stage 1 motion: epoch {epoch + 1}/{epochs}, family accuracy {correct / total:.3f}"
+            + (f", anchor {drift / total:.3f}" if motion_anchor else "") + f", {time.time() - started:.0f} s")
+        resume.save("motion", epoch + 1, **motion)
+
+
 def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume: "Progress", rng, epochs: int,
                        online_pairs: int, stills, compile_steps: bool, refresh: bool = False,
                        anchor: float = 0.0) -> nn.Module:
@@ -422,35 +514,8 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
 
     # Motion branch: dense frames of temporally distorted clips, and of the others as "none".
     branch = MotionBranch()
-    mhead = nn.Linear(3 * MOTION_FEATURES, len(TEMPORAL_CLASSES) + 2)
     clips = [r for r in train if r["family"] in TEMPORAL_CLASSES or r["strength"] == 1]
-    opt = torch.optim.AdamW(list(branch.parameters()) + list(mhead.parameters()), 1e-3, weight_decay=1e-4)
-    window, accumulate = 48, 8
-    motion = dict(branch=branch, head=mhead, opt=opt)
-    resume.restore("motion", **motion)
-    for epoch in range(resume.done("motion"), motion_epochs):
-        correct = total = 0
-        opt.zero_grad()
-        for n, i in enumerate(rng.permutation(len(clips))):
-            r = clips[i]
-            frames = arrays[r["source"]]["motion"][r["index"]]
-            s = rng.integers(0, max(1, len(frames) - window))
-            x = normalise(torch.from_numpy(frames[s:s + window])).permute(1, 0, 2, 3).unsqueeze(0)
-            out = mhead(motion_pool(branch(x)))
-            fam = r["family"] if r["family"] in TEMPORAL_CLASSES else "pristine"
-            cls = torch.tensor([TEMPORAL_CLASSES.index(fam)])
-            sev = torch.tensor([severity(r) if fam != "pristine" else 0.0])
-            mos = torch.tensor([r["mos"] / 100])
-            loss = F.cross_entropy(out[None, :-2], cls) + F.mse_loss(out[-2:-1], sev) + 4 * F.mse_loss(out[-1:], mos)
-            (loss / accumulate).backward()
-            if (n + 1) % accumulate == 0:
-                opt.step()
-                opt.zero_grad()
-            correct += int(out[:-2].argmax().item() == cls.item())
-            total += 1
-        log(f"stage 1 motion: epoch {epoch + 1}/{motion_epochs}, family accuracy {correct / total:.3f}, "
-            f"{time.time() - started:.0f} s")
-        resume.save("motion", epoch + 1, **motion)
+    train_motion_branch(branch, clips, TEMPORAL_CLASSES, arrays, resume, rng, motion_epochs)
     state = {"tower": tower.state_dict(), "tower_kind": tower_kind, "branch": branch.state_dict(), "recipe": recipe}
     torch.save(state, checkpoint(work, "stage 1"))
     resume.finish()
@@ -482,6 +547,33 @@ def refresh_tower(state1, state2, rows, arrays, work: Path, epochs: int, seed: i
         torch.save(done, checkpoint(work, "stage 1 refresh"))
         resume.finish()
     return done, state2 | {"recipe": {"stage 2": state2.get("recipe"), "refresh": recipe}}
+
+
+def refresh_motion(state1, state2, rows, arrays, work: Path, epochs: int, seed: int = 0,
+                   anchor: float = 0.0) -> tuple[dict, dict]:
+    """Stage 1's motion task again, for `epochs`, on a bundle's motion branch, on today's data with
+    the delivery families as classes of their own (MOTION_REFRESH_CLASSES), at a tenth of stage
+    1's rate: the committed branch's stage 1 never saw transmission errors, error blocks or black
+    frames, and stage 3's scoring loss alone leaves their strongest levels read 0.15-0.30 above
+    their labels. The tower and the projectors stay; stage 2's recipe records this one, so stage
+    3's checkpoints name it. `anchor` > 0: MotionAnchor's loss at that weight. 0 epochs: the two
+    unchanged."""
+    if epochs == 0:
+        return state1, state2
+    recipe = dict(start=state1.get("recipe"), data=data_fingerprint(rows), epochs=epochs, seed=seed, anchor=anchor)
+    if (done := finished(work, "motion refresh", recipe)) is None:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng([seed, 2])
+        resume = Progress(checkpoint(work, "motion refresh", "-partial"), rng, recipe)
+        _, branch = load_towers(state1)  # eval: the bundle's folded batch norms stay the identities
+        clips = [r for r in rows if r["split"] == "train"
+                 and (r["strength"] <= 1 or motion_class(r["family"], MOTION_REFRESH_CLASSES) != "pristine")]
+        train_motion_branch(branch, clips, MOTION_REFRESH_CLASSES, arrays, resume, rng, epochs,
+                            rate=1e-3 * REFRESH_RATE, anchor=anchor)
+        done = state1 | {"branch": branch.state_dict(), "recipe": recipe}
+        torch.save(done, checkpoint(work, "motion refresh"))
+        resume.finish()
+    return done, state2 | {"recipe": {"stage 2": state2.get("recipe"), "motion refresh": recipe}}
 
 
 @torch.no_grad()
@@ -1086,6 +1178,15 @@ def main():
     ap.add_argument("--refresh-anchor", type=float, default=0.0, metavar="W",
                     help="with --refresh-epochs: a loss at weight W keeping the tower's features, in units of "
                          "their spread, where they were for every clip made at the model's size (0: none)")
+    ap.add_argument("--motion-refresh-epochs", type=int, default=0, metavar="N",
+                    help="with --from-bundle: N epochs of stage 1's motion task on the bundle's motion branch (at a "
+                         "tenth of stage 1's rate), the delivery families (transmission errors, error blocks, black "
+                         "frames, interlacing) named as classes of their own, after any --refresh-epochs and before "
+                         "stage 3")
+    ap.add_argument("--motion-refresh-anchor", type=float, default=0.0, metavar="W",
+                    help="with --motion-refresh-epochs: a loss at weight W keeping the motion branch's pooled "
+                         "features, in units of their spread, where they were for every clip without delivery "
+                         "damage (0: none)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--no-compile", action="store_true",
                     help="the vision tower uncompiled in every stage (torch.compile needs a C++ compiler, g++, "
@@ -1105,6 +1206,14 @@ def main():
     if args.refresh_anchor < 0 or (args.refresh_anchor and not args.refresh_epochs):
         raise SystemExit(f"--refresh-anchor {args.refresh_anchor}: a weight, 0 or more, for a refresh "
                          "(give --refresh-epochs too)")
+    if args.motion_refresh_epochs and not args.from_bundle:
+        raise SystemExit(f"--motion-refresh-epochs {args.motion_refresh_epochs} goes on from a bundle's motion branch: "
+                         "give --from-bundle (without it, stage 1 trains the branch for --motion-epochs)")
+    if args.motion_refresh_epochs < 0:
+        raise SystemExit(f"--motion-refresh-epochs {args.motion_refresh_epochs}: a number of epochs, 0 or more")
+    if args.motion_refresh_anchor < 0 or (args.motion_refresh_anchor and not args.motion_refresh_epochs):
+        raise SystemExit(f"--motion-refresh-anchor {args.motion_refresh_anchor}: a weight, 0 or more, for a motion "
+                         "refresh (give --motion-refresh-epochs too)")
     if not args.delivery_weight > 0:
         raise SystemExit(f"--delivery-weight {args.delivery_weight}: how many times as often delivery damage is "
                          "drawn, above 0")
@@ -1128,6 +1237,8 @@ def main():
         s1, s2 = from_bundle(args.from_bundle)
         s1, s2 = refresh_tower(s1, s2, rows, arrays, args.work, args.refresh_epochs, args.seed,
                                not args.no_compile, args.refresh_anchor)
+        s1, s2 = refresh_motion(s1, s2, rows, arrays, args.work, args.motion_refresh_epochs, args.seed,
+                                args.motion_refresh_anchor)
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                     args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input,
