@@ -650,6 +650,33 @@ def test_stage3_loss_and_draw_options_are_recorded_and_train_otherwise(tmp_path)
         train.stage3(towers, projectors, rows, arrays, tmp_path / "batch", steps=2, batch=4)
 
 
+def test_stage3_tune_motion_rate_moves_the_motion_branch_further_and_is_recorded(tmp_path):
+    """`--tune-motion-rate X`: stage 3's motion branch learns at X times the tower's rate, so from
+    the same start it moves further than at 1; X is part of stage 3's recipe (absent at 1, so that
+    older checkpoints stay valid)."""
+    towers = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    for run in ("same", "faster"):
+        (tmp_path / run).mkdir()
+    projectors = train.stage2(towers, rows, arrays, tmp_path / "same", steps=2, batch=4)
+    moved = {}
+    for run, rate in (("same", 1.0), ("faster", 10.0)):
+        tuned, _ = train.stage3(towers, projectors, rows, arrays, tmp_path / run, steps=2, batch=4, motion_rate=rate)
+        moved[run] = sum((t - towers["branch"][n]).abs().sum().item() for n, t in tuned["branch"].items()
+                         if "running" not in n)
+    assert moved["faster"] > 3 * moved["same"] > 0, moved
+    assert "motion_rate" not in torch.load(tmp_path / "same" / "stage3.pt", weights_only=False)["recipe"]
+    assert torch.load(tmp_path / "faster" / "stage3.pt", weights_only=False)["recipe"]["motion_rate"] == 10.0
+
+
+@pytest.mark.parametrize("rate", ["0", "-1"])
+def test_a_tune_motion_rate_of_0_or_less_is_refused(tmp_path, monkeypatch, rate):
+    """`--tune-motion-rate` multiplies the tower's rate: at 0 or below it is refused, named, before
+    any clips are loaded (the data folder is empty)."""
+    assert_train_refuses(tmp_path, monkeypatch, ["--tune-motion-rate", rate],
+                         rf"--tune-motion-rate {float(rate)}: a multiple of the tower's rate, above 0")
+
+
 def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
     """Stage 3 (towers and projectors through the frozen SmolLM2) stopped after step 2 of 4 and
     rerun ends with the weights of a run never stopped; it does change the towers (only the

@@ -954,7 +954,7 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
 
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0,
            compile_steps: bool = False, cuts: float = 0.0, rank_pairs: str = "pairs", level_targets: str = "bins",
-           delivery_weight: float = 1.0, larger_size_weight: float = 1.0):
+           delivery_weight: float = 1.0, larger_size_weight: float = 1.0, motion_rate: float = 1.0):
     """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
     and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
     stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
@@ -962,7 +962,8 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
     2's dictionaries with the tuned weights; with 0 steps, the two unchanged. A share `cuts` of
     the windows span a scene cut; `rank_pairs`, `level_targets`, `delivery_weight` and
     `larger_size_weight` choose the ranking pairs, the level targets and how often delivery damage
-    and the damage done at a larger size are drawn (`train_scoring`)."""
+    and the damage done at a larger size are drawn (`train_scoring`); the motion branch learns at
+    `motion_rate` times the vision tower's rate."""
     if steps == 0:
         return state1, state2
     options = {"cuts": cuts, "rank_pairs": rank_pairs, "level_targets": level_targets,
@@ -971,16 +972,18 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
               "frozen_stages": frozen_stages,
               # Only the options not at their defaults: the recipe of checkpoints made before each option.
               **{k: v for k, v in options.items() if v != STAGE3_DEFAULTS[k]}}
+    if motion_rate != 1.0:
+        recipe["motion_rate"] = motion_rate
     tuned = finished(work, "stage 3", recipe)
     if tuned is None:
         tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps,
-                     **options)
+                     motion_rate, **options)
     return {k: tuned[k] for k in ("tower", "branch")} | {"tower_kind": state1.get("tower_kind", "micro")}, \
         {"model": tuned["model"]}
 
 
 def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int,
-         recipe: dict, compile_steps: bool = False, **options) -> dict:
+         recipe: dict, compile_steps: bool = False, motion_rate: float = 1.0, **options) -> dict:
     """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
     tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper.
@@ -1000,11 +1003,16 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
                           arrays[rows[i]["source"]]["motion"][rows[i]["index"]])
         return tuned_window_features(tower_step, branch, [(*clip(i), s0, w) for i, s0, w in shots])
 
-    towers = [p for p in list(tower.parameters()) + list(branch.parameters()) if p.requires_grad]
-    groups = [{"params": towers, "weight_decay": 1e-4},
+    towers, motion = [p for p in tower.parameters() if p.requires_grad], list(branch.parameters())
+    same_rate = motion_rate == 1.0  # the branch in the tower's group, as the recipes before --tune-motion-rate
+    groups = [{"params": towers + motion if same_rate else towers, "weight_decay": 1e-4},
               {"params": list(model.parameters()), "weight_decay": 0.0}]
+    rates = [1e-4, 2e-4]
+    if not same_rate:
+        groups.append({"params": motion, "weight_decay": 1e-4})
+        rates.append(1e-4 * motion_rate)
     opt = torch.optim.AdamW(groups, 1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, [1e-4, 2e-4], total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.1)
     return train_scoring("stage 3", work, rows, window_features,
                          [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
                          dict(tower=tower, branch=branch, model=model), steps, batch,
@@ -1157,6 +1165,9 @@ def main():
                     help="stage 3: how many times as often either clip of a pair is drawn from the damage done at a "
                          "larger size than the model's (the 480x270, 640x360 and 960x540 families) as from any other "
                          "(1: uniform; below 1 keeps more pairs for the clips made at the model's size)")
+    ap.add_argument("--tune-motion-rate", type=float, default=1.0, metavar="X",
+                    help="stage 3: the motion branch learns at X times the vision tower's rate (1: the same; 10: "
+                         "stage 1's rate), so the scoring loss can teach it the delivery damage its stage 1 never saw")
     ap.add_argument("--tower-input", choices=TOWER_INPUTS, default="rgb",
                     help="stage 1: what the vision tower sees: rgb, or rgb+mscn (the luma's contrast-normalised "
                          "coefficients as a fourth channel, computed in the graph; run 20, the committed bundle)")
@@ -1220,6 +1231,8 @@ def main():
     if not args.larger_size_weight > 0:
         raise SystemExit(f"--larger-size-weight {args.larger_size_weight}: how many times as often the damage done "
                          "at a larger size is drawn, above 0")
+    if not args.tune_motion_rate > 0:
+        raise SystemExit(f"--tune-motion-rate {args.tune_motion_rate}: a multiple of the tower's rate, above 0")
     if not 0.0 <= args.cuts <= 1.0:
         raise SystemExit(f"--cuts {args.cuts}: a share of stage 3's windows, from 0 to 1")
     if args.threads:
@@ -1246,7 +1259,7 @@ def main():
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile, args.cuts, args.rank_pairs, args.level_targets,
-                    args.delivery_weight, args.larger_size_weight)
+                    args.delivery_weight, args.larger_size_weight, args.tune_motion_rate)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
