@@ -841,6 +841,48 @@ def test_evaluate_loads_only_the_scored_sources_arrays(tmp_path):
     assert all(np.array_equal(loaded["b"][k], saved["b"][k]) for k in ("keyframes", "motion"))
 
 
+class SumModel:
+    """A stand-in for evaluate.Model: a clip's score is its keyframes' mean plus 10 times its motion frames' mean."""
+
+    def features(self, keyframes, motion):
+        return keyframes.mean(), motion.mean()
+
+    def score(self, features):
+        return float(features[0] + 10 * features[1])
+
+
+def test_paths_swaps_in_the_pristine_clips_keyframes_or_motion_frames():
+    """`paths`: each damaged clip scored as it is, with its source's pristine motion frames (cut to
+    its own count), and with the pristine keyframes; the means per family and strength beside the
+    label, over the sources that have a pristine clip."""
+    from qoe_onnx.micro import paths
+
+    kf = np.stack([np.full((2, 2, 2, 3), v, np.float32) for v in (1, 2, 3)])
+    mo = np.stack([np.full((4, 2, 2, 3), v, np.float32) for v in (0.1, 0.2, 0.3)])
+    arrays = {"a": {"keyframes": kf, "motion": mo}, "b": {"keyframes": kf + 1, "motion": mo}}
+    rows = [{"source": s, "family": f, "strength": st, "index": i, "mos": m}
+            for s in "ab" for i, (f, st, m) in enumerate([("pristine", 0, 90), ("freeze", 3, 60), ("shake", 1, 80)])]
+    assert paths.swapped_scores(SumModel(), kf[1], mo[1], kf[0], mo[0]) == pytest.approx((4.0, 3.0, 3.0))
+    assert paths.swapped_scores(SumModel(), kf[1], mo[1][:2], kf[0], mo[0])[1] == pytest.approx(3.0)
+    table = paths.path_table(SumModel(), rows, arrays, ["freeze", "shake"])
+    assert table["freeze"][3] == pytest.approx([0.6, 4.5, 3.5, 3.5])  # sources a and b: keyframes 2 and 3
+    assert table["shake"][1] == pytest.approx([0.8, 6.5, 4.5, 4.5])
+    no_pristine = [r for r in rows if not (r["source"] == "b" and r["family"] == "pristine")]
+    assert paths.path_table(SumModel(), no_pristine, arrays, ["freeze"])["freeze"][3] == pytest.approx(
+        [0.6, 4.0, 3.0, 3.0])
+
+
+def test_paths_refuses_an_unknown_family_before_loading(tmp_path, monkeypatch):
+    """`paths --families` names a family micro/data.py does not make: refused, named, before any clip is read."""
+    import sys
+
+    from qoe_onnx.micro import paths
+
+    monkeypatch.setattr(sys, "argv", ["paths", "--data", str(tmp_path), "--families", "freeze,packet_loss"])
+    with pytest.raises(SystemExit, match=r"--families: packet_loss is not a family of micro/data\.py"):
+        paths.main()
+
+
 def test_evaluate_cuts_each_clip_to_the_next_sources_clip_with_the_same_impairment():
     """`evaluate`'s scene-cut windows: a clip's first 4 keyframes and their motion frames, then
     the last 4 of the next source's (by name, the last to the first) clip with the same family
