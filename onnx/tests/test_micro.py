@@ -1026,16 +1026,25 @@ def test_a_refresh_trains_a_bundles_tower_in_distortion_pairs_and_resumes(tmp_pa
                                     "refresh": {"start": state1["recipe"], "data": train.data_fingerprint(rows),
                                                 "epochs": 2, "seed": 0}}
     assert (tmp_path / "whole" / "stage1refresh.pt").exists()
-    again = train.refresh_tower(state1, state2, rows, arrays, tmp_path / "whole", epochs=2)  # skipped
+    assert_a_refresh_is_skipped_refused_and_resumed(train.refresh_tower, "stage1refresh", refreshed, state1, state2,
+                                                    rows, arrays, tmp_path, monkeypatch)
+
+
+def assert_a_refresh_is_skipped_refused_and_resumed(refresh, checkpoint: str, refreshed: dict, state1, state2, rows,
+                                                    arrays, tmp_path, monkeypatch):
+    """A refresh of 2 epochs done in tmp_path/whole (`refreshed`): a rerun there skips it, another
+    epoch count there is refused, named, and one interrupted after each epoch in tmp_path/resumed
+    resumes to the same weights."""
+    again = refresh(state1, state2, rows, arrays, tmp_path / "whole", epochs=2)  # skipped
     assert_same_weights(refreshed, again[0])
-    with pytest.raises(SystemExit, match=r"stage1refresh\.pt was made by another recipe \(epochs 2 there, 3 asked\)"):
-        train.refresh_tower(state1, state2, rows, arrays, tmp_path / "whole", epochs=3)
+    with pytest.raises(SystemExit, match=rf"{checkpoint}\.pt was made by another recipe \(epochs 2 there, 3 asked\)"):
+        refresh(state1, state2, rows, arrays, tmp_path / "whole", epochs=3)
     live_again = die_after_each_save(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        train.refresh_tower(state1, state2, rows, arrays, tmp_path / "resumed", epochs=2)
+        refresh(state1, state2, rows, arrays, tmp_path / "resumed", epochs=2)
     live_again()
-    resumed, _ = train.refresh_tower(state1, state2, rows, arrays, tmp_path / "resumed", epochs=2)
-    assert not (tmp_path / "resumed" / "stage1refresh-partial.pt").exists()
+    resumed, _ = refresh(state1, state2, rows, arrays, tmp_path / "resumed", epochs=2)
+    assert not (tmp_path / "resumed" / f"{checkpoint}-partial.pt").exists()
     assert_same_weights(refreshed, resumed)
 
 
@@ -1119,17 +1128,8 @@ def test_a_motion_refresh_trains_a_bundles_motion_branch_and_resumes(tmp_path, m
     assert projectors["recipe"] == {"stage 2": state2["recipe"],
                                     "motion refresh": {"start": state1["recipe"], "data": train.data_fingerprint(rows),
                                                        "epochs": 2, "seed": 0, "anchor": 0.0}}
-    again = train.refresh_motion(state1, state2, rows, arrays, tmp_path / "whole", epochs=2)  # skipped
-    assert_same_weights(refreshed, again[0])
-    with pytest.raises(SystemExit, match=r"motionrefresh\.pt was made by another recipe \(epochs 2 there, 3 asked\)"):
-        train.refresh_motion(state1, state2, rows, arrays, tmp_path / "whole", epochs=3)
-    live_again = die_after_each_save(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        train.refresh_motion(state1, state2, rows, arrays, tmp_path / "resumed", epochs=2)
-    live_again()
-    resumed, _ = train.refresh_motion(state1, state2, rows, arrays, tmp_path / "resumed", epochs=2)
-    assert not (tmp_path / "resumed" / "motionrefresh-partial.pt").exists()
-    assert_same_weights(refreshed, resumed)
+    assert_a_refresh_is_skipped_refused_and_resumed(train.refresh_motion, "motionrefresh", refreshed, state1, state2,
+                                                    rows, arrays, tmp_path, monkeypatch)
 
 
 def test_a_motion_refresh_anchor_holds_the_features_of_clips_without_delivery_damage(tmp_path, monkeypatch):

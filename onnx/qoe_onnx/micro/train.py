@@ -1127,6 +1127,21 @@ def export(state1, state2, out: Path):
     log(f"exported the small graphs to {out}")
 
 
+def check_refresh(refresh: str, part: str, stage1_option: str, epochs: int, anchor: float,
+                  from_bundle: Path | None) -> None:
+    """Refuses, before any clip is loaded, a refresh (`--refresh-*` of the tower, `--motion-refresh-*`
+    of the motion branch) without a bundle to go on from, below 0 epochs, or an anchor that is
+    negative or has no refresh to hold."""
+    option = "--" + refresh.replace(" ", "-")
+    if epochs and not from_bundle:
+        raise SystemExit(f"{option}-epochs {epochs} goes on from a bundle's {part}: give --from-bundle "
+                         f"(without it, stage 1 trains the {part} for {stage1_option})")
+    if epochs < 0:
+        raise SystemExit(f"{option}-epochs {epochs}: a number of epochs, 0 or more")
+    if anchor < 0 or (anchor and not epochs):
+        raise SystemExit(f"{option}-anchor {anchor}: a weight, 0 or more, for a {refresh} (give {option}-epochs too)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(".cache/micro"))
@@ -1209,22 +1224,9 @@ def main():
     if args.from_bundle and args.tower_input != "rgb":  # before loading any clips
         raise SystemExit(f"--tower-input {args.tower_input} is stage 1's choice; with --from-bundle the bundle's "
                          f"keyframe_encoder.onnx decides (its first convolution's input channels)")
-    if args.refresh_epochs and not args.from_bundle:
-        raise SystemExit(f"--refresh-epochs {args.refresh_epochs} goes on from a bundle's tower: give --from-bundle "
-                         "(without it, stage 1 trains the tower for --epochs)")
-    if args.refresh_epochs < 0:
-        raise SystemExit(f"--refresh-epochs {args.refresh_epochs}: a number of epochs, 0 or more")
-    if args.refresh_anchor < 0 or (args.refresh_anchor and not args.refresh_epochs):
-        raise SystemExit(f"--refresh-anchor {args.refresh_anchor}: a weight, 0 or more, for a refresh "
-                         "(give --refresh-epochs too)")
-    if args.motion_refresh_epochs and not args.from_bundle:
-        raise SystemExit(f"--motion-refresh-epochs {args.motion_refresh_epochs} goes on from a bundle's motion branch: "
-                         "give --from-bundle (without it, stage 1 trains the branch for --motion-epochs)")
-    if args.motion_refresh_epochs < 0:
-        raise SystemExit(f"--motion-refresh-epochs {args.motion_refresh_epochs}: a number of epochs, 0 or more")
-    if args.motion_refresh_anchor < 0 or (args.motion_refresh_anchor and not args.motion_refresh_epochs):
-        raise SystemExit(f"--motion-refresh-anchor {args.motion_refresh_anchor}: a weight, 0 or more, for a motion "
-                         "refresh (give --motion-refresh-epochs too)")
+    check_refresh("refresh", "tower", "--epochs", args.refresh_epochs, args.refresh_anchor, args.from_bundle)
+    check_refresh("motion refresh", "motion branch", "--motion-epochs", args.motion_refresh_epochs,
+                  args.motion_refresh_anchor, args.from_bundle)
     if not args.delivery_weight > 0:
         raise SystemExit(f"--delivery-weight {args.delivery_weight}: how many times as often delivery damage is "
                          "drawn, above 0")
