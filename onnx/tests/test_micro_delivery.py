@@ -2,6 +2,7 @@
 clip as `data.py` says, and each ladder grows with its strength."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,56 @@ def test_a_baseline_averages_what_it_could_measure_and_names_a_clip_it_could_not
     assert evaluate.finite_mean([2.0, float("nan"), 4.0], "BRISQUE", Path("a.mp4")) == 3.0
     with pytest.raises(SystemExit, match=r"a\.mp4: BRISQUE measured none of its 2 pictures"):
         evaluate.finite_mean([float("nan"), float("-nan")], "BRISQUE", Path("a.mp4"))
+
+
+def test_a_receiver_shows_each_frame_that_arrived_until_the_next_is_due():
+    """`shown_on_time`: frames that arrived are shown at their places, each held until the next is
+    due (a loss freezes the picture there, and the clip goes on on time); a decoder that gave
+    another number of frames than arrived gives no timing: shown in turn, the last held."""
+    decoded = np.arange(3)[:, None, None, None] * np.ones((3, 2, 2, 3), np.uint8)
+    assert data.shown_on_time(decoded, [0, 1, 4], 6)[:, 0, 0, 0].tolist() == [0, 1, 1, 1, 2, 2]
+    assert data.shown_on_time(decoded, [0, 4], 6)[:, 0, 0, 0].tolist() == [0, 1, 2, 2, 2, 2]
+
+
+def test_transmission_errors_keep_the_clip_on_time(clip):
+    """A frame lost whole (HEVC sends one slice a frame) leaves the frame before it on screen,
+    and every frame decoded without damage is shown at its own time, never early: the clip does
+    not run ahead of its pristine self after a loss. (Before the eleventh session it did: with
+    these draws, 23 of the clean frames were shown early.)"""
+    frames, fps = clip
+    out = data.transmission_errors("hevc", 0.01, frames, fps, np.random.default_rng(0))
+    held = int((np.abs(np.diff(out.astype(int), axis=0)).max(axis=(1, 2, 3)) == 0).sum())
+    assert held > 0, "some frame was lost whole and held"
+    clean = data.transmission_errors("hevc", 0.0, frames, fps, np.random.default_rng(0))
+    undamaged = 0
+    for t in range(len(out)):
+        near = range(max(0, t - 10), min(len(clean), t + 11))
+        errors = [np.abs(out[t].astype(int) - clean[u]).mean() for u in near]
+        if min(errors) < 1.0:  # decoded without damage: it is one of the clean frames
+            undamaged += 1
+            assert near[int(np.argmin(errors))] <= t, f"frame {t} shows clean frame {near[int(np.argmin(errors))]}"
+    assert undamaged > 50, undamaged
+
+
+def test_remake_makes_delivery_families_again_in_their_places(tmp_path, monkeypatch):
+    """`data --remake FAMILY`: a finished source's clips of that delivery family are made again
+    where they were (their rows, arrays and kept test clip), every other clip kept as it was; a
+    family that draws from the shared stream is refused, named, before anything is made."""
+    source = {"name": "carphone", "video": str(CLIP), "start": 0.0, "seconds": 2, "split": "test"}
+    monkeypatch.setattr(data, "DISTORTIONS", [("noise", "spatial", [16.0]), ("black_frames", "delivery", [0.5])])
+    first = data.make_source((source, str(tmp_path)))
+    before = dict(np.load(tmp_path / "clips/carphone.npz"))
+    kept = data.test_clip_path(tmp_path, "carphone", "black_frames", 1)
+    kept.unlink()
+    monkeypatch.setattr(data, "delivery_damage", lambda family, level, frames, fps, seed: frames // 2)  # "fixed"
+    rows = data.make_source((source, str(tmp_path), ["black_frames"]))
+    after = np.load(tmp_path / "clips/carphone.npz")
+    assert [r["family"] for r in rows] == ["pristine", "noise", "black_frames"] and rows[:2] == first[:2]
+    for name in ("keyframes", "motion"):
+        assert np.array_equal(after[name][:2], before[name][:2])
+        assert not np.array_equal(after[name][2], before[name][2])
+    assert rows[2]["index"] == 2 and rows[2]["ssim"] != first[2]["ssim"] and kept.exists()
+    assert json.loads((tmp_path / "clips/carphone.json").read_text()) == rows
+    monkeypatch.setattr(sys, "argv", ["data", "--out", str(tmp_path), "--remake", "black_frames,noise"])
+    with pytest.raises(SystemExit, match=r"--remake noise: only delivery families"):
+        data.main()

@@ -486,10 +486,9 @@ ERROR_GREY = (128, 128, 128)
 # loses a whole frame, and its references with it.
 SLICES = {"h264": 4, "hevc": 1}
 TRANSMISSION_CODECS = {
-    "h264": ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-threads", "1", "-slices", "4",
-             "-bsf:v", "h264_mp4toannexb", "-f", "h264"],
+    "h264": ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-threads", "1", "-slices", "4"],
     "hevc": ["-c:v", "libx265", "-preset", "veryfast", "-crf", "20",
-             "-x265-params", "pools=none:frame-threads=1:log-level=error", "-f", "hevc"],
+             "-x265-params", "pools=none:frame-threads=1:log-level=error"],
 }
 
 # H.264 decodes damaged slices as far as it can; FFmpeg's HEVC decoder mis-decodes even a clean
@@ -517,18 +516,28 @@ def is_slice(codec: str, unit: bytes) -> tuple[bool, bool]:
 def transmission_errors(codec: str, share: float, frames: np.ndarray, fps: float, rng) -> np.ndarray:
     """Frames sent as `codec` (H.264 or HEVC, a keyframe every 2 s, SLICES[codec] slices a frame), a
     `share` of the slices lost and as many again hit by bit errors (eight random bytes of the slice
-    overwritten), then decoded by FFmpeg with its error concealment, as a receiver shows them. The
-    first keyframe arrives whole, so that the decoder can start."""
+    overwritten), then decoded by FFmpeg with its error concealment and shown on time, as a
+    receiver shows them: a frame lost whole leaves the one before it on screen until the next
+    frame that arrived is due (`shown_on_time`). The first keyframe arrives whole, so that the
+    decoder can start."""
     with tempfile.TemporaryDirectory() as tmp:
-        sent = f"{tmp}/sent.{codec}"
-        encode(frames, fps, sent, TRANSMISSION_CODECS[codec][:2] + ["-g", str(2 * round(fps))]
-               + TRANSMISSION_CODECS[codec][2:])
-        units = nal_units(Path(sent).read_bytes())
-        received, first_frame_over = [], False
+        # Sent through Matroska for each frame's presentation time, in decoding order (B-frames
+        # are decoded before the frames they sit between), then as the codec's Annex B stream.
+        encode(frames, fps, f"{tmp}/sent.mkv", TRANSMISSION_CODECS[codec] + ["-g", str(2 * round(fps))])
+        times = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "packet=pts_time", "-of", "csv=p=0",
+             f"{tmp}/sent.mkv"], check=True, capture_output=True, text=True).stdout.split()
+        shown_at = [round(float(t) * fps) for t in times]  # each sent frame's place in the clip, decoding order
+        subprocess.run(["ffmpeg", "-v", "error", "-i", f"{tmp}/sent.mkv", "-c:v", "copy", "-bsf:v",
+                        f"{codec}_mp4toannexb", "-f", codec, f"{tmp}/sent.{codec}"], check=True)
+        units = nal_units(Path(f"{tmp}/sent.{codec}").read_bytes())
+        received, first_frame_over, slices, arrived = [], False, 0, set()
         for unit in units:
             draw, where = rng.random(), rng.random(8)
             slice_, key = is_slice(codec, unit)
             first_frame_over = first_frame_over or (slice_ and not key)
+            if slice_:
+                slices += 1
             if slice_ and first_frame_over and draw < share:
                 continue  # the packet is lost
             if slice_ and first_frame_over and draw < 2 * share:
@@ -537,6 +546,8 @@ def transmission_errors(codec: str, share: float, frames: np.ndarray, fps: float
                 for w in where:
                     unit[8 + int(w * body)] = int(w * 65536) & 0xFF
                 unit = bytes(unit)
+            if slice_:
+                arrived.add((slices - 1) // SLICES[codec])  # the frame (decoding order) this slice belongs to
             received.append(unit)
         Path(f"{tmp}/received.{codec}").write_bytes(b"".join(received))
         raw = subprocess.run(
@@ -546,9 +557,20 @@ def transmission_errors(codec: str, share: float, frames: np.ndarray, fps: float
     shown = np.frombuffer(raw[:len(raw) // frames[0].nbytes * frames[0].nbytes], np.uint8).reshape(-1, *frames.shape[1:])
     if len(shown) == 0:
         raise RuntimeError(f"{codec} with {share:.0%} of slices lost: FFmpeg decoded no frame")
-    # A frame lost whole leaves the last one on screen; the clip keeps its length.
-    index = np.minimum(np.arange(len(frames)), len(shown) - 1)
-    return shown[index]
+    if slices != SLICES[codec] * len(shown_at):
+        raise RuntimeError(f"{codec}: {slices} slices for {len(shown_at)} frames, not {SLICES[codec]} a frame")
+    return shown_on_time(shown, sorted(shown_at[d] for d in arrived), len(frames))
+
+
+def shown_on_time(decoded: np.ndarray, arrived_at: list[int], frames: int) -> np.ndarray:
+    """`frames` frames as a receiver shows the decoded ones, which are those that arrived, due at
+    the places `arrived_at` (ascending; the first is 0): each stays on screen until the next is due.
+    A decoder that gave another number of frames than arrived (one it dropped as undecodable) gives
+    no such timing, and its frames are shown one after the other, the last held to the clip's end."""
+    if len(decoded) != len(arrived_at):
+        return decoded[np.minimum(np.arange(frames), len(decoded) - 1)]
+    due = np.searchsorted(np.asarray(arrived_at), np.arange(frames), side="right") - 1
+    return decoded[np.maximum(due, 0)]
 
 
 # ---------------------------------------------------------------- delivery, labels, inputs
@@ -612,18 +634,21 @@ def variants():
             yield family, kind, strength, level
 
 
-def make_source(job: tuple[dict, str]) -> list[dict]:
+def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dict]:
     """Every clip of one source: OUT/clips/<source>.npz (the model's inputs) and .json (the rows).
     A finished source is read back; one made before families were added to the end of
-    DISTORTIONS gets only the clips it lacks, appended, its other clips kept as they are."""
-    source, out = job
+    DISTORTIONS gets only the clips it lacks, appended, its other clips kept as they are. A third
+    item, a list of delivery families, makes those families' clips again in their places (they
+    draw from seeds of their own, so nothing else changes): `data --remake`."""
+    source, out = job[:2]
+    remake = job[2] if len(job) > 2 else []
     target = Path(out) / "clips" / f"{source['name']}.npz"
     meta_file = target.with_suffix(".json")
     wanted = list(variants())
     rows, keyframes, motion = [], [], []
     if target.exists() and meta_file.exists():
         rows = json.loads(meta_file.read_text())
-        if len(rows) >= len(wanted):
+        if len(rows) >= len(wanted) and not remake:
             return rows
         missing = wanted[len(rows):]
         if any(kind in ("spatial", "temporal") for _, kind, _, _ in missing):
@@ -646,7 +671,9 @@ def make_source(job: tuple[dict, str]) -> list[dict]:
                 frames[scale] = f, fps, reference
             return frames[scale]
 
-        for family, kind, strength, level in wanted[len(rows):]:
+        again = [(r["index"], (r["family"], r["kind"], r["strength"], r["level_value"]))
+                 for r in rows if r["family"] in remake]
+        for place, (family, kind, strength, level) in again + [(None, v) for v in wanted[len(rows):]]:
             scale = SCALES.get(family, 1)
             clean, fps, reference = pristine(scale)
             if kind == "spatial":
@@ -666,15 +693,19 @@ def make_source(job: tuple[dict, str]) -> list[dict]:
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(clip, kept)
             k, m = model_inputs(decoded, fps)
-            keyframes.append(k)
-            motion.append(m)
             mos = pseudo_mos(ssim)
-            rows.append({
+            row = {
                 "source": source["name"], "split": source["split"], "family": family, "kind": kind,
                 "strength": strength, "level_value": level, "crf": crf, "fps": fps,
                 "frames": len(decoded), "ssim": ssim, "psnr": psnr, "mos": mos, "level": level_of(mos),
-                "index": len(rows),
-            })
+                "index": len(rows) if place is None else place,
+            }
+            if place is None:
+                keyframes.append(k)
+                motion.append(m)
+                rows.append(row)
+            else:
+                keyframes[place], motion[place], rows[place] = k, m, row
     # Written aside, then moved into place: a run stopped here leaves the finished clips whole.
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.stem}.partial.npz")
@@ -709,7 +740,15 @@ def main() -> None:
     ap.add_argument("--extra-content", choices=EXTRA_CONTENT, default="none",
                     help="more training content: opencv-doc (Debian's OpenCV sample data: a street video and "
                          "30 photographs, from the extracted package under --debs; tried in run 17)")
+    ap.add_argument("--remake", default="", metavar="FAMILY[,FAMILY]",
+                    help="make these delivery families' clips again in every finished source (their own seeds: "
+                         "nothing else changes), e.g. after a fix to how they are made; sources not yet made "
+                         "are made whole")
     args = ap.parse_args()
+    remake = [f for f in args.remake.split(",") if f]
+    if not_delivery := [f for f in remake if f not in DELIVERY]:
+        raise SystemExit(f"--remake {','.join(not_delivery)}: only delivery families ({', '.join(DELIVERY)}) can be "
+                         "made again alone; the others draw from their source's shared random stream")
     (args.out / "clips").mkdir(parents=True, exist_ok=True)
     sources = [s for s in all_sources(args.videos, args.debs, args.lowres_every, args.extra_content)
                if args.split in ("all", s["split"])][: args.limit]
@@ -717,7 +756,7 @@ def main() -> None:
           f"{sum(1 for _ in variants())} clips each", file=sys.stderr)
     write_stills(sources, args.out)
     with Pool(args.jobs) as pool:
-        made = sum(len(rs) for rs in pool.imap(make_source, [(s, str(args.out)) for s in sources]))
+        made = sum(len(rs) for rs in pool.imap(make_source, [(s, str(args.out), remake) for s in sources]))
     rows = finished_rows(args.out)  # with those of earlier runs (other splits) in OUT: nothing dropped
     with open(args.out / "clips.jsonl", "w") as f:
         for r in rows:
