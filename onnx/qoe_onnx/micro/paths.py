@@ -28,10 +28,9 @@ FAMILIES = ["transmission_h264", "transmission_hevc", "transmission_h264_hd", "e
 def swapped_scores(model, keyframes: np.ndarray, motion: np.ndarray, pristine_keyframes: np.ndarray,
                    pristine_motion: np.ndarray) -> tuple[float, float, float]:
     """(as it is, own keyframes + pristine motion, pristine keyframes + own motion). The pristine
-    motion frames are cut to the clip's count (a clip whose decode came out shorter keeps its own)."""
-    pristine_motion = pristine_motion[:len(motion)] if len(pristine_motion) >= len(motion) else pristine_motion
+    motion frames are cut to the clip's count where they are more."""
     return (model.score(model.features(keyframes, motion)),
-            model.score(model.features(keyframes, pristine_motion)),
+            model.score(model.features(keyframes, pristine_motion[:len(motion)])),
             model.score(model.features(pristine_keyframes, motion)))
 
 
