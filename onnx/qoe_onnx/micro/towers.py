@@ -5,7 +5,9 @@
   stage 1 trains it on crops.
 - MotionBranch: a SlowFast-fast-pathway-style 3D CNN on dense 64x64 frames, one feature per
   frame, from the frames and their differences to the previous frame (computed in the graph);
-  three temporal 3-tap convolutions, so 4 frames of context before and 3 after.
+  three temporal 3-tap convolutions, so 4 frames of context before and 3 after. With
+  `pair_stats`, two parameter-free statistics of each frame's luma difference to the previous one
+  follow the learned features (`frame_pair_stats`).
 - Projector: mlp2x_gelu (Linear, GELU, Linear) into the decoder's 576-d embedding space.
   The motion projector first pools the window's per-frame features over time (mean, max and
   standard deviation), so the motion block is one token whatever the window's length.
@@ -102,16 +104,41 @@ def conv3d(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, 3, (1, 2, 2), 1), nn.BatchNorm3d(cout), nn.ReLU(inplace=True))
 
 
+PAIR_STATS = 2  # frame_pair_stats' statistics per frame
+STILL_STEP = 2 / 255  # one 8-bit step of luma in the normalised [-1, 1] range
+CHANGE_FLOOR = 1e-3  # log10's floor under the mean absolute difference (a repeated frame's 0)
+
+
+def frame_pair_stats(frames: torch.Tensor) -> torch.Tensor:
+    """[1, 3, F, H, W] normalised frames -> [F, 2]: per frame, the share of pixels whose luma moved
+    by less than one 8-bit step since the previous frame, and log10 of the luma's mean absolute
+    difference to it (the first frame: no change). A repeated frame reads (1, -3) whatever the
+    content; the learned features see repeats only as a trained convolution makes of them, and
+    a ridge probe read freezes, stutter and transmission damage better from such statistics
+    than from the 144 pooled features (onnx/README, #30's eleventh session)."""
+    r, g, b = frames[0].unbind(0)
+    luma = 0.299 * r + 0.587 * g + 0.114 * b  # [F, H, W]
+    diff = torch.cat([torch.zeros_like(luma[:1]), luma[1:] - luma[:-1]]).abs()
+    still = (diff < STILL_STEP).float().mean(dim=(1, 2))
+    change = torch.log10(diff.mean(dim=(1, 2)) + CHANGE_FLOOR)
+    return torch.stack([still, change], dim=1)
+
+
 class MotionBranch(nn.Module):
-    def __init__(self):
+    """`pair_stats`: `frame_pair_stats` after the learned features (`features` wide in all)."""
+
+    def __init__(self, pair_stats: bool = False):
         super().__init__()
+        self.pair_stats = pair_stats
+        self.features = MOTION_FEATURES + (PAIR_STATS if pair_stats else 0)
         self.body = nn.Sequential(conv3d(6, 16), conv3d(16, 32), conv3d(32, MOTION_FEATURES))
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # [1, 3, F, 64, 64] -> [F, 48]
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # [1, 3, F, 64, 64] -> [F, features]
         # Differences to the previous frame make repeats, drops and jitter plain to see.
         diff = torch.cat([torch.zeros_like(frames[:, :, :1]), frames[:, :, 1:] - frames[:, :, :-1]], dim=2)
         y = self.body(torch.cat([frames, diff], dim=1))  # [1, C, F, 8, 8]
-        return y.mean(dim=(3, 4))[0].transpose(0, 1)
+        learned = y.mean(dim=(3, 4))[0].transpose(0, 1)
+        return torch.cat([learned, frame_pair_stats(frames)], dim=1) if self.pair_stats else learned
 
 
 class Projector(nn.Module):
@@ -149,5 +176,5 @@ class MotionProjector(nn.Module):
         super().__init__()
         self.projector = projector
 
-    def forward(self, motion_feat: torch.Tensor) -> torch.Tensor:  # [F, 48] -> [1, 576]
+    def forward(self, motion_feat: torch.Tensor) -> torch.Tensor:  # [F, features] -> [1, 576]
         return self.projector(motion_pool(motion_feat)).unsqueeze(0)

@@ -50,7 +50,7 @@ from . import data as micro_data
 from . import online, pretrained, smollm
 from .spec import (KEYFRAME_FEATURES, KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LEVEL_WEIGHTS, LEVEL_WORDS,
                    MOTION_CONTEXT, MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX)
-from .towers import (TOWER_INPUTS, KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower,
+from .towers import (PAIR_STATS, TOWER_INPUTS, KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower,
                      motion_pool, normalise)
 
 
@@ -370,7 +370,7 @@ def train_motion_branch(branch: MotionBranch, clips: list[dict], classes: list[s
     naming each clip's motion class among `classes`, its strength and its pseudo-MOS. Stage 1
     trains a new branch at 1e-3; a refresh goes on from a bundle's at `rate` (its head, new, at
     1e-3), with `anchor` > 0 adding MotionAnchor's loss at that weight."""
-    head = nn.Linear(3 * MOTION_FEATURES, len(classes) + 2)
+    head = nn.Linear(3 * branch.features, len(classes) + 2)
     motion_anchor = MotionAnchor(branch, clips, arrays, anchor) if anchor else None  # before any restore
     opt = torch.optim.AdamW([{"params": list(branch.parameters()), "lr": rate},
                              {"params": list(head.parameters()), "lr": 1e-3}], 1e-3, weight_decay=1e-4)
@@ -493,9 +493,11 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
 
 def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pairs: int = 0,
            stills: list[np.ndarray] | None = None, seed: int = 0, compile_steps: bool = False,
-           tower_input: str = "rgb", tower_kind: str = "micro"):
+           tower_input: str = "rgb", tower_kind: str = "micro", pair_stats: bool = False):
     recipe = dict(data=data_fingerprint(rows), epochs=epochs, motion_epochs=motion_epochs,
                   online_pairs=online_pairs, seed=seed)
+    if pair_stats:
+        recipe["pair_stats"] = True
     if tower_input != "rgb":  # recorded only when asked, so the recipes of earlier runs stay as they were
         recipe["tower_input"] = tower_input
     if tower_kind != "micro":
@@ -513,10 +515,12 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
         tower = train_vision_tower(tower, train, arrays, resume, rng, epochs, online_pairs, stills, compile_steps)
 
     # Motion branch: dense frames of temporally distorted clips, and of the others as "none".
-    branch = MotionBranch()
+    branch = MotionBranch(pair_stats)
     clips = [r for r in train if r["family"] in TEMPORAL_CLASSES or r["strength"] == 1]
     train_motion_branch(branch, clips, TEMPORAL_CLASSES, arrays, resume, rng, motion_epochs)
     state = {"tower": tower.state_dict(), "tower_kind": tower_kind, "branch": branch.state_dict(), "recipe": recipe}
+    if pair_stats:
+        state["pair_stats"] = True
     torch.save(state, checkpoint(work, "stage 1"))
     resume.finish()
     return state
@@ -675,7 +679,7 @@ def release_freed_memory() -> None:
 
 @torch.no_grad()
 def tower_features(state, rows, arrays, compile_steps: bool = False):
-    """Per clip: keyframe features [K, 704] and per-frame motion features [F, 48] (frozen)."""
+    """Per clip: keyframe features [K, 704] and per-frame motion features [F, 48 or 50] (frozen)."""
     tower, branch = load_towers(state)
     tower = CompiledStep(tower, compiles(tower, compile_steps), "stage 2 vision tower", dynamic=True)
     feats = []
@@ -692,7 +696,7 @@ def tower_features(state, rows, arrays, compile_steps: bool = False):
 def load_towers(state) -> tuple[nn.Module, MotionBranch]:
     """Stage 1's towers in eval mode: batch norm keeps stage 1's statistics (the exported graphs'),
     also while stage 3 tunes their weights."""
-    branch = MotionBranch()
+    branch = MotionBranch(state.get("pair_stats", False))
     branch.load_state_dict(state["branch"])
     return vision_tower(state).eval(), branch.eval()
 
@@ -709,6 +713,28 @@ def vision_tower(state) -> nn.Module:
 def keyframe_features(state) -> int:
     """The width of a stage-1 vision tower's feature (the keyframe projector's input)."""
     return pretrained.FEATURES if state.get("tower_kind", "micro") == "lite0" else KEYFRAME_FEATURES
+
+
+def motion_features(state) -> int:
+    """The width of a stage-1 motion branch's per-frame feature (a third of the motion projector's input)."""
+    return MotionBranch(state.get("pair_stats", False)).features
+
+
+def with_pair_stats(state1, state2) -> tuple[dict, dict]:
+    """--motion-pair-stats on a bundle made without them: the branch appends `frame_pair_stats`
+    and the motion projector's first layer gains their input columns (after each pooling's
+    learned features: mean, max, std), at zero, so the model starts as the bundle's function and
+    stage 3 learns what to read from them. Stage 2's recipe records it, so stage 3's checkpoints
+    name it; a bundle that has them already: the two unchanged."""
+    if state1.get("pair_stats"):
+        return state1, state2
+    model = dict(state2["model"])
+    weight = model["motion.net.0.weight"]  # [hidden, 3 * 48]
+    pools = weight.reshape(weight.shape[0], 3, MOTION_FEATURES)
+    model["motion.net.0.weight"] = torch.cat([pools, pools.new_zeros(weight.shape[0], 3, PAIR_STATS)], 2) \
+        .reshape(weight.shape[0], 3 * (MOTION_FEATURES + PAIR_STATS))
+    return state1 | {"pair_stats": True}, \
+        state2 | {"model": model, "recipe": {"stage 2": state2.get("recipe"), "pair stats": True}}
 
 
 def window_span(keyframes: int, frames: int, s0: int, w: int) -> tuple[int, int]:
@@ -741,10 +767,10 @@ def tuned_window_features(tower, branch: MotionBranch, shots: list[tuple[np.ndar
 
 
 class Scorer2(nn.Module):
-    def __init__(self, hidden: int, keyframe_features: int = KEYFRAME_FEATURES):
+    def __init__(self, hidden: int, keyframe_features: int = KEYFRAME_FEATURES, motion_features: int = MOTION_FEATURES):
         super().__init__()
         self.keyframe = Projector(keyframe_features, hidden)
-        self.motion = Projector(3 * MOTION_FEATURES, hidden)
+        self.motion = Projector(3 * motion_features, hidden)
 
 
 def random_stalls(rng) -> tuple[int, float, float]:
@@ -945,7 +971,7 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
         return torch.cat(kfs), torch.cat(mos)
 
     torch.manual_seed(seed)  # the projectors' initial weights, whether stage 1 ran in this process or not
-    model = Scorer2(576, keyframe_features(state))
+    model = Scorer2(576, keyframe_features(state), motion_features(state))
     opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
     return train_scoring("stage 2", work, rows, window_features, [kf.shape[0] for kf, _ in feats], model, opt,
@@ -994,7 +1020,7 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
         raise SystemExit("--tune-frozen-stages is for the micro vision tower's stages")
     for p in (tower.stages[:frozen_stages].parameters() if frozen_stages else []):
         p.requires_grad_(False)  # no gradient graph through them at all: their input needs none
-    model = Scorer2(576, keyframe_features(state1))  # its initial weights are overwritten at once: no seed needed
+    model = Scorer2(576, keyframe_features(state1), motion_features(state1))  # its initial weights are overwritten at once: no seed needed
     model.load_state_dict(state2["model"])
     tower_step = CompiledStep(tower, compiles(tower, compile_steps), "stage 3 vision tower", dynamic=True)
 
@@ -1089,16 +1115,21 @@ def from_bundle(folder: Path) -> tuple[dict, dict]:
     g, w = graph("keyframe_encoder.onnx")
     convs = linear_inputs(g, w, "Conv")
     tower = VisionTower(VisionTower.input_of(convs[0][0]) if convs else "rgb")
-    branch, model = MotionBranch(), Scorer2(576)
     load(tower, convs, "keyframe_encoder.onnx")
-    load(model.keyframe, linear_inputs(g, w, "Gemm"), "keyframe_encoder.onnx")
+    keyframe_projector = linear_inputs(g, w, "Gemm")
+    g, w = graph("motion_projector.onnx")
+    motion_projector = linear_inputs(g, w, "MatMul")
+    # The projector's input width says whether the branch appends frame_pair_stats (a graph of them holds no weights).
+    pair_stats = bool(motion_projector) and motion_projector[0][0].shape[1] == 3 * (MOTION_FEATURES + PAIR_STATS)
+    branch = MotionBranch(pair_stats)
+    model = Scorer2(576, motion_features=branch.features)
+    load(model.keyframe, keyframe_projector, "keyframe_encoder.onnx")
+    load(model.motion, motion_projector, "motion_projector.onnx")
     g, w = graph("motion_fast.onnx")
     load(branch, linear_inputs(g, w, "Conv"), "motion_fast.onnx")
-    g, w = graph("motion_projector.onnx")
-    load(model.motion, linear_inputs(g, w, "MatMul"), "motion_projector.onnx")
-    log(f"stages 1 and 2: the weights of {folder}")
-    return ({"tower": tower.state_dict(), "branch": branch.state_dict(), "recipe": recipe},
-            {"model": model.state_dict(), "recipe": recipe})
+    log(f"stages 1 and 2: the weights of {folder}" + (" (with frame-pair statistics)" if pair_stats else ""))
+    state1 = {"tower": tower.state_dict(), "branch": branch.state_dict(), "recipe": recipe}
+    return (state1 | {"pair_stats": True} if pair_stats else state1), {"model": model.state_dict(), "recipe": recipe}
 
 
 # ---------------------------------------------------------------- export
@@ -1108,7 +1139,7 @@ def export(state1, state2, out: Path):
     """The committed small graphs: keyframe encoder (tower + projector), motion branch, motion projector."""
     out.mkdir(parents=True, exist_ok=True)
     tower, branch = load_towers(state1)
-    model = Scorer2(576, keyframe_features(state1))
+    model = Scorer2(576, keyframe_features(state1), motion_features(state1))
     model.load_state_dict(state2["model"])
     for m in (tower, branch, model):
         m.eval()
@@ -1121,7 +1152,7 @@ def export(state1, state2, out: Path):
         torch.onnx.export(branch, (torch.zeros(1, 3, 16, 64, 64),), str(out / "motion_fast.onnx"),
                           input_names=["frames"], output_names=["motion_feat"],
                           dynamic_axes={"frames": {2: "frames"}, "motion_feat": {0: "frames"}}, **kw)
-        torch.onnx.export(MotionProjector(model.motion), (torch.zeros(16, MOTION_FEATURES),),
+        torch.onnx.export(MotionProjector(model.motion), (torch.zeros(16, branch.features),),
                           str(out / "motion_projector.onnx"), input_names=["motion_feat"],
                           output_names=["motion_embeds"], dynamic_axes={"motion_feat": {0: "frames"}}, **kw)
     log(f"exported the small graphs to {out}")
@@ -1183,6 +1214,11 @@ def main():
     ap.add_argument("--tune-motion-rate", type=float, default=1.0, metavar="X",
                     help="stage 3: the motion branch learns at X times the vision tower's rate (1: the same; 10: "
                          "stage 1's rate), so the scoring loss can teach it the delivery damage its stage 1 never saw")
+    ap.add_argument("--motion-pair-stats", action="store_true",
+                    help="the motion branch appends two statistics of each frame's luma difference to the previous "
+                         "one (the share of pixels that did not change, and the log of the mean absolute change) to "
+                         "its learned features; with --from-bundle, the motion projector's new input columns start "
+                         "at zero, after any refresh, before stage 3")
     ap.add_argument("--tower-input", choices=TOWER_INPUTS, default="rgb",
                     help="stage 1: what the vision tower sees: rgb, or rgb+mscn (the luma's contrast-normalised "
                          "coefficients as a fourth channel, computed in the graph; run 20, the committed bundle)")
@@ -1254,10 +1290,12 @@ def main():
                                not args.no_compile, args.refresh_anchor)
         s1, s2 = refresh_motion(s1, s2, rows, arrays, args.work, args.motion_refresh_epochs, args.seed,
                                 args.motion_refresh_anchor)
+        if args.motion_pair_stats:
+            s1, s2 = with_pair_stats(s1, s2)
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                     args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input,
-                    tower_kind=args.tower)
+                    tower_kind=args.tower, pair_stats=args.motion_pair_stats)
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile, args.cuts, args.rank_pairs, args.level_targets,
