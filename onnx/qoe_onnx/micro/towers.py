@@ -107,13 +107,17 @@ def conv3d(cin: int, cout: int) -> nn.Sequential:
 PAIR_STATS = 2  # frame_pair_stats' statistics per frame
 STILL_STEP = 2 / 255  # one 8-bit step of luma in the normalised [-1, 1] range
 CHANGE_FLOOR = 1e-3  # log10's floor under the mean absolute difference (a repeated frame's 0)
+# Each statistic's mean and standard deviation over the micro data's motion frames (every 6th
+# source, every 7th clip): standardised, they vary as much as the learned features do, so a
+# projector column starting at zero learns them at the rate it learns the others.
+PAIR_STATS_MEAN, PAIR_STATS_STD = (0.65, -1.97), (0.26, 0.46)
 
 
 def frame_pair_stats(frames: torch.Tensor) -> torch.Tensor:
     """[1, 3, F, H, W] normalised frames -> [F, 2]: per frame, the share of pixels whose luma moved
     by less than one 8-bit step since the previous frame, and log10 of the luma's mean absolute
-    difference to it (the first frame: no change). A repeated frame reads (1, -3) whatever the
-    content; the learned features see repeats only as a trained convolution makes of them, and
+    difference to it (the first frame: no change), each standardised (PAIR_STATS_MEAN and _STD).
+    A repeated frame reads (1, -3) before standardising whatever the content; the learned features see repeats only as a trained convolution makes of them, and
     a ridge probe read freezes, stutter and transmission damage better from such statistics
     than from the 144 pooled features (onnx/README, #30's eleventh session)."""
     r, g, b = frames[0].unbind(0)
@@ -121,7 +125,8 @@ def frame_pair_stats(frames: torch.Tensor) -> torch.Tensor:
     diff = torch.cat([torch.zeros_like(luma[:1]), luma[1:] - luma[:-1]]).abs()
     still = (diff < STILL_STEP).float().mean(dim=(1, 2))
     change = torch.log10(diff.mean(dim=(1, 2)) + CHANGE_FLOOR)
-    return torch.stack([still, change], dim=1)
+    stats = torch.stack([still, change], dim=1)
+    return (stats - torch.tensor(PAIR_STATS_MEAN)) / torch.tensor(PAIR_STATS_STD)
 
 
 class MotionBranch(nn.Module):
