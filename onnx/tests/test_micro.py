@@ -281,12 +281,14 @@ def test_committed_bundles_are_what_bundle_py_writes():
     import json
     from pathlib import Path
 
-    from qoe_onnx.micro import bundle, spec
+    from qoe_onnx.micro import bundle, spec, towers
 
     models = Path(__file__).resolve().parents[2] / "models"
+    width = bundle.motion_features(models / "micro-vqa2-streaming")
+    assert width in (spec.MOTION_FEATURES, spec.MOTION_FEATURES + towers.PAIR_STATS)
     for name, (variant, precision) in bundle.BUNDLES.items():
         committed = json.loads((models / name / "bundle.json").read_text())
-        assert committed == json.loads(json.dumps(bundle.manifest(variant, precision))), name
+        assert committed == json.loads(json.dumps(bundle.manifest(variant, precision, width))), name
         assert committed["name"] == name
     for folder in [models / "micro-vqa2-streaming"] + [models / "micro-vqa2-streaming" / m for m in bundle.ENSEMBLE]:
         shapes = {f: [d if isinstance(d, int) else None for d in
@@ -294,7 +296,7 @@ def test_committed_bundles_are_what_bundle_py_writes():
                   for f in ("keyframe_encoder.onnx", "motion_fast.onnx", "motion_projector.onnx")}
         assert shapes["keyframe_encoder.onnx"] == [None, 3, spec.KEYFRAME_HEIGHT, spec.KEYFRAME_WIDTH], folder
         assert shapes["motion_fast.onnx"] == [1, 3, None, spec.MOTION_SIZE, spec.MOTION_SIZE], folder
-        assert shapes["motion_projector.onnx"] == [None, spec.MOTION_FEATURES], folder
+        assert shapes["motion_projector.onnx"] == [None, width], folder
 
 
 def test_evaluate_averages_an_ensembles_level_probabilities(tmp_path):
@@ -673,8 +675,8 @@ def test_frame_pair_stats_read_a_repeated_frame_as_still_whatever_the_content():
     """`frame_pair_stats`: a repeated frame (and the first, with nothing before it) reads all
     pixels still and the log floor; a frame whose left half moved reads half still and a larger
     change; the learned features are unchanged by them and come first."""
-    from qoe_onnx.micro.towers import (CHANGE_FLOOR, PAIR_STATS_MEAN, PAIR_STATS_STD, MotionBranch, frame_pair_stats,
-                                       normalise)
+    from qoe_onnx.micro.towers import (CHANGE_FLOOR, PAIR_STATS_GAIN, PAIR_STATS_MEAN, PAIR_STATS_STD, MotionBranch,
+                                       frame_pair_stats, normalise)
 
     rng = np.random.default_rng(0)
     first = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
@@ -682,7 +684,7 @@ def test_frame_pair_stats_read_a_repeated_frame_as_still_whatever_the_content():
     moved[:, :32] = rng.integers(0, 256, size=(64, 32, 3), dtype=np.uint8)
     frames = normalise(torch.from_numpy(np.stack([first, first, moved]))).permute(1, 0, 2, 3).unsqueeze(0)
     stats = frame_pair_stats(frames)
-    raw = stats.numpy() * PAIR_STATS_STD + PAIR_STATS_MEAN  # as measured, before standardising
+    raw = stats.numpy() / PAIR_STATS_GAIN * PAIR_STATS_STD + PAIR_STATS_MEAN  # as measured, before standardising
     floor = np.log10(CHANGE_FLOOR)
     np.testing.assert_allclose(raw[:2], [[1.0, floor], [1.0, floor]], atol=1e-5)
     assert abs(raw[2, 0] - 0.5) < 0.01 and raw[2, 1] > -1.5, raw[2]
@@ -696,15 +698,18 @@ def test_frame_pair_stats_read_a_repeated_frame_as_still_whatever_the_content():
 
 
 def test_pair_stats_widen_a_bundle_that_scores_as_before_and_load_back(tmp_path):
-    """`--motion-pair-stats` on the committed bundle: the projector's new columns start at zero, so
-    the widened model computes the bundle's motion token; exported, the motion graph gives the
-    statistics after the learned features, the projector takes the wider input, `from_bundle`
-    reads the width back (and widening again changes nothing); stage 2's recipe records it."""
+    """`--motion-pair-stats` on a bundle made without them: the projector's new columns start at
+    zero, so the widened model computes the bundle's motion token; exported, the motion graph
+    gives the statistics after the learned features, the projector takes the wider input,
+    `from_bundle` reads the width back (and widening again changes nothing); stage 2's recipe
+    records it."""
     import onnxruntime as ort
 
     from qoe_onnx.micro.towers import MotionProjector
 
-    state1, state2 = train.from_bundle(COMMITTED)
+    torch.manual_seed(0)
+    train.export(untrained_towers(), {"model": train.Scorer2(576).state_dict()}, tmp_path / "narrow")
+    state1, state2 = train.from_bundle(tmp_path / "narrow")
     assert "pair_stats" not in state1
     wide1, wide2 = train.with_pair_stats(state1, state2)
     assert wide2["recipe"] == {"stage 2": state2["recipe"], "pair stats": True}
@@ -717,7 +722,7 @@ def test_pair_stats_widen_a_bundle_that_scores_as_before_and_load_back(tmp_path)
         model.load_state_dict(s2["model"])
         with torch.no_grad():
             tokens[name] = MotionProjector(model.motion)(branch(frames))
-    assert tokens["narrow"].abs().max() > 0.1
+    assert tokens["narrow"].abs().max() > 0.01  # an untrained projector's token: small, not nothing
     torch.testing.assert_close(tokens["wide"], tokens["narrow"], rtol=1e-5, atol=1e-5)
 
     train.export(wide1, wide2, tmp_path / "wide")
@@ -729,6 +734,10 @@ def test_pair_stats_widen_a_bundle_that_scores_as_before_and_load_back(tmp_path)
         np.testing.assert_allclose(feat, train.load_towers(wide1)[1](frames).numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(run("motion_projector.onnx", {"motion_feat": feat}), tokens["narrow"].numpy(),
                                rtol=1e-4, atol=1e-4)
+    from qoe_onnx.micro import bundle
+
+    assert bundle.motion_features(tmp_path / "wide") == train.MOTION_FEATURES + 2  # what its manifest declares
+    assert bundle.motion_features(tmp_path / "narrow") == train.MOTION_FEATURES
     back1, back2 = train.from_bundle(tmp_path / "wide")
     assert back1["pair_stats"] and back2["model"]["motion.net.0.weight"].shape[1] == 3 * (train.MOTION_FEATURES + 2)
 
@@ -750,12 +759,31 @@ def test_stage1_with_pair_stats_trains_a_wider_motion_branch_and_records_it(tmp_
     assert "pair_stats" not in train.stage1(rows, arrays, tmp_path / "plain", epochs=0, motion_epochs=1)["recipe"]
 
 
+def test_stage3_tune_projector_rate_moves_the_projectors_further_and_is_recorded(tmp_path):
+    """`--tune-projector-rate X`: stage 3's projectors learn at X times their rate, so from the same
+    start they move further than at 1; X is part of stage 3's recipe (absent at 1)."""
+    towers = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    for run in ("same", "faster"):
+        (tmp_path / run).mkdir()
+    projectors = train.stage2(towers, rows, arrays, tmp_path / "same", steps=2, batch=4)
+    moved = {}
+    for run, rate in (("same", 1.0), ("faster", 5.0)):
+        _, tuned = train.stage3(towers, projectors, rows, arrays, tmp_path / run, steps=2, batch=4,
+                                projector_rate=rate)
+        moved[run] = sum((t - projectors["model"][n]).abs().sum().item() for n, t in tuned["model"].items())
+    assert moved["faster"] > 2 * moved["same"] > 0, moved
+    assert "projector_rate" not in torch.load(tmp_path / "same" / "stage3.pt", weights_only=False)["recipe"]
+    assert torch.load(tmp_path / "faster" / "stage3.pt", weights_only=False)["recipe"]["projector_rate"] == 5.0
+
+
+@pytest.mark.parametrize("option, what", [("--tune-motion-rate", "the tower's rate"),
+                                          ("--tune-projector-rate", "the projectors' rate")])
 @pytest.mark.parametrize("rate", ["0", "-1"])
-def test_a_tune_motion_rate_of_0_or_less_is_refused(tmp_path, monkeypatch, rate):
-    """`--tune-motion-rate` multiplies the tower's rate: at 0 or below it is refused, named, before
-    any clips are loaded (the data folder is empty)."""
-    assert_train_refuses(tmp_path, monkeypatch, ["--tune-motion-rate", rate],
-                         rf"--tune-motion-rate {float(rate)}: a multiple of the tower's rate, above 0")
+def test_a_tune_rate_of_0_or_less_is_refused(tmp_path, monkeypatch, option, what, rate):
+    """`--tune-motion-rate` and `--tune-projector-rate` multiply a rate: at 0 or below they are
+    refused, named, before any clips are loaded (the data folder is empty)."""
+    assert_train_refuses(tmp_path, monkeypatch, [option, rate], rf"{option} {float(rate)}: a multiple of {what}, above 0")
 
 
 def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):

@@ -47,7 +47,19 @@ BUNDLES = {"micro-vqa2-streaming": ("streaming", "fp32"), "micro-vqa2-ugc": ("ug
            "micro-vqa2-streaming-int8": ("streaming", "int8")}
 
 
-def manifest(variant: str, precision: str = "fp32") -> dict:
+def motion_features(folder: Path) -> int:
+    """The per-frame motion feature a bundle folder's motion projector takes: the branch's 48
+    learned features, and 2 more where it appends frame-pair statistics (`train
+    --motion-pair-stats`); spec's 48 where the folder holds no projector yet."""
+    path = folder / "motion_projector.onnx"
+    if not path.exists():
+        return MOTION_FEATURES
+    import onnx
+
+    return onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[1].dim_value
+
+
+def manifest(variant: str, precision: str = "fp32", motion_features: int = MOTION_FEATURES) -> dict:
     pre = {"resize": "pillow-bicubic", "rescale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3,
            "channels": "rgb", "layout": "nchw"}
     past = [B.tensor(f"past_key_values.{l}.{kv}", ["batch", KV_HEADS, "past", HEAD_DIM])
@@ -67,11 +79,11 @@ def manifest(variant: str, precision: str = "fp32") -> dict:
         "motion_encoder": {
             "file": "motion_fast.onnx",
             "inputs": [B.tensor("frames", [1, 3, "frames", spec.MOTION_SIZE, spec.MOTION_SIZE])],
-            "outputs": [B.tensor("motion_feat", ["frames", MOTION_FEATURES])],
+            "outputs": [B.tensor("motion_feat", ["frames", motion_features])],
         },
         "motion_projector": {
             "file": "motion_projector.onnx",
-            "inputs": [B.tensor("motion_feat", ["frames", MOTION_FEATURES])],
+            "inputs": [B.tensor("motion_feat", ["frames", motion_features])],
             "outputs": [B.tensor("motion_embeds", [1, HIDDEN])],
         },
     }
@@ -148,10 +160,13 @@ def manifest(variant: str, precision: str = "fp32") -> dict:
 
 
 def write_manifests(models: Path) -> None:
+    """The three manifests, declaring the motion feature the streaming bundle's graphs (shared by
+    the other two) take."""
+    width = motion_features(models / "micro-vqa2-streaming")
     for name, (variant, precision) in BUNDLES.items():
         folder = models / name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / B.MANIFEST).write_text(json.dumps(manifest(variant, precision), indent=2) + "\n")
+        (folder / B.MANIFEST).write_text(json.dumps(manifest(variant, precision, width), indent=2) + "\n")
         print(f"wrote {folder / B.MANIFEST}", file=sys.stderr)
 
 

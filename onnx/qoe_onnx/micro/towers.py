@@ -111,12 +111,17 @@ CHANGE_FLOOR = 1e-3  # log10's floor under the mean absolute difference (a repea
 # source, every 7th clip): standardised, they vary as much as the learned features do, so a
 # projector column starting at zero learns them at the rate it learns the others.
 PAIR_STATS_MEAN, PAIR_STATS_STD = (0.65, -1.97), (0.26, 0.46)
+# Then scaled up: under Adam a weight moves about its learning rate a step whatever its
+# gradient's size, so an input's scale is its zero-started column's rate in function space;
+# at 1, 300 steps of stage 3 left those columns a thirtieth of the others' size (onnx/README).
+PAIR_STATS_GAIN = 10.0
 
 
 def frame_pair_stats(frames: torch.Tensor) -> torch.Tensor:
     """[1, 3, F, H, W] normalised frames -> [F, 2]: per frame, the share of pixels whose luma moved
     by less than one 8-bit step since the previous frame, and log10 of the luma's mean absolute
-    difference to it (the first frame: no change), each standardised (PAIR_STATS_MEAN and _STD).
+    difference to it (the first frame: no change), each standardised (PAIR_STATS_MEAN and _STD)
+    and scaled by PAIR_STATS_GAIN.
     A repeated frame reads (1, -3) before standardising whatever the content; the learned features see repeats only as a trained convolution makes of them, and
     a ridge probe read freezes, stutter and transmission damage better from such statistics
     than from the 144 pooled features (onnx/README, #30's eleventh session)."""
@@ -126,7 +131,7 @@ def frame_pair_stats(frames: torch.Tensor) -> torch.Tensor:
     still = (diff < STILL_STEP).float().mean(dim=(1, 2))
     change = torch.log10(diff.mean(dim=(1, 2)) + CHANGE_FLOOR)
     stats = torch.stack([still, change], dim=1)
-    return (stats - torch.tensor(PAIR_STATS_MEAN)) / torch.tensor(PAIR_STATS_STD)
+    return PAIR_STATS_GAIN * (stats - torch.tensor(PAIR_STATS_MEAN)) / torch.tensor(PAIR_STATS_STD)
 
 
 class MotionBranch(nn.Module):

@@ -980,7 +980,8 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
 
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0,
            compile_steps: bool = False, cuts: float = 0.0, rank_pairs: str = "pairs", level_targets: str = "bins",
-           delivery_weight: float = 1.0, larger_size_weight: float = 1.0, motion_rate: float = 1.0):
+           delivery_weight: float = 1.0, larger_size_weight: float = 1.0, motion_rate: float = 1.0,
+           projector_rate: float = 1.0):
     """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
     and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
     stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
@@ -989,7 +990,8 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
     the windows span a scene cut; `rank_pairs`, `level_targets`, `delivery_weight` and
     `larger_size_weight` choose the ranking pairs, the level targets and how often delivery damage
     and the damage done at a larger size are drawn (`train_scoring`); the motion branch learns at
-    `motion_rate` times the vision tower's rate."""
+    `motion_rate` times the vision tower's rate, the projectors at `projector_rate` times their
+    own."""
     if steps == 0:
         return state1, state2
     options = {"cuts": cuts, "rank_pairs": rank_pairs, "level_targets": level_targets,
@@ -1000,16 +1002,19 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
               **{k: v for k, v in options.items() if v != STAGE3_DEFAULTS[k]}}
     if motion_rate != 1.0:
         recipe["motion_rate"] = motion_rate
+    if projector_rate != 1.0:
+        recipe["projector_rate"] = projector_rate
     tuned = finished(work, "stage 3", recipe)
     if tuned is None:
         tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps,
-                     motion_rate, **options)
+                     motion_rate, projector_rate, **options)
     kept = {"tower_kind": state1.get("tower_kind", "micro")} | ({"pair_stats": True} if state1.get("pair_stats") else {})
     return {k: tuned[k] for k in ("tower", "branch")} | kept, {"model": tuned["model"]}
 
 
 def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int,
-         recipe: dict, compile_steps: bool = False, motion_rate: float = 1.0, **options) -> dict:
+         recipe: dict, compile_steps: bool = False, motion_rate: float = 1.0, projector_rate: float = 1.0,
+         **options) -> dict:
     """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
     tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper.
@@ -1033,7 +1038,7 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     same_rate = motion_rate == 1.0  # the branch in the tower's group, as the recipes before --tune-motion-rate
     groups = [{"params": towers + motion if same_rate else towers, "weight_decay": 1e-4},
               {"params": list(model.parameters()), "weight_decay": 0.0}]
-    rates = [1e-4, 2e-4]
+    rates = [1e-4, 2e-4 * projector_rate]
     if not same_rate:
         groups.append({"params": motion, "weight_decay": 1e-4})
         rates.append(1e-4 * motion_rate)
@@ -1214,6 +1219,9 @@ def main():
     ap.add_argument("--tune-motion-rate", type=float, default=1.0, metavar="X",
                     help="stage 3: the motion branch learns at X times the vision tower's rate (1: the same; 10: "
                          "stage 1's rate), so the scoring loss can teach it the delivery damage its stage 1 never saw")
+    ap.add_argument("--tune-projector-rate", type=float, default=1.0, metavar="X",
+                    help="stage 3: the projectors learn at X times their rate (2e-4 peak; 1: as before), so a "
+                         "bundle's projectors, fit in its stage 2, can fit damage that came after it")
     ap.add_argument("--motion-pair-stats", action="store_true",
                     help="the motion branch appends two statistics of each frame's luma difference to the previous "
                          "one (the share of pixels that did not change, and the log of the mean absolute change) to "
@@ -1271,6 +1279,8 @@ def main():
                          "at a larger size is drawn, above 0")
     if not args.tune_motion_rate > 0:
         raise SystemExit(f"--tune-motion-rate {args.tune_motion_rate}: a multiple of the tower's rate, above 0")
+    if not args.tune_projector_rate > 0:
+        raise SystemExit(f"--tune-projector-rate {args.tune_projector_rate}: a multiple of the projectors' rate, above 0")
     if not 0.0 <= args.cuts <= 1.0:
         raise SystemExit(f"--cuts {args.cuts}: a share of stage 3's windows, from 0 to 1")
     if args.threads:
@@ -1299,7 +1309,7 @@ def main():
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile, args.cuts, args.rank_pairs, args.level_targets,
-                    args.delivery_weight, args.larger_size_weight, args.tune_motion_rate)
+                    args.delivery_weight, args.larger_size_weight, args.tune_motion_rate, args.tune_projector_rate)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
