@@ -676,6 +676,94 @@ def test_stage3_tune_rates_move_their_part_further_and_are_recorded(tmp_path, op
     assert torch.load(tmp_path / "faster" / "stage3.pt", weights_only=False)["recipe"][option] == rate
 
 
+def test_frame_pair_stats_read_a_repeated_frame_as_still_whatever_the_content():
+    """`frame_pair_stats`: a repeated frame (and the first, with nothing before it) reads all
+    pixels still and the log floor; a frame whose left half moved reads half still and a larger
+    change; the learned features are unchanged by them and come first."""
+    from qoe_onnx.micro.towers import (CHANGE_FLOOR, PAIR_STATS_GAIN, PAIR_STATS_MEAN, PAIR_STATS_STD, MotionBranch,
+                                       frame_pair_stats, normalise)
+
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    moved = first.copy()
+    moved[:, :32] = rng.integers(0, 256, size=(64, 32, 3), dtype=np.uint8)
+    frames = normalise(torch.from_numpy(np.stack([first, first, moved]))).permute(1, 0, 2, 3).unsqueeze(0)
+    stats = frame_pair_stats(frames)
+    raw = stats.numpy() / PAIR_STATS_GAIN * PAIR_STATS_STD + PAIR_STATS_MEAN  # as measured, before standardising
+    floor = np.log10(CHANGE_FLOOR)
+    np.testing.assert_allclose(raw[:2], [[1.0, floor], [1.0, floor]], atol=1e-5)
+    assert abs(raw[2, 0] - 0.5) < 0.01 and raw[2, 1] > -1.5, raw[2]
+    plain, with_stats = MotionBranch(), MotionBranch(pair_stats=True)
+    with_stats.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        both = with_stats.eval()(frames)
+        assert both.shape == (3, with_stats.features) and with_stats.features == plain.features + 2
+        torch.testing.assert_close(both[:, :plain.features], plain.eval()(frames))
+        torch.testing.assert_close(both[:, plain.features:], stats)
+
+
+def test_pair_stats_widen_a_bundle_that_scores_as_before_and_load_back(tmp_path):
+    """`--motion-pair-stats` on a bundle made without them: the projector's new columns start at
+    zero, so the widened model computes the bundle's motion token; exported, the motion graph
+    gives the statistics after the learned features, the projector takes the wider input,
+    `from_bundle` reads the width back (and widening again changes nothing); stage 2's recipe
+    records it."""
+    import onnxruntime as ort
+
+    from qoe_onnx.micro.towers import MotionProjector
+
+    torch.manual_seed(0)
+    train.export(untrained_towers(), {"model": train.Scorer2(576).state_dict()}, tmp_path / "narrow")
+    state1, state2 = train.from_bundle(tmp_path / "narrow")
+    assert "pair_stats" not in state1
+    wide1, wide2 = train.with_pair_stats(state1, state2)
+    assert wide2["recipe"] == {"stage 2": state2["recipe"], "pair stats": True}
+    assert train.with_pair_stats(wide1, wide2) == (wide1, wide2)
+    frames = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 3, 20, 64, 64)).astype(np.float32))
+    tokens = {}
+    for name, (s1, s2) in (("narrow", (state1, state2)), ("wide", (wide1, wide2))):
+        _, branch = train.load_towers(s1)
+        model = train.Scorer2(576, train.keyframe_features(s1), train.motion_features(s1))
+        model.load_state_dict(s2["model"])
+        with torch.no_grad():
+            tokens[name] = MotionProjector(model.motion)(branch(frames))
+    assert tokens["narrow"].abs().max() > 0.01  # an untrained projector's token: small, not nothing
+    torch.testing.assert_close(tokens["wide"], tokens["narrow"], rtol=1e-5, atol=1e-5)
+
+    train.export(wide1, wide2, tmp_path / "wide")
+    run = lambda name, feed: ort.InferenceSession(str(tmp_path / "wide" / name),  # noqa: E731
+                                                  providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    feat = run("motion_fast.onnx", {"frames": frames.numpy()})
+    assert feat.shape == (20, train.MOTION_FEATURES + 2)
+    with torch.no_grad():
+        np.testing.assert_allclose(feat, train.load_towers(wide1)[1](frames).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run("motion_projector.onnx", {"motion_feat": feat}), tokens["narrow"].numpy(),
+                               rtol=1e-4, atol=1e-4)
+    from qoe_onnx.micro import bundle
+
+    assert bundle.motion_features(tmp_path / "wide") == train.MOTION_FEATURES + 2  # what its manifest declares
+    assert bundle.motion_features(tmp_path / "narrow") == train.MOTION_FEATURES
+    back1, back2 = train.from_bundle(tmp_path / "wide")
+    assert back1["pair_stats"] and back2["model"]["motion.net.0.weight"].shape[1] == 3 * (train.MOTION_FEATURES + 2)
+
+
+def test_stage1_with_pair_stats_trains_a_wider_motion_branch_and_records_it(tmp_path):
+    """A stage 1 of its own with `pair_stats`: the branch and stage 2's motion projector take the
+    wider feature, stage 3 keeps it and the export carries it; stage 1's recipe records it (and
+    only then, so earlier recipes stay as they were)."""
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    state = train.stage1(rows, arrays, tmp_path, epochs=0, motion_epochs=1, pair_stats=True)
+    assert state["pair_stats"] and state["recipe"]["pair_stats"] is True
+    projectors = train.stage2(state, rows, arrays, tmp_path, steps=2, batch=4)
+    assert projectors["model"]["motion.net.0.weight"].shape[1] == 3 * (train.MOTION_FEATURES + 2)
+    tuned1, tuned2 = train.stage3(state, projectors, rows, arrays, tmp_path, steps=1, batch=4)
+    assert tuned1["pair_stats"]
+    train.export(tuned1, tuned2, tmp_path / "bundle")
+    assert train.from_bundle(tmp_path / "bundle")[0]["pair_stats"]
+    (tmp_path / "plain").mkdir()
+    assert "pair_stats" not in train.stage1(rows, arrays, tmp_path / "plain", epochs=0, motion_epochs=1)["recipe"]
+
+
 @pytest.mark.parametrize("option, what", [("--tune-motion-rate", "the tower's rate"),
                                           ("--tune-projector-rate", "the projectors' rate")])
 @pytest.mark.parametrize("rate", ["0", "-1"])
