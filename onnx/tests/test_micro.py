@@ -717,7 +717,8 @@ def test_pair_stats_widen_a_bundle_that_scores_as_before_and_load_back(tmp_path)
     state1, state2 = train.from_bundle(tmp_path / "narrow")
     assert "pair_stats" not in state1
     wide1, wide2 = train.with_pair_stats(state1, state2)
-    assert wide2["recipe"] == {"stage 2": state2["recipe"], "pair stats": True}
+    assert wide2["recipe"] == {"stage 2": state2["recipe"], "pair stats": {"mean": [0.65, -1.97], "std": [0.26, 0.46],
+                                                                           "gain": 10.0}}
     assert train.with_pair_stats(wide1, wide2) == (wide1, wide2)
     frames = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 3, 20, 64, 64)).astype(np.float32))
     tokens = {}
@@ -753,7 +754,7 @@ def test_stage1_with_pair_stats_trains_a_wider_motion_branch_and_records_it(tmp_
     only then, so earlier recipes stay as they were)."""
     rows, arrays, _ = tiny_training_set(keyframes=4)
     state = train.stage1(rows, arrays, tmp_path, epochs=0, motion_epochs=1, pair_stats=True)
-    assert state["pair_stats"] and state["recipe"]["pair_stats"] is True
+    assert state["pair_stats"] and state["recipe"]["pair_stats"]["gain"] == 10.0
     projectors = train.stage2(state, rows, arrays, tmp_path, steps=2, batch=4)
     assert projectors["model"]["motion.net.0.weight"].shape[1] == 3 * (train.MOTION_FEATURES + 2)
     tuned1, tuned2 = train.stage3(state, projectors, rows, arrays, tmp_path, steps=1, batch=4)

@@ -121,10 +121,12 @@ def frame_pair_stats(frames: torch.Tensor) -> torch.Tensor:
     """[1, 3, F, H, W] normalised frames -> [F, 2]: per frame, the share of pixels whose luma moved
     by less than one 8-bit step since the previous frame, and log10 of the luma's mean absolute
     difference to it (the first frame: no change), each standardised (PAIR_STATS_MEAN and _STD)
-    and scaled by PAIR_STATS_GAIN.
-    A repeated frame reads (1, -3) before standardising whatever the content; the learned features see repeats only as a trained convolution makes of them, and
-    a ridge probe read freezes, stutter and transmission damage better from such statistics
-    than from the 144 pooled features (onnx/README, #30's eleventh session)."""
+    and scaled by PAIR_STATS_GAIN. A repeated frame reads (1, -3) before standardising, whatever
+    the content; the learned features see repeats only as a trained convolution makes of them,
+    and a ridge probe read freezes, stutter and transmission damage better from such statistics
+    than from the 144 pooled features (onnx/README, #30's eleventh session). An exported graph
+    holds the constants it was made with; training goes on from one with today's, so the
+    recipes name them (`pair_stats_recipe`)."""
     r, g, b = frames[0].unbind(0)
     luma = 0.299 * r + 0.587 * g + 0.114 * b  # [F, H, W]
     diff = torch.cat([torch.zeros_like(luma[:1]), luma[1:] - luma[:-1]]).abs()
@@ -132,6 +134,11 @@ def frame_pair_stats(frames: torch.Tensor) -> torch.Tensor:
     change = torch.log10(diff.mean(dim=(1, 2)) + CHANGE_FLOOR)
     stats = torch.stack([still, change], dim=1)
     return PAIR_STATS_GAIN * (stats - torch.tensor(PAIR_STATS_MEAN)) / torch.tensor(PAIR_STATS_STD)
+
+
+def pair_stats_recipe() -> dict:
+    """What a recipe records of the frame-pair statistics: their constants."""
+    return {"mean": list(PAIR_STATS_MEAN), "std": list(PAIR_STATS_STD), "gain": PAIR_STATS_GAIN}
 
 
 class MotionBranch(nn.Module):

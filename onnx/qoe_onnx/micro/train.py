@@ -51,7 +51,7 @@ from . import online, pretrained, smollm
 from .spec import (KEYFRAME_FEATURES, KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LEVEL_WEIGHTS, LEVEL_WORDS,
                    MOTION_CONTEXT, MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX)
 from .towers import (PAIR_STATS, TOWER_INPUTS, KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower,
-                     motion_pool, normalise)
+                     motion_pool, normalise, pair_stats_recipe)
 
 
 
@@ -497,7 +497,7 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
     recipe = dict(data=data_fingerprint(rows), epochs=epochs, motion_epochs=motion_epochs,
                   online_pairs=online_pairs, seed=seed)
     if pair_stats:
-        recipe["pair_stats"] = True
+        recipe["pair_stats"] = pair_stats_recipe()
     if tower_input != "rgb":  # recorded only when asked, so the recipes of earlier runs stay as they were
         recipe["tower_input"] = tower_input
     if tower_kind != "micro":
@@ -734,7 +734,7 @@ def with_pair_stats(state1, state2) -> tuple[dict, dict]:
     model["motion.net.0.weight"] = torch.cat([pools, pools.new_zeros(weight.shape[0], 3, PAIR_STATS)], 2) \
         .reshape(weight.shape[0], 3 * (MOTION_FEATURES + PAIR_STATS))
     return state1 | {"pair_stats": True}, \
-        state2 | {"model": model, "recipe": {"stage 2": state2.get("recipe"), "pair stats": True}}
+        state2 | {"model": model, "recipe": {"stage 2": state2.get("recipe"), "pair stats": pair_stats_recipe()}}
 
 
 def window_span(keyframes: int, frames: int, s0: int, w: int) -> tuple[int, int]:
@@ -1025,7 +1025,8 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
         raise SystemExit("--tune-frozen-stages is for the micro vision tower's stages")
     for p in (tower.stages[:frozen_stages].parameters() if frozen_stages else []):
         p.requires_grad_(False)  # no gradient graph through them at all: their input needs none
-    model = Scorer2(576, keyframe_features(state1), motion_features(state1))  # its initial weights are overwritten at once: no seed needed
+    # Its initial weights are overwritten at once: no seed needed.
+    model = Scorer2(576, keyframe_features(state1), motion_features(state1))
     model.load_state_dict(state2["model"])
     tower_step = CompiledStep(tower, compiles(tower, compile_steps), "stage 3 vision tower", dynamic=True)
 
