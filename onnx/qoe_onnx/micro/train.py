@@ -1008,8 +1008,8 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
     if tuned is None:
         tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps,
                      motion_rate, projector_rate, **options)
-    kept = {"tower_kind": state1.get("tower_kind", "micro")} | ({"pair_stats": True} if state1.get("pair_stats") else {})
-    return {k: tuned[k] for k in ("tower", "branch")} | kept, {"model": tuned["model"]}
+    # Stage 1's dictionary keeps what describes its towers (tower_kind, pair_stats); only the weights are tuned.
+    return state1 | {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
 
 
 def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int,
