@@ -570,6 +570,31 @@ def test_stage3_with_cuts_records_them_and_trains_otherwise(tmp_path, monkeypatc
         train.stage3(towers, projectors, rows, arrays, tmp_path / "cut", steps=2, batch=2, cuts=0.5)
 
 
+def test_stage3_whole_windows_are_each_clip_over_the_span_its_label_was_measured_on(tmp_path, monkeypatch):
+    """`--tune-windows whole`: every window without a cut is its whole clip, where `random` draws
+    4 keyframes to the whole clip; the choice is part of stage 3's recipe (absent at random, so
+    that older checkpoints stay valid)."""
+    towers = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=6)
+    spans: dict[str, list[tuple[int, int]]] = {}
+    real = train.tuned_window_features
+
+    def recording(tower, branch, shots):
+        spans[run].extend((s0, w) for _, _, s0, w in shots)
+        return real(tower, branch, shots)
+
+    monkeypatch.setattr(train, "tuned_window_features", recording)
+    for run in train.WINDOWS:
+        (tmp_path / run).mkdir()
+        spans[run] = []
+        projectors = train.stage2(towers, rows, arrays, tmp_path / run, steps=1, batch=2)
+        train.stage3(towers, projectors, rows, arrays, tmp_path / run, steps=3, batch=4, windows=run)
+    assert set(spans["whole"]) == {(0, 6)} and len(spans["whole"]) == 12
+    assert len(set(spans["random"])) > 1 and all(4 <= w and s0 + w <= 6 for s0, w in spans["random"])
+    assert torch.load(tmp_path / "whole" / "stage3.pt", weights_only=False)["recipe"]["windows"] == "whole"
+    assert "windows" not in torch.load(tmp_path / "random" / "stage3.pt", weights_only=False)["recipe"]
+
+
 def test_batch_hinges_read_every_pair_whose_labels_differ_with_a_margin_no_larger_than_their_gap():
     pred = torch.tensor([0.9, 0.5, 0.52, 0.1])
     target = torch.tensor([0.8, 0.5, 0.5, 0.49])

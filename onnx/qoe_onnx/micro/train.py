@@ -115,6 +115,7 @@ def pair_hinges(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.05) 
 
 RANK_PAIRS = ("pairs", "batch")
 LEVEL_TARGETS = ("bins", "soft")
+WINDOWS = ("random", "whole")
 LEVEL_CENTRES = torch.tensor([0.9, 0.7, 0.5, 0.3, 0.1])  # the five 20-point bins' middles, high first
 
 
@@ -843,13 +844,13 @@ class PairDraw:
 SAVE_EVERY = 50  # steps of stage 2 or 3 between two saves of its progress
 # Stage 3's options at their defaults, which its recipe leaves out (`stage3`).
 STAGE3_DEFAULTS = {"cuts": 0.0, "rank_pairs": "pairs", "level_targets": "bins", "delivery_weight": 1.0,
-                   "larger_size_weight": 1.0}
+                   "larger_size_weight": 1.0, "windows": "random"}
 
 
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
                   opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict, cuts: float = 0.0,
                   rank_pairs: str = "pairs", level_targets: str = "bins", delivery_weight: float = 1.0,
-                  larger_size_weight: float = 1.0) -> dict:
+                  larger_size_weight: float = 1.0, windows: str = "random") -> dict:
     """The scoring steps of stages 2 and 3 through the frozen SmolLM2: level word cross-entropy,
     squared error of the weighted score and a ranking hinge within same-source pairs.
     `window_features([(i, s0, w), ...])` gives the keyframe and motion features of a window made
@@ -862,7 +863,10 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     (`level_targets` "bins") or a distribution over the levels (`soft_level_targets`). A pair's
     first clip is drawn `delivery_weight` times as often from the delivery families (transmission
     errors, error blocks, black frames, interlacing, and the damage done at 640x360: what the
-    element is there to see) as from the others. `trained` are the
+    element is there to see) as from the others. A window without a cut is 4 keyframes to the
+    whole clip (`windows` "random") or the whole clip ("whole"): a clip's label is its whole
+    length's, and damage that comes and goes (a freeze, black frames, lost slices) may lie
+    mostly inside or outside a shorter window. `trained` are the
     modules whose weights this part changes (saved with its progress, then in its `checkpoint`,
     whose dictionary of their weights and `recipe` it returns)."""
     from tokenizers import Tokenizer
@@ -889,15 +893,17 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
             # A pair from one source: the same window and the same stalls for both clips.
             second = pairs.second(rng, first)
             k = min(keyframe_counts[first], keyframe_counts[second])
-            # A window of 4 to all keyframes (and their motion frames), as the element's windows.
-            w = int(rng.integers(min(4, k), k + 1))
-            s0 = int(rng.integers(0, k - w + 1))
+            if windows == "whole":  # the window the label was measured on
+                w, s0 = k, 0
+            else:  # 4 to all keyframes (and their motion frames), as the element's windows
+                w = int(rng.integers(min(4, k), k + 1))
+                s0 = int(rng.integers(0, k - w + 1))
             stall, factor = None, 1.0
             if rng.random() < 0.5:
                 count, total, initial = random_stalls(rng)
                 stall = stall_sentence(count, total, initial)
                 factor = stall_factor(count, total, initial)
-            windows = [[(i, s0, w)] for i in (first, second)]
+            pair_windows = [[(i, s0, w)] for i in (first, second)]
             if cuts and rng.random() < cuts:
                 # A scene cut: 2 or more keyframes of this source, then 2 or more of another's
                 # (the window drawn again; the draws above keep runs without cuts as they were).
@@ -908,8 +914,8 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
                 k2 = min(keyframe_counts[j] for j in partners)
                 w2 = int(rng.integers(2, k2 + 1))
                 t0 = int(rng.integers(0, k2 - w2 + 1))
-                windows = [[(i, s0, w), (j, t0, w2)] for i, j in zip((first, second), partners)]
-            for window in windows:
+                pair_windows = [[(i, s0, w), (j, t0, w2)] for i, j in zip((first, second), partners)]
+            for window in pair_windows:
                 kf_w, mo_w = window_features(window)
                 label = factor * sum(rows[j]["mos"] * n for j, _, n in window) / sum(n for _, _, n in window)
                 seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
@@ -981,21 +987,21 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0,
            compile_steps: bool = False, cuts: float = 0.0, rank_pairs: str = "pairs", level_targets: str = "bins",
            delivery_weight: float = 1.0, larger_size_weight: float = 1.0, motion_rate: float = 1.0,
-           projector_rate: float = 1.0):
+           projector_rate: float = 1.0, windows: str = "random"):
     """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
     and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
     stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
     rates, so the tuning refines what they learned rather than undoes it. Returns stage 1's and
     2's dictionaries with the tuned weights; with 0 steps, the two unchanged. A share `cuts` of
-    the windows span a scene cut; `rank_pairs`, `level_targets`, `delivery_weight` and
-    `larger_size_weight` choose the ranking pairs, the level targets and how often delivery damage
-    and the damage done at a larger size are drawn (`train_scoring`); the motion branch learns at
+    the windows span a scene cut; `rank_pairs`, `level_targets`, `delivery_weight`,
+    `larger_size_weight` and `windows` choose the ranking pairs, the level targets, how often delivery
+    damage and the damage done at a larger size are drawn, and the windows' length (`train_scoring`); the motion branch learns at
     `motion_rate` times the vision tower's rate, the projectors at `projector_rate` times their
     own."""
     if steps == 0:
         return state1, state2
     options = {"cuts": cuts, "rank_pairs": rank_pairs, "level_targets": level_targets,
-               "delivery_weight": delivery_weight, "larger_size_weight": larger_size_weight}
+               "delivery_weight": delivery_weight, "larger_size_weight": larger_size_weight, "windows": windows}
     recipe = {"stage 2": state2.get("recipe"), "steps": steps, "batch": batch, "seed": seed,
               "frozen_stages": frozen_stages,
               # Only the options not at their defaults: the recipe of checkpoints made before each option.
@@ -1018,7 +1024,7 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
     tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper.
-    `options` (cuts, ranking pairs, level targets, delivery and larger-size weights) go to
+    `options` (cuts, ranking pairs, level targets, delivery and larger-size weights, windows) go to
     `train_scoring`."""
     tower, branch = load_towers(state1)
     if frozen_stages and not isinstance(tower, VisionTower):
@@ -1209,6 +1215,10 @@ def main():
     ap.add_argument("--level-targets", choices=LEVEL_TARGETS, default="bins",
                     help="stage 3: the level word's cross-entropy target: bins (the label's 20-point bin, as "
                          "stage 2) or soft (a distribution over the levels around the label: where in its bin)")
+    ap.add_argument("--tune-windows", choices=WINDOWS, default="random",
+                    help="stage 3: the length of a window without a cut: random (4 keyframes to the whole clip, "
+                         "labelled with the whole clip's pseudo-MOS) or whole (the whole clip, where its label was "
+                         "measured)")
     ap.add_argument("--delivery-weight", type=float, default=1.0, metavar="W",
                     help="stage 3: how many times as often a pair starts from a clip with delivery damage "
                          "(transmission errors, error blocks, black frames, interlacing, and the 640x360 families) as from any "
@@ -1310,7 +1320,8 @@ def main():
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile, args.cuts, args.rank_pairs, args.level_targets,
-                    args.delivery_weight, args.larger_size_weight, args.tune_motion_rate, args.tune_projector_rate)
+                    args.delivery_weight, args.larger_size_weight, args.tune_motion_rate, args.tune_projector_rate,
+                    args.tune_windows)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
