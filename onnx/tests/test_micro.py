@@ -595,6 +595,63 @@ def test_stage3_whole_windows_are_each_clip_over_the_span_its_label_was_measured
     assert "windows" not in torch.load(tmp_path / "random" / "stage3.pt", weights_only=False)["recipe"]
 
 
+def test_a_windows_measured_label_counts_damage_that_comes_and_goes_where_it_is():
+    """`keyframe_ssim` is 1 for a keyframe equal to its reference and near 0 for a black one;
+    `window_mos` moves a clip's label down for the windows that hold its black keyframe and up for
+    those that do not, on the label's SSIM scale, and keeps the clip's label without SSIMs."""
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 256, (8, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH, 3), dtype=np.uint8)
+    blacked = reference.copy()
+    blacked[3] = 0
+    noisy = np.clip(reference + rng.normal(0, 20, reference.shape), 0, 255).astype(np.uint8)
+    ssim = train.keyframe_ssim(np.stack([reference, blacked, noisy]), reference)
+    assert ssim.shape == (3, 8)
+    assert np.allclose(ssim[0], 1.0) and np.allclose(np.delete(ssim[1], 3), 1.0) and ssim[1, 3] < 0.01
+    assert (0.5 < ssim[2]).all() and (ssim[2] < 0.99).all()  # noise costs a little of a busy picture
+    clip = {"mos": 80.0}
+    holding, missing = train.window_mos(clip, ssim[1], 2, 4), train.window_mos(clip, ssim[1], 4, 4)
+    scale = 100.0 / (data.SSIM_AT_100 - data.SSIM_AT_0)
+    assert holding == pytest.approx(80.0 - (ssim[1].mean() - ssim[1][2:6].mean()) * scale)
+    assert holding < 80.0 < missing == 100.0  # clipped to the scale
+    assert train.window_mos(clip, ssim[1], 0, 8) == pytest.approx(80.0)
+    assert train.window_mos(clip, None, 2, 4) == 80.0
+    assert train.window_mos(clip, ssim[0], 2, 4) == pytest.approx(80.0), "undamaged keyframes keep the label"
+
+
+def test_stage3_measured_windows_draw_as_random_and_are_labelled_by_their_keyframes(tmp_path, monkeypatch):
+    """`--tune-windows measured` draws the windows `random` draws, labels each with `window_mos`
+    of its clip's `keyframe_ssims`, and is part of stage 3's recipe."""
+    towers = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=6)
+    arrays["s"]["keyframes"][1, 2] = 0  # a black keyframe in the first noise clip
+    ssims = train.keyframe_ssims(rows, arrays)
+    assert np.allclose(ssims[0], 1.0) and ssims[1][2] < 0.01
+    labels: dict[str, list[float]] = {}
+    spans: dict[str, list[tuple[int, int]]] = {}
+    real_mos, real_features = train.window_mos, train.tuned_window_features
+
+    def recording_mos(row, ssim, s0, w):
+        labels[run].append(real_mos(row, ssim, s0, w))
+        return labels[run][-1]
+
+    def recording_features(tower, branch, shots):
+        spans[run].extend((s0, w) for _, _, s0, w in shots)
+        return real_features(tower, branch, shots)
+
+    monkeypatch.setattr(train, "window_mos", recording_mos)
+    monkeypatch.setattr(train, "tuned_window_features", recording_features)
+    for run in ("random", "measured"):
+        (tmp_path / run).mkdir()
+        labels[run], spans[run] = [], []
+        projectors = train.stage2(towers, rows, arrays, tmp_path / run, steps=1, batch=2)
+        labels[run].clear()  # stage 2's labels: its clips'
+        train.stage3(towers, projectors, rows, arrays, tmp_path / run, steps=3, batch=4, windows=run)
+    assert spans["random"] == spans["measured"]
+    assert labels["random"] != labels["measured"]
+    assert set(labels["random"]) <= {r["mos"] for r in rows}
+    assert torch.load(tmp_path / "measured" / "stage3.pt", weights_only=False)["recipe"]["windows"] == "measured"
+
+
 def test_batch_hinges_read_every_pair_whose_labels_differ_with_a_margin_no_larger_than_their_gap():
     pred = torch.tensor([0.9, 0.5, 0.52, 0.1])
     target = torch.tensor([0.8, 0.5, 0.5, 0.49])

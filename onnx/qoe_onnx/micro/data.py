@@ -113,12 +113,15 @@ def frame_size(scale: float = 1) -> tuple[int, int]:
     return round(WIDTH * scale), round(HEIGHT * scale)
 
 
+SSIM_AT_0, SSIM_AT_100 = 0.55, 0.99  # the pseudo-MOS scale's ends (`pseudo_mos`)
+
+
 def pseudo_mos(ssim: float) -> float:
     """FFmpeg's SSIM (All: Y, U and V weighted 4:1:1) to 0-100.
 
     Linear in SSIM between 0.55 (0) and 0.99 (100), clipped: about where x264 CRF 51 and
     CRF 18 delivery sit on this content, so the five 20-point bins span the distortions."""
-    return float(np.clip((ssim - 0.55) / (0.99 - 0.55) * 100.0, 0.0, 100.0))
+    return float(np.clip((ssim - SSIM_AT_0) / (SSIM_AT_100 - SSIM_AT_0) * 100.0, 0.0, 100.0))
 
 
 def level_of(mos: float) -> int:

@@ -115,7 +115,7 @@ def pair_hinges(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.05) 
 
 RANK_PAIRS = ("pairs", "batch")
 LEVEL_TARGETS = ("bins", "soft")
-WINDOWS = ("random", "whole")
+WINDOWS = ("random", "whole", "measured")
 LEVEL_CENTRES = torch.tensor([0.9, 0.7, 0.5, 0.3, 0.1])  # the five 20-point bins' middles, high first
 
 
@@ -744,6 +744,47 @@ def window_span(keyframes: int, frames: int, s0: int, w: int) -> tuple[int, int]
     return int(s0 * per_kf), int((s0 + w) * per_kf)
 
 
+def keyframe_ssim(keyframes: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Luma SSIM of clips' keyframes [n, k, H, W, 3] against a reference clip's keyframes at the
+    same times [k, H, W, 3]: [n, k]. Over 8x8 windows 4 pixels apart, as FFmpeg's `ssim` filter
+    (the labels') computes it."""
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    x = torch.from_numpy(keyframes).float() @ luma
+    y = (torch.from_numpy(reference).float() @ luma).expand_as(x)
+    n, k, h, w = x.shape
+    x, y = x.reshape(n * k, 1, h, w), y.reshape(n * k, 1, h, w)
+
+    def mean(z):
+        return F.avg_pool2d(z, 8, 4)
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = mean(x), mean(y)
+    vx, vy, cxy = mean(x * x) - mx ** 2, mean(y * y) - my ** 2, mean(x * y) - mx * my
+    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return ssim.mean((1, 2, 3)).view(n, k).numpy()
+
+
+def keyframe_ssims(rows, arrays) -> list[np.ndarray]:
+    """Each clip's keyframes' SSIM against its source's pristine clip's (`keyframe_ssim`)."""
+    pristine = {r["source"]: r["index"] for r in rows if r["family"] == "pristine"}
+    by_source: dict[str, np.ndarray] = {}
+    for source, index in pristine.items():
+        kf = arrays[source]["keyframes"]
+        by_source[source] = np.concatenate([keyframe_ssim(kf[i:i + 16], kf[index]) for i in range(0, len(kf), 16)])
+    return [by_source[r["source"]][r["index"]] for r in rows]
+
+
+def window_mos(row: dict, ssim: np.ndarray | None, s0: int, w: int) -> float:
+    """The pseudo-MOS of keyframes [s0, s0 + w) of a clip: its label, moved by as much as those
+    keyframes' SSIM to the pristine clip's (`ssim`, per keyframe) differs from the mean of all its
+    keyframes', on the label's scale. Damage that comes and goes (black frames, a freeze, lost
+    slices) then counts in the windows that hold it. With `ssim` None, the clip's label."""
+    if ssim is None:
+        return row["mos"]
+    shift = (ssim[s0:s0 + w].mean() - ssim.mean()) * 100.0 / (micro_data.SSIM_AT_100 - micro_data.SSIM_AT_0)
+    return float(np.clip(row["mos"] + shift, 0.0, 100.0))
+
+
 def tuned_window_features(tower, branch: MotionBranch, shots: list[tuple[np.ndarray, np.ndarray, int, int]]
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 3's features of a window, with gradients. `shots` are (keyframes, frames, s0, w) of
@@ -850,7 +891,8 @@ STAGE3_DEFAULTS = {"cuts": 0.0, "rank_pairs": "pairs", "level_targets": "bins", 
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
                   opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict, cuts: float = 0.0,
                   rank_pairs: str = "pairs", level_targets: str = "bins", delivery_weight: float = 1.0,
-                  larger_size_weight: float = 1.0, windows: str = "random") -> dict:
+                  larger_size_weight: float = 1.0, windows: str = "random",
+                  ssims: list[np.ndarray] | None = None) -> dict:
     """The scoring steps of stages 2 and 3 through the frozen SmolLM2: level word cross-entropy,
     squared error of the weighted score and a ranking hinge within same-source pairs.
     `window_features([(i, s0, w), ...])` gives the keyframe and motion features of a window made
@@ -864,9 +906,10 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     first clip is drawn `delivery_weight` times as often from the delivery families (transmission
     errors, error blocks, black frames, interlacing, and the damage done at 640x360: what the
     element is there to see) as from the others. A window without a cut is 4 keyframes to the
-    whole clip (`windows` "random") or the whole clip ("whole"): a clip's label is its whole
-    length's, and damage that comes and goes (a freeze, black frames, lost slices) may lie
-    mostly inside or outside a shorter window. `trained` are the
+    whole clip (`windows` "random" or "measured") or the whole clip ("whole"): a clip's label is
+    its whole length's, and damage that comes and goes (a freeze, black frames, lost slices) may
+    lie mostly inside or outside a shorter window; with `ssims` (each clip's `keyframe_ssims`,
+    for "measured") a window's label is `window_mos`, not its clip's. `trained` are the
     modules whose weights this part changes (saved with its progress, then in its `checkpoint`,
     whose dictionary of their weights and `recipe` it returns)."""
     from tokenizers import Tokenizer
@@ -917,7 +960,8 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
                 pair_windows = [[(i, s0, w), (j, t0, w2)] for i, j in zip((first, second), partners)]
             for window in pair_windows:
                 kf_w, mo_w = window_features(window)
-                label = factor * sum(rows[j]["mos"] * n for j, _, n in window) / sum(n for _, _, n in window)
+                label = factor * sum(window_mos(rows[j], ssims[j] if ssims else None, s, n) * n
+                                     for j, s, n in window) / sum(n for _, _, n in window)
                 seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
                 targets.append(micro_data.level_of(label))
                 mos.append(label / 100.0)
@@ -1051,10 +1095,15 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
         rates.append(1e-4 * motion_rate)
     opt = torch.optim.AdamW(groups, 1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.1)
+    ssims = None
+    if options.get("windows") == "measured":
+        started = time.time()
+        ssims = keyframe_ssims(rows, arrays)
+        log(f"stage 3: keyframe SSIM of {len(rows)} clips against their pristine clips in {time.time() - started:.0f} s")
     return train_scoring("stage 3", work, rows, window_features,
                          [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
                          dict(tower=tower, branch=branch, model=model), steps, batch,
-                         np.random.default_rng([seed, 3]), recipe, **options)
+                         np.random.default_rng([seed, 3]), recipe, ssims=ssims, **options)
 
 
 # ---------------------------------------------------------------- from a bundle
@@ -1217,8 +1266,9 @@ def main():
                          "stage 2) or soft (a distribution over the levels around the label: where in its bin)")
     ap.add_argument("--tune-windows", choices=WINDOWS, default="random",
                     help="stage 3: the length of a window without a cut: random (4 keyframes to the whole clip, "
-                         "labelled with the whole clip's pseudo-MOS) or whole (the whole clip, where its label was "
-                         "measured)")
+                         "labelled with the whole clip's pseudo-MOS), whole (the whole clip, where its label was "
+                         "measured) or measured (as random, each window's label moved by how its keyframes' SSIM to "
+                         "the pristine clip's differs from the clip's mean)")
     ap.add_argument("--delivery-weight", type=float, default=1.0, metavar="W",
                     help="stage 3: how many times as often a pair starts from a clip with delivery damage "
                          "(transmission errors, error blocks, black frames, interlacing, and the 640x360 families) as from any "
