@@ -596,42 +596,52 @@ def test_stage3_whole_windows_are_each_clip_over_the_span_its_label_was_measured
 
 
 def test_a_windows_measured_label_counts_damage_that_comes_and_goes_where_it_is():
-    """`keyframe_ssim` is 1 for a keyframe equal to its reference and near 0 for a black one;
+    """`frame_ssim` is 1 for a frame equal to its reference and near 0 for a black one;
     `window_mos` moves a clip's label down for the windows that hold its black keyframe and up for
-    those that do not, on the label's SSIM scale, and keeps the clip's label without SSIMs."""
+    those that do not, on the label's SSIM scale, and keeps the clip's label without SSIMs. Per
+    motion frame (5 a keyframe here), a window's frames are those of its keyframes."""
     rng = np.random.default_rng(0)
     reference = rng.integers(0, 256, (8, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH, 3), dtype=np.uint8)
     blacked = reference.copy()
     blacked[3] = 0
     noisy = np.clip(reference + rng.normal(0, 20, reference.shape), 0, 255).astype(np.uint8)
-    ssim = train.keyframe_ssim(np.stack([reference, blacked, noisy]), reference)
+    ssim = train.frame_ssim(np.stack([reference, blacked, noisy]), reference)
     assert ssim.shape == (3, 8)
     assert np.allclose(ssim[0], 1.0) and np.allclose(np.delete(ssim[1], 3), 1.0) and ssim[1, 3] < 0.01
     assert (0.5 < ssim[2]).all() and (ssim[2] < 0.99).all()  # noise costs a little of a busy picture
     clip = {"mos": 80.0}
-    holding, missing = train.window_mos(clip, ssim[1], 2, 4), train.window_mos(clip, ssim[1], 4, 4)
+    holding, missing = train.window_mos(clip, ssim[1], 2, 4, 8), train.window_mos(clip, ssim[1], 4, 4, 8)
     scale = 100.0 / (data.SSIM_AT_100 - data.SSIM_AT_0)
     assert holding == pytest.approx(80.0 - (ssim[1].mean() - ssim[1][2:6].mean()) * scale)
     assert holding < 80.0 < missing == 100.0  # clipped to the scale
-    assert train.window_mos(clip, ssim[1], 0, 8) == pytest.approx(80.0)
-    assert train.window_mos(clip, None, 2, 4) == 80.0
-    assert train.window_mos(clip, ssim[0], 2, 4) == pytest.approx(80.0), "undamaged keyframes keep the label"
+    assert train.window_mos(clip, ssim[1], 0, 8, 8) == pytest.approx(80.0)
+    assert train.window_mos(clip, None, 2, 4, 8) == 80.0
+    assert train.window_mos(clip, ssim[0], 2, 4, 8) == pytest.approx(80.0), "undamaged keyframes keep the label"
+    per_motion_frame = np.repeat(ssim[1], 5)
+    for s0 in range(5):
+        assert train.window_mos(clip, per_motion_frame, s0, 4, 8) == pytest.approx(train.window_mos(clip, ssim[1], s0, 4, 8))
 
 
-def test_stage3_measured_windows_draw_as_random_and_are_labelled_by_their_keyframes(tmp_path, monkeypatch):
-    """`--tune-windows measured` draws the windows `random` draws, labels each with `window_mos`
-    of its clip's `keyframe_ssims`, and is part of stage 3's recipe."""
+def test_stage3_measured_windows_draw_as_random_and_are_labelled_by_their_frames(tmp_path, monkeypatch):
+    """`--tune-windows measured` and `measured-motion` draw the windows `random` draws, label each
+    with `window_mos` of its clip's `clip_ssims` (keyframes, or motion frames), and are part of
+    stage 3's recipe."""
     towers = untrained_towers()
     rows, arrays, _ = tiny_training_set(keyframes=6)
-    arrays["s"]["keyframes"][1, 2] = 0  # a black keyframe in the first noise clip
-    ssims = train.keyframe_ssims(rows, arrays)
-    assert np.allclose(ssims[0], 1.0) and ssims[1][2] < 0.01
+    for part in ("keyframes", "motion"):  # the first noise clip: the pristine one with a black second
+        arrays["s"][part][1] = arrays["s"][part][0]
+    arrays["s"]["keyframes"][1, 2] = 0
+    arrays["s"]["motion"][1, 10:15] = 0
+    by_keyframe, by_motion_frame = train.clip_ssims(rows, arrays), train.clip_ssims(rows, arrays, "motion")
+    assert np.allclose(by_keyframe[0], 1.0) and by_keyframe[1][2] < 0.01 and np.allclose(np.delete(by_keyframe[1], 2), 1)
+    assert np.allclose(by_motion_frame[0], 1.0) and (by_motion_frame[1][10:15] < 0.01).all()
+    assert np.allclose(np.delete(by_motion_frame[1], range(10, 15)), 1)
     labels: dict[str, list[float]] = {}
     spans: dict[str, list[tuple[int, int]]] = {}
     real_mos, real_features = train.window_mos, train.tuned_window_features
 
-    def recording_mos(row, ssim, s0, w):
-        labels[run].append(real_mos(row, ssim, s0, w))
+    def recording_mos(row, ssim, s0, w, keyframes):
+        labels[run].append(real_mos(row, ssim, s0, w, keyframes))
         return labels[run][-1]
 
     def recording_features(tower, branch, shots):
@@ -640,16 +650,17 @@ def test_stage3_measured_windows_draw_as_random_and_are_labelled_by_their_keyfra
 
     monkeypatch.setattr(train, "window_mos", recording_mos)
     monkeypatch.setattr(train, "tuned_window_features", recording_features)
-    for run in ("random", "measured"):
+    for run in ("random", "measured", "measured-motion"):
         (tmp_path / run).mkdir()
         labels[run], spans[run] = [], []
         projectors = train.stage2(towers, rows, arrays, tmp_path / run, steps=1, batch=2)
         labels[run].clear()  # stage 2's labels: its clips'
         train.stage3(towers, projectors, rows, arrays, tmp_path / run, steps=3, batch=4, windows=run)
-    assert spans["random"] == spans["measured"]
-    assert labels["random"] != labels["measured"]
+    assert spans["random"] == spans["measured"] == spans["measured-motion"]
     assert set(labels["random"]) <= {r["mos"] for r in rows}
-    assert torch.load(tmp_path / "measured" / "stage3.pt", weights_only=False)["recipe"]["windows"] == "measured"
+    for run in ("measured", "measured-motion"):
+        assert labels[run] != labels["random"]
+        assert torch.load(tmp_path / run / "stage3.pt", weights_only=False)["recipe"]["windows"] == run
 
 
 def test_batch_hinges_read_every_pair_whose_labels_differ_with_a_margin_no_larger_than_their_gap():

@@ -115,7 +115,7 @@ def pair_hinges(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.05) 
 
 RANK_PAIRS = ("pairs", "batch")
 LEVEL_TARGETS = ("bins", "soft")
-WINDOWS = ("random", "whole", "measured")
+WINDOWS = ("random", "whole", "measured", "measured-motion")
 LEVEL_CENTRES = torch.tensor([0.9, 0.7, 0.5, 0.3, 0.1])  # the five 20-point bins' middles, high first
 
 
@@ -744,12 +744,12 @@ def window_span(keyframes: int, frames: int, s0: int, w: int) -> tuple[int, int]
     return int(s0 * per_kf), int((s0 + w) * per_kf)
 
 
-def keyframe_ssim(keyframes: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Luma SSIM of clips' keyframes [n, k, H, W, 3] against a reference clip's keyframes at the
-    same times [k, H, W, 3]: [n, k]. Over 8x8 windows 4 pixels apart, as FFmpeg's `ssim` filter
-    (the labels') computes it."""
+def frame_ssim(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Luma SSIM of clips' frames [n, k, H, W, 3] against a reference clip's frames at the same
+    times [k, H, W, 3]: [n, k]. Over 8x8 windows 4 pixels apart, as FFmpeg's `ssim` filter (the
+    labels') computes it."""
     luma = torch.tensor([0.299, 0.587, 0.114])
-    x = torch.from_numpy(keyframes).float() @ luma
+    x = torch.from_numpy(frames).float() @ luma
     y = (torch.from_numpy(reference).float() @ luma).expand_as(x)
     n, k, h, w = x.shape
     x, y = x.reshape(n * k, 1, h, w), y.reshape(n * k, 1, h, w)
@@ -764,24 +764,28 @@ def keyframe_ssim(keyframes: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return ssim.mean((1, 2, 3)).view(n, k).numpy()
 
 
-def keyframe_ssims(rows, arrays) -> list[np.ndarray]:
-    """Each clip's keyframes' SSIM against its source's pristine clip's (`keyframe_ssim`)."""
+def clip_ssims(rows, arrays, part: str = "keyframes") -> list[np.ndarray]:
+    """Each clip's SSIM (`frame_ssim`) against its source's pristine clip, per frame of `part`
+    (its keyframes: 1 a second at the model's size; or its motion frames: 12.5 a second at 64x64)."""
     pristine = {r["source"]: r["index"] for r in rows if r["family"] == "pristine"}
     by_source: dict[str, np.ndarray] = {}
     for source, index in pristine.items():
-        kf = arrays[source]["keyframes"]
-        by_source[source] = np.concatenate([keyframe_ssim(kf[i:i + 16], kf[index]) for i in range(0, len(kf), 16)])
+        frames = arrays[source][part]
+        by_source[source] = np.concatenate([frame_ssim(frames[i:i + 16], frames[index])
+                                            for i in range(0, len(frames), 16)])
     return [by_source[r["source"]][r["index"]] for r in rows]
 
 
-def window_mos(row: dict, ssim: np.ndarray | None, s0: int, w: int) -> float:
-    """The pseudo-MOS of keyframes [s0, s0 + w) of a clip: its label, moved by as much as those
-    keyframes' SSIM to the pristine clip's (`ssim`, per keyframe) differs from the mean of all its
-    keyframes', on the label's scale. Damage that comes and goes (black frames, a freeze, lost
-    slices) then counts in the windows that hold it. With `ssim` None, the clip's label."""
+def window_mos(row: dict, ssim: np.ndarray | None, s0: int, w: int, keyframes: int) -> float:
+    """The pseudo-MOS of keyframes [s0, s0 + w) of a clip of `keyframes`: its label, moved by as
+    much as the SSIM to the pristine clip (`ssim`, per keyframe or per motion frame: `clip_ssims`)
+    of the window's frames differs from the mean of all the clip's, on the label's scale. Damage
+    that comes and goes (black frames, a freeze, lost slices) then counts in the windows that hold
+    it. With `ssim` None, the clip's label."""
     if ssim is None:
         return row["mos"]
-    shift = (ssim[s0:s0 + w].mean() - ssim.mean()) * 100.0 / (micro_data.SSIM_AT_100 - micro_data.SSIM_AT_0)
+    f0, f1 = window_span(keyframes, len(ssim), s0, w)
+    shift = (ssim[f0:f1].mean() - ssim.mean()) * 100.0 / (micro_data.SSIM_AT_100 - micro_data.SSIM_AT_0)
     return float(np.clip(row["mos"] + shift, 0.0, 100.0))
 
 
@@ -908,8 +912,8 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     element is there to see) as from the others. A window without a cut is 4 keyframes to the
     whole clip (`windows` "random" or "measured") or the whole clip ("whole"): a clip's label is
     its whole length's, and damage that comes and goes (a freeze, black frames, lost slices) may
-    lie mostly inside or outside a shorter window; with `ssims` (each clip's `keyframe_ssims`,
-    for "measured") a window's label is `window_mos`, not its clip's. `trained` are the
+    lie mostly inside or outside a shorter window; with `ssims` (each clip's `clip_ssims`, for
+    "measured" and "measured-motion") a window's label is `window_mos`, not its clip's. `trained` are the
     modules whose weights this part changes (saved with its progress, then in its `checkpoint`,
     whose dictionary of their weights and `recipe` it returns)."""
     from tokenizers import Tokenizer
@@ -960,7 +964,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
                 pair_windows = [[(i, s0, w), (j, t0, w2)] for i, j in zip((first, second), partners)]
             for window in pair_windows:
                 kf_w, mo_w = window_features(window)
-                label = factor * sum(window_mos(rows[j], ssims[j] if ssims else None, s, n) * n
+                label = factor * sum(window_mos(rows[j], ssims[j] if ssims else None, s, n, keyframe_counts[j]) * n
                                      for j, s, n in window) / sum(n for _, _, n in window)
                 seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
                 targets.append(micro_data.level_of(label))
@@ -1096,10 +1100,11 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     opt = torch.optim.AdamW(groups, 1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.1)
     ssims = None
-    if options.get("windows") == "measured":
+    if options.get("windows", "").startswith("measured"):
         started = time.time()
-        ssims = keyframe_ssims(rows, arrays)
-        log(f"stage 3: keyframe SSIM of {len(rows)} clips against their pristine clips in {time.time() - started:.0f} s")
+        part = "motion" if options["windows"] == "measured-motion" else "keyframes"
+        ssims = clip_ssims(rows, arrays, part)
+        log(f"stage 3: SSIM of {len(rows)} clips' {part} against their pristine clips' in {time.time() - started:.0f} s")
     return train_scoring("stage 3", work, rows, window_features,
                          [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
                          dict(tower=tower, branch=branch, model=model), steps, batch,
@@ -1267,8 +1272,9 @@ def main():
     ap.add_argument("--tune-windows", choices=WINDOWS, default="random",
                     help="stage 3: the length of a window without a cut: random (4 keyframes to the whole clip, "
                          "labelled with the whole clip's pseudo-MOS), whole (the whole clip, where its label was "
-                         "measured) or measured (as random, each window's label moved by how its keyframes' SSIM to "
-                         "the pristine clip's differs from the clip's mean)")
+                         "measured), measured (as random, each window's label moved by how its keyframes' SSIM to "
+                         "the pristine clip's differs from the clip's mean) or measured-motion (the same with its "
+                         "motion frames, 12.5 a second at 64x64)")
     ap.add_argument("--delivery-weight", type=float, default=1.0, metavar="W",
                     help="stage 3: how many times as often a pair starts from a clip with delivery damage "
                          "(transmission errors, error blocks, black frames, interlacing, and the 640x360 families) as from any "
