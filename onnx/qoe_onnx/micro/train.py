@@ -781,7 +781,8 @@ def window_mos(row: dict, ssim: np.ndarray | None, s0: int, w: int, keyframes: i
     much as the SSIM to the pristine clip (`ssim`, per keyframe or per motion frame: `clip_ssims`)
     of the window's frames differs from the mean of all the clip's, on the label's scale. Damage
     that comes and goes (black frames, a freeze, lost slices) then counts in the windows that hold
-    it. With `ssim` None, the clip's label."""
+    it. Only the difference counts, so a clip made at a larger size (whose shrunk frames never
+    equal the pristine clip's) keeps its label on average. With `ssim` None, the clip's label."""
     if ssim is None:
         return row["mos"]
     f0, f1 = window_span(keyframes, len(ssim), s0, w)
