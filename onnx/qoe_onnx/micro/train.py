@@ -1101,7 +1101,7 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     opt = torch.optim.AdamW(groups, 1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.1)
     ssims = None
-    if options.get("windows", "").startswith("measured"):
+    if options["windows"].startswith("measured"):
         started = time.time()
         part = "motion" if options["windows"] == "measured-motion" else "keyframes"
         ssims = clip_ssims(rows, arrays, part)
