@@ -142,10 +142,13 @@ def test_compare_labels_and_decodes_a_clip_in_one_pass(tmp_path):
     data.encode(frames, fps, str(tmp_path / "reference.nut"), data.LOSSLESS)
     data.encode(frames, fps, str(tmp_path / "reference.mkv"), ["-c:v", "ffv1"])
     height, width = frames.shape[1:3]
-    ssim, psnr, shown = data.compare(str(tmp_path / "clip.mp4"), str(tmp_path / "reference.nut"), (width, height))
+    ssim, psnr, shown, per_frame = data.compare(str(tmp_path / "clip.mp4"), str(tmp_path / "reference.nut"),
+                                                (width, height))
     ffv1 = data.compare(str(tmp_path / "clip.mp4"), str(tmp_path / "reference.mkv"), (width, height))
     assert 0.3 < ssim < 0.95 and (ssim, psnr) == ffv1[:2]
     assert np.array_equal(shown, data.decode(str(tmp_path / "clip.mp4"))[0])
+    # each frame's SSIM, whose mean is the clip's (FFmpeg prints 6 decimals of each)
+    assert len(per_frame) == len(shown) and abs(np.mean(per_frame) - ssim) < 1e-5 and np.ptp(per_frame) > 0
 
 
 def test_labels_pair_the_frames_of_an_ntsc_rate_clip(tmp_path):
@@ -368,6 +371,10 @@ def tiny_training_set(keyframes: int):
     rows = [{"source": "s", "split": "train", "family": family, "strength": strength, "index": i,
              "mos": 100.0 - 20 * i}
             for i, (family, strength) in enumerate([("pristine", 0), ("noise", 1), ("noise", 2), ("stutter", 1)])]
+    varying = np.random.default_rng(2)
+    for r in rows:  # as the data run records it: 25 frames a second, about the label's SSIM
+        r["frame_ssim"] = (data.SSIM_AT_100 - (100 - r["mos"]) / 100 * (data.SSIM_AT_100 - data.SSIM_AT_0)
+                           + varying.normal(0, 0.02, 25 * keyframes)).clip(0, 1).tolist()
     arrays = {"s": {"keyframes": rng.integers(0, 256, (4, keyframes, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH, 3),
                                               dtype=np.uint8),
                     "motion": rng.integers(0, 256, (4, 5 * keyframes, 64, 64, 3), dtype=np.uint8)}}
@@ -595,53 +602,34 @@ def test_stage3_whole_windows_are_each_clip_over_the_span_its_label_was_measured
     assert "windows" not in torch.load(tmp_path / "random" / "stage3.pt", weights_only=False)["recipe"]
 
 
-def test_a_windows_measured_label_counts_damage_that_comes_and_goes_where_it_is():
-    """`frame_ssim` is 1 for a frame equal to its reference and near 0 for a black one;
-    `window_mos` moves a clip's label down for the windows that hold its black keyframe and up for
-    those that do not, on the label's SSIM scale, and keeps the clip's label without SSIMs. Per
-    motion frame (5 a keyframe here), a window's frames are those of its keyframes."""
-    rng = np.random.default_rng(0)
-    reference = rng.integers(0, 256, (8, train.KEYFRAME_HEIGHT, train.KEYFRAME_WIDTH, 3), dtype=np.uint8)
-    blacked = reference.copy()
-    blacked[3] = 0
-    noisy = np.clip(reference + rng.normal(0, 20, reference.shape), 0, 255).astype(np.uint8)
-    ssim = train.frame_ssim(np.stack([reference, blacked, noisy]), reference)
-    assert ssim.shape == (3, 8)
-    assert np.allclose(ssim[0], 1.0) and np.allclose(np.delete(ssim[1], 3), 1.0) and ssim[1, 3] < 0.01
-    assert (0.5 < ssim[2]).all() and (ssim[2] < 0.99).all()  # noise costs a little of a busy picture
-    clip = {"mos": 80.0}
-    holding, missing = train.window_mos(clip, ssim[1], 2, 4, 8), train.window_mos(clip, ssim[1], 4, 4, 8)
-    scale = 100.0 / (data.SSIM_AT_100 - data.SSIM_AT_0)
-    assert holding == pytest.approx(80.0 - (ssim[1].mean() - ssim[1][2:6].mean()) * scale)
-    assert holding < 80.0 < missing == 100.0  # clipped to the scale
-    assert train.window_mos(clip, ssim[1], 0, 8, 8) == pytest.approx(80.0)
-    assert train.window_mos(clip, None, 2, 4, 8) == 80.0
-    assert train.window_mos(clip, ssim[0], 2, 4, 8) == pytest.approx(80.0), "undamaged keyframes keep the label"
-    per_motion_frame = np.repeat(ssim[1], 5)
-    for s0 in range(5):
-        assert train.window_mos(clip, per_motion_frame, s0, 4, 8) == pytest.approx(train.window_mos(clip, ssim[1], s0, 4, 8))
+def test_an_exact_windows_label_counts_damage_that_comes_and_goes_where_it_is():
+    """`window_mos` with `exact`: the pseudo-MOS of the FFmpeg SSIM of the frames a window's
+    keyframes span, so a window holding a clip's black second reads lower than the clip and one
+    without it higher; over the whole clip, the clip's label. Without `exact`, the clip's label."""
+    per_frame = np.full(8 * 25, 0.95)
+    per_frame[3 * 25:4 * 25] = 0.0  # the fourth second black
+    clip = {"mos": data.pseudo_mos(per_frame.mean()), "frame_ssim": per_frame.tolist()}
+    holding, missing = train.window_mos(clip, 2, 4, 8, exact=True), train.window_mos(clip, 4, 4, 8, exact=True)
+    assert holding == pytest.approx(data.pseudo_mos((3 * 0.95) / 4))
+    assert holding < clip["mos"] < missing == pytest.approx(data.pseudo_mos(0.95))
+    assert train.window_mos(clip, 0, 8, 8, exact=True) == pytest.approx(clip["mos"])
+    assert train.window_mos(clip, 2, 4, 8) == clip["mos"]
+    # A clip with a few frames past its last whole second: its windows still span its seconds.
+    longer = dict(clip, frame_ssim=per_frame.tolist() + [0.95] * 7)
+    assert train.window_mos(longer, 3, 1, 8, exact=True) < 10.0
 
 
-def test_stage3_measured_windows_draw_as_random_and_are_labelled_by_their_frames(tmp_path, monkeypatch):
-    """`--tune-windows measured` and `measured-motion` draw the windows `random` draws, label each
-    with `window_mos` of its clip's `clip_ssims` (keyframes, or motion frames), and are part of
-    stage 3's recipe."""
+def test_stage3_exact_windows_draw_as_random_and_are_labelled_by_their_frames(tmp_path, monkeypatch):
+    """`--tune-windows exact` draws the windows `random` draws, labels each with its own frames'
+    SSIM (`window_mos` with `exact`), and is part of stage 3's recipe."""
     towers = untrained_towers()
     rows, arrays, _ = tiny_training_set(keyframes=6)
-    for part in ("keyframes", "motion"):  # the first noise clip: the pristine one with a black second
-        arrays["s"][part][1] = arrays["s"][part][0]
-    arrays["s"]["keyframes"][1, 2] = 0
-    arrays["s"]["motion"][1, 10:15] = 0
-    by_keyframe, by_motion_frame = train.clip_ssims(rows, arrays), train.clip_ssims(rows, arrays, "motion")
-    assert np.allclose(by_keyframe[0], 1.0) and by_keyframe[1][2] < 0.01 and np.allclose(np.delete(by_keyframe[1], 2), 1)
-    assert np.allclose(by_motion_frame[0], 1.0) and (by_motion_frame[1][10:15] < 0.01).all()
-    assert np.allclose(np.delete(by_motion_frame[1], range(10, 15)), 1)
     labels: dict[str, list[float]] = {}
     spans: dict[str, list[tuple[int, int]]] = {}
     real_mos, real_features = train.window_mos, train.tuned_window_features
 
-    def recording_mos(row, ssim, s0, w, keyframes):
-        labels[run].append(real_mos(row, ssim, s0, w, keyframes))
+    def recording_mos(row, s0, w, keyframes, exact=False):
+        labels[run].append(real_mos(row, s0, w, keyframes, exact))
         return labels[run][-1]
 
     def recording_features(tower, branch, shots):
@@ -650,17 +638,24 @@ def test_stage3_measured_windows_draw_as_random_and_are_labelled_by_their_frames
 
     monkeypatch.setattr(train, "window_mos", recording_mos)
     monkeypatch.setattr(train, "tuned_window_features", recording_features)
-    for run in ("random", "measured", "measured-motion"):
+    for run in ("random", "exact"):
         (tmp_path / run).mkdir()
         labels[run], spans[run] = [], []
         projectors = train.stage2(towers, rows, arrays, tmp_path / run, steps=1, batch=2)
         labels[run].clear()  # stage 2's labels: its clips'
         train.stage3(towers, projectors, rows, arrays, tmp_path / run, steps=3, batch=4, windows=run)
-    assert spans["random"] == spans["measured"] == spans["measured-motion"]
+    assert spans["random"] == spans["exact"]
     assert set(labels["random"]) <= {r["mos"] for r in rows}
-    for run in ("measured", "measured-motion"):
-        assert labels[run] != labels["random"]
-        assert torch.load(tmp_path / run / "stage3.pt", weights_only=False)["recipe"]["windows"] == run
+    assert labels["exact"] != labels["random"] and len(labels["exact"]) == len(labels["random"])
+    assert torch.load(tmp_path / "exact" / "stage3.pt", weights_only=False)["recipe"]["windows"] == "exact"
+
+
+def test_exact_windows_refuse_data_without_per_frame_ssim(tmp_path):
+    rows, _, _ = tiny_training_set(keyframes=6)
+    train.check_frame_ssims(rows, tmp_path)
+    del rows[2]["frame_ssim"]
+    with pytest.raises(SystemExit, match=rf"1 training clips in {re.escape(str(tmp_path))} have no per-frame SSIM"):
+        train.check_frame_ssims(rows, tmp_path)
 
 
 def test_batch_hinges_read_every_pair_whose_labels_differ_with_a_margin_no_larger_than_their_gap():

@@ -599,20 +599,25 @@ def deliver(frames: np.ndarray, fps: float, crf: int, out: str) -> None:
     encode(frames, fps, out, ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-threads", "1"])
 
 
-def compare(distorted: str, reference: str, size: tuple[int, int] = (WIDTH, HEIGHT)) -> tuple[float, float, np.ndarray]:
-    """FFmpeg's full-reference SSIM (All) and PSNR (average) of two clips, and the distorted clip's
-    frames as RGB (`size` its width and height), from one decode of each."""
+def compare(distorted: str, reference: str, size: tuple[int, int] = (WIDTH, HEIGHT)) -> tuple[float, float, np.ndarray, list[float]]:
+    """FFmpeg's full-reference SSIM (All) and PSNR (average) of two clips, the distorted clip's
+    frames as RGB (`size` its width and height), from one decode of each, and each frame's SSIM
+    (All; the clip's is their mean), so that a span of the clip can be labelled as it was measured."""
     width, height = size
-    done = subprocess.run(
-        ["ffmpeg", "-v", "info", "-nostats", "-i", distorted, "-i", reference, "-filter_complex",
-         "[0:v]split=3[a0][a1][shown];[1:v]split[b0][b1];[a0][b0]ssim,nullsink;[a1][b1]psnr,nullsink",
-         "-map", "[shown]", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-        check=True, capture_output=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        stats = Path(tmp) / "ssim.log"
+        done = subprocess.run(
+            ["ffmpeg", "-v", "info", "-nostats", "-i", distorted, "-i", reference, "-filter_complex",
+             "[0:v]split=3[a0][a1][shown];[1:v]split[b0][b1];"
+             f"[a0][b0]ssim=stats_file={stats},nullsink;[a1][b1]psnr,nullsink",
+             "-map", "[shown]", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+            check=True, capture_output=True)
+        per_frame = [float(m[1]) for m in re.finditer(r"All:([0-9.]+)", stats.read_text())]
     err = done.stderr.decode()
     ssim = float(re.search(r"SSIM .*All:([0-9.]+)", err)[1])
     psnr_text = re.search(r"PSNR .*average:([0-9.inf]+)", err)[1]
     psnr = 100.0 if psnr_text == "inf" else float(psnr_text)
-    return ssim, psnr, np.frombuffer(done.stdout, np.uint8).reshape(-1, height, width, 3)
+    return ssim, psnr, np.frombuffer(done.stdout, np.uint8).reshape(-1, height, width, 3), per_frame
 
 
 def model_inputs(frames: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -690,7 +695,7 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
             crf = int(level) if kind == "codec" else DELIVERY_CRF
             clip = f"{tmp}/clip.mp4"
             deliver(distorted, fps, crf, clip)
-            ssim, psnr, decoded = compare(clip, reference, frame_size(scale))
+            ssim, psnr, decoded, frame_ssim = compare(clip, reference, frame_size(scale))
             if source["split"] == "test":  # kept for the no-reference baselines (Table 3)
                 kept = test_clip_path(Path(out), source["name"], family, strength)
                 kept.parent.mkdir(parents=True, exist_ok=True)
@@ -702,6 +707,7 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
                 "strength": strength, "level_value": level, "crf": crf, "fps": fps,
                 "frames": len(decoded), "ssim": ssim, "psnr": psnr, "mos": mos, "level": level_of(mos),
                 "index": len(rows) if place is None else place,
+                "frame_ssim": [round(x, 5) for x in frame_ssim],
             }
             if place is None:
                 keyframes.append(k)

@@ -115,7 +115,7 @@ def pair_hinges(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.05) 
 
 RANK_PAIRS = ("pairs", "batch")
 LEVEL_TARGETS = ("bins", "soft")
-WINDOWS = ("random", "whole", "measured", "measured-motion")
+WINDOWS = ("random", "whole", "exact")
 LEVEL_CENTRES = torch.tensor([0.9, 0.7, 0.5, 0.3, 0.1])  # the five 20-point bins' middles, high first
 
 
@@ -744,50 +744,25 @@ def window_span(keyframes: int, frames: int, s0: int, w: int) -> tuple[int, int]
     return int(s0 * per_kf), int((s0 + w) * per_kf)
 
 
-def frame_ssim(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Luma SSIM of clips' frames [n, k, H, W, 3] against a reference clip's frames at the same
-    times [k, H, W, 3]: [n, k]. Over 8x8 windows 4 pixels apart, as FFmpeg's `ssim` filter (the
-    labels') computes it."""
-    luma = torch.tensor([0.299, 0.587, 0.114])
-    x = torch.from_numpy(frames).float() @ luma
-    y = (torch.from_numpy(reference).float() @ luma).expand_as(x)
-    n, k, h, w = x.shape
-    x, y = x.reshape(n * k, 1, h, w), y.reshape(n * k, 1, h, w)
-
-    def mean(z):
-        return F.avg_pool2d(z, 8, 4)
-
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = mean(x), mean(y)
-    vx, vy, cxy = mean(x * x) - mx ** 2, mean(y * y) - my ** 2, mean(x * y) - mx * my
-    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-    return ssim.mean((1, 2, 3)).view(n, k).numpy()
-
-
-def clip_ssims(rows, arrays, part: str = "keyframes") -> list[np.ndarray]:
-    """Each clip's SSIM (`frame_ssim`) against its source's pristine clip, per frame of `part`
-    (its keyframes: 1 a second at the model's size; or its motion frames: 12.5 a second at 64x64)."""
-    pristine = {r["source"]: r["index"] for r in rows if r["family"] == "pristine"}
-    by_source: dict[str, np.ndarray] = {}
-    for source, index in pristine.items():
-        frames = arrays[source][part]
-        by_source[source] = np.concatenate([frame_ssim(frames[i:i + 16], frames[index])
-                                            for i in range(0, len(frames), 16)])
-    return [by_source[r["source"]][r["index"]] for r in rows]
-
-
-def window_mos(row: dict, ssim: np.ndarray | None, s0: int, w: int, keyframes: int) -> float:
-    """The pseudo-MOS of keyframes [s0, s0 + w) of a clip of `keyframes`: its label, moved by as
-    much as the SSIM to the pristine clip (`ssim`, per keyframe or per motion frame: `clip_ssims`)
-    of the window's frames differs from the mean of all the clip's, on the label's scale. Damage
-    that comes and goes (black frames, a freeze, lost slices) then counts in the windows that hold
-    it. Only the difference counts, so a clip made at a larger size (whose shrunk frames never
-    equal the pristine clip's) keeps its label on average. With `ssim` None, the clip's label."""
-    if ssim is None:
+def window_mos(row: dict, s0: int, w: int, keyframes: int, exact: bool = False) -> float:
+    """The pseudo-MOS of keyframes [s0, s0 + w) of a clip of `keyframes`. With `exact`, that of
+    the FFmpeg SSIM of the frames they span (`frame_ssim`, which the data run records per frame:
+    the clip's label is that of their mean over the whole clip), so damage that comes and goes
+    (black frames, a freeze, lost slices) counts in the windows that hold it; else the clip's."""
+    if not exact:
         return row["mos"]
-    f0, f1 = window_span(keyframes, len(ssim), s0, w)
-    shift = (ssim[f0:f1].mean() - ssim.mean()) * 100.0 / (micro_data.SSIM_AT_100 - micro_data.SSIM_AT_0)
-    return float(np.clip(row["mos"] + shift, 0.0, 100.0))
+    per_frame = row["frame_ssim"]
+    f0, f1 = window_span(keyframes, len(per_frame), s0, w)
+    return micro_data.pseudo_mos(float(np.mean(per_frame[f0:f1])))
+
+
+def check_frame_ssims(rows, data: Path) -> None:
+    """`--tune-windows exact` needs each clip's per-frame SSIM, which data runs record since #30's
+    fourteenth session: stop, naming the data folder, rather than label windows with the clip."""
+    if missing := sum("frame_ssim" not in r for r in rows if r["split"] == "train"):
+        raise SystemExit(f"--tune-windows exact: {missing} training clips in {data} have no per-frame SSIM "
+                         "(field frame_ssim, recorded by data runs since #30's fourteenth session): "
+                         "make the data again into a new --out")
 
 
 def tuned_window_features(tower, branch: MotionBranch, shots: list[tuple[np.ndarray, np.ndarray, int, int]]
@@ -896,8 +871,7 @@ STAGE3_DEFAULTS = {"cuts": 0.0, "rank_pairs": "pairs", "level_targets": "bins", 
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
                   opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict, cuts: float = 0.0,
                   rank_pairs: str = "pairs", level_targets: str = "bins", delivery_weight: float = 1.0,
-                  larger_size_weight: float = 1.0, windows: str = "random",
-                  ssims: list[np.ndarray] | None = None) -> dict:
+                  larger_size_weight: float = 1.0, windows: str = "random") -> dict:
     """The scoring steps of stages 2 and 3 through the frozen SmolLM2: level word cross-entropy,
     squared error of the weighted score and a ranking hinge within same-source pairs.
     `window_features([(i, s0, w), ...])` gives the keyframe and motion features of a window made
@@ -911,10 +885,10 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     first clip is drawn `delivery_weight` times as often from the delivery families (transmission
     errors, error blocks, black frames, interlacing, and the damage done at 640x360: what the
     element is there to see) as from the others. A window without a cut is 4 keyframes to the
-    whole clip (`windows` "random" or "measured") or the whole clip ("whole"): a clip's label is
+    whole clip (`windows` "random" or "exact") or the whole clip ("whole"): a clip's label is
     its whole length's, and damage that comes and goes (a freeze, black frames, lost slices) may
-    lie mostly inside or outside a shorter window; with `ssims` (each clip's `clip_ssims`, for
-    "measured" and "measured-motion") a window's label is `window_mos`, not its clip's. `trained` are the
+    lie mostly inside or outside a shorter window; with "exact" a window's label is that of its
+    own frames' SSIM (`window_mos`), not its clip's. `trained` are the
     modules whose weights this part changes (saved with its progress, then in its `checkpoint`,
     whose dictionary of their weights and `recipe` it returns)."""
     from tokenizers import Tokenizer
@@ -965,7 +939,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
                 pair_windows = [[(i, s0, w), (j, t0, w2)] for i, j in zip((first, second), partners)]
             for window in pair_windows:
                 kf_w, mo_w = window_features(window)
-                label = factor * sum(window_mos(rows[j], ssims[j] if ssims else None, s, n, keyframe_counts[j]) * n
+                label = factor * sum(window_mos(rows[j], s, n, keyframe_counts[j], windows == "exact") * n
                                      for j, s, n in window) / sum(n for _, _, n in window)
                 seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
                 targets.append(micro_data.level_of(label))
@@ -1100,16 +1074,10 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
         rates.append(1e-4 * motion_rate)
     opt = torch.optim.AdamW(groups, 1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.1)
-    ssims = None
-    if options["windows"].startswith("measured"):
-        started = time.time()
-        part = "motion" if options["windows"] == "measured-motion" else "keyframes"
-        ssims = clip_ssims(rows, arrays, part)
-        log(f"stage 3: SSIM of {len(rows)} clips' {part} against their pristine clips' in {time.time() - started:.0f} s")
     return train_scoring("stage 3", work, rows, window_features,
                          [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
                          dict(tower=tower, branch=branch, model=model), steps, batch,
-                         np.random.default_rng([seed, 3]), recipe, ssims=ssims, **options)
+                         np.random.default_rng([seed, 3]), recipe, **options)
 
 
 # ---------------------------------------------------------------- from a bundle
@@ -1273,9 +1241,8 @@ def main():
     ap.add_argument("--tune-windows", choices=WINDOWS, default="random",
                     help="stage 3: the length of a window without a cut: random (4 keyframes to the whole clip, "
                          "labelled with the whole clip's pseudo-MOS), whole (the whole clip, where its label was "
-                         "measured), measured (as random, each window's label moved by how its keyframes' SSIM to "
-                         "the pristine clip's differs from the clip's mean) or measured-motion (the same with its "
-                         "motion frames, 12.5 a second at 64x64)")
+                         "measured) or exact (as random, each window labelled with the pseudo-MOS of its own "
+                         "frames' SSIM, which the data run records per frame)")
     ap.add_argument("--delivery-weight", type=float, default=1.0, metavar="W",
                     help="stage 3: how many times as often a pair starts from a clip with delivery damage "
                          "(transmission errors, error blocks, black frames, interlacing, and the 640x360 families) as from any "
@@ -1361,6 +1328,8 @@ def main():
         raise SystemExit(f"{args.data}: no training clips ({len(rows)} test clips; a data run with --split test "
                          f"makes only those): run qoe_onnx.micro.data without --split into it first")
     log(f"{len(rows)} clips, {training} for training")
+    if args.tune_windows == "exact":
+        check_frame_ssims(rows, args.data)
     stills = online.load_stills(args.data) if args.online_pairs else None
     if args.from_bundle:
         s1, s2 = from_bundle(args.from_bundle)
