@@ -1234,6 +1234,52 @@ def assert_a_refresh_is_skipped_refused_and_resumed(refresh, checkpoint: str, re
     assert_same_weights(refreshed, resumed)
 
 
+def test_a_projector_refit_fits_a_bundles_projectors_on_its_towers_and_resumes(tmp_path, monkeypatch):
+    """`--refit-steps`: stage 2 again, from a bundle's projectors, on the features of the towers
+    the refreshes left (here the committed towers, data with a test clip among them, never
+    drawn). The projectors move, drawn as stage 3 draws; its recipe names the towers, the draw
+    and the data, and stage 3's start records it; a rerun skips it, another step count there is
+    refused, named, and one interrupted resumes to the same weights; 0 steps leaves them."""
+    state1, state2 = train.from_bundle(COMMITTED)
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    rows[3]["split"] = "test"
+    assert train.refit_projectors(state1, state2, rows, arrays, tmp_path / "none", steps=0, batch=2) is state2
+    scoring_runs(tmp_path, monkeypatch)
+    refit = train.refit_projectors(state1, state2, rows, arrays, tmp_path / "whole", steps=4, batch=2,
+                                   delivery_weight=3.0, windows="whole")
+    assert all(not torch.equal(t, state2["model"][n]) for n, t in refit["model"].items() if n.endswith("weight"))
+    assert refit["recipe"] == {"stage 2": state2["recipe"], "projector refit": {
+        "towers": state1["recipe"], "stage 2": state2["recipe"], "data": train.data_fingerprint(rows),
+        "steps": 4, "batch": 2, "seed": 0, "delivery_weight": 3.0, "windows": "whole"}}
+    again = train.refit_projectors(state1, state2, rows, arrays, tmp_path / "whole", steps=4, batch=2,
+                                   delivery_weight=3.0, windows="whole")  # skipped
+    assert_same_weights({"model": refit["model"]}, {"model": again["model"]})
+    with pytest.raises(SystemExit, match=r"projectorrefit\.pt was made by another recipe \(steps 4 there, 5 asked"):
+        train.refit_projectors(state1, state2, rows, arrays, tmp_path / "whole", steps=5, batch=2,
+                               delivery_weight=3.0, windows="whole")
+    live_again = die_after_each_save(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train.refit_projectors(state1, state2, rows, arrays, tmp_path / "resumed", steps=4, batch=2,
+                               delivery_weight=3.0, windows="whole")
+    live_again()
+    resumed = train.refit_projectors(state1, state2, rows, arrays, tmp_path / "resumed", steps=4, batch=2,
+                                     delivery_weight=3.0, windows="whole")
+    assert not (tmp_path / "resumed" / "projectorrefit-partial.pt").exists()
+    assert_same_weights({"model": refit["model"]}, {"model": resumed["model"]})
+    tuned = train.stage3(state1, refit, rows, arrays, tmp_path / "whole", steps=1, batch=2)
+    assert torch.load(tmp_path / "whole" / "stage3.pt", weights_only=False)["recipe"]["stage 2"] == refit["recipe"]
+    assert tuned[1]["model"].keys() == state2["model"].keys()
+
+
+def test_a_refit_without_a_bundle_is_refused(tmp_path, monkeypatch):
+    """`--refit-steps` refits a bundle's projectors; without `--from-bundle`, or below 0, it is
+    refused, named, before any clips are loaded (the data folder is empty)."""
+    assert_train_refuses(tmp_path, monkeypatch, ["--refit-steps", "100"],
+                         r"--refit-steps 100 refits a bundle's projectors: give --from-bundle")
+    assert_train_refuses(tmp_path, monkeypatch, ["--from-bundle", str(COMMITTED), "--refit-steps", "-1"],
+                         r"--refit-steps -1: a number of steps, 0 or more")
+
+
 def test_a_refresh_anchor_holds_the_features_of_clips_made_at_the_models_size(tmp_path, monkeypatch):
     """`--refresh-anchor`: the refreshed tower's features on clips made at the model's size stay
     nearer the bundle's than an unanchored refresh leaves them, while a clip made at a larger size

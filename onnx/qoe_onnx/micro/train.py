@@ -680,11 +680,15 @@ def release_freed_memory() -> None:
 
 @torch.no_grad()
 def tower_features(state, rows, arrays, compile_steps: bool = False):
-    """Per clip: keyframe features [K, 704] and per-frame motion features [F, 48 or 50] (frozen)."""
+    """Per training clip: keyframe features [K, 704] and per-frame motion features [F, 48 or 50]
+    (frozen); None for a test clip, which scoring never draws."""
     tower, branch = load_towers(state)
     tower = CompiledStep(tower, compiles(tower, compile_steps), "stage 2 vision tower", dynamic=True)
     feats = []
     for i, r in enumerate(rows):
+        if r["split"] != "train":
+            feats.append(None)
+            continue
         clip = arrays[r["source"]]
         feats.append((tower(normalise(torch.from_numpy(clip["keyframes"][r["index"]]))),
                       branch(normalise(torch.from_numpy(clip["motion"][r["index"]])).permute(1, 0, 2, 3)
@@ -868,6 +872,12 @@ STAGE3_DEFAULTS = {"cuts": 0.0, "rank_pairs": "pairs", "level_targets": "bins", 
                    "larger_size_weight": 1.0, "windows": "random"}
 
 
+def changed_draw(options: dict) -> dict:
+    """The draw options not at their defaults, as a recipe records them: checkpoints made before
+    an option existed keep their recipe."""
+    return {k: v for k, v in options.items() if v != STAGE3_DEFAULTS[k]}
+
+
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
                   opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict, cuts: float = 0.0,
                   rank_pairs: str = "pairs", level_targets: str = "bins", delivery_weight: float = 1.0,
@@ -987,24 +997,63 @@ def stage2(state, rows, arrays, work: Path, steps: int, batch: int, seed: int = 
     recipe = {"stage 1": state.get("recipe"), "steps": steps, "batch": batch, "seed": seed}
     if (done := finished(work, "stage 2", recipe)) is not None:
         return done
-    log(f"stage 2: tower features of {len(rows)} clips")
+    log(f"stage 2: tower features of {sum(r['split'] == 'train' for r in rows)} training clips")
     feats = tower_features(state, rows, arrays, compile_steps)
+    torch.manual_seed(seed)  # the projectors' initial weights, whether stage 1 ran in this process or not
+    model = Scorer2(576, keyframe_features(state), motion_features(state))
+    opt, sched = projector_optimiser(model, steps)
+    return train_scoring("stage 2", work, rows, cached_window_features(feats), keyframe_counts(rows, arrays), model,
+                         opt, sched, dict(model=model), steps, batch, np.random.default_rng(seed), recipe)
 
+
+def cached_window_features(feats):
+    """`train_scoring`'s window features read from frozen towers' features computed once
+    (`tower_features`): each shot's keyframes and the motion frames they span, joined."""
     def window_features(shots):
         kfs, mos = [], []
-        for i, s0, w in shots:  # (stage 2 trains without cuts: its features are each clip's own)
+        for i, s0, w in shots:
             kf, mo = feats[i]
             f0, f1 = window_span(kf.shape[0], mo.shape[0], s0, w)
             kfs.append(kf[s0:s0 + w])
             mos.append(mo[f0:f1])
         return torch.cat(kfs), torch.cat(mos)
+    return window_features
 
-    torch.manual_seed(seed)  # the projectors' initial weights, whether stage 1 ran in this process or not
-    model = Scorer2(576, keyframe_features(state), motion_features(state))
+
+def keyframe_counts(rows, arrays) -> list[int]:
+    return [arrays[r["source"]]["keyframes"].shape[1] for r in rows]
+
+
+def projector_optimiser(model: nn.Module, steps: int):
+    """Stage 2's: AdamW, one cycle to 2e-3 (the rate stage 3 takes a tenth of)."""
     opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
-    return train_scoring("stage 2", work, rows, window_features, [kf.shape[0] for kf, _ in feats], model, opt,
-                         sched, dict(model=model), steps, batch, np.random.default_rng(seed), recipe)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
+
+
+def refit_projectors(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0,
+                     compile_steps: bool = False, **options) -> dict:
+    """Stage 2 again, for `steps`, from a bundle's projectors, on the features of its towers as
+    the refreshes left them: the projectors were fit (stage 2) on the tower and branch before
+    any refresh and before the delivery families existed, and stage 3 at a tenth of stage 2's
+    rate leaves them nearly where they were (#30's twelfth session), so damage that only the
+    motion token carries (freezes, transmission errors) stays under-read. The towers stay;
+    `options` are `train_scoring`'s draw (as stage 3's: delivery weight, windows, cuts). Returns
+    stage 2's dictionary, whose recipe records this one so that stage 3's checkpoints name it;
+    0 steps: `state2` unchanged."""
+    if steps == 0:
+        return state2
+    recipe = {"towers": state1.get("recipe"), "stage 2": state2.get("recipe"), "data": data_fingerprint(rows),
+              "steps": steps, "batch": batch, "seed": seed, **changed_draw(options)}
+    if (done := finished(work, "projector refit", recipe)) is None:
+        log(f"projector refit: tower features of {sum(r['split'] == 'train' for r in rows)} training clips")
+        feats = tower_features(state1, rows, arrays, compile_steps)
+        model = Scorer2(576, keyframe_features(state1), motion_features(state1))
+        model.load_state_dict(state2["model"])
+        opt, sched = projector_optimiser(model, steps)
+        done = train_scoring("projector refit", work, rows, cached_window_features(feats),
+                             keyframe_counts(rows, arrays), model, opt, sched, dict(model=model), steps, batch,
+                             np.random.default_rng([seed, 4]), recipe, **options)
+    return {"model": done["model"], "recipe": {"stage 2": state2.get("recipe"), "projector refit": recipe}}
 
 
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0,
@@ -1026,9 +1075,7 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
     options = {"cuts": cuts, "rank_pairs": rank_pairs, "level_targets": level_targets,
                "delivery_weight": delivery_weight, "larger_size_weight": larger_size_weight, "windows": windows}
     recipe = {"stage 2": state2.get("recipe"), "steps": steps, "batch": batch, "seed": seed,
-              "frozen_stages": frozen_stages,
-              # Only the options not at their defaults: the recipe of checkpoints made before each option.
-              **{k: v for k, v in options.items() if v != STAGE3_DEFAULTS[k]}}
+              "frozen_stages": frozen_stages, **changed_draw(options)}
     if motion_rate != 1.0:
         recipe["motion_rate"] = motion_rate
     if projector_rate != 1.0:
@@ -1074,8 +1121,7 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
         rates.append(1e-4 * motion_rate)
     opt = torch.optim.AdamW(groups, 1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.1)
-    return train_scoring("stage 3", work, rows, window_features,
-                         [arrays[r["source"]]["keyframes"].shape[1] for r in rows], model, opt, sched,
+    return train_scoring("stage 3", work, rows, window_features, keyframe_counts(rows, arrays), model, opt, sched,
                          dict(tower=tower, branch=branch, model=model), steps, batch,
                          np.random.default_rng([seed, 3]), recipe, **options)
 
@@ -1292,6 +1338,9 @@ def main():
                     help="with --motion-refresh-epochs: a loss at weight W keeping the motion branch's pooled "
                          "features, in units of their spread, where they were for every clip without delivery "
                          "damage (0: none)")
+    ap.add_argument("--refit-steps", type=int, default=0, metavar="N",
+                    help="with --from-bundle: stage 2 again for N steps, from the bundle's projectors, on the "
+                         "features of its towers after the refreshes, drawn as stage 3 draws (default 0: none)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--no-compile", action="store_true",
                     help="the vision tower uncompiled in every stage (torch.compile needs a C++ compiler, g++, "
@@ -1316,6 +1365,11 @@ def main():
         raise SystemExit(f"--tune-motion-rate {args.tune_motion_rate}: a multiple of the tower's rate, above 0")
     if not args.tune_projector_rate > 0:
         raise SystemExit(f"--tune-projector-rate {args.tune_projector_rate}: a multiple of the projectors' rate, above 0")
+    if args.refit_steps and not args.from_bundle:
+        raise SystemExit(f"--refit-steps {args.refit_steps} refits a bundle's projectors: give --from-bundle "
+                         f"(without it, stage 2 fits them for --steps)")
+    if args.refit_steps < 0:
+        raise SystemExit(f"--refit-steps {args.refit_steps}: a number of steps, 0 or more")
     if not 0.0 <= args.cuts <= 1.0:
         raise SystemExit(f"--cuts {args.cuts}: a share of stage 3's windows, from 0 to 1")
     if args.threads:
@@ -1331,6 +1385,10 @@ def main():
     if args.tune_windows == "exact":
         check_frame_ssims(rows, args.data)
     stills = online.load_stills(args.data) if args.online_pairs else None
+    # Stage 3's draw of windows and pairs, which a projector refit draws too.
+    draw = {"cuts": args.cuts, "rank_pairs": args.rank_pairs, "level_targets": args.level_targets,
+            "delivery_weight": args.delivery_weight, "larger_size_weight": args.larger_size_weight,
+            "windows": args.tune_windows}
     if args.from_bundle:
         s1, s2 = from_bundle(args.from_bundle)
         s1, s2 = refresh_tower(s1, s2, rows, arrays, args.work, args.refresh_epochs, args.seed,
@@ -1339,15 +1397,16 @@ def main():
                                 args.motion_refresh_anchor)
         if args.motion_pair_stats:
             s1, s2 = with_pair_stats(s1, s2)
+        s2 = refit_projectors(s1, s2, rows, arrays, args.work, args.refit_steps, args.batch, args.seed,
+                              not args.no_compile, **draw)
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                     args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input,
                     tower_kind=args.tower, pair_stats=args.motion_pair_stats)
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
-                    args.tune_frozen_stages, not args.no_compile, args.cuts, args.rank_pairs, args.level_targets,
-                    args.delivery_weight, args.larger_size_weight, args.tune_motion_rate, args.tune_projector_rate,
-                    args.tune_windows)
+                    args.tune_frozen_stages, not args.no_compile, motion_rate=args.tune_motion_rate,
+                    projector_rate=args.tune_projector_rate, **draw)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
