@@ -1035,8 +1035,9 @@ def refit_projectors(state1, state2, rows, arrays, work: Path, steps: int, batch
     """Stage 2 again, for `steps`, from a bundle's projectors, on the features of its towers as
     the refreshes left them: the projectors were fit (stage 2) on the tower and branch before
     any refresh and before the delivery families existed, and stage 3 at a tenth of stage 2's
-    rate leaves them nearly where they were (#30's twelfth session), so damage that only the
-    motion token carries (freezes, transmission errors) stays under-read. The towers stay;
+    rate leaves them nearly where they were (#30's twelfth session). Whether that is why damage
+    only the motion token carries (freezes, transmission errors) stays under-read was #30's
+    fifteenth session's question: it is not (the freeze read as before, SRCC fell). The towers stay;
     `options` are `train_scoring`'s draw (as stage 3's: delivery weight, windows, cuts). Returns
     stage 2's dictionary, whose recipe records this one so that stage 3's checkpoints name it;
     0 steps: `state2` unchanged."""
