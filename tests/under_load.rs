@@ -138,6 +138,8 @@ fn a_live_stream_keeps_its_frame_rate_beside_two_scoring_pipelines() {
     // The model runs off the streaming thread, below its priority: the watched stream keeps
     // the pace of the one without a model (0.974 on this 2-core machine, both near 22 fps).
     // Inference on the streaming thread would hold it for a decoder prefill every 2 s hop.
+    // Threads that take the whole machine (the priorities before #35) slow both streams
+    // alike: that is for the bench to catch, on its absolute goals.
     assert!(
         watched >= 0.90 * unwatched,
         "watched {watched:.2} fps against {unwatched:.2} without a model"
