@@ -8,7 +8,8 @@ or the compression level itself), decoded back, and compared with its pristine c
 
 The model's inputs are cut here exactly as the element cuts them: keyframes are the first frame
 of each second, motion frames every `MOTION_STRIDE`-th frame, each resized with Pillow's bicubic
-filter to the bundle's sizes. One `.npz` and `.json` per source in OUT/clips, and OUT/clips.jsonl
+filter to the bundle's sizes (and the motion frames' luma at a finer size, `motion_luma`). One
+`.npz` and `.json` per source in OUT/clips, and OUT/clips.jsonl
 (the rows of every finished source in OUT). Finished sources are skipped, so a stopped run goes on
 where it stopped; `--split test` makes only the test sources (enough for `evaluate`, 8 of 72).
 
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .spec import KEYFRAME_HEIGHT, KEYFRAME_WIDTH, MOTION_SIZE, MOTION_STRIDE
+from .spec import KEYFRAME_HEIGHT, KEYFRAME_WIDTH, MOTION_LUMA_SIZE, MOTION_SIZE, MOTION_STRIDE
 
 WIDTH, HEIGHT = 320, 180
 PHOTO_SECONDS, PHOTO_FPS = 8, 25
@@ -495,8 +496,10 @@ TRANSMISSION_CODECS = {
 }
 
 # H.264 decodes damaged slices as far as it can; FFmpeg's HEVC decoder mis-decodes even a clean
-# stream with `ignore_err` (seen on FFmpeg 5.1), so it keeps its defaults.
-RECEIVER_OPTIONS = {"h264": ["-err_detect", "ignore_err"], "hevc": []}
+# stream with `ignore_err` (seen on FFmpeg 5.1), so it keeps its defaults. One decoding thread:
+# how a frame-threaded decoder conceals damage may depend on its thread count, which FFmpeg
+# picks from the machine's cores (data made on another machine moved some transmission labels).
+RECEIVER_OPTIONS = {"h264": ["-threads", "1", "-err_detect", "ignore_err"], "hevc": ["-threads", "1"]}
 
 
 def nal_units(stream: bytes) -> list[bytes]:
@@ -630,6 +633,20 @@ def model_inputs(frames: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray
     return np.stack(keyframes), np.stack(motion)
 
 
+LUMA = np.array([0.299, 0.587, 0.114])  # BT.601, as the motion graphs compute it (towers.frame_pair_stats)
+
+
+def motion_luma(frames: np.ndarray) -> np.ndarray:
+    """The motion frames' luma at MOTION_LUMA_SIZE square, uint8 [F, S, S]: each frame resized as
+    the element resizes (Pillow's bicubic, RGB), then BT.601 luma rounded to 8 bits. A quarter of
+    the 64x64 RGB frames' pixel pitch, for a motion input that sees what 64x64 loses (shake's
+    few-pixel jitter, slice damage); kept beside them so a run can choose (a quarter more memory
+    than the RGB frames, read only by a run that asks for it)."""
+    size = (MOTION_LUMA_SIZE, MOTION_LUMA_SIZE)
+    return np.stack([np.rint(np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) @ LUMA).astype(np.uint8)
+                     for f in frames[::MOTION_STRIDE]])
+
+
 def test_clip_path(out: Path, source: str, family: str, strength: int) -> Path:
     """Where a test-split clip is kept (for the no-reference baselines)."""
     return out / "test_clips" / f"{source}__{family}_{strength}.mp4"
@@ -653,7 +670,7 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
     target = Path(out) / "clips" / f"{source['name']}.npz"
     meta_file = target.with_suffix(".json")
     wanted = list(variants())
-    rows, keyframes, motion = [], [], []
+    rows, keyframes, motion, luma = [], [], [], []
     if target.exists() and meta_file.exists():
         rows = json.loads(meta_file.read_text())
         if len(rows) >= len(wanted) and not remake:
@@ -665,8 +682,11 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
             raise SystemExit(f"{target}: made with {len(rows)} clips, and the {len(missing)} it lacks include "
                              "spatial or temporal families; remove it to make the source again")
         with np.load(target) as stored:
+            if "motion_luma" not in stored:
+                raise SystemExit(f"{target}: made before the data kept the motion frames' luma (motion_luma): "
+                                 "its clips cannot be added to or made again alone; make the data into a new --out")
             # (the .npz is written before the .json: after a stop between the two it holds more)
-            keyframes, motion = list(stored["keyframes"][:len(rows)]), list(stored["motion"][:len(rows)])
+            keyframes, motion, luma = (list(stored[k][:len(rows)]) for k in ("keyframes", "motion", "motion_luma"))
     started = time.time()
     rng = np.random.default_rng(zlib.crc32(source["name"].encode()))
     frames = {}  # scale -> (pristine frames, fps, lossless reference), made when first needed
@@ -701,6 +721,7 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(clip, kept)
             k, m = model_inputs(decoded, fps)
+            y = motion_luma(decoded)
             mos = pseudo_mos(ssim)
             row = {
                 "source": source["name"], "split": source["split"], "family": family, "kind": kind,
@@ -712,13 +733,14 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
             if place is None:
                 keyframes.append(k)
                 motion.append(m)
+                luma.append(y)
                 rows.append(row)
             else:
-                keyframes[place], motion[place], rows[place] = k, m, row
+                keyframes[place], motion[place], luma[place], rows[place] = k, m, y, row
     # Written aside, then moved into place: a run stopped here leaves the finished clips whole.
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.stem}.partial.npz")
-    np.savez(partial, keyframes=np.stack(keyframes), motion=np.stack(motion))
+    np.savez(partial, keyframes=np.stack(keyframes), motion=np.stack(motion), motion_luma=np.stack(luma))
     os.replace(partial, target)
     meta_file.write_text(json.dumps(rows))
     print(f"{source['name']}: {len(rows)} clips in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
