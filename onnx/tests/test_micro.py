@@ -853,6 +853,57 @@ def test_stage1_with_pair_stats_trains_a_wider_motion_branch_and_records_it(tmp_
     assert "pair_stats" not in train.stage1(rows, arrays, tmp_path / "plain", epochs=0, motion_epochs=1)["recipe"]
 
 
+def test_a_luma128_motion_branch_trains_exports_rgb_frames_and_loads_back(tmp_path):
+    """`--motion-input luma128`: stage 1 trains a branch on the data's 128x128 luma frames, stages 2
+    and 3 go on with it, and the recipe says so. Its exported graph takes 128x128 RGB frames, as the
+    element gives them, and equals the branch within 1e-4 both on RGB frames and on grey frames
+    made from the luma it trained on; the manifest declares the size, and `from_bundle` reads the
+    branch back, weights and all."""
+    import onnxruntime as ort
+
+    from qoe_onnx.micro import bundle
+
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    rng = np.random.default_rng(3)
+    arrays["s"]["motion"] = rng.integers(0, 256, (4, 20, 128, 128), dtype=np.uint8)  # as load_arrays gives motion_luma
+    state = train.stage1(rows, arrays, tmp_path, epochs=0, motion_epochs=1, motion_input="luma128")
+    assert state["motion_input"] == "luma128" and state["recipe"]["motion_input"] == "luma128"
+    projectors = train.stage2(state, rows, arrays, tmp_path, steps=2, batch=4)
+    tuned1, tuned2 = train.stage3(state, projectors, rows, arrays, tmp_path, steps=1, batch=4)
+    assert train.motion_input(tuned1) == "luma128"
+    train.export(tuned1, tuned2, tmp_path / "bundle")
+    _, branch = train.load_towers(tuned1)
+    session = ort.InferenceSession(str(tmp_path / "bundle/motion_fast.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, "frames", 128, 128]
+    rgb = rng.integers(0, 256, (12, 128, 128, 3), dtype=np.uint8)
+    luma = arrays["s"]["motion"][1][:12]
+    with torch.no_grad():
+        for fed, trained_on in ((rgb, rgb), (np.repeat(luma[..., None], 3, -1), luma)):
+            got = session.run(None, {"frames": train.motion_frames(fed).numpy()})[0]
+            np.testing.assert_allclose(got, branch(train.motion_frames(trained_on)).numpy(), rtol=1e-4, atol=1e-4)
+    assert bundle.motion_size(tmp_path / "bundle") == 128 and bundle.motion_size(tmp_path / "none") == 64
+    declared = bundle.manifest("streaming", motion_size=128)
+    assert declared["parts"]["motion_encoder"]["inputs"][0]["shape"] == [1, 3, "frames", 128, 128]
+    assert declared["preprocess"]["motion_encoder"]["size"] == [128, 128]
+    back1, _ = train.from_bundle(tmp_path / "bundle")
+    assert back1["motion_input"] == "luma128"
+    _, back = train.load_towers(back1)
+    with torch.no_grad():
+        np.testing.assert_allclose(back(train.motion_frames(luma)).numpy(), branch(train.motion_frames(luma)).numpy(),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_the_luma_motion_frames_missing_from_old_data_are_named(tmp_path):
+    """A branch that reads `motion_luma` on data made before the data kept it: the file and the
+    array are named, and how to make them."""
+    (tmp_path / "clips").mkdir()
+    np.savez(tmp_path / "clips/s.npz", keyframes=np.zeros((1, 1, 2, 2, 3), np.uint8),
+             motion=np.zeros((1, 2, 64, 64, 3), np.uint8))
+    assert train.load_arrays(tmp_path, {"s"})["s"]["motion"].shape == (1, 2, 64, 64, 3)
+    with pytest.raises(SystemExit, match=r"s\.npz: no motion_luma array, which a luma128 motion branch reads.*new --out"):
+        train.load_arrays(tmp_path, {"s"}, "luma128")
+
+
 @pytest.mark.parametrize("option, what", [("--tune-motion-rate", "the tower's rate"),
                                           ("--tune-projector-rate", "the projectors' rate")])
 @pytest.mark.parametrize("rate", ["0", "-1"])

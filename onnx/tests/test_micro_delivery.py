@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from qoe_onnx.micro import data, evaluate
 
@@ -85,13 +86,18 @@ def test_a_finished_source_gets_only_the_families_added_since(tmp_path, monkeypa
     rows = data.make_source((source, str(tmp_path)))
     after = np.load(tmp_path / "clips/carphone.npz")
     assert rows[:2] == first and [r["family"] for r in rows] == ["pristine", "noise", "compression_hd"]
-    for name in ("keyframes", "motion"):
+    for name in ("keyframes", "motion", "motion_luma"):
         assert np.array_equal(after[name][:2], before[name])
     kept = data.test_clip_path(tmp_path, "carphone", "compression_hd", 1)
     assert data.probe_size(str(kept)) == (640, 360)
     decoded, fps = data.decode(str(kept))
     keyframes, motion = data.model_inputs(decoded, fps)
     assert np.array_equal(after["keyframes"][2], keyframes) and np.array_equal(after["motion"][2], motion)
+    # The luma of the same motion frames at 128x128, as the element would resize them, in 8 bits.
+    luma = data.motion_luma(decoded)
+    assert np.array_equal(after["motion_luma"][2], luma) and luma.shape == (len(motion), 128, 128)
+    resized = np.asarray(Image.fromarray(decoded[2]).resize((128, 128), Image.BICUBIC)).astype(float)
+    assert np.abs(luma[1] - (0.299 * resized[..., 0] + 0.587 * resized[..., 1] + 0.114 * resized[..., 2])).max() <= 0.5
     assert rows[2]["crf"] == 51 and rows[2]["ssim"] < rows[0]["ssim"]
     assert json.loads((tmp_path / "clips/carphone.json").read_text()) == rows
     assert data.make_source((source, str(tmp_path))) == rows, "a finished source is only read back"
@@ -101,6 +107,12 @@ def test_a_finished_source_gets_only_the_families_added_since(tmp_path, monkeypa
     with pytest.raises(SystemExit, match=r"carphone\.npz: made with 3 clips.*spatial or temporal"):
         data.make_source((source, str(tmp_path)))
     assert len(json.loads((tmp_path / "clips/carphone.json").read_text())) == 3
+
+    # Data made before the luma was kept: its clips cannot be joined by clips that have it.
+    np.savez(tmp_path / "clips/carphone.npz", **{k: after[k] for k in ("keyframes", "motion")})
+    monkeypatch.setattr(data, "DISTORTIONS", data.DISTORTIONS[:2] + [("black_frames", "delivery", [0.5])])
+    with pytest.raises(SystemExit, match=r"carphone\.npz: made before the data kept the motion frames' luma"):
+        data.make_source((source, str(tmp_path)))
 
 
 def test_banding_quantises_to_flat_bands(clip):
@@ -260,7 +272,7 @@ def test_remake_makes_delivery_families_again_in_their_places(tmp_path, monkeypa
     rows = data.make_source((source, str(tmp_path), ["black_frames"]))
     after = np.load(tmp_path / "clips/carphone.npz")
     assert [r["family"] for r in rows] == ["pristine", "noise", "black_frames"] and rows[:2] == first[:2]
-    for name in ("keyframes", "motion"):
+    for name in ("keyframes", "motion", "motion_luma"):
         assert np.array_equal(after[name][:2], before[name][:2])
         assert not np.array_equal(after[name][2], before[name][2])
     assert rows[2]["index"] == 2 and rows[2]["ssim"] != first[2]["ssim"] and kept.exists()

@@ -47,6 +47,17 @@ BUNDLES = {"micro-vqa2-streaming": ("streaming", "fp32"), "micro-vqa2-ugc": ("ug
            "micro-vqa2-streaming-int8": ("streaming", "int8")}
 
 
+def motion_size(folder: Path) -> int:
+    """The side of the square frames a bundle folder's motion branch takes (spec's 64, or 128 for
+    a branch that reads their luma: `train --motion-input luma128`); 64 where there is none yet."""
+    path = folder / "motion_fast.onnx"
+    if not path.exists():
+        return spec.MOTION_SIZE
+    import onnx
+
+    return onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[4].dim_value
+
+
 def motion_features(folder: Path) -> int:
     """The per-frame motion feature a bundle folder's motion projector takes: the branch's 48
     learned features, and 2 more where it appends frame-pair statistics (`train
@@ -59,7 +70,8 @@ def motion_features(folder: Path) -> int:
     return onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[1].dim_value
 
 
-def manifest(variant: str, precision: str = "fp32", motion_features: int = MOTION_FEATURES) -> dict:
+def manifest(variant: str, precision: str = "fp32", motion_features: int = MOTION_FEATURES,
+             motion_size: int = spec.MOTION_SIZE) -> dict:
     pre = {"resize": "pillow-bicubic", "rescale": 1 / 255, "mean": [0.5] * 3, "std": [0.5] * 3,
            "channels": "rgb", "layout": "nchw"}
     past = [B.tensor(f"past_key_values.{l}.{kv}", ["batch", KV_HEADS, "past", HEAD_DIM])
@@ -78,7 +90,7 @@ def manifest(variant: str, precision: str = "fp32", motion_features: int = MOTIO
         },
         "motion_encoder": {
             "file": "motion_fast.onnx",
-            "inputs": [B.tensor("frames", [1, 3, "frames", spec.MOTION_SIZE, spec.MOTION_SIZE])],
+            "inputs": [B.tensor("frames", [1, 3, "frames", motion_size, motion_size])],
             "outputs": [B.tensor("motion_feat", ["frames", motion_features])],
         },
         "motion_projector": {
@@ -124,7 +136,7 @@ def manifest(variant: str, precision: str = "fp32", motion_features: int = MOTIO
         },
         "preprocess": {
             "keyframe_encoder": {**pre, "size": [spec.KEYFRAME_WIDTH, spec.KEYFRAME_HEIGHT]},
-            "motion_encoder": {**pre, "size": [spec.MOTION_SIZE] * 2},
+            "motion_encoder": {**pre, "size": [motion_size] * 2},
         },
         "tokens": {"keyframe_tokens": 1, "motion_tokens": 1, "motion_pooling": "mean-max-std over the window"},
         "decoder": {
@@ -160,13 +172,14 @@ def manifest(variant: str, precision: str = "fp32", motion_features: int = MOTIO
 
 
 def write_manifests(models: Path) -> None:
-    """The three manifests, declaring the motion feature the streaming bundle's graphs (shared by
-    the other two) take."""
+    """The three manifests, declaring the motion frames and feature the streaming bundle's graphs
+    (shared by the other two) take."""
     width = motion_features(models / "micro-vqa2-streaming")
+    size = motion_size(models / "micro-vqa2-streaming")
     for name, (variant, precision) in BUNDLES.items():
         folder = models / name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / B.MANIFEST).write_text(json.dumps(manifest(variant, precision, width), indent=2) + "\n")
+        (folder / B.MANIFEST).write_text(json.dumps(manifest(variant, precision, width, size), indent=2) + "\n")
         print(f"wrote {folder / B.MANIFEST}", file=sys.stderr)
 
 

@@ -35,6 +35,7 @@ import onnxruntime as ort
 from .. import bundle as bundle_format
 from . import data as micro_data
 from . import train as T
+from .towers import MOTION_INPUTS
 
 
 def log(*a):
@@ -53,6 +54,14 @@ class Model:
         self.members = [(s(f"keyframe_encoder{m}"), s(f"motion_encoder{m}"), s(f"motion_projector{m}"))
                         for m in bundle_format.models(manifest)]
         self.embed, self.decoder = s("token_embedding"), s("decoder_score")
+        # The frames the motion graphs take: 64x64 RGB, or 128x128 for a branch that reads their luma
+        # (the data's `motion_input` arrays, as `train.load_arrays` names them).
+        sizes = {m[1].get_inputs()[0].shape[4] for m in self.members}
+        by_size = {size: name for name, size in MOTION_INPUTS.items()}
+        if len(sizes) != 1 or not sizes <= set(by_size):
+            raise SystemExit(f"{folder}: motion graphs of frames {sorted(sizes)} wide, not one of "
+                             f"{', '.join(f'{s} ({n})' for s, n in by_size.items())}")
+        self.motion_input = by_size[sizes.pop()]
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -75,6 +84,8 @@ class Model:
     def features(self, keyframes: np.ndarray, motion: np.ndarray) -> list:
         """Each model's keyframe tokens and motion token."""
         norm = lambda x: ((x.astype(np.float32) / 255.0 - 0.5) / 0.5)  # noqa: E731
+        if motion.ndim == 3:  # luma (`motion_luma`): as grey RGB frames, whose luma the graph reads exactly
+            motion = np.repeat(motion[..., None], 3, axis=-1)
         pixels, frames = norm(keyframes).transpose(0, 3, 1, 2), norm(motion).transpose(3, 0, 1, 2)[None]
         out = []
         for keyframe, fast, projector in self.members:
@@ -307,10 +318,10 @@ def main():
     # The baselines need the test clips' video files (data.py keeps only those); the model, the arrays,
     # of the scored sources only (all of them would take 10 GB: the test split alone is 1 GB).
     rows = [r for r in micro_data.scored_rows(rows, args.train_every) if args.train_every or clip_path(r, args.data).exists()]
-    arrays = T.load_arrays(args.data, {r["source"] for r in rows})
+    model = Model(args.bundle)
+    arrays = T.load_arrays(args.data, {r["source"] for r in rows}, model.motion_input)
     split = f"training (every {args.train_every}-th source)" if args.train_every else "test"
     log(f"{len(rows)} {split} clips from {len({r['source'] for r in rows})} sources")
-    model = Model(args.bundle)
     started = time.time()
     rng = np.random.default_rng(1)
     ugc, streaming, lowered = [], [], []

@@ -66,7 +66,8 @@ def main():
     rows = [r for r in micro_data.finished_rows(args.data) if r["split"] == "test"]
     if not rows:
         raise SystemExit(f"{args.data}: no test clips")
-    table = path_table(Model(args.bundle), rows, load_arrays(args.data, {r["source"] for r in rows}), families)
+    model = Model(args.bundle)
+    table = path_table(model, rows, load_arrays(args.data, {r["source"] for r in rows}, model.motion_input), families)
     print("family strength: label | as it is | own keyframes + pristine motion | pristine keyframes + own motion")
     for family, strengths in table.items():
         for strength, (label, own, keyframes_only, motion_only) in strengths.items():

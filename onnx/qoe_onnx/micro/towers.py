@@ -7,7 +7,9 @@
   frame, from the frames and their differences to the previous frame (computed in the graph);
   three temporal 3-tap convolutions, so 4 frames of context before and 3 after. With
   `pair_stats`, two parameter-free statistics of each frame's luma difference to the previous one
-  follow the learned features (`frame_pair_stats`).
+  follow the learned features (`frame_pair_stats`). `motion_input` "luma128" reads 128x128
+  frames' luma and its difference instead, through a spatial stride-2 stem, so the same three
+  layers see four times the pixels at the same temporal context.
 - Projector: mlp2x_gelu (Linear, GELU, Linear) into the decoder's 576-d embedding space.
   The motion projector first pools the window's per-frame features over time (mean, max and
   standard deviation), so the motion block is one token whatever the window's length.
@@ -15,11 +17,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import KEYFRAME_FEATURES, MOTION_FEATURES
+from .spec import KEYFRAME_FEATURES, MOTION_FEATURES, MOTION_LUMA_SIZE, MOTION_SIZE
 
 MEAN, STD = 0.5, 0.5
 
@@ -28,6 +31,15 @@ def normalise(pixels_uint8: torch.Tensor) -> torch.Tensor:
     """[..., H, W, 3] uint8 -> [..., 3, H, W] float, as the manifest's preprocess says."""
     x = pixels_uint8.float() / 255.0
     return ((x - MEAN) / STD).movedim(-1, -3)
+
+
+def motion_frames(frames_uint8: np.ndarray) -> torch.Tensor:
+    """A clip's motion frames as a motion branch takes them: [F, S, S, 3] RGB -> [1, 3, F, S, S],
+    or [F, S, S] luma (the data's `motion_luma`) -> [1, 1, F, S, S], normalised alike."""
+    x = torch.from_numpy(frames_uint8)
+    if x.dim() == 3:
+        return ((x.float() / 255.0 - MEAN) / STD)[None, None]
+    return normalise(x).permute(1, 0, 2, 3).unsqueeze(0)
 
 
 def mean_and_std(y: torch.Tensor, dim) -> list[torch.Tensor]:
@@ -117,8 +129,17 @@ PAIR_STATS_MEAN, PAIR_STATS_STD = (0.65, -1.97), (0.26, 0.46)
 PAIR_STATS_GAIN = 10.0
 
 
+def frame_luma(frames: torch.Tensor) -> torch.Tensor:
+    """[1, 3, F, H, W] normalised RGB frames -> [F, H, W] BT.601 luma (normalised alike, since the
+    weights sum to 1); [1, 1, F, H, W] frames are luma already (the data's `motion_luma`)."""
+    if frames.shape[1] == 1:
+        return frames[0, 0]
+    r, g, b = frames[0].unbind(0)
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
 def frame_pair_stats(frames: torch.Tensor) -> torch.Tensor:
-    """[1, 3, F, H, W] normalised frames -> [F, 2]: per frame, the share of pixels whose luma moved
+    """[1, 3, F, H, W] normalised frames (or [1, 1, F, H, W] luma) -> [F, 2]: per frame, the share of pixels whose luma moved
     by less than one 8-bit step since the previous frame, and log10 of the luma's mean absolute
     difference to it (the first frame: no change), each standardised (PAIR_STATS_MEAN and _STD)
     and scaled by PAIR_STATS_GAIN. A repeated frame reads (1, -3) before standardising, whatever
@@ -127,8 +148,7 @@ def frame_pair_stats(frames: torch.Tensor) -> torch.Tensor:
     than from the 144 pooled features (onnx/README, #30's eleventh session). An exported graph
     holds the constants it was made with; training goes on from one with today's, so the
     recipes name them (`pair_stats_recipe`)."""
-    r, g, b = frames[0].unbind(0)
-    luma = 0.299 * r + 0.587 * g + 0.114 * b  # [F, H, W]
+    luma = frame_luma(frames)  # [F, H, W]
     diff = torch.cat([torch.zeros_like(luma[:1]), luma[1:] - luma[:-1]]).abs()
     still = (diff < STILL_STEP).float().mean(dim=(1, 2))
     change = torch.log10(diff.mean(dim=(1, 2)) + CHANGE_FLOOR)
@@ -141,19 +161,53 @@ def pair_stats_recipe() -> dict:
     return {"mean": list(PAIR_STATS_MEAN), "std": list(PAIR_STATS_STD), "gain": PAIR_STATS_GAIN}
 
 
+# What a motion branch reads: its frames' size, and whether it reads their colour or only their luma;
+# and the data's array that holds such frames.
+MOTION_INPUTS = {"rgb": MOTION_SIZE, "luma128": MOTION_LUMA_SIZE}
+MOTION_ARRAYS = {"rgb": "motion", "luma128": "motion_luma"}
+
+
+def time_diff(x: torch.Tensor) -> torch.Tensor:
+    """[1, C, F, H, W] -> each frame's difference to the previous one (the first: none)."""
+    return torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, 1:] - x[:, :, :-1]], dim=2)
+
+
 class MotionBranch(nn.Module):
-    """`pair_stats`: `frame_pair_stats` after the learned features (`features` wide in all)."""
+    """`pair_stats`: `frame_pair_stats` after the learned features (`features` wide in all).
+    `motion_input` "rgb": 64x64 RGB frames and their differences (6 channels) into three stride-2
+    layers. "luma128": 128x128 frames' luma and its difference (2 channels) into a stem that
+    halves them without looking across time, then the same three layers (the same context:
+    `MOTION_CONTEXT`). Its graph takes RGB frames, as the element gives them; training feeds the
+    data's luma directly ([1, 1, F, H, W]), which the graph's own luma equals to 8-bit rounding."""
 
-    def __init__(self, pair_stats: bool = False):
+    def __init__(self, pair_stats: bool = False, motion_input: str = "rgb"):
         super().__init__()
-        self.pair_stats = pair_stats
+        if motion_input not in MOTION_INPUTS:
+            raise ValueError(f"motion input {motion_input!r}: one of {', '.join(MOTION_INPUTS)}")
+        self.pair_stats, self.motion_input = pair_stats, motion_input
+        self.size = MOTION_INPUTS[motion_input]
         self.features = MOTION_FEATURES + (PAIR_STATS if pair_stats else 0)
-        self.body = nn.Sequential(conv3d(6, 16), conv3d(16, 32), conv3d(32, MOTION_FEATURES))
+        if motion_input == "rgb":
+            self.body = nn.Sequential(conv3d(6, 16), conv3d(16, 32), conv3d(32, MOTION_FEATURES))
+        else:
+            stem = nn.Sequential(nn.Conv3d(2, 16, (1, 3, 3), (1, 2, 2), (0, 1, 1)), nn.BatchNorm3d(16),
+                                 nn.ReLU(inplace=True))
+            self.body = nn.Sequential(stem, conv3d(16, 16), conv3d(16, 32), conv3d(32, MOTION_FEATURES))
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # [1, 3, F, 64, 64] -> [F, features]
+    @staticmethod
+    def input_of(first_conv_weight: torch.Tensor) -> str:
+        """The motion input a first convolution's weight takes: [16, 6, 3, 3, 3] for rgb,
+        [16, 2, 1, 3, 3] for luma128."""
+        return "luma128" if first_conv_weight.shape[1] == 2 else "rgb"
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # [1, 3 or 1, F, S, S] -> [F, features]
         # Differences to the previous frame make repeats, drops and jitter plain to see.
-        diff = torch.cat([torch.zeros_like(frames[:, :, :1]), frames[:, :, 1:] - frames[:, :, :-1]], dim=2)
-        y = self.body(torch.cat([frames, diff], dim=1))  # [1, C, F, 8, 8]
+        if self.motion_input == "rgb":
+            x = torch.cat([frames, time_diff(frames)], dim=1)
+        else:
+            luma = frame_luma(frames)[None, None]
+            x = torch.cat([luma, time_diff(luma)], dim=1)
+        y = self.body(x)  # [1, C, F, 8, 8]
         learned = y.mean(dim=(3, 4))[0].transpose(0, 1)
         return torch.cat([learned, frame_pair_stats(frames)], dim=1) if self.pair_stats else learned
 

@@ -50,8 +50,8 @@ from . import data as micro_data
 from . import online, pretrained, smollm
 from .spec import (KEYFRAME_FEATURES, KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LEVEL_WEIGHTS, LEVEL_WORDS,
                    MOTION_CONTEXT, MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX)
-from .towers import (PAIR_STATS, TOWER_INPUTS, KeyframeEncoder, MotionBranch, MotionProjector, Projector, VisionTower,
-                     motion_pool, normalise, pair_stats_recipe)
+from .towers import (MOTION_ARRAYS, MOTION_INPUTS, PAIR_STATS, TOWER_INPUTS, KeyframeEncoder, MotionBranch,
+                     MotionProjector, Projector, VisionTower, motion_frames, motion_pool, normalise, pair_stats_recipe)
 
 
 
@@ -73,18 +73,24 @@ def log(*a):
 # ---------------------------------------------------------------- data
 
 
-def load_clips(data: Path) -> tuple[list[dict], dict[str, dict]]:
+def load_clips(data: Path, motion_input: str = "rgb") -> tuple[list[dict], dict[str, dict]]:
     """Every finished source under DATA/clips (a partial data run is usable as it stands)."""
     rows = micro_data.finished_rows(data)
-    return rows, load_arrays(data, {r["source"] for r in rows})
+    return rows, load_arrays(data, {r["source"] for r in rows}, motion_input)
 
 
-def load_arrays(data: Path, sources: set[str]) -> dict[str, dict]:
-    """The keyframe and motion arrays of these sources' clips (about 0.13 GB a source in memory)."""
-    arrays = {}
+def load_arrays(data: Path, sources: set[str], motion_input: str = "rgb") -> dict[str, dict]:
+    """The keyframe arrays of these sources' clips, and as "motion" the motion frames a branch of
+    `motion_input` reads (`MOTION_ARRAYS`: 64x64 RGB, or 128x128 luma); about 0.13 GB a source
+    in memory with the RGB frames, 0.16 GB with the luma."""
+    arrays, key = {}, MOTION_ARRAYS[motion_input]
     for name in sorted(sources):
-        with np.load(data / "clips" / f"{name}.npz") as z:
-            arrays[name] = {"keyframes": z["keyframes"], "motion": z["motion"]}
+        path = data / "clips" / f"{name}.npz"
+        with np.load(path) as z:
+            if key not in z:
+                raise SystemExit(f"{path}: no {key} array, which a {motion_input} motion branch reads "
+                                 "(data runs keep it since #30's sixteenth session): make the data again into a new --out")
+            arrays[name] = {"keyframes": z["keyframes"], "motion": z[key]}
     return arrays
 
 
@@ -360,9 +366,9 @@ class MotionAnchor:
 
 
 def motion_window(arrays: dict, r: dict, start: int) -> torch.Tensor:
-    """[1, 3, MOTION_WINDOW, 64, 64]: a clip's motion frames from `start`, normalised."""
+    """[1, C, MOTION_WINDOW, S, S]: a clip's motion frames from `start`, normalised (`motion_frames`)."""
     frames = arrays[r["source"]]["motion"][r["index"]]
-    return normalise(torch.from_numpy(frames[start:start + MOTION_WINDOW])).permute(1, 0, 2, 3).unsqueeze(0)
+    return motion_frames(frames[start:start + MOTION_WINDOW])
 
 
 def train_motion_branch(branch: MotionBranch, clips: list[dict], classes: list[str], arrays: dict,
@@ -494,11 +500,14 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
 
 def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pairs: int = 0,
            stills: list[np.ndarray] | None = None, seed: int = 0, compile_steps: bool = False,
-           tower_input: str = "rgb", tower_kind: str = "micro", pair_stats: bool = False):
+           tower_input: str = "rgb", tower_kind: str = "micro", pair_stats: bool = False,
+           motion_input: str = "rgb"):
     recipe = dict(data=data_fingerprint(rows), epochs=epochs, motion_epochs=motion_epochs,
                   online_pairs=online_pairs, seed=seed)
     if pair_stats:
         recipe["pair_stats"] = pair_stats_recipe()
+    if motion_input != "rgb":  # recorded only when asked, as tower_input
+        recipe["motion_input"] = motion_input
     if tower_input != "rgb":  # recorded only when asked, so the recipes of earlier runs stay as they were
         recipe["tower_input"] = tower_input
     if tower_kind != "micro":
@@ -516,12 +525,14 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
         tower = train_vision_tower(tower, train, arrays, resume, rng, epochs, online_pairs, stills, compile_steps)
 
     # Motion branch: dense frames of temporally distorted clips, and of the others as "none".
-    branch = MotionBranch(pair_stats)
+    branch = MotionBranch(pair_stats, motion_input)
     clips = [r for r in train if r["family"] in TEMPORAL_CLASSES or r["strength"] == 1]
     train_motion_branch(branch, clips, TEMPORAL_CLASSES, arrays, resume, rng, motion_epochs)
     state = {"tower": tower.state_dict(), "tower_kind": tower_kind, "branch": branch.state_dict(), "recipe": recipe}
     if pair_stats:
         state["pair_stats"] = True
+    if motion_input != "rgb":
+        state["motion_input"] = motion_input
     torch.save(state, checkpoint(work, "stage 1"))
     resume.finish()
     return state
@@ -691,8 +702,7 @@ def tower_features(state, rows, arrays, compile_steps: bool = False):
             continue
         clip = arrays[r["source"]]
         feats.append((tower(normalise(torch.from_numpy(clip["keyframes"][r["index"]]))),
-                      branch(normalise(torch.from_numpy(clip["motion"][r["index"]])).permute(1, 0, 2, 3)
-                             .unsqueeze(0))))
+                      branch(motion_frames(clip["motion"][r["index"]]))))
         if i % 20 == 19:
             release_freed_memory()
     return feats
@@ -701,7 +711,7 @@ def tower_features(state, rows, arrays, compile_steps: bool = False):
 def load_towers(state) -> tuple[nn.Module, MotionBranch]:
     """Stage 1's towers in eval mode: batch norm keeps stage 1's statistics (the exported graphs'),
     also while stage 3 tunes their weights."""
-    branch = MotionBranch(state.get("pair_stats", False))
+    branch = MotionBranch(state.get("pair_stats", False), motion_input(state))
     branch.load_state_dict(state["branch"])
     return vision_tower(state).eval(), branch.eval()
 
@@ -723,6 +733,11 @@ def keyframe_features(state) -> int:
 def motion_features(state) -> int:
     """The width of a stage-1 motion branch's per-frame feature (a third of the motion projector's input)."""
     return MotionBranch(state.get("pair_stats", False)).features
+
+
+def motion_input(state) -> str:
+    """What a stage-1 motion branch reads (`MOTION_INPUTS`): the 64x64 RGB frames unless it says."""
+    return state.get("motion_input", "rgb")
 
 
 def with_pair_stats(state1, state2) -> tuple[dict, dict]:
@@ -786,8 +801,7 @@ def tuned_window_features(tower, branch: MotionBranch, shots: list[tuple[np.ndar
         keyframes.append(kf[s0:s0 + w])
         frames.append(fr[c0:c1])
         trims.append((f0 - c0, c1 - f1))
-    joined = torch.from_numpy(np.concatenate(frames))
-    mo = branch(normalise(joined).permute(1, 0, 2, 3).unsqueeze(0))
+    mo = branch(motion_frames(np.concatenate(frames)))
     mo = mo[trims[0][0]:len(mo) - trims[-1][1]]
     return tower(normalise(torch.from_numpy(np.concatenate(keyframes)))), mo
 
@@ -1203,15 +1217,20 @@ def from_bundle(folder: Path) -> tuple[dict, dict]:
     motion_projector = linear_inputs(g, w, "MatMul")
     # The projector's input width says whether the branch appends frame_pair_stats (a graph of them holds no weights).
     pair_stats = bool(motion_projector) and motion_projector[0][0].shape[1] == 3 * (MOTION_FEATURES + PAIR_STATS)
-    branch = MotionBranch(pair_stats)
+    g, w = graph("motion_fast.onnx")
+    motion_convs = linear_inputs(g, w, "Conv")
+    branch = MotionBranch(pair_stats, MotionBranch.input_of(motion_convs[0][0]) if motion_convs else "rgb")
     model = Scorer2(576, motion_features=branch.features)
     load(model.keyframe, keyframe_projector, "keyframe_encoder.onnx")
     load(model.motion, motion_projector, "motion_projector.onnx")
-    g, w = graph("motion_fast.onnx")
-    load(branch, linear_inputs(g, w, "Conv"), "motion_fast.onnx")
+    load(branch, motion_convs, "motion_fast.onnx")
     log(f"stages 1 and 2: the weights of {folder}" + (" (with frame-pair statistics)" if pair_stats else ""))
     state1 = {"tower": tower.state_dict(), "branch": branch.state_dict(), "recipe": recipe}
-    return (state1 | {"pair_stats": True} if pair_stats else state1), {"model": model.state_dict(), "recipe": recipe}
+    if pair_stats:
+        state1["pair_stats"] = True
+    if branch.motion_input != "rgb":
+        state1["motion_input"] = branch.motion_input
+    return state1, {"model": model.state_dict(), "recipe": recipe}
 
 
 # ---------------------------------------------------------------- export
@@ -1231,7 +1250,8 @@ def export(state1, state2, out: Path):
                           str(out / "keyframe_encoder.onnx"), input_names=["pixel_values"],
                           output_names=["keyframe_embeds"],
                           dynamic_axes={"pixel_values": {0: "keyframes"}, "keyframe_embeds": {0: "keyframes"}}, **kw)
-        torch.onnx.export(branch, (torch.zeros(1, 3, 16, 64, 64),), str(out / "motion_fast.onnx"),
+        # RGB frames, as the element gives them, whatever the branch reads of them.
+        torch.onnx.export(branch, (torch.zeros(1, 3, 16, branch.size, branch.size),), str(out / "motion_fast.onnx"),
                           input_names=["frames"], output_names=["motion_feat"],
                           dynamic_axes={"frames": {2: "frames"}, "motion_feat": {0: "frames"}}, **kw)
         torch.onnx.export(MotionProjector(model.motion), (torch.zeros(16, branch.features),),
@@ -1304,6 +1324,10 @@ def main():
     ap.add_argument("--tune-projector-rate", type=float, default=1.0, metavar="X",
                     help="stage 3: the projectors learn at X times their rate (2e-4 peak; 1: as before), so a "
                          "bundle's projectors, fit in its stage 2, can fit damage that came after it")
+    ap.add_argument("--motion-input", choices=MOTION_INPUTS, default="rgb",
+                    help="stage 1: what the motion branch reads: rgb (64x64 frames) or luma128 (the luma of 128x128 "
+                         "frames, the data's motion_luma: four times the pixels, for jitter and slice damage that "
+                         "64x64 loses); with --from-bundle the bundle's motion_fast.onnx decides")
     ap.add_argument("--motion-pair-stats", action="store_true",
                     help="the motion branch appends two statistics of each frame's luma difference to the previous "
                          "one (the share of pixels that did not change, and the log of the mean absolute change) to "
@@ -1353,6 +1377,9 @@ def main():
     if args.from_bundle and args.tower_input != "rgb":  # before loading any clips
         raise SystemExit(f"--tower-input {args.tower_input} is stage 1's choice; with --from-bundle the bundle's "
                          f"keyframe_encoder.onnx decides (its first convolution's input channels)")
+    if args.from_bundle and args.motion_input != "rgb":
+        raise SystemExit(f"--motion-input {args.motion_input} is stage 1's choice; with --from-bundle the bundle's "
+                         f"motion_fast.onnx decides (its first convolution's input channels)")
     check_refresh("refresh", "tower", "--epochs", args.refresh_epochs, args.refresh_anchor, args.from_bundle)
     check_refresh("motion refresh", "motion branch", "--motion-epochs", args.motion_refresh_epochs,
                   args.motion_refresh_anchor, args.from_bundle)
@@ -1377,7 +1404,8 @@ def main():
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    rows, arrays = load_clips(args.data)
+    bundle = from_bundle(args.from_bundle) if args.from_bundle else None
+    rows, arrays = load_clips(args.data, motion_input(bundle[0]) if bundle else args.motion_input)
     training = sum(r["split"] == "train" for r in rows)
     if not training:
         raise SystemExit(f"{args.data}: no training clips ({len(rows)} test clips; a data run with --split test "
@@ -1390,8 +1418,8 @@ def main():
     draw = {"cuts": args.cuts, "rank_pairs": args.rank_pairs, "level_targets": args.level_targets,
             "delivery_weight": args.delivery_weight, "larger_size_weight": args.larger_size_weight,
             "windows": args.tune_windows}
-    if args.from_bundle:
-        s1, s2 = from_bundle(args.from_bundle)
+    if bundle:
+        s1, s2 = bundle
         s1, s2 = refresh_tower(s1, s2, rows, arrays, args.work, args.refresh_epochs, args.seed,
                                not args.no_compile, args.refresh_anchor)
         s1, s2 = refresh_motion(s1, s2, rows, arrays, args.work, args.motion_refresh_epochs, args.seed,
@@ -1403,7 +1431,7 @@ def main():
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                     args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input,
-                    tower_kind=args.tower, pair_stats=args.motion_pair_stats)
+                    tower_kind=args.tower, pair_stats=args.motion_pair_stats, motion_input=args.motion_input)
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile, motion_rate=args.tune_motion_rate,
