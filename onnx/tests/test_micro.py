@@ -394,10 +394,12 @@ def die_after_each_save(monkeypatch):
 
 
 def assert_same_weights(whole: dict, resumed: dict):
-    assert whole.get("recipe") == resumed.get("recipe")
-    assert whole.get("tower_kind") == resumed.get("tower_kind")
-    for module in whole.keys() - {"recipe", "tower_kind"}:
-        for name, tensor in whole[module].items():
+    assert whole.keys() == resumed.keys()
+    for module, weights in whole.items():
+        if module == "recipe" or not isinstance(weights, dict):  # the recipe, or what the towers are
+            assert weights == resumed[module], module
+            continue
+        for name, tensor in weights.items():
             assert torch.equal(tensor, resumed[module][name]), f"{module}.{name}"
 
 
@@ -1320,6 +1322,50 @@ def test_a_projector_refit_fits_a_bundles_projectors_on_its_towers_and_resumes(t
     tuned = train.stage3(state1, refit, rows, arrays, tmp_path / "whole", steps=1, batch=2)
     assert torch.load(tmp_path / "whole" / "stage3.pt", weights_only=False)["recipe"]["stage 2"] == refit["recipe"]
     assert tuned[1]["model"].keys() == state2["model"].keys()
+
+
+def test_a_new_luma128_branch_replaces_a_bundles_and_its_projector_starts_fresh(tmp_path, monkeypatch):
+    """`--from-bundle` with another `--motion-input`: a fresh branch of that input trained by stage
+    1's motion task (the motion refresh's clips and classes), the tower and the keyframe projector
+    kept, the motion projector fresh as stage 2 starts one, for the refit to fit; the recipe
+    records it, a rerun skips it, and it goes on through a refit, stage 3 and the export, which
+    `from_bundle` reads back as a luma128 bundle. A branch that reads it already is kept."""
+    state1, state2 = train.from_bundle(COMMITTED)
+    rows, arrays = motion_refresh_set()
+    arrays["s"]["motion"] = np.random.default_rng(4).integers(0, 256, (4, 60, 128, 128), dtype=np.uint8)
+    assert train.new_motion_branch(state1, state2, rows, arrays, tmp_path, "rgb", epochs=1) == (state1, state2)
+    new1, new2 = train.new_motion_branch(state1, state2, rows, arrays, tmp_path, "luma128", epochs=1)
+    assert new1["motion_input"] == "luma128" and train.load_towers(new1)[1].motion_input == "luma128"
+    assert all(torch.equal(t, state1["tower"][n]) for n, t in new1["tower"].items())
+    torch.manual_seed(0)  # as stage 2 starts its projectors
+    fresh = train.Scorer2(576, train.keyframe_features(new1), train.motion_features(new1)).state_dict()
+    for name, t in new2["model"].items():
+        assert torch.equal(t, fresh[name] if name.startswith("motion.") else state2["model"][name]), name
+    made = {"start": state1["recipe"], "data": train.data_fingerprint(rows), "motion_input": "luma128", "epochs": 1,
+            "seed": 0}
+    assert new2["recipe"] == {"stage 2": state2["recipe"], "new motion branch": made}
+    again, _ = train.new_motion_branch(state1, state2, rows, arrays, tmp_path, "luma128", epochs=1)  # skipped
+    assert_same_weights(new1, again)
+    scoring_runs(tmp_path, monkeypatch)
+    refit = train.refit_projectors(new1, new2, rows, arrays, tmp_path, steps=2, batch=2)
+    assert not torch.equal(refit["model"]["motion.net.0.weight"], new2["model"]["motion.net.0.weight"])
+    tuned1, tuned2 = train.stage3(new1, refit, rows, arrays, tmp_path, steps=1, batch=2)
+    train.export(tuned1, tuned2, tmp_path / "bundle")
+    assert train.from_bundle(tmp_path / "bundle")[0]["motion_input"] == "luma128"
+    assert train.new_motion_branch(*train.from_bundle(tmp_path / "bundle"), rows, arrays, tmp_path / "none",
+                                   "luma128", epochs=1)[0]["motion_input"] == "luma128"
+
+
+def test_a_new_motion_branch_without_its_epochs_or_refit_is_refused(tmp_path, monkeypatch):
+    """A new branch (`--motion-input` other than the bundle's) needs `--motion-epochs` to train
+    it and `--refit-steps` to fit its fresh projector: without either, refused, named, before any
+    clip is loaded."""
+    for options in (["--motion-epochs", "0", "--refit-steps", "100"], ["--motion-epochs", "2"]):
+        assert_train_refuses(tmp_path, monkeypatch, ["--from-bundle", str(COMMITTED), "--motion-input", "luma128",
+                                                     *options],
+                             r"--motion-input luma128: .*motion branch reads rgb, so a new one is trained for "
+                             r"--motion-epochs \(now \d+\) and its fresh motion projector fit by --refit-steps "
+                             r"\(now \d+\): give both above 0")
 
 
 def test_a_refit_without_a_bundle_is_refused(tmp_path, monkeypatch):

@@ -565,6 +565,41 @@ def refresh_tower(state1, state2, rows, arrays, work: Path, epochs: int, seed: i
     return done, state2 | {"recipe": {"stage 2": state2.get("recipe"), "refresh": recipe}}
 
 
+def motion_refresh_clips(rows) -> list[dict]:
+    """The training clips a motion refresh or a new branch learns from: every family's mildest
+    level (as no motion damage) and every level of the temporal and delivery families."""
+    return [r for r in rows if r["split"] == "train"
+            and (r["strength"] <= 1 or motion_class(r["family"], MOTION_REFRESH_CLASSES) != "pristine")]
+
+
+def new_motion_branch(state1, state2, rows, arrays, work: Path, wanted: str, epochs: int,
+                      seed: int = 0) -> tuple[dict, dict]:
+    """A bundle's motion branch replaced by a new one that reads `wanted` (`--motion-input` other
+    than the bundle's): stage 1's motion task from a fresh branch at stage 1's rate, for `epochs`,
+    on the motion refresh's clips and classes (the delivery families as classes of their own),
+    and a fresh motion projector (seeded, as stage 2 starts one) for `refit_projectors` to fit:
+    the bundle's projector read another branch's features. The tower and the keyframe projector
+    stay; stage 2's recipe records this one, so later parts' checkpoints name it. A branch that
+    already reads `wanted`: the two unchanged."""
+    if motion_input(state1) == wanted:
+        return state1, state2
+    recipe = dict(start=state1.get("recipe"), data=data_fingerprint(rows), motion_input=wanted, epochs=epochs,
+                  seed=seed)
+    if (done := finished(work, "new motion branch", recipe)) is None:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng([seed, 5])
+        resume = Progress(checkpoint(work, "new motion branch", "-partial"), rng, recipe)
+        branch = MotionBranch(state1.get("pair_stats", False), wanted)
+        train_motion_branch(branch, motion_refresh_clips(rows), MOTION_REFRESH_CLASSES, arrays, resume, rng, epochs)
+        done = state1 | {"branch": branch.state_dict(), "motion_input": wanted, "recipe": recipe}
+        torch.save(done, checkpoint(work, "new motion branch"))
+        resume.finish()
+    torch.manual_seed(seed)
+    fresh = Scorer2(576, keyframe_features(done), motion_features(done)).state_dict()
+    model = {k: (fresh[k] if k.startswith("motion.") else v) for k, v in state2["model"].items()}
+    return done, state2 | {"model": model, "recipe": {"stage 2": state2.get("recipe"), "new motion branch": recipe}}
+
+
 def refresh_motion(state1, state2, rows, arrays, work: Path, epochs: int, seed: int = 0,
                    anchor: float = 0.0) -> tuple[dict, dict]:
     """Stage 1's motion task again, for `epochs`, on a bundle's motion branch, on today's data with
@@ -582,9 +617,7 @@ def refresh_motion(state1, state2, rows, arrays, work: Path, epochs: int, seed: 
         rng = np.random.default_rng([seed, 2])
         resume = Progress(checkpoint(work, "motion refresh", "-partial"), rng, recipe)
         _, branch = load_towers(state1)  # eval: the bundle's folded batch norms stay the identities
-        clips = [r for r in rows if r["split"] == "train"
-                 and (r["strength"] <= 1 or motion_class(r["family"], MOTION_REFRESH_CLASSES) != "pristine")]
-        train_motion_branch(branch, clips, MOTION_REFRESH_CLASSES, arrays, resume, rng, epochs,
+        train_motion_branch(branch, motion_refresh_clips(rows), MOTION_REFRESH_CLASSES, arrays, resume, rng, epochs,
                             rate=1e-3 * REFRESH_RATE, anchor=anchor)
         done = state1 | {"branch": branch.state_dict(), "recipe": recipe}
         torch.save(done, checkpoint(work, "motion refresh"))
@@ -1283,7 +1316,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=10,
                     help="stage 1 epochs of the vision tower (with --tower lite0: tuning ImageNet's weights at a "
                          "tenth of the rate; 0 keeps them frozen)")
-    ap.add_argument("--motion-epochs", type=int, default=8, help="stage 1 epochs of the motion branch")
+    ap.add_argument("--motion-epochs", type=int, default=8,
+                    help="stage 1 epochs of the motion branch (with --from-bundle: of a new one, --motion-input)")
     ap.add_argument("--online-pairs", type=int, default=0, choices=range(16), metavar="0-15",
                     help="stage 1: of the vision tower's 16 pairs a step, how many are online crops of the "
                          "training stills (online.py; run 7 used 6 and was worse than run 6's 0)")
@@ -1324,10 +1358,12 @@ def main():
     ap.add_argument("--tune-projector-rate", type=float, default=1.0, metavar="X",
                     help="stage 3: the projectors learn at X times their rate (2e-4 peak; 1: as before), so a "
                          "bundle's projectors, fit in its stage 2, can fit damage that came after it")
-    ap.add_argument("--motion-input", choices=MOTION_INPUTS, default="rgb",
-                    help="stage 1: what the motion branch reads: rgb (64x64 frames) or luma128 (the luma of 128x128 "
-                         "frames, the data's motion_luma: four times the pixels, for jitter and slice damage that "
-                         "64x64 loses); with --from-bundle the bundle's motion_fast.onnx decides")
+    ap.add_argument("--motion-input", choices=MOTION_INPUTS,
+                    help="what the motion branch reads: rgb (64x64 frames; stage 1's default) or luma128 (the luma "
+                         "of 128x128 frames, the data's motion_luma: four times the pixels, for jitter and slice "
+                         "damage that 64x64 loses). With --from-bundle: the bundle's by default; another replaces "
+                         "its branch with a new one, trained for --motion-epochs on the motion refresh's clips, "
+                         "and its motion projector with a fresh one that --refit-steps fits")
     ap.add_argument("--motion-pair-stats", action="store_true",
                     help="the motion branch appends two statistics of each frame's luma difference to the previous "
                          "one (the share of pixels that did not change, and the log of the mean absolute change) to "
@@ -1377,9 +1413,6 @@ def main():
     if args.from_bundle and args.tower_input != "rgb":  # before loading any clips
         raise SystemExit(f"--tower-input {args.tower_input} is stage 1's choice; with --from-bundle the bundle's "
                          f"keyframe_encoder.onnx decides (its first convolution's input channels)")
-    if args.from_bundle and args.motion_input != "rgb":
-        raise SystemExit(f"--motion-input {args.motion_input} is stage 1's choice; with --from-bundle the bundle's "
-                         f"motion_fast.onnx decides (its first convolution's input channels)")
     check_refresh("refresh", "tower", "--epochs", args.refresh_epochs, args.refresh_anchor, args.from_bundle)
     check_refresh("motion refresh", "motion branch", "--motion-epochs", args.motion_refresh_epochs,
                   args.motion_refresh_anchor, args.from_bundle)
@@ -1402,10 +1435,17 @@ def main():
         raise SystemExit(f"--cuts {args.cuts}: a share of stage 3's windows, from 0 to 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     bundle = from_bundle(args.from_bundle) if args.from_bundle else None
-    rows, arrays = load_clips(args.data, motion_input(bundle[0]) if bundle else args.motion_input)
+    # What the motion branch reads: the bundle's, unless --motion-input asks for a new one.
+    motion = args.motion_input or (motion_input(bundle[0]) if bundle else "rgb")
+    if bundle and motion != motion_input(bundle[0]) and not (args.motion_epochs > 0 and args.refit_steps > 0):
+        raise SystemExit(f"--motion-input {motion}: {args.from_bundle}'s motion branch reads "
+                         f"{motion_input(bundle[0])}, so a new one is trained for --motion-epochs (now "
+                         f"{args.motion_epochs}) and its fresh motion projector fit by --refit-steps (now "
+                         f"{args.refit_steps}): give both above 0")
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows, arrays = load_clips(args.data, motion)
     training = sum(r["split"] == "train" for r in rows)
     if not training:
         raise SystemExit(f"{args.data}: no training clips ({len(rows)} test clips; a data run with --split test "
@@ -1422,6 +1462,7 @@ def main():
         s1, s2 = bundle
         s1, s2 = refresh_tower(s1, s2, rows, arrays, args.work, args.refresh_epochs, args.seed,
                                not args.no_compile, args.refresh_anchor)
+        s1, s2 = new_motion_branch(s1, s2, rows, arrays, args.work, motion, args.motion_epochs, args.seed)
         s1, s2 = refresh_motion(s1, s2, rows, arrays, args.work, args.motion_refresh_epochs, args.seed,
                                 args.motion_refresh_anchor)
         if args.motion_pair_stats:
@@ -1431,7 +1472,7 @@ def main():
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                     args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input,
-                    tower_kind=args.tower, pair_stats=args.motion_pair_stats, motion_input=args.motion_input)
+                    tower_kind=args.tower, pair_stats=args.motion_pair_stats, motion_input=motion)
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile, motion_rate=args.tune_motion_rate,
