@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .spec import KEYFRAME_HEIGHT, KEYFRAME_WIDTH, MOTION_LUMA_SIZE, MOTION_SIZE, MOTION_STRIDE
+from .spec import KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LUMA_WEIGHTS, MOTION_LUMA_SIZE, MOTION_SIZE, MOTION_STRIDE
 
 WIDTH, HEIGHT = 320, 180
 PHOTO_SECONDS, PHOTO_FPS = 8, 25
@@ -390,7 +390,7 @@ def spatial(family: str, level, frame: np.ndarray, rng) -> np.ndarray:
         mean = f.mean()
         f = (f - mean) * level + mean
     elif family in ("oversaturation", "desaturation"):
-        grey = f @ np.array([0.299, 0.587, 0.114], np.float32)
+        grey = f @ np.array(LUMA_WEIGHTS, np.float32)
         f = grey[..., None] + (f - grey[..., None]) * level
     elif family == "block":
         b = int(level)
@@ -633,9 +633,6 @@ def model_inputs(frames: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray
     return np.stack(keyframes), np.stack(motion)
 
 
-LUMA = np.array([0.299, 0.587, 0.114])  # BT.601, as the motion graphs compute it (towers.frame_pair_stats)
-
-
 def motion_luma(frames: np.ndarray) -> np.ndarray:
     """The motion frames' luma at MOTION_LUMA_SIZE square, uint8 [F, S, S]: each frame resized as
     the element resizes (Pillow's bicubic, RGB), then BT.601 luma rounded to 8 bits. A quarter of
@@ -643,7 +640,8 @@ def motion_luma(frames: np.ndarray) -> np.ndarray:
     few-pixel jitter, slice damage); kept beside them so a run can choose (a quarter more memory
     than the RGB frames, read only by a run that asks for it)."""
     size = (MOTION_LUMA_SIZE, MOTION_LUMA_SIZE)
-    return np.stack([np.rint(np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) @ LUMA).astype(np.uint8)
+    weights = np.array(LUMA_WEIGHTS)
+    return np.stack([np.rint(np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)) @ weights).astype(np.uint8)
                      for f in frames[::MOTION_STRIDE]])
 
 

@@ -246,7 +246,7 @@ def niqe_scores(rows, data: Path):
     for frames in clip_frames(rows, data):
         # scikit-video's NIQE needs frames over 192 pixels high: 2x bicubic up from 320x180.
         grey = np.stack([np.asarray(Image.fromarray(f).resize((2 * f.shape[1], 2 * f.shape[0]), Image.BICUBIC))
-                         @ np.array([0.299, 0.587, 0.114]) for f in frames])
+                         @ np.array(micro_data.LUMA_WEIGHTS) for f in frames])
         out.append(-float(np.mean(skvideo.measure.niqe(grey))))
     return out
 

@@ -4,6 +4,7 @@ and levels, shared by data.py, towers.py, train.py and bundle.py."""
 KEYFRAME_WIDTH, KEYFRAME_HEIGHT = 320, 180  # keyframes resized to 320x180 (the clips' own size)
 MOTION_SIZE = 64  # motion frames resized to 64x64
 MOTION_STRIDE = 2  # every 2nd frame feeds the motion branch
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # BT.601 luma of RGB: the graphs', the data's and the baselines'
 MOTION_LUMA_SIZE = 128  # the data also keeps each motion frame's luma at 128x128 (a finer motion input)
 MOTION_FEATURES = 48  # per-frame feature of the motion branch
 MOTION_CONTEXT = 4  # frames of context the motion branch needs (4 before, 3 after)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import KEYFRAME_FEATURES, MOTION_FEATURES, MOTION_LUMA_SIZE, MOTION_SIZE
+from .spec import KEYFRAME_FEATURES, LUMA_WEIGHTS, MOTION_FEATURES, MOTION_LUMA_SIZE, MOTION_SIZE
 
 MEAN, STD = 0.5, 0.5
 
@@ -58,13 +58,18 @@ MSCN_WINDOW = 7
 MSCN_C = 2 / 255  # BRISQUE's C = 1 on 0..255, in the normalised [-1, 1] range
 
 
+def bt601_luma(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """The BT.601 luma of RGB along dimension `channels` (which it removes)."""
+    (wr, wg, wb), (r, g, b) = LUMA_WEIGHTS, x.unbind(channels)
+    return wr * r + wg * g + wb * b
+
+
 def mscn_luma(pixel_values: torch.Tensor) -> torch.Tensor:
     """[K, 3, H, W] normalised RGB -> [K, 1, H, W]: the luma's mean-subtracted contrast-normalised
     coefficients (BRISQUE's MSCN, a 7x7 box window instead of the Gaussian): local structure with
     the content's local brightness and contrast divided out, the statistics classic no-reference
     measures read noise, blur and blocking from whatever the content."""
-    r, g, b = pixel_values.unbind(1)
-    luma = (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+    luma = bt601_luma(pixel_values, 1).unsqueeze(1)
 
     def local_mean(x):
         return F.avg_pool2d(x, MSCN_WINDOW, 1, MSCN_WINDOW // 2, count_include_pad=False)
@@ -134,8 +139,7 @@ def frame_luma(frames: torch.Tensor) -> torch.Tensor:
     weights sum to 1); [1, 1, F, H, W] frames are luma already (the data's `motion_luma`)."""
     if frames.shape[1] == 1:
         return frames[0, 0]
-    r, g, b = frames[0].unbind(0)
-    return 0.299 * r + 0.587 * g + 0.114 * b
+    return bt601_luma(frames[0], 0)
 
 
 def frame_pair_stats(frames: torch.Tensor) -> torch.Tensor:
