@@ -35,6 +35,7 @@ import onnxruntime as ort
 from .. import bundle as bundle_format
 from . import data as micro_data
 from . import train as T
+from .spec import LUMA_WEIGHTS
 from .towers import MOTION_INPUTS
 
 
@@ -246,7 +247,7 @@ def niqe_scores(rows, data: Path):
     for frames in clip_frames(rows, data):
         # scikit-video's NIQE needs frames over 192 pixels high: 2x bicubic up from 320x180.
         grey = np.stack([np.asarray(Image.fromarray(f).resize((2 * f.shape[1], 2 * f.shape[0]), Image.BICUBIC))
-                         @ np.array(micro_data.LUMA_WEIGHTS) for f in frames])
+                         @ np.array(LUMA_WEIGHTS) for f in frames])
         out.append(-float(np.mean(skvideo.measure.niqe(grey))))
     return out
 
