@@ -1080,6 +1080,68 @@ def test_evaluate_loads_only_the_scored_sources_arrays(tmp_path):
     assert all(np.array_equal(loaded["b"][k], saved["b"][k]) for k in ("keyframes", "motion"))
 
 
+def test_stored_arrays_are_mapped_from_the_file_and_equal_what_np_load_reads(tmp_path):
+    """`data.stored_arrays`: each member of an np.savez file comes back as a copy-on-write map of
+    the file, equal to np.load's array (C and Fortran order), and a write to it never reaches the
+    file; a compressed member is read whole, equal too; a missing key is named."""
+    rng = np.random.default_rng(0)
+    saved = {"keyframes": rng.integers(0, 256, (2, 3, 5, 7, 3), dtype=np.uint8),
+             "motion_luma": np.asfortranarray(rng.integers(0, 256, (4, 6, 9), dtype=np.uint8)),
+             "floats": rng.normal(size=(3, 5)).astype(np.float32)}
+    np.savez(tmp_path / "s.npz", **saved)
+    np.savez_compressed(tmp_path / "z.npz", **saved)
+    mapped = data.stored_arrays(tmp_path / "s.npz", saved)
+    with np.load(tmp_path / "s.npz") as z:
+        for key in saved:
+            assert isinstance(mapped[key], np.memmap), key
+            assert mapped[key].dtype == z[key].dtype and np.array_equal(mapped[key], z[key]), key
+    assert mapped["motion_luma"].flags.f_contiguous
+    before = (tmp_path / "s.npz").read_bytes()
+    mapped["keyframes"][:] = 0
+    assert (tmp_path / "s.npz").read_bytes() == before
+    read = data.stored_arrays(tmp_path / "z.npz", saved)
+    assert not any(isinstance(a, np.memmap) for a in read.values())
+    assert all(np.array_equal(read[k], saved[k]) for k in saved)
+    with pytest.raises(KeyError, match="motion"):
+        data.stored_arrays(tmp_path / "s.npz", ["keyframes", "motion"])
+
+
+def test_a_training_run_reads_no_test_sources_frames(tmp_path, monkeypatch):
+    """`train` from stage 1 loads the training sources' arrays only: the test source's .npz here
+    is not even a zip, and the run goes through all three stages to a bundle. With
+    `--motion-classes delivery`, stage 1's motion branch learns the motion refresh's clips and
+    classes (the delivery families as classes of their own), and its recipe says so."""
+    import json
+    import sys
+
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    (tmp_path / "clips").mkdir()
+    np.savez(tmp_path / "clips/s.npz", **arrays["s"])
+    (tmp_path / "clips/s.json").write_text(json.dumps(rows))
+    (tmp_path / "clips/t.npz").write_bytes(b"not a zip: a run that opens it fails")
+    (tmp_path / "clips/t.json").write_text(json.dumps([dict(r, source="t", split="test") for r in rows]))
+    taught = []
+    learn = train.train_motion_branch
+    monkeypatch.setattr(train, "train_motion_branch",
+                        lambda branch, clips, classes, *a, **k: (taught.append((clips, classes)),
+                                                                 learn(branch, clips, classes, *a, **k)))
+    monkeypatch.setattr(sys, "argv", ["train", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "b"), "--epochs", "0", "--motion-epochs", "1",
+                                      "--steps", "2", "--tune-steps", "1", "--batch", "4", "--no-compile",
+                                      "--motion-classes", "delivery"])
+    train.main()
+    assert (tmp_path / "b/motion_fast.onnx").exists()
+    assert taught == [(train.motion_refresh_clips(rows), train.MOTION_REFRESH_CLASSES)]
+    assert torch.load(tmp_path / "w/stage1.pt", weights_only=False)["recipe"]["motion_classes"] == "delivery"
+
+
+def test_motion_classes_with_a_bundle_are_refused(tmp_path, monkeypatch):
+    """`--motion-classes` is stage 1's choice; with `--from-bundle` (no stage 1) it is refused,
+    named, before any clips are loaded."""
+    assert_train_refuses(tmp_path, monkeypatch, ["--from-bundle", str(COMMITTED), "--motion-classes", "delivery"],
+                         r"--motion-classes delivery is stage 1's choice; with --from-bundle")
+
+
 class SumModel:
     """A stand-in for evaluate.Model: a clip's score is its keyframes' mean plus 10 times its motion frames' mean."""
 

@@ -73,24 +73,29 @@ def log(*a):
 # ---------------------------------------------------------------- data
 
 
-def load_clips(data: Path, motion_input: str = "rgb") -> tuple[list[dict], dict[str, dict]]:
-    """Every finished source under DATA/clips (a partial data run is usable as it stands)."""
+def load_clips(data: Path, motion_input: str = "rgb", split: str | None = None) -> tuple[list[dict], dict[str, dict]]:
+    """Every finished source under DATA/clips (a partial data run is usable as it stands); with
+    `split`, the arrays of that split's sources only (training reads no test clip's frames)."""
     rows = micro_data.finished_rows(data)
-    return rows, load_arrays(data, {r["source"] for r in rows}, motion_input)
+    return rows, load_arrays(data, {r["source"] for r in rows if split in (None, r["split"])}, motion_input)
 
 
 def load_arrays(data: Path, sources: set[str], motion_input: str = "rgb") -> dict[str, dict]:
     """The keyframe arrays of these sources' clips, and as "motion" the motion frames a branch of
-    `motion_input` reads (`MOTION_ARRAYS`: 64x64 RGB, or 128x128 luma); about 0.13 GB a source
-    in memory with the RGB frames, 0.16 GB with the luma."""
+    `motion_input` reads (`MOTION_ARRAYS`: 64x64 RGB, or 128x128 luma): about 0.13 GB a source
+    with the RGB frames, 0.16 GB with the luma, mapped from the files (`data.stored_arrays`), so
+    the system holds what the steps read rather than the run holding every source."""
     arrays, key = {}, MOTION_ARRAYS[motion_input]
     for name in sorted(sources):
         path = data / "clips" / f"{name}.npz"
-        with np.load(path) as z:
-            if key not in z:
-                raise SystemExit(f"{path}: no {key} array, which a {motion_input} motion branch reads "
-                                 "(data runs keep it since #30's sixteenth session): make the data again into a new --out")
-            arrays[name] = {"keyframes": z["keyframes"], "motion": z[key]}
+        try:
+            stored = micro_data.stored_arrays(path, ("keyframes", key))
+        except KeyError as missing:
+            if missing.args[0] != key:
+                raise SystemExit(f"{path}: no {missing.args[0]} array: not a file of qoe_onnx.micro.data") from None
+            raise SystemExit(f"{path}: no {key} array, which a {motion_input} motion branch reads "
+                             "(data runs keep it since #30's sixteenth session): make the data again into a new --out")
+        arrays[name] = {"keyframes": stored["keyframes"], "motion": stored[key]}
     return arrays
 
 
@@ -329,6 +334,7 @@ MOTION_ACCUMULATE = 8  # clips a motion step's gradient adds up
 # run's stage 1, which saw those clips only as "no motion damage" at their mildest strength.
 DELIVERY_CLASSES = [f for f in micro_data.DELIVERY if f not in micro_data.SCALES]
 MOTION_REFRESH_CLASSES = TEMPORAL_CLASSES + DELIVERY_CLASSES
+MOTION_CLASS_SETS = ("temporal", "delivery")  # --motion-classes: stage 1's TEMPORAL_CLASSES or these
 MOTION_ANCHOR_SAMPLE = 256  # --motion-refresh-anchor: clips whose reference features set each feature's scale
 
 
@@ -501,9 +507,11 @@ def train_vision_tower(tower: nn.Module, train: list[dict], arrays: dict, resume
 def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pairs: int = 0,
            stills: list[np.ndarray] | None = None, seed: int = 0, compile_steps: bool = False,
            tower_input: str = "rgb", tower_kind: str = "micro", pair_stats: bool = False,
-           motion_input: str = "rgb"):
+           motion_input: str = "rgb", motion_classes: str = "temporal"):
     recipe = dict(data=data_fingerprint(rows), epochs=epochs, motion_epochs=motion_epochs,
                   online_pairs=online_pairs, seed=seed)
+    if motion_classes != "temporal":  # recorded only when asked, as the options below
+        recipe["motion_classes"] = motion_classes
     if pair_stats:
         recipe["pair_stats"] = pair_stats_recipe()
     if motion_input != "rgb":  # recorded only when asked, as tower_input
@@ -524,10 +532,15 @@ def stage1(rows, arrays, work: Path, epochs: int, motion_epochs: int, online_pai
     if epochs:  # the pretrained tower with 0 epochs: ImageNet's weights as they are (frozen here)
         tower = train_vision_tower(tower, train, arrays, resume, rng, epochs, online_pairs, stills, compile_steps)
 
-    # Motion branch: dense frames of temporally distorted clips, and of the others as "none".
+    # Motion branch: dense frames of temporally distorted clips, and of the others as "none";
+    # with motion_classes "delivery", the delivery families too, as classes of their own.
     branch = MotionBranch(pair_stats, motion_input)
-    clips = [r for r in train if r["family"] in TEMPORAL_CLASSES or r["strength"] == 1]
-    train_motion_branch(branch, clips, TEMPORAL_CLASSES, arrays, resume, rng, motion_epochs)
+    if motion_classes == "delivery":
+        clips, classes = motion_refresh_clips(rows), MOTION_REFRESH_CLASSES
+    else:
+        clips = [r for r in train if r["family"] in TEMPORAL_CLASSES or r["strength"] == 1]
+        classes = TEMPORAL_CLASSES
+    train_motion_branch(branch, clips, classes, arrays, resume, rng, motion_epochs)
     state = {"tower": tower.state_dict(), "tower_kind": tower_kind, "branch": branch.state_dict(), "recipe": recipe}
     if pair_stats:
         state["pair_stats"] = True
@@ -1068,7 +1081,9 @@ def cached_window_features(feats):
 
 
 def keyframe_counts(rows, arrays) -> list[int]:
-    return [arrays[r["source"]]["keyframes"].shape[1] for r in rows]
+    """Per clip, its keyframes; 0 for a test clip, which scoring never draws (and whose arrays a
+    training run does not load)."""
+    return [arrays[r["source"]]["keyframes"].shape[1] if r["split"] == "train" else 0 for r in rows]
 
 
 def projector_optimiser(model: nn.Module, steps: int):
@@ -1364,6 +1379,11 @@ def main():
                          "damage that 64x64 loses). With --from-bundle: the bundle's by default; another replaces "
                          "its branch with a new one, trained for --motion-epochs on the motion refresh's clips, "
                          "and its motion projector with a fresh one that --refit-steps fits")
+    ap.add_argument("--motion-classes", choices=MOTION_CLASS_SETS, default="temporal",
+                    help="stage 1: what the motion branch learns to name: temporal (the temporal families; every "
+                         "other family's mildest level as no motion damage; runs 1-20) or delivery (the delivery "
+                         "families too, each a class of its own, every level, as a motion refresh or a new branch "
+                         "from a bundle learns)")
     ap.add_argument("--motion-pair-stats", action="store_true",
                     help="the motion branch appends two statistics of each frame's luma difference to the previous "
                          "one (the share of pixels that did not change, and the log of the mean absolute change) to "
@@ -1426,6 +1446,9 @@ def main():
         raise SystemExit(f"--tune-motion-rate {args.tune_motion_rate}: a multiple of the tower's rate, above 0")
     if not args.tune_projector_rate > 0:
         raise SystemExit(f"--tune-projector-rate {args.tune_projector_rate}: a multiple of the projectors' rate, above 0")
+    if args.from_bundle and args.motion_classes != "temporal":
+        raise SystemExit(f"--motion-classes {args.motion_classes} is stage 1's choice; with --from-bundle a new "
+                         "motion branch or a motion refresh names the delivery families already")
     if args.refit_steps and not args.from_bundle:
         raise SystemExit(f"--refit-steps {args.refit_steps} refits a bundle's projectors: give --from-bundle "
                          f"(without it, stage 2 fits them for --steps)")
@@ -1445,7 +1468,7 @@ def main():
                          f"{args.motion_epochs}) and its fresh motion projector fit by --refit-steps (now "
                          f"{args.refit_steps}): give both above 0")
     args.work.mkdir(parents=True, exist_ok=True)
-    rows, arrays = load_clips(args.data, motion)
+    rows, arrays = load_clips(args.data, motion, split="train")
     training = sum(r["split"] == "train" for r in rows)
     if not training:
         raise SystemExit(f"{args.data}: no training clips ({len(rows)} test clips; a data run with --split test "
@@ -1472,7 +1495,8 @@ def main():
     else:
         s1 = stage1(rows, arrays, args.work, args.epochs, args.motion_epochs, args.online_pairs, stills,
                     args.seed, compile_steps=not args.no_compile, tower_input=args.tower_input,
-                    tower_kind=args.tower, pair_stats=args.motion_pair_stats, motion_input=motion)
+                    tower_kind=args.tower, pair_stats=args.motion_pair_stats, motion_input=motion,
+                    motion_classes=args.motion_classes)
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile, motion_rate=args.tune_motion_rate,
