@@ -39,6 +39,7 @@ import json
 import math
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,9 @@ def load_arrays(data: Path, sources: set[str], motion_input: str = "rgb") -> dic
                 raise SystemExit(f"{path}: no {missing.args[0]} array: not a file of qoe_onnx.micro.data") from None
             raise SystemExit(f"{path}: no {key} array, which a {motion_input} motion branch reads "
                              "(data runs keep it since #30's sixteenth session): make the data again into a new --out")
+        except (zipfile.BadZipFile, ValueError, OSError) as broken:  # cut short, overwritten, unreadable
+            raise SystemExit(f"{path}: not a readable .npz of qoe_onnx.micro.data ({broken}): make the source "
+                             "again (remove it and its .json, then rerun the data run)") from None
         arrays[name] = {"keyframes": stored["keyframes"], "motion": stored[key]}
     return arrays
 
