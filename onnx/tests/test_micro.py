@@ -897,7 +897,7 @@ def test_a_luma128_motion_branch_trains_exports_rgb_frames_and_loads_back(tmp_pa
 
 def test_the_luma_motion_frames_missing_from_old_data_are_named(tmp_path):
     """A branch that reads `motion_luma` on data made before the data kept it: the file and the
-    array are named, and how to make them; so is a source's file cut short."""
+    array are named, and how to make them; so are a source's file cut short and one without keyframes."""
     (tmp_path / "clips").mkdir()
     np.savez(tmp_path / "clips/s.npz", keyframes=np.zeros((1, 1, 2, 2, 3), np.uint8),
              motion=np.zeros((1, 2, 64, 64, 3), np.uint8))
@@ -907,6 +907,9 @@ def test_the_luma_motion_frames_missing_from_old_data_are_named(tmp_path):
     (tmp_path / "clips/t.npz").write_bytes((tmp_path / "clips/s.npz").read_bytes()[:100])  # cut short
     with pytest.raises(SystemExit, match=r"t\.npz: not a readable \.npz of qoe_onnx\.micro\.data .*make the source again"):
         train.load_arrays(tmp_path, {"t"})
+    np.savez(tmp_path / "clips/u.npz", motion=np.zeros((1, 2, 64, 64, 3), np.uint8))  # no keyframes
+    with pytest.raises(SystemExit, match=r"u\.npz: no keyframes array: not a file of qoe_onnx\.micro\.data"):
+        train.load_arrays(tmp_path, {"u"})
 
 
 @pytest.mark.parametrize("option, what", [("--tune-motion-rate", "the tower's rate"),
