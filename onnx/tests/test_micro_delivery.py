@@ -203,6 +203,20 @@ def test_flip_rate_orders_any_ladder_by_strength(monkeypatch):
     assert t["flip_rates"]["transmission_h264"] == 1 / 12 and t["flip_rates"]["compression"] == 0.0
 
 
+def test_the_streaming_table_reads_each_family_against_the_stall_lowered_labels(monkeypatch):
+    rows = [{"source": "a", "family": f, "strength": k, "mos": 90.0 - 10 * i}
+            for i, (f, k) in enumerate((("pristine", 0), ("noise", 1), ("freeze", 1)))]
+    lowered = [45.0, 40.0, 20.0]
+    monkeypatch.setattr(evaluate, "correlations", lambda pred, mos: {"pred": list(pred), "mos": list(mos)})
+    t = evaluate.streaming_table(rows, [0.9, 0.8, 0.1], lowered)
+    assert t["overall"] == {"pred": [0.9, 0.8, 0.1], "mos": lowered}
+    assert t["families"] == {"freeze": {"pred": [0.9, 0.1], "mos": [45.0, 20.0]},
+                             "noise": {"pred": [0.9, 0.8], "mos": [45.0, 40.0]}}
+    assert set(t) == {"overall", "families"}  # no flip rates: each clip draws its own stalls
+    with pytest.raises(ValueError):
+        evaluate.streaming_table(rows, [0.9, 0.8, 0.1], lowered[:2])
+
+
 def test_calibration_averages_the_poor_or_low_clips_and_the_pristine_ones():
     rows = [{"family": "pristine", "mos": 95.0}, {"family": "pristine", "mos": 85.0},
             {"family": "transmission_h264", "mos": 39.9}, {"family": "compression", "mos": 5.0},
