@@ -140,12 +140,17 @@ def table(rows, pred) -> dict:
     """SRCC and PLCC overall and per impairment family (each with the pristine clips), the
     compression ladder's flip rate, and each family's ladder flip rate (the transmission-error
     ladders among them)."""
-    out = {"overall": correlations(pred, [r["mos"] for r in rows]), "flip_rate": flip_rate(rows, pred),
-           "families": {}, "flip_rates": {}}
+    families = family_correlations(rows, pred)
+    return {"overall": correlations(pred, [r["mos"] for r in rows]), "flip_rate": flip_rate(rows, pred),
+            "families": families, "flip_rates": {fam: flip_rate(rows, pred, fam) for fam in families}}
+
+
+def family_correlations(rows, pred) -> dict:
+    """SRCC and PLCC per impairment family, each with the pristine clips, by family name."""
+    out = {}
     for fam in sorted({r["family"] for r in rows} - {"pristine"}):
         idx = [i for i, r in enumerate(rows) if r["family"] in (fam, "pristine")]
-        out["families"][fam] = correlations([pred[i] for i in idx], [rows[i]["mos"] for i in idx])
-        out["flip_rates"][fam] = flip_rate(rows, pred, fam)
+        out[fam] = correlations([pred[i] for i in idx], [rows[i]["mos"] for i in idx])
     return out
 
 
@@ -154,8 +159,8 @@ def streaming_table(rows, pred, lowered) -> dict:
     impairment family (each with the pristine clips), so that a loss can be traced to the
     families where it is. No flip rates: each clip draws its own stalls, so a ladder's labels
     need not keep their order."""
-    t = table([r | {"mos": m} for r, m in zip(rows, lowered, strict=True)], pred)
-    return {"overall": t["overall"], "families": t["families"]}
+    lowered_rows = [r | {"mos": m} for r, m in zip(rows, lowered, strict=True)]
+    return {"overall": correlations(pred, lowered), "families": family_correlations(lowered_rows, pred)}
 
 
 # The levels an operator acts on (#30's calibration goals): clips labelled poor or low must score
