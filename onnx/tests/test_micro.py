@@ -579,6 +579,32 @@ def test_stage3_with_cuts_records_them_and_trains_otherwise(tmp_path, monkeypatc
         train.stage3(towers, projectors, rows, arrays, tmp_path / "cut", steps=2, batch=2, cuts=0.5)
 
 
+def test_stall_share_is_the_share_of_stage3_pairs_asked_with_stalls_and_is_recorded(tmp_path, monkeypatch):
+    """`--stall-share`: that share of stage 3's pairs carries the streaming prompt's stall
+    sentence (both clips of a pair the same one), the rest none; it is part of the recipe
+    (absent at 0.5, stage 2's share, so that older checkpoints stay valid)."""
+    towers = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    asked: list = []
+    real = train.sample_sequence
+    monkeypatch.setattr(train, "sample_sequence",
+                        lambda model, prompting, kf, mo, stall: asked.append(stall) or real(model, prompting, kf, mo, stall))
+    (tmp_path / "half").mkdir()
+    projectors = train.stage2(towers, rows, arrays, tmp_path / "half", steps=2, batch=4)
+    shares = {}
+    for share in (0.0, 0.5, 1.0):
+        (tmp_path / str(share)).mkdir(exist_ok=True)
+        asked.clear()
+        train.stage3(towers, projectors, rows, arrays, tmp_path / str(share), steps=6, batch=4, stall_share=share)
+        assert asked[0::2] == asked[1::2], "a pair's two clips share their stalls"
+        shares[share] = np.mean([s is not None for s in asked])
+        recipe = torch.load(tmp_path / str(share) / "stage3.pt", weights_only=False)["recipe"]
+        assert recipe.get("stall_share", 0.5) == share
+    assert "stall_share" not in torch.load(tmp_path / "0.5" / "stage3.pt", weights_only=False)["recipe"]
+    assert shares[0.0] == 0.0 and shares[1.0] == 1.0 and 0.0 < shares[0.5] < 1.0
+    assert all(s.startswith(" The playback stalled") for s in asked)
+
+
 def test_stage3_whole_windows_are_each_clip_over_the_span_its_label_was_measured_on(tmp_path, monkeypatch):
     """`--tune-windows whole`: every window without a cut is its whole clip, where `random` draws
     4 keyframes to the whole clip; the choice is part of stage 3's recipe (absent at random, so
@@ -1287,12 +1313,13 @@ def test_tower_input_with_a_bundle_is_refused(tmp_path, monkeypatch):
                          r"--tower-input rgb\+mscn is stage 1's choice; with --from-bundle")
 
 
+@pytest.mark.parametrize("option, what", [("--cuts", "windows"), ("--stall-share", "pairs")])
 @pytest.mark.parametrize("share", ["1.5", "-0.1"])
-def test_a_cuts_share_outside_0_to_1_is_refused(tmp_path, monkeypatch, share):
-    """`--cuts` is a share of stage 3's windows: outside 0 to 1 it is refused, named, before any
-    clips are loaded (the data folder is empty)."""
-    assert_train_refuses(tmp_path, monkeypatch, ["--cuts", share],
-                         rf"--cuts {share}: a share of stage 3's windows, from 0 to 1")
+def test_a_share_outside_0_to_1_is_refused(tmp_path, monkeypatch, option, what, share):
+    """`--cuts` and `--stall-share` are shares of stage 3's windows and pairs: outside 0 to 1 they
+    are refused, named, before any clips are loaded (the data folder is empty)."""
+    assert_train_refuses(tmp_path, monkeypatch, [option, share],
+                         rf"{option} {share}: a share of stage 3's {what}, from 0 to 1")
 
 
 @pytest.mark.parametrize("weight", ["0", "-2"])

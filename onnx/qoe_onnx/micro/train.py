@@ -933,7 +933,7 @@ class PairDraw:
 SAVE_EVERY = 50  # steps of stage 2 or 3 between two saves of its progress
 # Stage 3's options at their defaults, which its recipe leaves out (`stage3`).
 STAGE3_DEFAULTS = {"cuts": 0.0, "rank_pairs": "pairs", "level_targets": "bins", "delivery_weight": 1.0,
-                   "larger_size_weight": 1.0, "windows": "random"}
+                   "larger_size_weight": 1.0, "windows": "random", "stall_share": 0.5}
 
 
 def changed_draw(options: dict) -> dict:
@@ -945,7 +945,7 @@ def changed_draw(options: dict) -> dict:
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
                   opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict, cuts: float = 0.0,
                   rank_pairs: str = "pairs", level_targets: str = "bins", delivery_weight: float = 1.0,
-                  larger_size_weight: float = 1.0, windows: str = "random") -> dict:
+                  larger_size_weight: float = 1.0, windows: str = "random", stall_share: float = 0.5) -> dict:
     """The scoring steps of stages 2 and 3 through the frozen SmolLM2: level word cross-entropy,
     squared error of the weighted score and a ranking hinge within same-source pairs.
     `window_features([(i, s0, w), ...])` gives the keyframe and motion features of a window made
@@ -962,7 +962,9 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     whole clip (`windows` "random" or "exact") or the whole clip ("whole"): a clip's label is
     its whole length's, and damage that comes and goes (a freeze, black frames, lost slices) may
     lie mostly inside or outside a shorter window; with "exact" a window's label is that of its
-    own frames' SSIM (`window_mos`), not its clip's. `trained` are the
+    own frames' SSIM (`window_mos`), not its clip's. A share `stall_share` of the pairs are asked
+    with the streaming prompt: random stalls named in its sentence, the label lowered by their
+    P.1203-like factor (the rest with the UGC prompt). `trained` are the
     modules whose weights this part changes (saved with its progress, then in its `checkpoint`,
     whose dictionary of their weights and `recipe` it returns)."""
     from tokenizers import Tokenizer
@@ -995,7 +997,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
                 w = int(rng.integers(min(4, k), k + 1))
                 s0 = int(rng.integers(0, k - w + 1))
             stall, factor = None, 1.0
-            if rng.random() < 0.5:
+            if rng.random() < stall_share:
                 count, total, initial = random_stalls(rng)
                 stall = stall_sentence(count, total, initial)
                 factor = stall_factor(count, total, initial)
@@ -1126,21 +1128,23 @@ def refit_projectors(state1, state2, rows, arrays, work: Path, steps: int, batch
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0,
            compile_steps: bool = False, cuts: float = 0.0, rank_pairs: str = "pairs", level_targets: str = "bins",
            delivery_weight: float = 1.0, larger_size_weight: float = 1.0, motion_rate: float = 1.0,
-           projector_rate: float = 1.0, windows: str = "random"):
+           projector_rate: float = 1.0, windows: str = "random", stall_share: float = 0.5):
     """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
     and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
     stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
     rates, so the tuning refines what they learned rather than undoes it. Returns stage 1's and
     2's dictionaries with the tuned weights; with 0 steps, the two unchanged. A share `cuts` of
     the windows span a scene cut; `rank_pairs`, `level_targets`, `delivery_weight`,
-    `larger_size_weight` and `windows` choose the ranking pairs, the level targets, how often delivery
-    damage and the damage done at a larger size are drawn, and the windows' length (`train_scoring`); the motion branch learns at
+    `larger_size_weight`, `windows` and `stall_share` choose the ranking pairs, the level targets, how
+    often delivery damage and the damage done at a larger size are drawn, the windows' length and
+    how many pairs carry the streaming prompt's stalls (`train_scoring`); the motion branch learns at
     `motion_rate` times the vision tower's rate, the projectors at `projector_rate` times their
     own."""
     if steps == 0:
         return state1, state2
     options = {"cuts": cuts, "rank_pairs": rank_pairs, "level_targets": level_targets,
-               "delivery_weight": delivery_weight, "larger_size_weight": larger_size_weight, "windows": windows}
+               "delivery_weight": delivery_weight, "larger_size_weight": larger_size_weight, "windows": windows,
+               "stall_share": stall_share}
     recipe = {"stage 2": state2.get("recipe"), "steps": steps, "batch": batch, "seed": seed,
               "frozen_stages": frozen_stages, **changed_draw(options)}
     if motion_rate != 1.0:
@@ -1352,6 +1356,10 @@ def main():
     ap.add_argument("--cuts", type=float, default=0.0, metavar="SHARE",
                     help="stage 3: the share of windows (0 to 1) that cut from one training source's clip to "
                          "another's with the same impairment, as real video cuts between shots")
+    ap.add_argument("--stall-share", type=float, default=0.5, metavar="SHARE",
+                    help="stage 3 (and a projector refit): the share of pairs (0 to 1) asked with the streaming "
+                         "prompt, random stalls in its sentence and the label lowered by them; the rest with "
+                         "the UGC prompt (default 0.5, as stage 2)")
     ap.add_argument("--rank-pairs", choices=RANK_PAIRS, default="pairs",
                     help="stage 3: which windows the ranking hinge compares: pairs (two clips of one source, "
                          "as stage 2) or batch (every two windows of a step whose labels differ)")
@@ -1460,6 +1468,8 @@ def main():
         raise SystemExit(f"--refit-steps {args.refit_steps}: a number of steps, 0 or more")
     if not 0.0 <= args.cuts <= 1.0:
         raise SystemExit(f"--cuts {args.cuts}: a share of stage 3's windows, from 0 to 1")
+    if not 0.0 <= args.stall_share <= 1.0:
+        raise SystemExit(f"--stall-share {args.stall_share}: a share of stage 3's pairs, from 0 to 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
@@ -1484,7 +1494,7 @@ def main():
     # Stage 3's draw of windows and pairs, which a projector refit draws too.
     draw = {"cuts": args.cuts, "rank_pairs": args.rank_pairs, "level_targets": args.level_targets,
             "delivery_weight": args.delivery_weight, "larger_size_weight": args.larger_size_weight,
-            "windows": args.tune_windows}
+            "windows": args.tune_windows, "stall_share": args.stall_share}
     if bundle:
         s1, s2 = bundle
         s1, s2 = refresh_tower(s1, s2, rows, arrays, args.work, args.refresh_epochs, args.seed,
