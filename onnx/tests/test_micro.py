@@ -587,8 +587,12 @@ def test_stall_share_is_the_share_of_stage3_pairs_asked_with_stalls_and_is_recor
     rows, arrays, _ = tiny_training_set(keyframes=4)
     asked: list = []
     real = train.sample_sequence
-    monkeypatch.setattr(train, "sample_sequence",
-                        lambda model, prompting, kf, mo, stall: asked.append(stall) or real(model, prompting, kf, mo, stall))
+
+    def recording(model, prompting, kf, mo, stall):
+        asked.append(stall)
+        return real(model, prompting, kf, mo, stall)
+
+    monkeypatch.setattr(train, "sample_sequence", recording)
     (tmp_path / "half").mkdir()
     projectors = train.stage2(towers, rows, arrays, tmp_path / "half", steps=2, batch=4)
     shares = {}
