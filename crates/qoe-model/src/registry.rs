@@ -126,7 +126,9 @@ fn key_of(dir: &Path, options: &SessionOptions) -> Result<Key> {
 /// and shared while anyone holds it.
 pub fn shared_scorer(dir: &Path, options: &SessionOptions) -> Result<SharedScorer> {
     let key = key_of(dir, options)?;
-    SCORERS.get_or_open(&key, || Scorer::open_with(&key.dir, options))
+    // Opened by the path the caller gave, so load errors name it; the key's canonical path
+    // only makes two spellings of one folder share a scorer.
+    SCORERS.get_or_open(&key, || Scorer::open_with(dir, options))
 }
 
 /// [`shared_scorer`] for a scorer with test faults: streams that open `dir` with `options`
@@ -138,7 +140,7 @@ pub fn shared_scorer_with_faults(
     faults: crate::scorer::Faults,
 ) -> Result<SharedScorer> {
     let key = key_of(dir, options)?;
-    SCORERS.get_or_open(&key, || Scorer::open_with_faults(&key.dir, options, faults))
+    SCORERS.get_or_open(&key, || Scorer::open_with_faults(dir, options, faults))
 }
 
 /// The models in memory now, with how many holders each has.
