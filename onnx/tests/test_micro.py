@@ -467,11 +467,42 @@ def test_a_failed_compile_trains_uncompiled_and_says_so(tmp_path, monkeypatch, c
     assert_same_weights(plain, fallen_back)
 
 
-@pytest.mark.parametrize("anchor", [[], ["--anchor"]])
+def test_kept_freed_memory_is_not_faulted_in_again():
+    """With `heap.keep_freed_memory` (what `train` sets), a large buffer freed and allocated again
+    reuses the process's pages; under glibc's warmed-up default it is unmapped on free and every
+    page is faulted in again."""
+    import resource
+
+    from qoe_onnx.micro import heap
+
+    if heap.LIBC is None:
+        pytest.skip("malloc here is not glibc's")
+
+    def faults_of_ten_buffers() -> int:
+        np.ones(16 << 20)  # 128 MB: above any mmap threshold; the first may grow the heap
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(10):
+            np.ones(16 << 20)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    try:
+        assert heap.map_as_glibc_does()
+        released = faults_of_ten_buffers()
+        assert heap.keep_freed_memory()
+        kept = faults_of_ten_buffers()
+    finally:
+        heap.map_as_glibc_does()
+        heap.release_freed_memory()
+    assert released >= 10, released  # at least one fault a buffer, even with huge pages
+    assert kept * 4 < released, (kept, released)
+
+
+@pytest.mark.parametrize("anchor", [[], ["--anchor"], ["--heap"]])
 def test_the_training_bench_times_both_steps(tmp_path, monkeypatch, capsys, anchor):
     """`bench_train` runs both versions of the step on a data folder's keyframes and prints
     their medians and ratio; with `--anchor`, the anchored refresh's step, its reference
-    uncompiled against compiled."""
+    uncompiled against compiled; with `--heap`, the compiled step under glibc's default malloc
+    against freed memory kept, with the page faults of each."""
     import json
     import re
     import sys
@@ -485,6 +516,11 @@ def test_the_training_bench_times_both_steps(tmp_path, monkeypatch, capsys, anch
     monkeypatch.setattr(sys, "argv", ["bench_train", "--data", str(tmp_path), "--rounds", "1", "--steps", "1", *anchor])
     bench_train.main()
     out = capsys.readouterr().out
+    if anchor == ["--heap"]:
+        assert re.search(r"round 1: glibc default \d+ ms and \d+ page faults a step, kept \d+ ms and \d+ page "
+                         r"faults a step", out), out
+        assert re.search(r"kept / glibc default = \d+\.\d\d", out), out
+        return
     what = "the anchor's reference " if anchor else ""
     assert re.search(rf"round 1: {what}uncompiled \d+ ms a step, {what}compiled \d+ ms a step", out), out
     assert re.search(r"compiled / uncompiled = \d+\.\d\d", out), out

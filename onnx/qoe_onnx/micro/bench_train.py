@@ -12,11 +12,16 @@ Python's headers (pipelines/install-deps.sh installs both).
 With --anchor, the step of an anchored refresh (`train --refresh-anchor`): both versions run the
 tower and head compiled and add the FeatureAnchor's loss; what differs is the anchor's frozen
 reference tower, uncompiled against compiled.
+
+With --heap, the compiled step with freed memory kept in the process (what `train` sets, heap.py)
+against glibc's warmed-up default (large buffers unmapped on free), alternating rounds in one
+process; it prints each round's time and page faults a step, and the ratio of the medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import heap
 from . import train as T
 from .towers import VisionTower, normalise
 
@@ -39,7 +45,13 @@ def main():
     ap.add_argument("--steps", type=int, default=10, help="steps a round")
     ap.add_argument("--anchor", action="store_true",
                     help="time the anchored refresh's step: the anchor's reference uncompiled against compiled")
+    ap.add_argument("--heap", action="store_true",
+                    help="time the compiled step with freed memory kept against glibc's default")
     args = ap.parse_args()
+    if args.heap and args.anchor:
+        raise SystemExit("--heap and --anchor: one comparison at a time")
+    if args.heap and heap.LIBC is None:
+        raise SystemExit("--heap: malloc here is not glibc's, so there is no default to compare with")
     _, arrays = T.load_clips(args.data)
     source = sorted(arrays)[0]
     keyframes = arrays[source]["keyframes"]  # [clips, K, 180, 320, 3]
@@ -55,8 +67,11 @@ def main():
         return normalise(torch.from_numpy(np.stack([keyframes[c, i, y:y + T.CROP, x:x + T.CROP]
                                                     for c, i, y, x in zip(clips, k, ys, xs)])))
 
+    # --heap: one compiled step, run under each malloc setting in turn
+    settings = {"glibc default": heap.map_as_glibc_does, "kept": heap.keep_freed_memory} if args.heap else {}
     versions = {}
-    for name, compile_it in (("uncompiled", False), ("compiled", True)):
+    for name, compile_it in ((("uncompiled", False), ("compiled", True)) if not args.heap else
+                             (("compiled", True),)):
         torch.manual_seed(0)
         tower = VisionTower()
         net = T.FeaturesAndHead(tower, nn.Linear(T.KEYFRAME_FEATURES, len(T.SPATIAL_CLASSES) + 2))
@@ -82,7 +97,23 @@ def main():
 
     for name in versions:
         seconds_a_step(name, 2)  # warm-up; compiles the compiled one
-    times: dict[str, list[float]] = {name: [] for name in versions}
+    if args.heap:
+        faults: dict[str, list[float]] = {name: [] for name in settings}
+        times: dict[str, list[float]] = {name: [] for name in settings}
+        for r in range(args.rounds):
+            for name, apply in settings.items():
+                apply()
+                seconds_a_step("compiled", 1)  # the first step after a switch meets the other's heap
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                times[name].append(seconds_a_step("compiled", args.steps))
+                faults[name].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / args.steps)
+            print(f"round {r + 1}: " + ", ".join(f"{n} {times[n][-1] * 1000:.0f} ms and {faults[n][-1]:.0f} page "
+                                                 f"faults a step" for n in settings), flush=True)
+        released, kept = (statistics.median(times[n]) for n in settings)
+        print(f"median: glibc default {released * 1000:.0f} ms, kept {kept * 1000:.0f} ms a step "
+              f"({torch.get_num_threads()} threads); kept / glibc default = {kept / released:.2f}")
+        return
+    times = {name: [] for name in versions}
     for r in range(args.rounds):
         for name in versions:
             times[name].append(seconds_a_step(name, args.steps))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import hashlib
 import json
 import math
@@ -49,6 +48,7 @@ from torch import nn
 
 from . import data as micro_data
 from . import online, pretrained, smollm
+from .heap import keep_freed_memory, release_freed_memory
 from .spec import (KEYFRAME_FEATURES, KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LEVEL_WEIGHTS, LEVEL_WORDS,
                    MOTION_CONTEXT, MOTION_FEATURES, PREFIX, STALL_TEXT, SUFFIX)
 from .towers import (MOTION_ARRAYS, MOTION_INPUTS, PAIR_STATS, TOWER_INPUTS, KeyframeEncoder, MotionBranch,
@@ -720,23 +720,6 @@ class FrozenDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------- stages 2 and 3
-
-
-try:  # glibc's malloc_trim, from the symbols already loaded (no library search at import)
-    MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
-except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS, Windows): nothing to trim
-    MALLOC_TRIM = None
-
-
-def release_freed_memory() -> None:
-    """Hand the heap's free pages back to the system. Each clip's tower pass frees activations
-    of many sizes, and glibc keeps them in its heaps: run 18's tower features (5,618 clips) grew
-    the process by 9 GB this way and it was killed at 24 GB; trimming every 20 clips keeps it
-    flat at no measurable cost (scratch test, the compiled tower on 318 clips three times over:
-    +0.06 GB over the second and third passes against +0.77 GB untrimmed, the same time; run 18's
-    resumed stage 2 stayed at 15 GB)."""
-    if MALLOC_TRIM is not None:
-        MALLOC_TRIM(0)
 
 
 @torch.no_grad()
@@ -1472,6 +1455,8 @@ def main():
         raise SystemExit(f"--stall-share {args.stall_share}: a share of stage 3's pairs, from 0 to 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not keep_freed_memory():
+        log("malloc is not glibc's: freed buffers may be returned to the system and faulted in again each step")
     started = time.time()
     bundle = from_bundle(args.from_bundle) if args.from_bundle else None
     # What the motion branch reads: the bundle's, unless --motion-input asks for a new one.
