@@ -7,7 +7,8 @@ on the 2-core build machine a stage-1 run spent about a quarter of its CPU time 
 about 190,000 page faults a second. `keep_freed_memory` turns mappings off and puts trimming out of
 reach, so a freed buffer stays in the heap for the next step; the process then holds its working
 set until it ends, and `release_freed_memory` still hands free pages back where a loop of many
-sizes would otherwise grow the heap. `bench_train --heap` measures the two side by side.
+sizes would otherwise grow the heap (stages 2 and 3 every 10 steps). `bench_train --heap` measures
+the two side by side.
 
 Only glibc has mallopt and malloc_trim; elsewhere (musl, macOS) these change nothing and say so.
 """

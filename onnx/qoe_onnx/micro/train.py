@@ -1030,6 +1030,8 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
         opt.step()
         sched.step()
         if (step + 1) % 10 == 0:
+            # steps of any number of keyframes free buffers of many sizes; kept whole, they fragment
+            release_freed_memory()
             log(f"{part}: step {step + 1}/{steps}, ce {ce.item():.3f}, score rmse {mse.sqrt().item():.3f}, "
                 f"rank {rank.item():.3f}, "
                 f"{(time.time() - started) / (step + 1 - start):.1f} s/step")
