@@ -10,7 +10,7 @@ set until it ends, and `release_freed_memory` still hands free pages back where 
 sizes would otherwise grow the heap (stages 2 and 3 every 10 steps). `bench_train --heap` measures
 the two side by side.
 
-Only glibc has mallopt and malloc_trim; elsewhere (musl, macOS) these change nothing and say so.
+Only glibc has mallopt and malloc_trim; elsewhere (musl, macOS) these change nothing, and `train` says so.
 """
 
 from __future__ import annotations
