@@ -16,7 +16,6 @@ Only glibc has mallopt and malloc_trim; elsewhere (musl, macOS) these change not
 from __future__ import annotations
 
 import ctypes
-import platform
 
 # mallopt's parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -30,9 +29,8 @@ GLIBC_WARMED_UP = {M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHO
 
 
 def _glibc():
-    """The C library already loaded, where it is glibc (no library search)."""
-    if platform.libc_ver()[0] != "glibc":
-        return None
+    """The C library already loaded, where it is glibc: the one with both calls (no library search,
+    no scan of the interpreter's binary as platform.libc_ver would do at import)."""
     try:
         libc = ctypes.CDLL(None)
     except OSError:
