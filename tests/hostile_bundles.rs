@@ -66,6 +66,11 @@ fn sizes_and_counts_out_of_bounds_are_refused_naming_the_field() {
             "sampling.motion.stride is 0",
         ),
         (
+            "keyframe-rule",
+            Box::new(|m| m["sampling"]["keyframes"]["rule"] = json!("every-other-frame")),
+            "sampling.keyframes.rule: unknown variant `every-other-frame`",
+        ),
+        (
             "no-prompt",
             Box::new(|m| {
                 m.as_object_mut().unwrap().remove("prompt");
@@ -107,6 +112,30 @@ fn sizes_and_counts_out_of_bounds_are_refused_naming_the_field() {
         assert!(e.contains(want), "{tag}: {e}");
         assert!(e.contains("bundle.json"), "{tag}: names the manifest: {e}");
     }
+}
+
+/// LMM-VQA's motion chunks start where each second does, so its keyframes cannot move.
+#[test]
+fn a_keyframe_rule_other_than_the_first_frame_is_refused_outside_vqa2() {
+    let e = load_error("lmm-vqa-tiny", "lmm-middle", |m| {
+        m["sampling"]["keyframes"]["rule"] = json!("middle-frame-of-each-second")
+    });
+    assert!(
+        e.contains("sampling.keyframes.rule is middle-frame-of-each-second; a lmm-vqa bundle"),
+        "{e}"
+    );
+    // A VQA² bundle takes it.
+    let dir = common::bundle_copy("vqa2-tiny-streaming", "vqa2-middle");
+    let path = dir.join("bundle.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    manifest["sampling"]["keyframes"]["rule"] = json!("middle-frame-of-each-second");
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let bundle = qoe_model::bundle::Bundle::load(&dir).unwrap();
+    assert_eq!(
+        bundle.manifest.sampling.keyframes.rule.phase(),
+        qoe_core::time::SECOND / 2
+    );
 }
 
 #[test]

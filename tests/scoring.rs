@@ -147,21 +147,22 @@ fn decoded_clip() -> Vec<Frame> {
 }
 
 /// The features of window `[start, end)` taken from one whole-stream computation, as the
-/// reference would compute the stream in one go.
+/// reference would compute the stream in one go; at 8 fps keyframe `k` is frame
+/// `8k + keyframe_offset`.
 fn uncached_window(
     whole: &WindowFeatures,
     frames: &[Frame],
-    start: u64,
-    end: u64,
+    (start, end): (u64, u64),
+    keyframe_offset: usize,
     stall: Option<WindowStalls>,
 ) -> WindowFeatures {
     let inside: Vec<usize> = (0..frames.len())
         .filter(|&i| frames[i].pts >= start && frames[i].pts < end)
         .collect();
-    // The golden rule: one keyframe per second of stream time, the first frame of each.
+    // The golden rule: one keyframe per second of stream time, at the same frame of each.
     let keyframes = inside
         .iter()
-        .filter(|&&i| i % 8 == 0)
+        .filter(|&&i| i % 8 == keyframe_offset)
         .map(|&i| whole.keyframes[i / 8].clone())
         .collect();
     let mut motion: Vec<_> = inside.iter().map(|&i| whole.motion[i].clone()).collect();
@@ -175,9 +176,24 @@ fn uncached_window(
 
 #[test]
 fn windows_come_at_their_times_and_cached_features_equal_a_whole_stream_computation() {
+    cached_windows_equal_a_whole_stream_computation(&bundle("vqa2-tiny-ugc"), 0);
+}
+
+/// The same with the keyframes half a second into each second: frame 4 of each second's 8.
+#[test]
+fn middle_of_second_keyframes_are_the_same_frames_streamed_and_whole() {
+    let dir = common::bundle_copy("vqa2-tiny-ugc", "middle");
+    let path = dir.join("bundle.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace("first-frame-of-each-second", "middle-frame-of-each-second");
+    assert_ne!(text, edited);
+    std::fs::write(&path, edited).unwrap();
+    cached_windows_equal_a_whole_stream_computation(&dir, 4);
+}
+
+fn cached_windows_equal_a_whole_stream_computation(dir: &std::path::Path, keyframe_offset: usize) {
     init_ort();
     let frames = decoded_clip();
-    let dir = bundle("vqa2-tiny-ugc");
     let quality = score_frames(
         &frames,
         8,
@@ -212,11 +228,14 @@ fn windows_come_at_their_times_and_cached_features_equal_a_whole_stream_computat
         assert!(q.get::<f64>("inference-time").unwrap() > 0.0);
     }
 
-    let scorer = Scorer::open(&dir, 2).unwrap();
+    let scorer = Scorer::open(dir, 2).unwrap();
+    // The whole-clip computation takes the manifest's rule too: the same frame of each second.
+    let picked = qoe_model::scorer::keyframe_indices(frames.len(), 8.0, scorer.keyframe_phase());
+    assert_eq!(picked, (keyframe_offset..72).step_by(8).collect::<Vec<_>>());
     let images: Vec<RgbImage> = frames.iter().map(|f| f.image.clone()).collect();
     let whole = scorer.clip_features(&images, 8.0).unwrap();
     for (q, (start, end)) in quality.iter().zip(spans) {
-        let features = uncached_window(&whole, &frames, start, end, None);
+        let features = uncached_window(&whole, &frames, (start, end), keyframe_offset, None);
         let want = scorer.score_window(&features).unwrap().score.unwrap();
         let got = q.get::<f64>("score").unwrap();
         assert!(

@@ -202,7 +202,7 @@ enum JobKind {
 impl Sampler {
     pub fn new(scorer: &Scorer, config: ScoringConfig) -> Sampler {
         Sampler {
-            keyframes: KeyframeSampler::default(),
+            keyframes: KeyframeSampler::with_phase(scorer.keyframe_phase()),
             scheduler: WindowScheduler::new(config.window, config.hop),
             config,
             motion_stride: scorer.motion_stride(),
@@ -269,7 +269,7 @@ impl Sampler {
 
     /// A flushing seek or a new stream: sampling starts afresh; the job tells the workers.
     pub fn reset(&mut self) -> Job {
-        self.keyframes = KeyframeSampler::default();
+        self.keyframes.restart();
         self.scheduler = WindowScheduler::new(self.config.window, self.config.hop);
         self.frame_index = 0;
         self.last_end = None;

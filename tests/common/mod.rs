@@ -202,7 +202,7 @@ pub fn score_as_the_element_does(
     let mut stream =
         qoe_model::stream::StreamScorer::new(scorer.clone(), window, (hop / SECOND * FPS) as usize)
             .unwrap();
-    let mut keyframes = KeyframeSampler::default();
+    let mut keyframes = KeyframeSampler::with_phase(scorer.keyframe_phase());
     let mut scheduler = WindowScheduler::new(window, hop);
     let mut score_ready = |stream: &mut qoe_model::stream::StreamScorer| {
         for ready in stream.ready() {

@@ -6,9 +6,10 @@
 //! The element's streaming thread drives the keyframe sampler and the window scheduler; the
 //! feature thread drives the motion chunker (`qoe_model::stream`).
 //!
-//! - **Keyframes**: the first frame of every second of stream time, counted from the first
-//!   frame: with a constant frame rate these are the reference's indices 0, R, 2R… (R =
-//!   round(fps)), and dropped or variable-rate frames still give one keyframe per second.
+//! - **Keyframes**: one frame of every second of stream time, counted from the first frame:
+//!   the first at or after a `phase` into the second (zero, VQA²'s rule, or half a second).
+//!   With a constant frame rate and no phase these are the reference's indices 0, R, 2R… (R =
+//!   round(fps)); dropped or variable-rate frames still give one keyframe per second.
 //! - **Windows**: `window` seconds long, one every `hop` seconds, the first once `window`
 //!   seconds of stream have passed; at end of stream, a final window ends at the last frame.
 //!   Hops are whole seconds, so that every window starts on a keyframe second and the
@@ -22,17 +23,32 @@ use crate::time::{Nanos, SECOND};
 
 /// Timestamps this close below a whole second count as that second: containers round
 /// (Matroska to milliseconds), and the reference picks frames by index.
-const SECOND_TOLERANCE: Nanos = 2_000_000;
+pub const SECOND_TOLERANCE: Nanos = 2_000_000;
 
-/// Marks keyframes: the first frame of each second of stream time.
+/// Marks keyframes: the first frame at or after `phase` into each second of stream time.
 #[derive(Debug, Default, Clone)]
 pub struct KeyframeSampler {
+    phase: Nanos,
     origin: Option<Nanos>,
     last_second: Option<u64>,
     last_time: Option<Nanos>,
 }
 
 impl KeyframeSampler {
+    /// A sampler whose keyframes are the first frames at or after `phase` into each second
+    /// (reduced to less than a second); `default()` has no phase.
+    pub fn with_phase(phase: Nanos) -> Self {
+        KeyframeSampler {
+            phase: phase % SECOND,
+            ..Default::default()
+        }
+    }
+
+    /// Counts afresh from the next frame (a new stream or a flushing seek), with the same phase.
+    pub fn restart(&mut self) {
+        *self = Self::with_phase(self.phase);
+    }
+
     /// Whether the frame at stream time `t` is a keyframe. A frame earlier than the previous
     /// one (a jump back) restarts the count from itself.
     pub fn is_keyframe(&mut self, t: Nanos) -> bool {
@@ -44,7 +60,10 @@ impl KeyframeSampler {
             self.last_second = None;
             t
         });
-        let second = (t - origin + SECOND_TOLERANCE) / SECOND;
+        let Some(since_phase) = (t - origin + SECOND_TOLERANCE).checked_sub(self.phase) else {
+            return false; // before the first second's keyframe is due
+        };
+        let second = since_phase / SECOND;
         if self.last_second.is_some_and(|last| second <= last) {
             return false;
         }
@@ -202,6 +221,29 @@ mod tests {
                 .collect();
             assert_eq!(picked, vec![0, 30, 60, 90]);
         }
+    }
+
+    #[test]
+    fn keyframes_with_a_phase_are_the_first_frame_past_it_in_each_second() {
+        // Half a second in: frame 15 of each second at 30 fps (exactly 0.5 s), frame 13 at
+        // 25 fps (0.52 s; frame 12 is 0.48 s), as `spec.keyframe_offset` picks indices.
+        for (fps, expected) in [(30, vec![15, 45, 75]), (25, vec![13, 38, 63])] {
+            let mut k = KeyframeSampler::with_phase(SECOND / 2);
+            let picked: Vec<u64> = (0..3 * fps)
+                .filter(|&i| k.is_keyframe(7 * SECOND + i * SECOND / fps))
+                .collect();
+            assert_eq!(picked, expected, "{fps} fps");
+        }
+        // Matroska's millisecond timestamps pick the same frames.
+        let mut k = KeyframeSampler::with_phase(SECOND / 2);
+        let picked: Vec<u64> = (0..60)
+            .filter(|&i| k.is_keyframe((i * 1000 / 30) * 1_000_000))
+            .collect();
+        assert_eq!(picked, vec![15, 45]);
+        // A phase of a second or more is reduced to within the second.
+        let mut k = KeyframeSampler::with_phase(SECOND + SECOND / 2);
+        assert!(!k.is_keyframe(0));
+        assert!(k.is_keyframe(SECOND / 2));
     }
 
     #[test]

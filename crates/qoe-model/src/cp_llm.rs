@@ -42,7 +42,7 @@ impl Scorer {
         frames: &[RgbImage],
         fps: f64,
     ) -> Result<WindowFeatures> {
-        let kf = keyframe_indices(frames.len(), fps);
+        let kf = keyframe_indices(frames.len(), fps, self.keyframe_phase());
         let high = self.prepare_each(Role::HighLevelEncoder, frames, &kf)?;
         let low = self.prepare_each(Role::LowLevelEncoder, frames, &kf)?;
         Ok(WindowFeatures {

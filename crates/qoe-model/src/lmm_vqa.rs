@@ -69,7 +69,7 @@ impl Scorer {
             })
             .collect::<Result<_>>()?;
         let chunks: Vec<Vec<&RgbImage>> = chunks.iter().map(|c| refs(c)).collect();
-        let kf = keyframe_indices(frames.len(), fps);
+        let kf = keyframe_indices(frames.len(), fps, self.keyframe_phase());
         let keyframes = self.prepare_each(Role::KeyframeEncoder, frames, &kf)?;
         Ok(WindowFeatures {
             keyframes: self.encode_pictures(Role::KeyframeEncoder, &refs(&keyframes))?,

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use qoe_core::sampling::SECOND_TOLERANCE;
 use qoe_core::stall::WindowStalls;
+use qoe_core::time::{Nanos, SECOND};
 
 use crate::batch::{BatchCounts, Batcher};
 use crate::bundle::{
@@ -246,6 +248,12 @@ impl Scorer {
     /// Which of a stream's frames feed the motion graphs: every `n`-th (from the first) for
     /// `Some(n)`: the manifest's stride for a per-frame motion branch, 1 for a chunked one;
     /// `None` where there is no motion branch.
+    /// How far into each second of stream time a keyframe is due (the manifest's
+    /// `sampling.keyframes.rule`).
+    pub fn keyframe_phase(&self) -> Nanos {
+        self.bundle.manifest.sampling.keyframes.rule.phase()
+    }
+
     pub fn motion_stride(&self) -> Option<u64> {
         match self.family() {
             Family::CpLlm => None,
@@ -567,13 +575,22 @@ impl Scorer {
     }
 }
 
-/// The first frame of every (possibly partial) second; `[0]` for clips under a second.
-pub fn keyframe_indices(frames: usize, fps: f64) -> Vec<usize> {
+/// The keyframes of a clip at a constant `fps`, as the element's sampler picks them: the first
+/// frame at or after `phase` into every (possibly partial) second. A clip too short for any
+/// gives its last frame (`[0]` for clips under a second with no phase).
+pub fn keyframe_indices(frames: usize, fps: f64, phase: Nanos) -> Vec<usize> {
     let r = (fps.round() as usize).max(1);
-    if frames >= r {
-        (0..frames).step_by(r).collect()
+    let due = phase.saturating_sub(SECOND_TOLERANCE) as f64 / SECOND as f64;
+    let offset = (due * fps).ceil() as usize;
+    let picked: Vec<usize> = (0..frames)
+        .step_by(r)
+        .map(|start| start + offset)
+        .filter(|&i| i < frames)
+        .collect();
+    if picked.is_empty() {
+        vec![offset.min(frames.saturating_sub(1))]
     } else {
-        vec![0]
+        picked
     }
 }
 
@@ -650,9 +667,15 @@ mod tests {
 
     #[test]
     fn sampling_rules() {
-        assert_eq!(keyframe_indices(20, 8.0), vec![0, 8, 16]);
-        assert_eq!(keyframe_indices(5, 30.0), vec![0]);
-        assert_eq!(keyframe_indices(60, 29.97), vec![0, 30]);
+        assert_eq!(keyframe_indices(20, 8.0, 0), vec![0, 8, 16]);
+        assert_eq!(keyframe_indices(5, 30.0, 0), vec![0]);
+        assert_eq!(keyframe_indices(60, 29.97, 0), vec![0, 30]);
+        // Half a second in, as `KeyframeSampler::with_phase` and `spec.keyframe_offset` pick.
+        let half = SECOND / 2;
+        assert_eq!(keyframe_indices(90, 30.0, half), vec![15, 45, 75]);
+        assert_eq!(keyframe_indices(60, 25.0, half), vec![13, 38]);
+        assert_eq!(keyframe_indices(20, 8.0, half), vec![4, 12]);
+        assert_eq!(keyframe_indices(5, 30.0, half), vec![4]);
         assert_eq!(motion_indices(23, 1, 1, 4), (0..20).collect::<Vec<_>>());
         assert_eq!(
             motion_indices(70, 8, 8, 4),

@@ -85,7 +85,7 @@ impl Scorer {
                 frames.len()
             )));
         }
-        let kf = keyframe_indices(frames.len(), fps);
+        let kf = keyframe_indices(frames.len(), fps, self.keyframe_phase());
         let keyframes = self.prepare_each(Role::KeyframeEncoder, frames, &kf)?;
         let dense = self.prepare_each(Role::MotionEncoder, frames, &mo)?;
         Ok(WindowFeatures {

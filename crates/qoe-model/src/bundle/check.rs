@@ -103,6 +103,19 @@ impl Bundle {
                 &format!("it must be 1 to {MAX_FRAMES}"),
             );
         }
+        // LMM-VQA's motion chunks and CP-LLM's frames start where each second does.
+        if m.sampling.keyframes.rule != KeyframeRule::FirstFrameOfEachSecond
+            && m.family != Family::Vqa2
+        {
+            return bad(
+                "sampling.keyframes.rule".into(),
+                m.sampling.keyframes.rule.as_str().into(),
+                &format!(
+                    "a {} bundle takes the first frame of each second (first-frame-of-each-second)",
+                    m.family.as_str()
+                ),
+            );
+        }
         // Decoder families need their prompt and decoder; level-logits its levels.
         if m.family != Family::CpLlm {
             if m.prompt.is_none() {

@@ -80,8 +80,37 @@ pub struct Preprocess {
 #[derive(Debug, Clone, Deserialize)]
 pub struct KeyframeSampling {
     pub per_second: u32,
-    pub rule: String,
+    pub rule: KeyframeRule,
     pub count: Option<usize>,
+}
+
+/// Which frame of each second is a keyframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyframeRule {
+    /// The first frame of each second (VQA²'s reference: indices 0, R, 2R…).
+    FirstFrameOfEachSecond,
+    /// The first frame at or after the middle of each second. Streams cut into segments of
+    /// whole seconds start every second or two with an intra frame, which shows no concealment
+    /// damage and the least coding damage; mid-second frames show what viewers mostly see.
+    MiddleFrameOfEachSecond,
+}
+
+impl KeyframeRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyframeRule::FirstFrameOfEachSecond => "first-frame-of-each-second",
+            KeyframeRule::MiddleFrameOfEachSecond => "middle-frame-of-each-second",
+        }
+    }
+
+    /// How far into each second the keyframe is due.
+    pub fn phase(self) -> qoe_core::time::Nanos {
+        match self {
+            KeyframeRule::FirstFrameOfEachSecond => 0,
+            KeyframeRule::MiddleFrameOfEachSecond => qoe_core::time::SECOND / 2,
+        }
+    }
 }
 
 /// How the motion branch takes frames.
