@@ -961,6 +961,23 @@ def test_a_luma128_motion_branch_trains_exports_rgb_frames_and_loads_back(tmp_pa
                                    rtol=1e-4, atol=1e-4)
 
 
+def test_keyframe_offsets_are_the_frames_the_element_samples():
+    """spec.keyframe_offset gives the frame the element's sampler takes by stream time (its
+    Rust tests: 15 of 30 fps, 13 of 25, 4 of 8), and the micro bundles take the middle of each
+    second; the data's arrays name every rule."""
+    from qoe_onnx.micro import bundle, spec
+
+    middle = "middle-frame-of-each-second"
+    assert [spec.keyframe_offset(fps, middle) for fps in (30, 25, 29.97, 24, 8)] == [15, 13, 15, 12, 4]
+    assert {spec.keyframe_offset(fps, "first-frame-of-each-second") for fps in (30, 25, 8)} == {0}
+    # The first frame at or after half a second, with the element's 2 ms of tolerance.
+    for fps in (8, 10, 24, 25, 29.97, 30, 50, 59.94, 60):
+        k = spec.keyframe_offset(fps, middle)
+        assert k / fps >= 0.5 - spec.SECOND_TOLERANCE > (k - 1) / fps, fps
+    assert spec.KEYFRAME_RULE == middle and bundle.manifest("streaming")["sampling"]["keyframes"]["rule"] == middle
+    assert data.KEYFRAME_ARRAYS.keys() == spec.KEYFRAME_PHASES.keys()
+
+
 def test_the_luma_motion_frames_missing_from_old_data_are_named(tmp_path):
     """A branch that reads `motion_luma` on data made before the data kept it: the file and the
     array are named, and how to make them; so are a source's file cut short and one without keyframes."""

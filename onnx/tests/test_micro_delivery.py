@@ -86,13 +86,24 @@ def test_a_finished_source_gets_only_the_families_added_since(tmp_path, monkeypa
     rows = data.make_source((source, str(tmp_path)))
     after = np.load(tmp_path / "clips/carphone.npz")
     assert rows[:2] == first and [r["family"] for r in rows] == ["pristine", "noise", "compression_hd"]
-    for name in ("keyframes", "motion", "motion_luma"):
+    for name in data.INPUT_ARRAYS:
         assert np.array_equal(after[name][:2], before[name])
     kept = data.test_clip_path(tmp_path, "carphone", "compression_hd", 1)
     assert data.probe_size(str(kept)) == (640, 360)
     decoded, fps = data.decode(str(kept))
     keyframes, motion = data.model_inputs(decoded, fps)
-    assert np.array_equal(after["keyframes"][2], keyframes) and np.array_equal(after["motion"][2], motion)
+    assert keyframes.keys() == set(data.KEYFRAME_ARRAYS.values()) and np.array_equal(after["motion"][2], motion)
+    for name, array in keyframes.items():
+        assert np.array_equal(after[name][2], array)
+    # One keyframe a whole second: its first frame, and the first frame half a second in (as the
+    # element's sampler picks them by stream time; 13 of 25, 15 of 30).
+    per_second, half = round(fps), {25: 13, 30: 15}[round(fps)]
+    assert len(keyframes["keyframes"]) == len(keyframes["keyframes_mid"]) == len(decoded) // per_second
+    for k, frame in enumerate((0, half)):
+        expected = np.asarray(Image.fromarray(decoded[frame]).resize((320, 180), Image.BICUBIC))
+        assert np.array_equal(keyframes[["keyframes", "keyframes_mid"][k]][0], expected)
+    assert np.array_equal(keyframes["keyframes_mid"][1],
+                          np.asarray(Image.fromarray(decoded[per_second + half]).resize((320, 180), Image.BICUBIC)))
     # The luma of the same motion frames at 128x128, as the element would resize them, in 8 bits.
     luma = data.motion_luma(decoded)
     assert np.array_equal(after["motion_luma"][2], luma) and luma.shape == (len(motion), 128, 128)
@@ -111,8 +122,35 @@ def test_a_finished_source_gets_only_the_families_added_since(tmp_path, monkeypa
     # Data made before the luma was kept: its clips cannot be joined by clips that have it.
     np.savez(tmp_path / "clips/carphone.npz", **{k: after[k] for k in ("keyframes", "motion")})
     monkeypatch.setattr(data, "DISTORTIONS", data.DISTORTIONS[:2] + [("black_frames", "delivery", [0.5])])
-    with pytest.raises(SystemExit, match=r"carphone\.npz: made before the data kept the motion frames' luma"):
+    with pytest.raises(SystemExit, match=r"carphone\.npz: made before the data kept keyframes_mid, motion_luma"):
         data.make_source((source, str(tmp_path)))
+
+
+def test_middle_keyframes_are_added_to_old_test_data_from_its_kept_clips(tmp_path, monkeypatch):
+    """`data --add-middle-keyframes`: a test source made before the data kept `keyframes_mid` gets
+    them from its kept clips, equal to what a data run makes now, every other array as it was; a
+    source that has them is left alone, and a training source (no kept clips) is refused."""
+    from qoe_onnx.micro import train
+    source = {"name": "carphone", "video": str(CLIP), "start": 0.0, "seconds": 2, "split": "test"}
+    monkeypatch.setattr(data, "DISTORTIONS", [("noise", "spatial", [16.0])])
+    data.make_source((source, str(tmp_path)))
+    made = dict(np.load(tmp_path / "clips/carphone.npz"))
+    old = {k: v for k, v in made.items() if k != "keyframes_mid"}
+    np.savez(tmp_path / "clips/carphone.npz", **old)
+    with pytest.raises(SystemExit, match=r"carphone\.npz: no keyframes_mid array.*--add-middle-keyframes"):
+        train.load_arrays(tmp_path, {"carphone"}, keyframe_rule="middle-frame-of-each-second")
+    assert data.add_middle_keyframes(tmp_path, "carphone") == 2
+    added = dict(np.load(tmp_path / "clips/carphone.npz"))
+    assert added.keys() == made.keys() and all(np.array_equal(added[k], made[k]) for k in made)
+    assert data.add_middle_keyframes(tmp_path, "carphone") == 0
+    loaded = train.load_arrays(tmp_path, {"carphone"}, keyframe_rule="middle-frame-of-each-second")
+    assert np.array_equal(loaded["carphone"]["keyframes"], made["keyframes_mid"])
+
+    meta = tmp_path / "clips/carphone.json"
+    meta.write_text(meta.read_text().replace('"split": "test"', '"split": "train"'))
+    np.savez(tmp_path / "clips/carphone.npz", **old)
+    with pytest.raises(SystemExit, match=r"carphone\.npz: a training source .*make the data again"):
+        data.add_middle_keyframes(tmp_path, "carphone")
 
 
 def test_banding_quantises_to_flat_bands(clip):

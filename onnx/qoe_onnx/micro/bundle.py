@@ -115,7 +115,7 @@ def manifest(variant: str, precision: str = "fp32", motion_features: int = MOTIO
             "opset": 17,
         },
         "sampling": {
-            "keyframes": {"per_second": 1, "rule": "first-frame-of-each-second", "count": None},
+            "keyframes": {"per_second": 1, "rule": spec.KEYFRAME_RULE, "count": None},
             "motion": {"mode": "frames", "stride": spec.MOTION_STRIDE, "trim_before_stride": 1,
                        "multiple": 1, "max_frames": 256, "context_frames": MOTION_CONTEXT},
         },

@@ -6,8 +6,8 @@ kinds VQA²'s Stage-1 list names; every distorted clip is delivered as real H.26
 or the compression level itself), decoded back, and compared with its pristine clip by FFmpeg's
 `ssim` and `psnr` filters. The pseudo-MOS mapping is in `pseudo_mos` (and onnx/README.md).
 
-The model's inputs are cut here exactly as the element cuts them: keyframes are the first frame
-of each second, motion frames every `MOTION_STRIDE`-th frame, each resized with Pillow's bicubic
+The model's inputs are cut here exactly as the element cuts them: keyframes are one frame of
+each second (under each keyframe rule: `KEYFRAME_ARRAYS`), motion frames every `MOTION_STRIDE`-th frame, each resized with Pillow's bicubic
 filter to the bundle's sizes (and the motion frames' luma at a finer size, `motion_luma`). One
 `.npz` and `.json` per source in OUT/clips, and OUT/clips.jsonl
 (the rows of every finished source in OUT). Finished sources are skipped, so a stopped run goes on
@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .spec import KEYFRAME_HEIGHT, KEYFRAME_WIDTH, LUMA_WEIGHTS, MOTION_LUMA_SIZE, MOTION_SIZE, MOTION_STRIDE
+from .spec import (KEYFRAME_HEIGHT, KEYFRAME_PHASES, KEYFRAME_WIDTH, LUMA_WEIGHTS, MOTION_LUMA_SIZE, MOTION_SIZE,
+                   MOTION_STRIDE, keyframe_offset)
 
 WIDTH, HEIGHT = 320, 180
 PHOTO_SECONDS, PHOTO_FPS = 8, 25
@@ -624,14 +625,27 @@ def compare(distorted: str, reference: str, size: tuple[int, int] = (WIDTH, HEIG
     return ssim, psnr, np.frombuffer(done.stdout, np.uint8).reshape(-1, height, width, 3), per_frame
 
 
-def model_inputs(frames: np.ndarray, fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Keyframes (first frame of each second) and motion frames, resized as the element does."""
-    per_second = max(1, round(fps))
-    keyframes = [np.asarray(Image.fromarray(frames[i]).resize((KEYFRAME_WIDTH, KEYFRAME_HEIGHT), Image.BICUBIC))
-                 for i in range(0, len(frames) - per_second + 1, per_second)]
+# A source's keyframe arrays, one for each keyframe rule (spec.KEYFRAME_PHASES): the rule a bundle's
+# manifest names is the array it is trained and evaluated on.
+KEYFRAME_ARRAYS = {"first-frame-of-each-second": "keyframes", "middle-frame-of-each-second": "keyframes_mid"}
+assert KEYFRAME_ARRAYS.keys() == KEYFRAME_PHASES.keys()
+INPUT_ARRAYS = [*KEYFRAME_ARRAYS.values(), "motion", "motion_luma"]  # what each source's .npz holds
+
+
+def keyframes_of(frames: np.ndarray, fps: float, rule: str) -> np.ndarray:
+    """One keyframe for each whole second, the frame the element takes under `rule`, resized as it
+    resizes."""
+    per_second, offset = max(1, round(fps)), keyframe_offset(fps, rule)
+    return np.stack([np.asarray(Image.fromarray(frames[i]).resize((KEYFRAME_WIDTH, KEYFRAME_HEIGHT), Image.BICUBIC))
+                     for i in range(offset, len(frames) - per_second + 1 + offset, per_second) if i < len(frames)])
+
+
+def model_inputs(frames: np.ndarray, fps: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Keyframes under every rule (by their arrays' names) and motion frames, resized as the element does."""
+    keyframes = {array: keyframes_of(frames, fps, rule) for rule, array in KEYFRAME_ARRAYS.items()}
     motion = [np.asarray(Image.fromarray(f).resize((MOTION_SIZE, MOTION_SIZE), Image.BICUBIC))
               for f in frames[::MOTION_STRIDE]]
-    return np.stack(keyframes), np.stack(motion)
+    return keyframes, np.stack(motion)
 
 
 def motion_luma(frames: np.ndarray) -> np.ndarray:
@@ -669,7 +683,8 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
     target = Path(out) / "clips" / f"{source['name']}.npz"
     meta_file = target.with_suffix(".json")
     wanted = list(variants())
-    rows, keyframes, motion, luma = [], [], [], []
+    rows = []
+    inputs = {name: [] for name in INPUT_ARRAYS}  # each clip's arrays, in the rows' order
     if target.exists() and meta_file.exists():
         rows = json.loads(meta_file.read_text())
         if len(rows) >= len(wanted) and not remake:
@@ -681,11 +696,12 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
             raise SystemExit(f"{target}: made with {len(rows)} clips, and the {len(missing)} it lacks include "
                              "spatial or temporal families; remove it to make the source again")
         with np.load(target) as stored:
-            if "motion_luma" not in stored:
-                raise SystemExit(f"{target}: made before the data kept the motion frames' luma (motion_luma): "
-                                 "its clips cannot be added to or made again alone; make the data into a new --out")
+            if lacking := [name for name in INPUT_ARRAYS if name not in stored]:
+                raise SystemExit(f"{target}: made before the data kept {', '.join(lacking)}: its clips cannot be "
+                                 "added to or made again alone; make the data into a new --out (a test source's "
+                                 "middle-of-second keyframes can be added: --add-middle-keyframes)")
             # (the .npz is written before the .json: after a stop between the two it holds more)
-            keyframes, motion, luma = (list(stored[k][:len(rows)]) for k in ("keyframes", "motion", "motion_luma"))
+            inputs = {name: list(stored[name][:len(rows)]) for name in INPUT_ARRAYS}
     started = time.time()
     rng = np.random.default_rng(zlib.crc32(source["name"].encode()))
     frames = {}  # scale -> (pristine frames, fps, lossless reference), made when first needed
@@ -719,8 +735,8 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
                 kept = test_clip_path(Path(out), source["name"], family, strength)
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(clip, kept)
-            k, m = model_inputs(decoded, fps)
-            y = motion_luma(decoded)
+            keyframes, motion = model_inputs(decoded, fps)
+            clip_inputs = keyframes | {"motion": motion, "motion_luma": motion_luma(decoded)}
             mos = pseudo_mos(ssim)
             row = {
                 "source": source["name"], "split": source["split"], "family": family, "kind": kind,
@@ -730,20 +746,59 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
                 "frame_ssim": [round(x, 5) for x in frame_ssim],
             }
             if place is None:
-                keyframes.append(k)
-                motion.append(m)
-                luma.append(y)
                 rows.append(row)
+                for name, array in clip_inputs.items():
+                    inputs[name].append(array)
             else:
-                keyframes[place], motion[place], luma[place], rows[place] = k, m, y, row
-    # Written aside, then moved into place: a run stopped here leaves the finished clips whole.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.stem}.partial.npz")
-    np.savez(partial, keyframes=np.stack(keyframes), motion=np.stack(motion), motion_luma=np.stack(luma))
-    os.replace(partial, target)
+                rows[place] = row
+                for name, array in clip_inputs.items():
+                    inputs[name][place] = array
+    write_arrays(target, {name: np.stack(arrays) for name, arrays in inputs.items()})
     meta_file.write_text(json.dumps(rows))
     print(f"{source['name']}: {len(rows)} clips in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     return rows
+
+
+def write_arrays(target: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A source's .npz, written aside and then moved into place: a run stopped here leaves the
+    finished clips whole."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.stem}.partial.npz")
+    np.savez(partial, **arrays)
+    os.replace(partial, target)
+
+
+def decoded_frames(clip: Path, size: tuple[int, int]) -> np.ndarray:
+    """A clip's frames as RGB, `size` its width and height (as `compare` decodes them)."""
+    width, height = size
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
+def add_middle_keyframes(out: Path, name: str) -> int:
+    """Adds the middle-of-second keyframes (`keyframes_mid`) to a test source made before the data
+    kept them, from its kept test clips (each checked against its stored first-frame keyframes, so
+    that the frames are the ones the labels were measured on); returns the clips done (0 when it
+    has them). A training source's clips are not kept: its data must be made again."""
+    target = out / "clips" / f"{name}.npz"
+    rows = sorted(json.loads(target.with_suffix(".json").read_text()), key=lambda r: r["index"])
+    with np.load(target) as stored:
+        if KEYFRAME_ARRAYS["middle-frame-of-each-second"] in stored:
+            return 0
+        arrays = {key: stored[key] for key in stored.files}
+    if rows[0]["split"] != "test":
+        raise SystemExit(f"{target}: a training source made before the data kept middle-of-second keyframes "
+                         "(keyframes_mid); its clips are not kept, so make the data again into a new --out")
+    middle = []
+    for r in rows:
+        clip = test_clip_path(out, name, r["family"], r["strength"])
+        frames = decoded_frames(clip, frame_size(SCALES.get(r["family"], 1)))
+        if not np.array_equal(keyframes_of(frames, r["fps"], "first-frame-of-each-second"), arrays["keyframes"][r["index"]]):
+            raise SystemExit(f"{clip}: its frames are not those its source's keyframes were taken from")
+        middle.append(keyframes_of(frames, r["fps"], "middle-frame-of-each-second"))
+    write_arrays(target, arrays | {KEYFRAME_ARRAYS["middle-frame-of-each-second"]: np.stack(middle)})
+    return len(rows)
 
 
 def stored_arrays(path: Path, keys) -> dict[str, np.ndarray]:
@@ -807,7 +862,18 @@ def main() -> None:
                     help="make these delivery families' clips again in every finished source (their own seeds: "
                          "nothing else changes), e.g. after a fix to how they are made; sources not yet made "
                          "are made whole")
+    ap.add_argument("--add-middle-keyframes", action="store_true",
+                    help="only add the middle-of-second keyframes (keyframes_mid) to the finished test sources "
+                         "made before the data kept them, from their kept test clips (a minute or two)")
     args = ap.parse_args()
+    if args.add_middle_keyframes:
+        names = sorted({r["source"] for r in finished_rows(args.out) if r["split"] == "test"})
+        for name in names:
+            started = time.time()
+            done = add_middle_keyframes(args.out, name)
+            print(f"{name}: middle-of-second keyframes of {done} clips in {time.time() - started:.0f} s"
+                  if done else f"{name}: has them", file=sys.stderr, flush=True)
+        return
     remake = [f for f in args.remake.split(",") if f]
     if not_delivery := [f for f in remake if f not in DELIVERY]:
         raise SystemExit(f"--remake {','.join(not_delivery)}: only delivery families ({', '.join(DELIVERY)}) can be "

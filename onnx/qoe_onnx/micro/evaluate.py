@@ -64,6 +64,11 @@ class Model:
             raise SystemExit(f"{folder}: motion graphs of frames {sorted(sizes)} wide, not one of "
                              f"{', '.join(f'{s} ({n})' for s, n in by_size.items())}")
         self.motion_input = by_size[sizes.pop()]
+        # The keyframes the data holds for the manifest's rule (`data.KEYFRAME_ARRAYS`).
+        self.keyframe_rule = manifest["sampling"]["keyframes"]["rule"]
+        if self.keyframe_rule not in micro_data.KEYFRAME_ARRAYS:
+            raise SystemExit(f"{folder}: sampling.keyframes.rule {self.keyframe_rule!r}, not one of "
+                             f"{', '.join(micro_data.KEYFRAME_ARRAYS)}")
         from tokenizers import Tokenizer
 
         self.tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -335,7 +340,7 @@ def main():
     # of the scored sources only (all of them would take 10 GB: the test split alone is 1 GB).
     rows = [r for r in micro_data.scored_rows(rows, args.train_every) if args.train_every or clip_path(r, args.data).exists()]
     model = Model(args.bundle)
-    arrays = T.load_arrays(args.data, {r["source"] for r in rows}, model.motion_input)
+    arrays = T.load_arrays(args.data, {r["source"] for r in rows}, model.motion_input, model.keyframe_rule)
     split = f"training (every {args.train_every}-th source)" if args.train_every else "test"
     log(f"{len(rows)} {split} clips from {len({r['source'] for r in rows})} sources")
     started = time.time()

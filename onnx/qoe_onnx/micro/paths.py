@@ -67,7 +67,8 @@ def main():
     if not rows:
         raise SystemExit(f"{args.data}: no test clips")
     model = Model(args.bundle)
-    table = path_table(model, rows, load_arrays(args.data, {r["source"] for r in rows}, model.motion_input), families)
+    table = path_table(model, rows, load_arrays(args.data, {r["source"] for r in rows}, model.motion_input,
+                                                     model.keyframe_rule), families)
     print("family strength: label | as it is | own keyframes + pristine motion | pristine keyframes + own motion")
     for family, strengths in table.items():
         for strength, (label, own, keyframes_only, motion_only) in strengths.items():

@@ -81,25 +81,31 @@ def load_clips(data: Path, motion_input: str = "rgb", split: str | None = None) 
     return rows, load_arrays(data, {r["source"] for r in rows if split in (None, r["split"])}, motion_input)
 
 
-def load_arrays(data: Path, sources: set[str], motion_input: str = "rgb") -> dict[str, dict]:
-    """The keyframe arrays of these sources' clips, and as "motion" the motion frames a branch of
-    `motion_input` reads (`MOTION_ARRAYS`: 64x64 RGB, or 128x128 luma): about 0.13 GB a source
-    with the RGB frames, 0.16 GB with the luma, mapped from the files (`data.stored_arrays`), so
-    the system holds what the steps read rather than the run holding every source."""
-    arrays, key = {}, MOTION_ARRAYS[motion_input]
+def load_arrays(data: Path, sources: set[str], motion_input: str = "rgb",
+                keyframe_rule: str = "first-frame-of-each-second") -> dict[str, dict]:
+    """As "keyframes" these sources' keyframes under `keyframe_rule` (`data.KEYFRAME_ARRAYS`), and
+    as "motion" the motion frames a branch of `motion_input` reads (`MOTION_ARRAYS`: 64x64 RGB, or
+    128x128 luma): about 0.13 GB a source with the RGB frames, 0.16 GB with the luma, mapped from
+    the files (`data.stored_arrays`), so the system holds what the steps read rather than the run
+    holding every source."""
+    arrays, key, keyframes = {}, MOTION_ARRAYS[motion_input], micro_data.KEYFRAME_ARRAYS[keyframe_rule]
     for name in sorted(sources):
         path = data / "clips" / f"{name}.npz"
         try:
-            stored = micro_data.stored_arrays(path, ("keyframes", key))
+            stored = micro_data.stored_arrays(path, (keyframes, key))
         except KeyError as missing:
-            if missing.args[0] != key:
-                raise SystemExit(f"{path}: no {missing.args[0]} array: not a file of qoe_onnx.micro.data") from None
-            raise SystemExit(f"{path}: no {key} array, which a {motion_input} motion branch reads "
-                             "(data runs keep it since #30's sixteenth session): make the data again into a new --out")
+            if missing.args[0] == key:
+                raise SystemExit(f"{path}: no {key} array, which a {motion_input} motion branch reads (data runs "
+                                 "keep it since #30's sixteenth session): make the data again into a new --out")
+            if missing.args[0] == keyframes and keyframes != "keyframes":
+                raise SystemExit(f"{path}: no {keyframes} array, the keyframes of a bundle whose rule is {keyframe_rule} "
+                                 "(data runs keep it since #30's twenty-fifth session): add a test source's with "
+                                 "`data --add-middle-keyframes`, or make the data again into a new --out") from None
+            raise SystemExit(f"{path}: no {missing.args[0]} array: not a file of qoe_onnx.micro.data") from None
         except (zipfile.BadZipFile, ValueError, OSError) as broken:  # cut short, overwritten, unreadable
             raise SystemExit(f"{path}: not a readable .npz of qoe_onnx.micro.data ({broken}): make the source "
                              "again (remove it and its .json, then rerun the data run)") from None
-        arrays[name] = {"keyframes": stored["keyframes"], "motion": stored[key]}
+        arrays[name] = {"keyframes": stored[keyframes], "motion": stored[key]}
     return arrays
 
 
