@@ -126,10 +126,11 @@ def test_a_finished_source_gets_only_the_families_added_since(tmp_path, monkeypa
         data.make_source((source, str(tmp_path)))
 
 
-def test_middle_keyframes_are_added_to_old_test_data_from_its_kept_clips(tmp_path, monkeypatch):
-    """`data --add-middle-keyframes`: a test source made before the data kept `keyframes_mid` gets
-    them from its kept clips, equal to what a data run makes now, every other array as it was; a
-    source that has them is left alone, and a training source (no kept clips) is refused."""
+def test_middle_keyframes_are_added_to_old_data(tmp_path, monkeypatch):
+    """`data --add-middle-keyframes`: a source made before the data kept `keyframes_mid` gets them,
+    equal to what a data run makes now, every other array as it was: a test source from its kept
+    clips, a training source made again aside; a source that has them is left alone, one whose
+    clips come out otherwise is refused, and nothing is written."""
     from qoe_onnx.micro import train
     source = {"name": "carphone", "video": str(CLIP), "start": 0.0, "seconds": 2, "split": "test"}
     monkeypatch.setattr(data, "DISTORTIONS", [("noise", "spatial", [16.0])])
@@ -146,11 +147,22 @@ def test_middle_keyframes_are_added_to_old_test_data_from_its_kept_clips(tmp_pat
     loaded = train.load_arrays(tmp_path, {"carphone"}, keyframe_rule="middle-frame-of-each-second")
     assert np.array_equal(loaded["carphone"]["keyframes"], made["keyframes_mid"])
 
+    # A training source's clips are not kept: it is made again aside, its labels and first-frame
+    # keyframes checked against the stored ones.
     meta = tmp_path / "clips/carphone.json"
     meta.write_text(meta.read_text().replace('"split": "test"', '"split": "train"'))
     np.savez(tmp_path / "clips/carphone.npz", **old)
-    with pytest.raises(SystemExit, match=r"carphone\.npz: a training source .*make the data again"):
+    with pytest.raises(SystemExit, match=r"carphone\.npz: a training source .*not among this run's sources"):
         data.add_middle_keyframes(tmp_path, "carphone")
+    assert data.add_middle_keyframes(tmp_path, "carphone", source) == 2
+    again = dict(np.load(tmp_path / "clips/carphone.npz"))
+    assert again.keys() == made.keys() and all(np.array_equal(again[k], made[k]) for k in made)
+    wrong = old | {"keyframes": old["keyframes"].copy()}
+    wrong["keyframes"][1] ^= 1
+    np.savez(tmp_path / "clips/carphone.npz", **wrong)
+    with pytest.raises(SystemExit, match=r"carphone\.npz: made again, clips \[1\] differ from the stored ones"):
+        data.add_middle_keyframes(tmp_path, "carphone", source)
+    assert "keyframes_mid" not in np.load(tmp_path / "clips/carphone.npz"), "nothing written"
 
 
 def test_banding_quantises_to_flat_bands(clip):

@@ -776,29 +776,55 @@ def decoded_frames(clip: Path, size: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
 
 
-def add_middle_keyframes(out: Path, name: str) -> int:
-    """Adds the middle-of-second keyframes (`keyframes_mid`) to a test source made before the data
-    kept them, from its kept test clips (each checked against its stored first-frame keyframes, so
-    that the frames are the ones the labels were measured on); returns the clips done (0 when it
-    has them). A training source's clips are not kept: its data must be made again."""
+def add_middle_keyframes(out: Path, name: str, source: dict | None = None) -> int:
+    """Adds the middle-of-second keyframes (`keyframes_mid`) to a source made before the data kept
+    them; returns the clips done (0 when it has them). A test source's come from its kept clips; a
+    training source's clips are not kept, so it is made again aside from `source` (its entry of
+    `all_sources`; clips draw from seeds of their own, so they come out the same) and its new
+    keyframes taken. Either way every clip's first-frame keyframes are checked equal to the stored
+    ones first, so that the frames are the ones the labels were measured on."""
     target = out / "clips" / f"{name}.npz"
     rows = sorted(json.loads(target.with_suffix(".json").read_text()), key=lambda r: r["index"])
     with np.load(target) as stored:
         if KEYFRAME_ARRAYS["middle-frame-of-each-second"] in stored:
             return 0
         arrays = {key: stored[key] for key in stored.files}
-    if rows[0]["split"] != "test":
-        raise SystemExit(f"{target}: a training source made before the data kept middle-of-second keyframes "
-                         "(keyframes_mid); its clips are not kept, so make the data again into a new --out")
-    middle = []
-    for r in rows:
-        clip = test_clip_path(out, name, r["family"], r["strength"])
-        frames = decoded_frames(clip, frame_size(SCALES.get(r["family"], 1)))
-        if not np.array_equal(keyframes_of(frames, r["fps"], "first-frame-of-each-second"), arrays["keyframes"][r["index"]]):
-            raise SystemExit(f"{clip}: its frames are not those its source's keyframes were taken from")
-        middle.append(keyframes_of(frames, r["fps"], "middle-frame-of-each-second"))
-    write_arrays(target, arrays | {KEYFRAME_ARRAYS["middle-frame-of-each-second"]: np.stack(middle)})
+    first, middle = "first-frame-of-each-second", "middle-frame-of-each-second"
+    if rows[0]["split"] == "test":
+        remade = []
+        for r in rows:
+            clip = test_clip_path(out, name, r["family"], r["strength"])
+            frames = decoded_frames(clip, frame_size(SCALES.get(r["family"], 1)))
+            if not np.array_equal(keyframes_of(frames, r["fps"], first), arrays["keyframes"][r["index"]]):
+                raise SystemExit(f"{clip}: its frames are not those its source's keyframes were taken from")
+            remade.append(keyframes_of(frames, r["fps"], middle))
+        added = np.stack(remade)
+    else:
+        if source is None:
+            raise SystemExit(f"{target}: a training source made before the data kept middle-of-second keyframes "
+                             "(keyframes_mid), and not among this run's sources (--videos, --debs, --lowres-every, "
+                             "--extra-content as the data was made), so it cannot be made again to add them")
+        with tempfile.TemporaryDirectory() as aside:
+            again = make_source((source, aside))
+            with np.load(Path(aside) / "clips" / f"{name}.npz") as made:
+                changed = [r["index"] for r, a in zip(rows, again)
+                           if abs(r["mos"] - a["mos"]) > 1e-9
+                           or not np.array_equal(made["keyframes"][r["index"]], arrays["keyframes"][r["index"]])]
+                if len(again) != len(rows) or changed:
+                    raise SystemExit(f"{target}: made again, clips {changed[:5] or len(again)} differ from the stored "
+                                     "ones (another machine or FFmpeg); make the data into a new --out")
+                added = made[KEYFRAME_ARRAYS[middle]]
+    write_arrays(target, arrays | {KEYFRAME_ARRAYS[middle]: added})
     return len(rows)
+
+
+def add_middle_keyframes_job(job: tuple[str, str, dict | None]) -> str:
+    """`add_middle_keyframes` in a worker process: a line saying what was done."""
+    out, name, source = job
+    started = time.time()
+    done = add_middle_keyframes(Path(out), name, source)
+    return f"{name}: middle-of-second keyframes of {done} clips in {time.time() - started:.0f} s" if done else \
+        f"{name}: has them"
 
 
 def stored_arrays(path: Path, keys) -> dict[str, np.ndarray]:
@@ -863,16 +889,20 @@ def main() -> None:
                          "nothing else changes), e.g. after a fix to how they are made; sources not yet made "
                          "are made whole")
     ap.add_argument("--add-middle-keyframes", action="store_true",
-                    help="only add the middle-of-second keyframes (keyframes_mid) to the finished test sources "
-                         "made before the data kept them, from their kept test clips (a minute or two)")
+                    help="only add the middle-of-second keyframes (keyframes_mid) to the finished sources of --out "
+                         "(--split's) made before the data kept them: a test source's from its kept clips (8 "
+                         "sources: about 5 min), a training source's by making it again aside (as long as the data "
+                         "run took), each checked against the stored first-frame keyframes and labels")
     args = ap.parse_args()
     if args.add_middle_keyframes:
-        names = sorted({r["source"] for r in finished_rows(args.out) if r["split"] == "test"})
-        for name in names:
-            started = time.time()
-            done = add_middle_keyframes(args.out, name)
-            print(f"{name}: middle-of-second keyframes of {done} clips in {time.time() - started:.0f} s"
-                  if done else f"{name}: has them", file=sys.stderr, flush=True)
+        splits = {r["source"]: r["split"] for r in finished_rows(args.out) if args.split in ("all", r["split"])}
+        names = sorted(splits)
+        # (a test source's clips are kept: only a training source needs the videos and photographs)
+        known = {s["name"]: s for s in all_sources(args.videos, args.debs, args.lowres_every, args.extra_content)} \
+            if "train" in splits.values() else {}
+        with Pool(args.jobs) as pool:
+            for line in pool.imap(add_middle_keyframes_job, [(str(args.out), n, known.get(n)) for n in names]):
+                print(line, file=sys.stderr, flush=True)
         return
     remake = [f for f in args.remake.split(",") if f]
     if not_delivery := [f for f in remake if f not in DELIVERY]:
