@@ -1098,6 +1098,14 @@ def test_a_checkpoint_of_another_recipe_stops_the_run(tmp_path, monkeypatch):
     relabelled = [r | {"mos": r["mos"] - 1} if r["family"] == "noise" else r for r in rows]
     assert train.data_fingerprint(relabelled) != train.data_fingerprint(rows)
     assert train.data_fingerprint(rows + [rows[0] | {"split": "test", "source": "t"}]) == train.data_fingerprint(rows)
+    # So are keyframes taken by another rule (`--keyframe-rule`), and the first frame's fingerprint
+    # is what it was before the rule existed (work folders of earlier runs still resume).
+    middle = [r | {"keyframe_rule": "middle-frame-of-each-second"} for r in rows]
+    assert train.data_fingerprint(middle) != train.data_fingerprint(rows)
+    import hashlib
+    import json
+    before = sorted((r["source"], r["family"], r["strength"], round(r["mos"], 3)) for r in rows if r["split"] == "train")
+    assert train.data_fingerprint(rows).endswith(hashlib.sha256(json.dumps(before).encode()).hexdigest()[:16])
 
 
 def test_the_committed_graphs_load_back_for_stage3(tmp_path):

@@ -146,6 +146,9 @@ def test_middle_keyframes_are_added_to_old_data(tmp_path, monkeypatch):
     assert data.add_middle_keyframes(tmp_path, "carphone") == 0
     loaded = train.load_arrays(tmp_path, {"carphone"}, keyframe_rule="middle-frame-of-each-second")
     assert np.array_equal(loaded["carphone"]["keyframes"], made["keyframes_mid"])
+    rows, arrays = train.load_clips(tmp_path, keyframe_rule="middle-frame-of-each-second")  # train --keyframe-rule
+    assert np.array_equal(arrays["carphone"]["keyframes"], made["keyframes_mid"])
+    assert {r["keyframe_rule"] for r in rows} == {"middle-frame-of-each-second"}
 
     # A training source's clips are not kept: it is made again aside, its labels and first-frame
     # keyframes checked against the stored ones.

@@ -74,11 +74,16 @@ def log(*a):
 # ---------------------------------------------------------------- data
 
 
-def load_clips(data: Path, motion_input: str = "rgb", split: str | None = None) -> tuple[list[dict], dict[str, dict]]:
+def load_clips(data: Path, motion_input: str = "rgb", split: str | None = None,
+               keyframe_rule: str = "first-frame-of-each-second") -> tuple[list[dict], dict[str, dict]]:
     """Every finished source under DATA/clips (a partial data run is usable as it stands); with
-    `split`, the arrays of that split's sources only (training reads no test clip's frames)."""
+    `split`, the arrays of that split's sources only (training reads no test clip's frames). The
+    rows of keyframes other than the first frame of each second say so (`data_fingerprint`)."""
     rows = micro_data.finished_rows(data)
-    return rows, load_arrays(data, {r["source"] for r in rows if split in (None, r["split"])}, motion_input)
+    if keyframe_rule != "first-frame-of-each-second":
+        rows = [r | {"keyframe_rule": keyframe_rule} for r in rows]
+    return rows, load_arrays(data, {r["source"] for r in rows if split in (None, r["split"])}, motion_input,
+                             keyframe_rule)
 
 
 def load_arrays(data: Path, sources: set[str], motion_input: str = "rgb",
@@ -167,8 +172,10 @@ def checkpoint(work: Path, part: str, suffix: str = "") -> Path:
 
 
 def data_fingerprint(rows: list[dict]) -> str:
-    """Which training clips and labels a stage learned from (a changed data folder changes it)."""
-    train = sorted((r["source"], r["family"], r["strength"], round(r["mos"], 3)) for r in rows if r["split"] == "train")
+    """Which training clips, labels and keyframes a stage learned from (a changed data folder
+    changes it; so do keyframes taken by another rule than the first frame of each second)."""
+    train = sorted((r["source"], r["family"], r["strength"], round(r["mos"], 3),
+                    *([r["keyframe_rule"]] if "keyframe_rule" in r else [])) for r in rows if r["split"] == "train")
     return f"{len(train)} clips, " + hashlib.sha256(json.dumps(train).encode()).hexdigest()[:16]
 
 
@@ -1376,6 +1383,10 @@ def main():
     ap.add_argument("--tune-projector-rate", type=float, default=1.0, metavar="X",
                     help="stage 3: the projectors learn at X times their rate (2e-4 peak; 1: as before), so a "
                          "bundle's projectors, fit in its stage 2, can fit damage that came after it")
+    ap.add_argument("--keyframe-rule", choices=list(micro_data.KEYFRAME_ARRAYS), default="first-frame-of-each-second",
+                    help="which keyframes training reads (the data keeps both): the first frame of each second, as "
+                         "the default bundle was trained, or the middle, which the bundles sample since #30's "
+                         "twenty-fifth session (data made before needs data --add-middle-keyframes)")
     ap.add_argument("--motion-input", choices=MOTION_INPUTS,
                     help="what the motion branch reads: rgb (64x64 frames; stage 1's default) or luma128 (the luma "
                          "of 128x128 frames, the data's motion_luma: four times the pixels, for jitter and slice "
@@ -1475,7 +1486,7 @@ def main():
                          f"{args.motion_epochs}) and its fresh motion projector fit by --refit-steps (now "
                          f"{args.refit_steps}): give both above 0")
     args.work.mkdir(parents=True, exist_ok=True)
-    rows, arrays = load_clips(args.data, motion, split="train")
+    rows, arrays = load_clips(args.data, motion, split="train", keyframe_rule=args.keyframe_rule)
     training = sum(r["split"] == "train" for r in rows)
     if not training:
         raise SystemExit(f"{args.data}: no training clips ({len(rows)} test clips; a data run with --split test "
