@@ -245,15 +245,15 @@ impl Scorer {
         self.bundle.manifest.family
     }
 
-    /// Which of a stream's frames feed the motion graphs: every `n`-th (from the first) for
-    /// `Some(n)`: the manifest's stride for a per-frame motion branch, 1 for a chunked one;
-    /// `None` where there is no motion branch.
     /// How far into each second of stream time a keyframe is due (the manifest's
     /// `sampling.keyframes.rule`).
     pub fn keyframe_phase(&self) -> Nanos {
         self.bundle.manifest.sampling.keyframes.rule.phase()
     }
 
+    /// Which of a stream's frames feed the motion graphs: every `n`-th (from the first) for
+    /// `Some(n)`: the manifest's stride for a per-frame motion branch, 1 for a chunked one;
+    /// `None` where there is no motion branch.
     pub fn motion_stride(&self) -> Option<u64> {
         match self.family() {
             Family::CpLlm => None,
