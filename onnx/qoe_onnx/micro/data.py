@@ -7,8 +7,9 @@ or the compression level itself), decoded back, and compared with its pristine c
 `ssim` and `psnr` filters. The pseudo-MOS mapping is in `pseudo_mos` (and onnx/README.md).
 
 The model's inputs are cut here exactly as the element cuts them: keyframes are one frame of
-each second (under each keyframe rule: `KEYFRAME_ARRAYS`), motion frames every `MOTION_STRIDE`-th frame, each resized with Pillow's bicubic
-filter to the bundle's sizes (and the motion frames' luma at a finer size, `motion_luma`). One
+each second (under each keyframe rule: `KEYFRAME_ARRAYS`), motion frames every
+`MOTION_STRIDE`-th frame, each resized with Pillow's bicubic filter to the bundle's sizes (and
+the motion frames' luma at a finer size, `motion_luma`). One
 `.npz` and `.json` per source in OUT/clips, and OUT/clips.jsonl
 (the rows of every finished source in OUT). Finished sources are skipped, so a stopped run goes on
 where it stopped; `--split test` makes only the test sources (enough for `evaluate`, 8 of 72).
@@ -698,8 +699,8 @@ def make_source(job: tuple[dict, str] | tuple[dict, str, list[str]]) -> list[dic
         with np.load(target) as stored:
             if lacking := [name for name in INPUT_ARRAYS if name not in stored]:
                 raise SystemExit(f"{target}: made before the data kept {', '.join(lacking)}: its clips cannot be "
-                                 "added to or made again alone; make the data into a new --out (a test source's "
-                                 "middle-of-second keyframes can be added: --add-middle-keyframes)")
+                                 "added to or made again alone; make the data into a new --out (middle-of-second "
+                                 "keyframes alone can be added: --add-middle-keyframes)")
             # (the .npz is written before the .json: after a stop between the two it holds more)
             inputs = {name: list(stored[name][:len(rows)]) for name in INPUT_ARRAYS}
     started = time.time()
