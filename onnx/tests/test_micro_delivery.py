@@ -339,7 +339,7 @@ def test_remake_makes_delivery_families_again_in_their_places(tmp_path, monkeypa
     rows = data.make_source((source, str(tmp_path), ["black_frames"]))
     after = np.load(tmp_path / "clips/carphone.npz")
     assert [r["family"] for r in rows] == ["pristine", "noise", "black_frames"] and rows[:2] == first[:2]
-    for name in ("keyframes", "motion", "motion_luma"):
+    for name in data.INPUT_ARRAYS:
         assert np.array_equal(after[name][:2], before[name][:2])
         assert not np.array_equal(after[name][2], before[name][2])
     assert rows[2]["index"] == 2 and rows[2]["ssim"] != first[2]["ssim"] and kept.exists()
