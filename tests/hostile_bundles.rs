@@ -11,14 +11,20 @@ use common::bundle_copy;
 /// A change to a manifest, with a name and what the error must say.
 type Case = (&'static str, Box<dyn FnOnce(&mut Value)>, &'static str);
 
-/// The error of loading `name` with its manifest edited by `edit`.
-fn load_error(name: &str, tag: &str, edit: impl FnOnce(&mut Value)) -> String {
+/// A copy of bundle `name`, tagged `tag`, with its manifest edited by `edit`.
+fn edited_copy(name: &str, tag: &str, edit: impl FnOnce(&mut Value)) -> std::path::PathBuf {
     let dir = bundle_copy(name, tag);
     let path = dir.join("bundle.json");
     let mut manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut manifest);
     std::fs::write(&path, manifest.to_string()).unwrap();
+    dir
+}
+
+/// The error of loading `name` with its manifest edited by `edit`.
+fn load_error(name: &str, tag: &str, edit: impl FnOnce(&mut Value)) -> String {
+    let dir = edited_copy(name, tag, edit);
     match qoe_model::bundle::Bundle::load(&dir) {
         Ok(_) => panic!("{tag}: the bundle loaded"),
         Err(e) => e.to_string(),
@@ -125,12 +131,9 @@ fn a_keyframe_rule_other_than_the_first_frame_is_refused_outside_vqa2() {
         "{e}"
     );
     // A VQA² bundle takes it.
-    let dir = common::bundle_copy("vqa2-tiny-streaming", "vqa2-middle");
-    let path = dir.join("bundle.json");
-    let mut manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    manifest["sampling"]["keyframes"]["rule"] = json!("middle-frame-of-each-second");
-    std::fs::write(&path, manifest.to_string()).unwrap();
+    let dir = edited_copy("vqa2-tiny-streaming", "vqa2-middle", |m| {
+        m["sampling"]["keyframes"]["rule"] = json!("middle-frame-of-each-second")
+    });
     let bundle = qoe_model::bundle::Bundle::load(&dir).unwrap();
     assert_eq!(
         bundle.manifest.sampling.keyframes.rule.phase(),

@@ -769,14 +769,6 @@ def write_arrays(target: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(partial, target)
 
 
-def decoded_frames(clip: Path, size: tuple[int, int]) -> np.ndarray:
-    """A clip's frames as RGB, `size` its width and height (as `compare` decodes them)."""
-    width, height = size
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(clip), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-                         capture_output=True, check=True).stdout
-    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
-
-
 def add_middle_keyframes(out: Path, name: str, source: dict | None = None) -> int:
     """Adds the middle-of-second keyframes (`keyframes_mid`) to a source made before the data kept
     them; returns the clips done (0 when it has them). A test source's come from its kept clips; a
@@ -795,7 +787,7 @@ def add_middle_keyframes(out: Path, name: str, source: dict | None = None) -> in
         remade = []
         for r in rows:
             clip = test_clip_path(out, name, r["family"], r["strength"])
-            frames = decoded_frames(clip, frame_size(SCALES.get(r["family"], 1)))
+            frames, _ = decode(str(clip))
             if not np.array_equal(keyframes_of(frames, r["fps"], first), arrays["keyframes"][r["index"]]):
                 raise SystemExit(f"{clip}: its frames are not those its source's keyframes were taken from")
             remade.append(keyframes_of(frames, r["fps"], middle))

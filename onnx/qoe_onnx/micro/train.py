@@ -104,8 +104,8 @@ def load_arrays(data: Path, sources: set[str], motion_input: str = "rgb",
                                  "keep it since #30's sixteenth session): make the data again into a new --out")
             if missing.args[0] == keyframes and keyframes != "keyframes":
                 raise SystemExit(f"{path}: no {keyframes} array, the keyframes of a bundle whose rule is {keyframe_rule} "
-                                 "(data runs keep it since #30's twenty-fifth session): add a test source's with "
-                                 "`data --add-middle-keyframes`, or make the data again into a new --out") from None
+                                 "(data runs keep it since #30's twenty-fifth session): add it with `data "
+                                 "--add-middle-keyframes`, or make the data again into a new --out") from None
             raise SystemExit(f"{path}: no {missing.args[0]} array: not a file of qoe_onnx.micro.data") from None
         except (zipfile.BadZipFile, ValueError, OSError) as broken:  # cut short, overwritten, unreadable
             raise SystemExit(f"{path}: not a readable .npz of qoe_onnx.micro.data ({broken}): make the source "
@@ -1384,9 +1384,9 @@ def main():
                     help="stage 3: the projectors learn at X times their rate (2e-4 peak; 1: as before), so a "
                          "bundle's projectors, fit in its stage 2, can fit damage that came after it")
     ap.add_argument("--keyframe-rule", choices=list(micro_data.KEYFRAME_ARRAYS), default="first-frame-of-each-second",
-                    help="which keyframes training reads (the data keeps both): the first frame of each second, as "
-                         "the default bundle was trained, or the middle, which the bundles sample since #30's "
-                         "twenty-fifth session (data made before needs data --add-middle-keyframes)")
+                    help="which keyframes training reads (the data keeps both): the first frame of each second, which "
+                         "the default bundles were trained on and sample, or the middle (a bundle trained on it "
+                         "must name that rule in its manifest; data made before needs data --add-middle-keyframes)")
     ap.add_argument("--motion-input", choices=MOTION_INPUTS,
                     help="what the motion branch reads: rgb (64x64 frames; stage 1's default) or luma128 (the luma "
                          "of 128x128 frames, the data's motion_luma: four times the pixels, for jitter and slice "
