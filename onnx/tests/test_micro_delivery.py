@@ -347,3 +347,39 @@ def test_remake_makes_delivery_families_again_in_their_places(tmp_path, monkeypa
     monkeypatch.setattr(sys, "argv", ["data", "--out", str(tmp_path), "--remake", "black_frames,noise"])
     with pytest.raises(SystemExit, match=r"--remake noise: only delivery families"):
         data.main()
+
+
+def test_either_rule_reads_each_seconds_keyframe_from_one_rule(tmp_path, monkeypatch):
+    """`train --keyframe-rule either-frame-of-each-second`: every clip's second is read from the
+    first-frame or the middle-frame keyframes, as the seeded draw says, about half from each,
+    one keyframe at a time as a whole clip at a time; another seed draws otherwise and its rows
+    fingerprint otherwise (so no checkpoint of one is taken for the other)."""
+    from qoe_onnx.micro import train
+    source = {"name": "carphone", "video": str(CLIP), "start": 0.0, "seconds": 4, "split": "train"}
+    monkeypatch.setattr(data, "DISTORTIONS", [("noise", "spatial", [16.0]), ("blur", "spatial", [2.0])])
+    data.make_source((source, str(tmp_path)))
+    made = dict(np.load(tmp_path / "clips/carphone.npz"))
+    first, middle = made["keyframes"], made["keyframes_mid"]
+    assert all(not np.array_equal(first[c, k], middle[c, k]) for c in range(len(first)) for k in range(first.shape[1]))
+
+    rows, arrays = train.load_clips(tmp_path, keyframe_rule=train.EITHER_RULE, seed=0)
+    either = arrays["carphone"]["keyframes"]
+    assert either.shape == first.shape
+    drawn = np.zeros(first.shape[:2], dtype=bool)
+    for c in range(first.shape[0]):
+        whole = either[c]
+        for k in range(first.shape[1]):
+            one = either[c, k]
+            assert np.array_equal(one, middle[c, k]) or np.array_equal(one, first[c, k])
+            drawn[c, k] = np.array_equal(one, middle[c, k])
+            assert np.array_equal(whole[k], one)
+            assert np.array_equal(either[c, k, 10:20, 30:40], one[10:20, 30:40])  # a crop, as stage 1 takes
+    assert 0 < drawn.mean() < 1, drawn
+    with pytest.raises(TypeError, match="one clip or one keyframe at a time"):
+        either[0:2]
+
+    other_rows, other = train.load_clips(tmp_path, keyframe_rule=train.EITHER_RULE, seed=1)
+    assert not np.array_equal(other["carphone"]["keyframes"].from_middle, drawn)
+    assert train.data_fingerprint(other_rows) != train.data_fingerprint(rows)
+    first_rows, _ = train.load_clips(tmp_path)
+    assert train.data_fingerprint(first_rows) != train.data_fingerprint(rows)

@@ -39,6 +39,7 @@ import math
 import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -74,43 +75,85 @@ def log(*a):
 # ---------------------------------------------------------------- data
 
 
+# Training's third keyframe rule besides data.KEYFRAME_ARRAYS': each second's keyframe is the
+# first or the middle frame, drawn once per clip and second, so one tower learns both the
+# intra-refreshed picture and the one an error has spread into (a bundle then names one rule).
+EITHER_RULE = "either-frame-of-each-second"
+KEYFRAME_RULES = [*micro_data.KEYFRAME_ARRAYS, EITHER_RULE]
+
+
+class EitherKeyframes:
+    """A source's keyframes under EITHER_RULE: read as the stored array is read, a clip's second
+    `k` from `middle` where `from_middle[clip, k]`, from `first` otherwise, without copying either
+    (both stay mapped from the file)."""
+
+    def __init__(self, first: np.ndarray, middle: np.ndarray, from_middle: np.ndarray):
+        if first.shape != middle.shape or from_middle.shape != first.shape[:2]:
+            raise ValueError(f"keyframes {first.shape}, middle keyframes {middle.shape} and the draw "
+                             f"{from_middle.shape} do not match")
+        self.first, self.middle, self.from_middle = first, middle, from_middle
+        self.shape, self.dtype = first.shape, first.dtype
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple) and len(key) >= 2 and isinstance(key[1], (int, np.integer)):
+            return (self.middle if self.from_middle[key[0], key[1]] else self.first)[key]  # one keyframe
+        if isinstance(key, (int, np.integer)):  # one clip's keyframes
+            return np.where(self.from_middle[key][:, None, None, None], self.middle[key], self.first[key])
+        raise TypeError(f"keyframes are read one clip or one keyframe at a time, not [{key!r}]")
+
+
+def either_draw(source: str, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Which of a source's (clip, second) keyframes EITHER_RULE takes from the middle: half of
+    them, drawn from the seed and the source's name (not its place in the folder)."""
+    return np.random.default_rng([seed, 31, zlib.crc32(source.encode())]).random(shape) < 0.5
+
+
 def load_clips(data: Path, motion_input: str = "rgb", split: str | None = None,
-               keyframe_rule: str = "first-frame-of-each-second") -> tuple[list[dict], dict[str, dict]]:
+               keyframe_rule: str = "first-frame-of-each-second", seed: int = 0) -> tuple[list[dict], dict[str, dict]]:
     """Every finished source under DATA/clips (a partial data run is usable as it stands); with
     `split`, the arrays of that split's sources only (training reads no test clip's frames). The
-    rows of keyframes other than the first frame of each second say so (`data_fingerprint`)."""
+    rows of keyframes other than the first frame of each second say so (`data_fingerprint`), and
+    EITHER_RULE's with its seed."""
     rows = micro_data.finished_rows(data)
     if keyframe_rule != "first-frame-of-each-second":
-        rows = [r | {"keyframe_rule": keyframe_rule} for r in rows]
+        rule = keyframe_rule if keyframe_rule != EITHER_RULE else f"{EITHER_RULE} (seed {seed})"
+        rows = [r | {"keyframe_rule": rule} for r in rows]
     return rows, load_arrays(data, {r["source"] for r in rows if split in (None, r["split"])}, motion_input,
-                             keyframe_rule)
+                             keyframe_rule, seed)
 
 
 def load_arrays(data: Path, sources: set[str], motion_input: str = "rgb",
-                keyframe_rule: str = "first-frame-of-each-second") -> dict[str, dict]:
-    """As "keyframes" these sources' keyframes under `keyframe_rule` (`data.KEYFRAME_ARRAYS`), and
+                keyframe_rule: str = "first-frame-of-each-second", seed: int = 0) -> dict[str, dict]:
+    """As "keyframes" these sources' keyframes under `keyframe_rule` (`data.KEYFRAME_ARRAYS`, or
+    EITHER_RULE drawn with `seed`), and
     as "motion" the motion frames a branch of `motion_input` reads (`MOTION_ARRAYS`: 64x64 RGB, or
     128x128 luma): about 0.13 GB a source with the RGB frames, 0.16 GB with the luma, mapped from
     the files (`data.stored_arrays`), so the system holds what the steps read rather than the run
     holding every source."""
-    arrays, key, keyframes = {}, MOTION_ARRAYS[motion_input], micro_data.KEYFRAME_ARRAYS[keyframe_rule]
+    either = keyframe_rule == EITHER_RULE
+    middle = micro_data.KEYFRAME_ARRAYS["middle-frame-of-each-second"]
+    wanted = ("keyframes", middle) if either else (micro_data.KEYFRAME_ARRAYS[keyframe_rule],)
+    arrays, key = {}, MOTION_ARRAYS[motion_input]
     for name in sorted(sources):
         path = data / "clips" / f"{name}.npz"
         try:
-            stored = micro_data.stored_arrays(path, (keyframes, key))
+            stored = micro_data.stored_arrays(path, (*wanted, key))
         except KeyError as missing:
             if missing.args[0] == key:
                 raise SystemExit(f"{path}: no {key} array, which a {motion_input} motion branch reads (data runs "
                                  "keep it since #30's sixteenth session): make the data again into a new --out")
-            if missing.args[0] == keyframes and keyframes != "keyframes":
-                raise SystemExit(f"{path}: no {keyframes} array, the keyframes of a bundle whose rule is {keyframe_rule} "
-                                 "(data runs keep it since #30's twenty-fifth session): add it with `data "
-                                 "--add-middle-keyframes`, or make the data again into a new --out") from None
+            if missing.args[0] in wanted and missing.args[0] != "keyframes":
+                raise SystemExit(f"{path}: no {missing.args[0]} array, the keyframes of a bundle whose rule is "
+                                 f"{keyframe_rule} (data runs keep it since #30's twenty-fifth session): add it with "
+                                 "`data --add-middle-keyframes`, or make the data again into a new --out") from None
             raise SystemExit(f"{path}: no {missing.args[0]} array: not a file of qoe_onnx.micro.data") from None
         except (zipfile.BadZipFile, ValueError, OSError) as broken:  # cut short, overwritten, unreadable
             raise SystemExit(f"{path}: not a readable .npz of qoe_onnx.micro.data ({broken}): make the source "
                              "again (remove it and its .json, then rerun the data run)") from None
-        arrays[name] = {"keyframes": stored[keyframes], "motion": stored[key]}
+        keyframes = stored[wanted[0]]
+        if either:
+            keyframes = EitherKeyframes(keyframes, stored[middle], either_draw(name, keyframes.shape[:2], seed))
+        arrays[name] = {"keyframes": keyframes, "motion": stored[key]}
     return arrays
 
 
@@ -1383,10 +1426,12 @@ def main():
     ap.add_argument("--tune-projector-rate", type=float, default=1.0, metavar="X",
                     help="stage 3: the projectors learn at X times their rate (2e-4 peak; 1: as before), so a "
                          "bundle's projectors, fit in its stage 2, can fit damage that came after it")
-    ap.add_argument("--keyframe-rule", choices=list(micro_data.KEYFRAME_ARRAYS), default="first-frame-of-each-second",
+    ap.add_argument("--keyframe-rule", choices=KEYFRAME_RULES, default="first-frame-of-each-second",
                     help="which keyframes training reads (the data keeps both): the first frame of each second, which "
-                         "the default bundles were trained on and sample, or the middle (a bundle trained on it "
-                         "must name that rule in its manifest; data made before needs data --add-middle-keyframes)")
+                         "the default bundles were trained on and sample, the middle (a bundle trained on it "
+                         "must name that rule in its manifest; data made before needs data --add-middle-keyframes), "
+                         f"or {EITHER_RULE}: each clip's second the one or the other, half and half, drawn from "
+                         "--seed (the bundle then names either rule)")
     ap.add_argument("--motion-input", choices=MOTION_INPUTS,
                     help="what the motion branch reads: rgb (64x64 frames; stage 1's default) or luma128 (the luma "
                          "of 128x128 frames, the data's motion_luma: four times the pixels, for jitter and slice "
@@ -1486,7 +1531,7 @@ def main():
                          f"{args.motion_epochs}) and its fresh motion projector fit by --refit-steps (now "
                          f"{args.refit_steps}): give both above 0")
     args.work.mkdir(parents=True, exist_ok=True)
-    rows, arrays = load_clips(args.data, motion, split="train", keyframe_rule=args.keyframe_rule)
+    rows, arrays = load_clips(args.data, motion, split="train", keyframe_rule=args.keyframe_rule, seed=args.seed)
     training = sum(r["split"] == "train" for r in rows)
     if not training:
         raise SystemExit(f"{args.data}: no training clips ({len(rows)} test clips; a data run with --split test "
