@@ -75,7 +75,7 @@ def log(*a):
 # ---------------------------------------------------------------- data
 
 
-# Training's third keyframe rule besides data.KEYFRAME_ARRAYS': each second's keyframe is the
+# Training's third keyframe rule besides data.KEYFRAME_ARRAYS: each second's keyframe is the
 # first or the middle frame, drawn once per clip and second, so one tower learns both the
 # intra-refreshed picture and the one an error has spread into (a bundle then names one rule).
 EITHER_RULE = "either-frame-of-each-second"
