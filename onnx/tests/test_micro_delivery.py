@@ -383,3 +383,9 @@ def test_either_rule_reads_each_seconds_keyframe_from_one_rule(tmp_path, monkeyp
     assert train.data_fingerprint(other_rows) != train.data_fingerprint(rows)
     first_rows, _ = train.load_clips(tmp_path)
     assert train.data_fingerprint(first_rows) != train.data_fingerprint(rows)
+
+    # Data made before the middle keyframes: the either rule names the file, the array and the command.
+    np.savez(tmp_path / "clips/carphone.npz", **{k: v for k, v in made.items() if k != "keyframes_mid"})
+    with pytest.raises(SystemExit, match=r"carphone\.npz: no keyframes_mid array.*either-frame-of-each-second"
+                                         r".*--add-middle-keyframes"):
+        train.load_clips(tmp_path, keyframe_rule=train.EITHER_RULE)
