@@ -819,6 +819,47 @@ def test_stage3_loss_and_draw_options_are_recorded_and_train_otherwise(tmp_path)
         train.stage3(towers, projectors, rows, arrays, tmp_path / "batch", steps=2, batch=4)
 
 
+def test_a_windows_temporal_label_is_its_own_for_damage_between_frames_and_its_pristines_otherwise():
+    """`temporal_label`: a stutter window reads its own label, a noise window its source's
+    pristine label (the keyframes show noise), a window across a cut both weighted by keyframes;
+    all on 0..1 and without stalls."""
+    rows, _, _ = tiny_training_set(keyframes=4)  # pristine 100, noise 80 and 60, stutter 40
+    rows = rows + [{"source": "t", "split": "train", "family": "pristine", "strength": 0, "index": 0, "mos": 90.0},
+                   {"source": "t", "split": "train", "family": "black_frames", "strength": 2, "index": 1, "mos": 30.0}]
+    pristine, counts = train.pristine_labels(rows), [4] * len(rows)
+    assert pristine == {"s": 100.0, "t": 90.0}
+    assert train.temporal_label(rows, pristine, [(3, 0, 4)], counts, False) == pytest.approx(0.40)
+    assert train.temporal_label(rows, pristine, [(2, 1, 3)], counts, False) == pytest.approx(1.00)
+    assert train.temporal_label(rows, pristine, [(1, 0, 3), (5, 0, 1)], counts, False) == pytest.approx(
+        (3 * 100 + 30) / 4 / 100)
+    assert {"stutter", "frame_drops", "shake", "freeze", "black_frames", "error_blocks",
+            "transmission_hevc"} <= train.MOTION_AUX_FAMILIES
+    assert not {"noise", "blur", "compression", "interlacing", "pristine"} & train.MOTION_AUX_FAMILIES
+
+
+def test_stage3_motion_aux_trains_a_head_on_the_motion_token_and_is_recorded(tmp_path, monkeypatch):
+    """`--tune-motion-aux W`: stage 3 adds W times the squared error of a linear head's reading
+    of each window's motion token against its temporal label; the head learns (its weights leave
+    zero), the motion path moves otherwise than without it, the exported parts are the same
+    modules, and W is part of the recipe (absent at 0, so that older checkpoints stay valid)."""
+    towers = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    for run in ("plain", "aux"):
+        (tmp_path / run).mkdir()
+    projectors = train.stage2(towers, rows, arrays, tmp_path / "plain", steps=2, batch=4)
+    plain = train.stage3(towers, projectors, rows, arrays, tmp_path / "plain", steps=3, batch=4)
+    aux = train.stage3(towers, projectors, rows, arrays, tmp_path / "aux", steps=3, batch=4, motion_aux=4.0)
+    saved = torch.load(tmp_path / "aux" / "stage3.pt", weights_only=False)
+    assert saved["recipe"]["motion_aux"] == 4.0
+    assert "motion_aux" not in torch.load(tmp_path / "plain" / "stage3.pt", weights_only=False)["recipe"]
+    assert saved["motion_aux"]["head.weight"].abs().sum() > 0, "the head learned"
+    assert aux[1]["model"].keys() == plain[1]["model"].keys() and aux[0].keys() == plain[0].keys()
+    assert any(not torch.equal(t, plain[1]["model"][n]) for n, t in aux[1]["model"].items() if n.startswith("motion."))
+    assert any(not torch.equal(t, plain[0]["branch"][n]) for n, t in aux[0]["branch"].items())
+    with pytest.raises(SystemExit, match=r"another recipe \(motion_aux 4.0 there, 2.0 asked\)"):
+        train.stage3(towers, projectors, rows, arrays, tmp_path / "aux", steps=3, batch=4, motion_aux=2.0)
+
+
 @pytest.mark.parametrize("option, rate, part, factor", [("motion_rate", 10.0, "branch", 3),
                                                          ("projector_rate", 5.0, "model", 2)])
 def test_stage3_tune_rates_move_their_part_further_and_are_recorded(tmp_path, option, rate, part, factor):

@@ -902,6 +902,48 @@ class Scorer2(nn.Module):
         self.motion = Projector(3 * motion_features, hidden)
 
 
+# --tune-motion-aux: the damage that comes and goes between frames, which the motion token alone is
+# asked to read in stage 3 (the temporal families, black frames, error blocks and lost slices).
+MOTION_AUX_FAMILIES = frozenset(micro_data.TEMPORAL) | {"black_frames", "error_blocks", "transmission_h264",
+                                                        "transmission_hevc", "transmission_h264_hd"}
+MOTION_AUX_RATE = 2e-3  # the head is new: it learns at stage 2's rate, not stage 3's tenth of it
+
+
+class MotionAux(nn.Module):
+    """--tune-motion-aux: a linear head reading a window's temporal quality (`temporal_label`) from
+    its motion token alone, so stage 3 puts what the motion branch sees into the token directly,
+    not only through the frozen decoder's loss (#30's twelfth session: the decoder can read the
+    token, the scoring loss barely moves it). Trained in stage 3 and dropped: no graph holds it."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.constant_(self.head.bias, 0.9)
+
+    def forward(self, token: torch.Tensor) -> torch.Tensor:  # [hidden] -> []: the token's scale divided out
+        return self.head(F.layer_norm(token, token.shape[-1:]))[..., 0]
+
+
+def temporal_label(rows, pristine: dict[str, float], window, keyframe_counts: list[int], exact: bool) -> float:
+    """A window's temporal quality on 0..1: for each shot of `window` ((clip, first keyframe,
+    keyframes), as `train_scoring` draws them) its own label where its family is one that comes
+    and goes between frames (MOTION_AUX_FAMILIES), else its source's pristine clip's (the motion
+    token is not asked for blur or noise, which the keyframes show); weighted by keyframes, as
+    the window's label is. No stalls: the token does not see them."""
+    total = 0.0
+    for j, s, n in window:
+        r = rows[j]
+        own = r["family"] in MOTION_AUX_FAMILIES
+        total += n * (window_mos(r, s, n, keyframe_counts[j], exact) if own else pristine[r["source"]])
+    return total / sum(n for _, _, n in window) / 100.0
+
+
+def pristine_labels(rows) -> dict[str, float]:
+    """Each source's pristine clip's label (every data run makes one a source)."""
+    return {r["source"]: r["mos"] for r in rows if r["family"] == "pristine"}
+
+
 def random_stalls(rng) -> tuple[int, float, float]:
     initial = float(np.round(rng.choice([0.0, rng.uniform(0.2, 3.0)]), 1))
     if rng.random() < 0.5:
@@ -984,7 +1026,8 @@ def changed_draw(options: dict) -> dict:
 def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts: list[int], model: Scorer2,
                   opt, sched, trained: dict, steps: int, batch: int, rng, recipe: dict, cuts: float = 0.0,
                   rank_pairs: str = "pairs", level_targets: str = "bins", delivery_weight: float = 1.0,
-                  larger_size_weight: float = 1.0, windows: str = "random", stall_share: float = 0.5) -> dict:
+                  larger_size_weight: float = 1.0, windows: str = "random", stall_share: float = 0.5,
+                  motion_aux: tuple[MotionAux, float] | None = None) -> dict:
     """The scoring steps of stages 2 and 3 through the frozen SmolLM2: level word cross-entropy,
     squared error of the weighted score and a ranking hinge within same-source pairs.
     `window_features([(i, s0, w), ...])` gives the keyframe and motion features of a window made
@@ -1003,7 +1046,9 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     lie mostly inside or outside a shorter window; with "exact" a window's label is that of its
     own frames' SSIM (`window_mos`), not its clip's. A share `stall_share` of the pairs are asked
     with the streaming prompt: random stalls named in its sentence, the label lowered by their
-    P.1203-like factor (the rest with the UGC prompt). `trained` are the
+    P.1203-like factor (the rest with the UGC prompt). `motion_aux` (head, weight): a squared error
+    at that weight between the head's reading of each window's motion token and its
+    `temporal_label`. `trained` are the
     modules whose weights this part changes (saved with its progress, then in its `checkpoint`,
     whose dictionary of their weights and `recipe` it returns)."""
     from tokenizers import Tokenizer
@@ -1016,6 +1061,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     train_idx = [i for i, r in enumerate(rows) if r["split"] == "train"]
     pairs = PairDraw(rows, train_idx, delivery_weight, larger_size_weight)
     same_impairment = {(rows[i]["source"], rows[i]["family"], rows[i]["strength"]): i for i in train_idx}
+    pristine = pristine_labels(rows) if motion_aux else {}
     resume = Progress(checkpoint(work, part, "-partial"), rng, recipe)
     progress = dict(trained, opt=opt, sched=sched)
     resume.restore(part, **progress)
@@ -1025,7 +1071,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
     parameters = [p for g in opt.param_groups for p in g["params"]]
     started = time.time()
     for step in range(start, steps):
-        seqs, targets, mos = [], [], []
+        seqs, targets, mos, aux_read, aux_wanted = [], [], [], [], []
         for first in pairs.firsts(rng, batch // 2):
             # A pair from one source: the same window and the same stalls for both clips.
             second = pairs.second(rng, first)
@@ -1059,6 +1105,9 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
                 seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
                 targets.append(micro_data.level_of(label))
                 mos.append(label / 100.0)
+                if motion_aux:
+                    aux_read.append(motion_aux[0](model.motion(motion_pool(mo_w))))
+                    aux_wanted.append(temporal_label(rows, pristine, window, keyframe_counts, windows == "exact"))
         lengths = [s.shape[0] for s in seqs]
         x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
         hidden, _ = decoder(x, prefix_kv)
@@ -1080,6 +1129,9 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
         else:
             rank = pair_hinges(score, target).sum() / max(1, len(target) // 2)
         loss = ce + 4.0 * mse + 4.0 * rank
+        if motion_aux:
+            aux = F.mse_loss(torch.stack(aux_read), torch.tensor(aux_wanted, dtype=torch.float32))
+            loss = loss + motion_aux[1] * aux
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -1089,7 +1141,7 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
             # steps of any number of keyframes free buffers of many sizes; kept whole, they fragment
             release_freed_memory()
             log(f"{part}: step {step + 1}/{steps}, ce {ce.item():.3f}, score rmse {mse.sqrt().item():.3f}, "
-                f"rank {rank.item():.3f}, "
+                f"rank {rank.item():.3f}, " + (f"motion aux rmse {aux.sqrt().item():.3f}, " if motion_aux else "") +
                 f"{(time.time() - started) / (step + 1 - start):.1f} s/step")
         if (step + 1) % SAVE_EVERY == 0 and step + 1 < steps:
             resume.save(part, step + 1, **progress)
@@ -1169,7 +1221,7 @@ def refit_projectors(state1, state2, rows, arrays, work: Path, steps: int, batch
 def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int = 0, frozen_stages: int = 0,
            compile_steps: bool = False, cuts: float = 0.0, rank_pairs: str = "pairs", level_targets: str = "bins",
            delivery_weight: float = 1.0, larger_size_weight: float = 1.0, motion_rate: float = 1.0,
-           projector_rate: float = 1.0, windows: str = "random", stall_share: float = 0.5):
+           projector_rate: float = 1.0, windows: str = "random", stall_share: float = 0.5, motion_aux: float = 0.0):
     """Towers and projectors together, through the frozen decoder (VQA² tunes its vision tower
     and SlowFast too, the tower at a lower learning rate: spec sections 4 and 5), starting from
     stages 1 and 2, at a twentieth (towers) and a tenth (projectors) of their peak learning
@@ -1180,7 +1232,8 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
     often delivery damage and the damage done at a larger size are drawn, the windows' length and
     how many pairs carry the streaming prompt's stalls (`train_scoring`); the motion branch learns at
     `motion_rate` times the vision tower's rate, the projectors at `projector_rate` times their
-    own."""
+    own; `motion_aux` above 0 asks the motion token alone for the window's temporal quality at that
+    weight (`MotionAux`)."""
     if steps == 0:
         return state1, state2
     options = {"cuts": cuts, "rank_pairs": rank_pairs, "level_targets": level_targets,
@@ -1192,17 +1245,19 @@ def stage3(state1, state2, rows, arrays, work: Path, steps: int, batch: int, see
         recipe["motion_rate"] = motion_rate
     if projector_rate != 1.0:
         recipe["projector_rate"] = projector_rate
+    if motion_aux:
+        recipe["motion_aux"] = motion_aux
     tuned = finished(work, "stage 3", recipe)
     if tuned is None:
         tuned = tune(state1, state2, rows, arrays, work, steps, batch, seed, frozen_stages, recipe, compile_steps,
-                     motion_rate, projector_rate, **options)
+                     motion_rate, projector_rate, motion_aux, **options)
     # Stage 1's dictionary keeps what describes its towers (tower_kind, pair_stats); only the weights are tuned.
     return state1 | {k: tuned[k] for k in ("tower", "branch")}, {"model": tuned["model"]}
 
 
 def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed: int, frozen_stages: int,
          recipe: dict, compile_steps: bool = False, motion_rate: float = 1.0, projector_rate: float = 1.0,
-         **options) -> dict:
+         motion_aux: float = 0.0, **options) -> dict:
     """Stage 3's steps; the tuned tower, branch and projectors (`model`). The tower's first
     `frozen_stages` stages keep stage 1's weights: the full-resolution ones hold most of the
     tower's cost to train (their gradients over every pixel), so freezing them makes a step cheaper.
@@ -1231,11 +1286,16 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     if not same_rate:
         groups.append({"params": motion, "weight_decay": 1e-4})
         rates.append(1e-4 * motion_rate)
+    trained = dict(tower=tower, branch=branch, model=model)
+    if motion_aux:
+        trained["motion_aux"] = aux = MotionAux(576)
+        groups.append({"params": list(aux.parameters()), "weight_decay": 0.0})
+        rates.append(MOTION_AUX_RATE)
     opt = torch.optim.AdamW(groups, 1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.1)
     return train_scoring("stage 3", work, rows, window_features, keyframe_counts(rows, arrays), model, opt, sched,
-                         dict(tower=tower, branch=branch, model=model), steps, batch,
-                         np.random.default_rng([seed, 3]), recipe, **options)
+                         trained, steps, batch, np.random.default_rng([seed, 3]), recipe,
+                         motion_aux=(aux, motion_aux) if motion_aux else None, **options)
 
 
 # ---------------------------------------------------------------- from a bundle
@@ -1426,6 +1486,12 @@ def main():
     ap.add_argument("--tune-projector-rate", type=float, default=1.0, metavar="X",
                     help="stage 3: the projectors learn at X times their rate (2e-4 peak; 1: as before), so a "
                          "bundle's projectors, fit in its stage 2, can fit damage that came after it")
+    ap.add_argument("--tune-motion-aux", type=float, default=0.0, metavar="W",
+                    help="stage 3: a squared-error loss at weight W (4: the score's own) asking the motion token "
+                         "alone, through a linear head dropped after training, for each window's temporal quality: "
+                         "its label for the damage that comes and goes between frames (freezes, stutter, dropped "
+                         "frames, shake, black frames, error blocks, lost slices), its source's pristine label for "
+                         "the rest (0: none)")
     ap.add_argument("--keyframe-rule", choices=KEYFRAME_RULES, default="first-frame-of-each-second",
                     help="which keyframes training reads (the data keeps both): the first frame of each second, which "
                          "the default bundles were trained on and sample, the middle (a bundle trained on it "
@@ -1503,6 +1569,8 @@ def main():
                          "at a larger size is drawn, above 0")
     if not args.tune_motion_rate > 0:
         raise SystemExit(f"--tune-motion-rate {args.tune_motion_rate}: a multiple of the tower's rate, above 0")
+    if not args.tune_motion_aux >= 0:
+        raise SystemExit(f"--tune-motion-aux {args.tune_motion_aux}: a loss weight, 0 or more")
     if not args.tune_projector_rate > 0:
         raise SystemExit(f"--tune-projector-rate {args.tune_projector_rate}: a multiple of the projectors' rate, above 0")
     if args.from_bundle and args.motion_classes != "temporal":
@@ -1563,7 +1631,7 @@ def main():
         s2 = stage2(s1, rows, arrays, args.work, args.steps, args.batch, args.seed, not args.no_compile)
     s1, s2 = stage3(s1, s2, rows, arrays, args.work, args.tune_steps, args.batch, args.seed,
                     args.tune_frozen_stages, not args.no_compile, motion_rate=args.tune_motion_rate,
-                    projector_rate=args.tune_projector_rate, **draw)
+                    projector_rate=args.tune_projector_rate, motion_aux=args.tune_motion_aux, **draw)
     export(s1, s2, args.out)
     log(f"training done in {time.time() - started:.0f} s")
 
