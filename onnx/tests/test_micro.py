@@ -1057,6 +1057,12 @@ def test_a_tune_rate_of_0_or_less_is_refused(tmp_path, monkeypatch, option, what
                          rf"{option} {float(rate)}: a multiple of {what}, above 0")
 
 
+def test_a_negative_motion_aux_weight_is_refused(tmp_path, monkeypatch):
+    """`--tune-motion-aux` weighs a loss: below 0 it is refused, named, before any clips are loaded."""
+    assert_train_refuses(tmp_path, monkeypatch, ["--tune-motion-aux", "-1"],
+                         r"--tune-motion-aux -1.0: a loss weight, 0 or more")
+
+
 def test_an_interrupted_stage3_resumes_where_it_stopped(tmp_path, monkeypatch):
     """Stage 3 (towers and projectors through the frozen SmolLM2) stopped after step 2 of 4 and
     rerun ends with the weights of a run never stopped; it does change the towers (only the
