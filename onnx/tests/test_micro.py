@@ -797,17 +797,26 @@ def test_damage_made_at_a_larger_size_is_drawn_as_often_as_larger_size_weight_sa
     assert uniform.second_odds == {"a": None, "b": None}
 
 
+def stage3_beside_plain(tmp_path, plain: str, other: str, steps: int, **options):
+    """Stage 3 twice from one stage 2 of untrained towers on the tiny training set: in WORK
+    `plain` at its defaults, in `other` with `options`. Returns the towers, the projectors, the
+    rows, the arrays and the two runs' results."""
+    towers = untrained_towers()
+    rows, arrays, _ = tiny_training_set(keyframes=4)
+    for run in (plain, other):
+        (tmp_path / run).mkdir()
+    projectors = train.stage2(towers, rows, arrays, tmp_path / plain, steps=2, batch=4)
+    runs = [train.stage3(towers, projectors, rows, arrays, tmp_path / run, steps=steps, batch=4, **o)
+            for run, o in ((plain, {}), (other, options))]
+    return towers, projectors, rows, arrays, *runs
+
+
 def test_stage3_loss_and_draw_options_are_recorded_and_train_otherwise(tmp_path):
     """`--rank-pairs batch`, `--level-targets soft` and `--delivery-weight` are part of stage 3's
     recipe (absent at their defaults, so that older checkpoints stay valid), and change what it learns."""
-    towers = untrained_towers()
-    rows, arrays, _ = tiny_training_set(keyframes=4)
-    for run in ("pairs", "batch"):
-        (tmp_path / run).mkdir()
-    projectors = train.stage2(towers, rows, arrays, tmp_path / "pairs", steps=2, batch=4)
-    pairs = train.stage3(towers, projectors, rows, arrays, tmp_path / "pairs", steps=2, batch=4)
-    batch = train.stage3(towers, projectors, rows, arrays, tmp_path / "batch", steps=2, batch=4, rank_pairs="batch",
-                         level_targets="soft", delivery_weight=2.0, larger_size_weight=0.5)
+    towers, projectors, rows, arrays, pairs, batch = stage3_beside_plain(
+        tmp_path, "pairs", "batch", steps=2, rank_pairs="batch", level_targets="soft", delivery_weight=2.0,
+        larger_size_weight=0.5)
     recipe = torch.load(tmp_path / "batch" / "stage3.pt", weights_only=False)["recipe"]
     assert (recipe["rank_pairs"], recipe["level_targets"], recipe["delivery_weight"], recipe["larger_size_weight"]) \
         == ("batch", "soft", 2.0, 0.5)
@@ -842,13 +851,8 @@ def test_stage3_motion_aux_trains_a_head_on_the_motion_token_and_is_recorded(tmp
     of each window's motion token against its temporal label; the head learns (its weights leave
     zero), the motion path moves otherwise than without it, the exported parts are the same
     modules, and W is part of the recipe (absent at 0, so that older checkpoints stay valid)."""
-    towers = untrained_towers()
-    rows, arrays, _ = tiny_training_set(keyframes=4)
-    for run in ("plain", "aux"):
-        (tmp_path / run).mkdir()
-    projectors = train.stage2(towers, rows, arrays, tmp_path / "plain", steps=2, batch=4)
-    plain = train.stage3(towers, projectors, rows, arrays, tmp_path / "plain", steps=3, batch=4)
-    aux = train.stage3(towers, projectors, rows, arrays, tmp_path / "aux", steps=3, batch=4, motion_aux=4.0)
+    towers, projectors, rows, arrays, plain, aux = stage3_beside_plain(tmp_path, "plain", "aux", steps=3,
+                                                                       motion_aux=4.0)
     saved = torch.load(tmp_path / "aux" / "stage3.pt", weights_only=False)
     assert saved["recipe"]["motion_aux"] == 4.0
     assert "motion_aux" not in torch.load(tmp_path / "plain" / "stage3.pt", weights_only=False)["recipe"]
