@@ -635,9 +635,9 @@ def test_stall_share_is_the_share_of_stage3_pairs_asked_with_stalls_and_is_recor
     asked: list = []
     real = train.sample_sequence
 
-    def recording(model, prompting, kf, mo, stall):
+    def recording(model, prompting, kf, motion_token, stall):
         asked.append(stall)
-        return real(model, prompting, kf, mo, stall)
+        return real(model, prompting, kf, motion_token, stall)
 
     monkeypatch.setattr(train, "sample_sequence", recording)
     (tmp_path / "half").mkdir()
@@ -846,7 +846,7 @@ def test_a_windows_temporal_label_is_its_own_for_damage_between_frames_and_its_p
     assert not {"noise", "blur", "compression", "interlacing", "pristine"} & train.MOTION_AUX_FAMILIES
 
 
-def test_stage3_motion_aux_trains_a_head_on_the_motion_token_and_is_recorded(tmp_path, monkeypatch):
+def test_stage3_motion_aux_trains_a_head_on_the_motion_token_and_is_recorded(tmp_path):
     """`--tune-motion-aux W`: stage 3 adds W times the squared error of a linear head's reading
     of each window's motion token against its temporal label; the head learns (its weights leave
     zero), the motion path moves otherwise than without it, the exported parts are the same

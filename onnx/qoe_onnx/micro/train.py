@@ -967,8 +967,10 @@ class Prompting:
         return self.cache[s]
 
 
-def sample_sequence(model: Scorer2, prompting: Prompting, kf, mo, stall_text: str | None):
-    parts = [model.keyframe(kf), model.motion(motion_pool(mo)).unsqueeze(0)]
+def sample_sequence(model: Scorer2, prompting: Prompting, kf, motion_token, stall_text: str | None):
+    """A window's prompt embeddings after the cached prefix: its keyframe tokens, its motion token
+    (`model.motion` of the pooled motion features), any stall sentence, the suffix."""
+    parts = [model.keyframe(kf), motion_token.unsqueeze(0)]
     if stall_text is not None:
         parts.append(prompting.text(stall_text))
     parts.append(prompting.text(SUFFIX))
@@ -1102,11 +1104,12 @@ def train_scoring(part: str, work: Path, rows, window_features, keyframe_counts:
                 kf_w, mo_w = window_features(window)
                 label = factor * sum(window_mos(rows[j], s, n, keyframe_counts[j], windows == "exact") * n
                                      for j, s, n in window) / sum(n for _, _, n in window)
-                seqs.append(sample_sequence(model, prompting, kf_w, mo_w, stall))
+                motion_token = model.motion(motion_pool(mo_w))
+                seqs.append(sample_sequence(model, prompting, kf_w, motion_token, stall))
                 targets.append(micro_data.level_of(label))
                 mos.append(label / 100.0)
                 if motion_aux:
-                    aux_read.append(motion_aux[0](model.motion(motion_pool(mo_w))))
+                    aux_read.append(motion_aux[0](motion_token))
                     aux_wanted.append(temporal_label(rows, pristine, window, keyframe_counts, windows == "exact"))
         lengths = [s.shape[0] for s in seqs]
         x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
@@ -1286,16 +1289,17 @@ def tune(state1, state2, rows, arrays, work: Path, steps: int, batch: int, seed:
     if not same_rate:
         groups.append({"params": motion, "weight_decay": 1e-4})
         rates.append(1e-4 * motion_rate)
-    trained = dict(tower=tower, branch=branch, model=model)
+    trained, aux_loss = dict(tower=tower, branch=branch, model=model), None
     if motion_aux:
-        trained["motion_aux"] = aux = MotionAux(576)
-        groups.append({"params": list(aux.parameters()), "weight_decay": 0.0})
+        trained["motion_aux"] = head = MotionAux(576)
+        groups.append({"params": list(head.parameters()), "weight_decay": 0.0})
         rates.append(MOTION_AUX_RATE)
+        aux_loss = (head, motion_aux)
     opt = torch.optim.AdamW(groups, 1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, rates, total_steps=steps, pct_start=0.1)
     return train_scoring("stage 3", work, rows, window_features, keyframe_counts(rows, arrays), model, opt, sched,
                          trained, steps, batch, np.random.default_rng([seed, 3]), recipe,
-                         motion_aux=(aux, motion_aux) if motion_aux else None, **options)
+                         motion_aux=aux_loss, **options)
 
 
 # ---------------------------------------------------------------- from a bundle
